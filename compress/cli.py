@@ -1,0 +1,130 @@
+"""``compress``: train | distill | eval | export | pseudo-label | compare.
+
+Each command parses its arguments, loads the config, calls the library and prints a
+summary. Errors a user can fix print one line (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Distil compact segmentation students and deploy them.")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe (see configs/)")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="dotted overrides after the config, e.g. kd.temperature=6 train.epochs=5")]
+ResumeOpt = Annotated[Optional[Path], typer.Option(help="run dir or last.pt to continue")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
+    _state["debug"] = debug
+
+
+def _run_fit(config: Path, overrides: list[str] | None, resume: Path | None, quiet: bool,
+             distill: bool) -> None:
+    from compress.config import load_config
+    from compress.train import fit, prepare_teacher
+
+    cfg = load_config(config, overrides)
+    kd = cfg.kd
+    has_kd = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
+    if distill and not has_kd:
+        raise typer.BadParameter(f"{config}: no kd.*.weight is set: use `compress train` or set "
+                                 "kd.response.weight / kd.feature.weight / kd.cwd.weight")
+    if not distill and has_kd:
+        raise typer.BadParameter(f"{config}: sets KD weights: use `compress distill`")
+    if distill:
+        prepare_teacher(cfg, show_progress=not quiet)
+    run_dir = fit(cfg, resume=resume, show_progress=not quiet)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    typer.echo(f"best val mIoU {summary['best_val_miou'] * 100:.2f} after {summary['epochs']} "
+               f"epochs ({summary['train_seconds']:.0f}s training)")
+    typer.echo(f"run dir: {run_dir}")
+
+
+@app.command()
+def train(config: ConfigOpt, overrides: Overrides = None, resume: ResumeOpt = None,
+          quiet: QuietOpt = False) -> None:
+    """Train a model without a teacher (a teacher, or a no-KD student baseline)."""
+    _run_fit(config, overrides, resume, quiet, distill=False)
+
+
+@app.command()
+def distill(config: ConfigOpt, overrides: Overrides = None, resume: ResumeOpt = None,
+            quiet: QuietOpt = False) -> None:
+    """Train a student under a frozen teacher (response / feature / CWD KD terms)."""
+    _run_fit(config, overrides, resume, quiet, distill=True)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint (.pt) or exported artifact")],
+    data: Annotated[Path, typer.Option(help="dataset root (CamVid layout or images/masks folder)")],
+    split: Annotated[str, typer.Option(help="split to score")] = "val",
+    kind: Annotated[str, typer.Option(help="camvid | folder | synthetic")] = "camvid",
+    size: Annotated[Optional[str], typer.Option(help="HxW; default: the model's input size")] = None,
+    flip: Annotated[bool, typer.Option(help="flip test-time augmentation")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="where eval.json goes")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="architecture of a plain state_dict")] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="encoder of a plain state_dict")] = None,
+    classes: Annotated[Optional[int], typer.Option(help="classes of a plain state_dict")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+) -> None:
+    """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
+    from compress.evaluate import evaluate_checkpoint, format_table, parse_size
+
+    result = evaluate_checkpoint(checkpoint, data, split, kind=kind, size=parse_size(size),
+                                 flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
+                                 device=device)
+    typer.echo(format_table(result))
+    typer.echo(f"eval: {result['eval_json']}")
+
+
+def _register_optional() -> None:
+    """Commands owned by other modules register themselves here (export, pseudo-label,
+    compare); each imports its heavy dependencies only when run."""
+    import importlib
+
+    for mod in ("compress.cli_export", "compress.cli_study"):
+        try:
+            importlib.import_module(mod).register(app)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def main() -> None:
+    """Console entry point: one clear line for errors a user can fix."""
+    from compress.errors import USER_ERRORS
+
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
+_register_optional()

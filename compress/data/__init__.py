@@ -1,0 +1,110 @@
+"""Data sources, splits and mixtures, chosen by name from one dict."""
+
+from __future__ import annotations
+
+import torch
+
+from compress.data.datasets import (
+    CAMVID_CLASSES,
+    CAMVID_IGNORE,
+    SYNTHETIC_CLASSES,
+    DataError,
+    PairSource,
+    SegDataset,
+    SyntheticSource,
+    camvid_source,
+    folder_source,
+    read_image,
+)
+from compress.data.transforms import TrainAugment, denormalize, normalize, resize_pair
+
+__all__ = [
+    "CAMVID_CLASSES", "CAMVID_IGNORE", "SYNTHETIC_CLASSES", "DataError", "PairSource",
+    "SegDataset", "SyntheticSource", "TrainAugment", "create_source", "build_split",
+    "build_train_set", "denormalize", "normalize", "read_image", "resize_pair",
+]
+
+SOURCES = {"camvid": camvid_source, "folder": folder_source}
+
+
+def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
+                  length: int = 64, size: tuple[int, int] = (128, 128), seed: int = 0):
+    """Create one raw source by kind name (``synthetic``, ``camvid``, ``folder``).
+
+    Synthetic splits differ by seed (train uses ``seed``, others ``seed + 1000``).
+    """
+    if kind == "synthetic":
+        split_seed = seed if split == "train" else seed + 1000
+        return SyntheticSource(length, size, split_seed, ignore_index)
+    if kind not in SOURCES:
+        raise DataError(f"unknown data kind {kind!r}; valid: synthetic, {', '.join(SOURCES)}")
+    if root is None:
+        raise DataError(f"data kind {kind!r} needs data.root")
+    return SOURCES[kind](root, split, ignore_index=ignore_index)
+
+
+def build_split(data_cfg, split: str, mean, std, ignore_index: int, train: bool = False,
+                seed: int = 0, root: str | None = None, kind: str | None = None) -> SegDataset:
+    """One split of the configured dataset as a :class:`SegDataset`."""
+    length = data_cfg.synthetic_length if split == "train" else data_cfg.synthetic_val_length
+    src = create_source(kind or data_cfg.kind, root or data_cfg.root, split,
+                        ignore_index=ignore_index, length=length,
+                        size=tuple(data_cfg.size), seed=seed)
+    aug = _augment(data_cfg, ignore_index) if train else None
+    return SegDataset(src, data_cfg.size, mean, std, train=train, augment=aug, seed=seed)
+
+
+def _augment(data_cfg, ignore_index: int) -> TrainAugment:
+    return TrainAugment(tuple(data_cfg.size), tuple(data_cfg.scale_range), data_cfg.hflip,
+                        data_cfg.color_jitter, ignore_index)
+
+
+class MixtureDataset(torch.utils.data.ConcatDataset):
+    """Several training sources; :meth:`sample_weights` gives each source its ratio."""
+
+    def __init__(self, parts: list[SegDataset], ratios: list[float]) -> None:
+        super().__init__(parts)
+        self.parts, self.ratios = parts, ratios
+        self.class_names = parts[0].class_names
+        self.ignore_index = parts[0].ignore_index
+        for p in parts[1:]:
+            if len(p.class_names) != len(self.class_names):
+                raise DataError(
+                    f"{p.source.where if hasattr(p.source, 'where') else p.source}: "
+                    f"{len(p.class_names)} classes, but the first source has {len(self.class_names)}"
+                )
+
+    def set_epoch(self, epoch: int) -> None:
+        for p in self.parts:
+            p.set_epoch(epoch)
+
+    def sample_weights(self) -> torch.Tensor:
+        total = sum(self.ratios)
+        return torch.cat([
+            torch.full((len(p),), r / total / len(p), dtype=torch.double)
+            for p, r in zip(self.parts, self.ratios)
+        ])
+
+
+def build_train_set(data_cfg, mean, std, ignore_index: int, seed: int = 0):
+    """The training set: the main split, mixed with ``data.extra_train`` sources if any."""
+    main = build_split(data_cfg, data_cfg.train_split, mean, std, ignore_index, True, seed)
+    if not data_cfg.extra_train:
+        return main
+    parts, ratios = [main], [1.0]
+    aug = _augment(data_cfg, ignore_index)
+    for s in data_cfg.extra_train:
+        src = create_source(s.kind, s.root, s.split, ignore_index=ignore_index, length=s.length,
+                            size=tuple(data_cfg.size), seed=s.seed)
+        parts.append(SegDataset(src, data_cfg.size, mean, std, True, aug, seed))
+        ratios.append(s.weight)
+    return MixtureDataset(parts, ratios)
+
+
+def dataset_classes(data_cfg, ignore_index: int) -> list[str]:
+    """Class names of the configured dataset (without loading images)."""
+    kind = data_cfg.kind
+    if kind == "synthetic":
+        return list(SYNTHETIC_CLASSES)
+    return list(create_source(kind, data_cfg.root, data_cfg.val_split,
+                              ignore_index=ignore_index).class_names)

