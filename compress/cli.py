@@ -128,3 +128,7 @@ def main() -> None:
 
 
 _register_optional()
+
+
+if __name__ == "__main__":
+    main()

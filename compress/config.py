@@ -152,8 +152,10 @@ class TrainConfig(_Strict):
 
 class RunConfig(_Strict):
     """A whole recipe: ``compress train`` uses data/model/loss/train, ``distill`` adds
-    ``teacher`` and ``kd``."""
+    ``teacher`` and ``kd``. ``base`` (resolved at load time) names a recipe this one
+    extends."""
 
+    base: str | None = Field(None, description="YAML recipe this one extends (relative path)")
     name: str = "run"
     seed: int = 0
     output_dir: str = "artifacts/runs"
@@ -209,6 +211,33 @@ def _format_error(err: ValidationError, source: str) -> str:
     return "; ".join(lines)
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read one recipe, merged over the recipe its ``base`` key names (recursively)."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: 'base' recipes form a cycle")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of keys")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{p}: key 'base' must be a relative path to another recipe")
+    return _merge(_read_yaml(p.parent / base, (*seen, p.resolve())), raw)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML recipe into a :class:`RunConfig`.
 
@@ -221,17 +250,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             always naming the file and the key.
     """
     source = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of keys")
+    raw: dict = _read_yaml(Path(path)) if path is not None else {}
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
     try:

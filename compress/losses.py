@@ -106,8 +106,15 @@ def channel_wise_kd(student_map, teacher_map, mask, temperature: float = 4.0):
     """Channel-wise distillation (Shu et al. 2021): per channel, a softmax over the valid
     spatial positions, and ``KL(teacher || student) * T^2``.
 
-    Normalised per valid pixel: the summed KL is divided by ``N * C`` channels and the
-    mean number of valid pixels, so it scales like the per-pixel terms.
+    Each (image, channel) gives one KL between two distributions over positions, which
+    does not grow with the number of pixels; the term is the mean over the (image,
+    channel) pairs that have a valid pixel (the paper's ``T^2 / C`` sum, averaged over
+    the batch). Ignored positions take no probability mass and get no gradient.
+
+    Args:
+        student_map: ``[N, C, H, W]`` logits or (adapted) features.
+        teacher_map: ``[N, C, h, w]``; resized to the student's size.
+        mask: ``[N, 1, H', W']`` valid pixels (resized, nearest, to ``H, W``).
     """
     s = student_map.float()
     t = match_size(teacher_map.float(), s.shape[-2:])

@@ -196,6 +196,28 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
     return Teacher(model, spec, s_spec, levels, tc.half, device), spec
 
 
+def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None) -> list[str]:
+    """Preflight: do the teacher's classes line up with the student's? Returns summary
+    lines; raises when they silently would not (same count, different names, no map)."""
+    t_names, s_names = list(t_spec["class_names"]), list(s_spec["class_names"])
+    if class_map is None:
+        generic = all(n == f"class_{i}" for i, n in enumerate(t_names))
+        diff = [(i, t, s) for i, (t, s) in enumerate(zip(t_names, s_names))
+                if t.lower() != s.lower()]
+        if diff and not generic:
+            shown = ", ".join(f"{i}: teacher {t!r} / student {s!r}" for i, t, s in diff[:6])
+            raise ValueError(f"teacher and student class names differ ({shown}): give "
+                             "kd.class_map ([teacher][student] matrix) or fix class_names")
+        return [f"label map: identity, {len(s_names)} classes"
+                + (" (teacher names unknown, assumed the same order)" if generic else "")]
+    lines = [f"label map: {len(t_names)} teacher -> {len(s_names)} student classes"]
+    for j, s in enumerate(s_names):
+        src = [f"{t_names[i]} {class_map[i, j]:.2f}" for i in range(len(t_names)) if class_map[i, j] > 0]
+        lines.append(f"  {s:<16} <- " + (", ".join(src) if src else
+                     "nothing: KD pushes this class towards 0 (check kd.class_map)"))
+    return lines
+
+
 def feature_channels(model: nn.Module, spec: dict, levels: list[str], device) -> dict[str, int]:
     """Channels of each tapped level, from one tiny forward pass (also checks strides)."""
     if not levels:
@@ -434,6 +456,8 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     if needs_teacher:
         teacher, t_spec = load_teacher(cfg, spec, tap_levels, device)
         class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
+        for line in check_label_maps(t_spec, spec, class_map):
+            log.info(line)
         t_channels = feature_channels(teacher.model, t_spec, tap_levels, device)
         if kd.cache:
             from compress.cache import CachedTeacher

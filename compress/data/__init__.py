@@ -68,11 +68,20 @@ class MixtureDataset(torch.utils.data.ConcatDataset):
         self.class_names = parts[0].class_names
         self.ignore_index = parts[0].ignore_index
         for p in parts[1:]:
+            where = p.source.where if hasattr(p.source, "where") else p.source
             if len(p.class_names) != len(self.class_names):
                 raise DataError(
-                    f"{p.source.where if hasattr(p.source, 'where') else p.source}: "
-                    f"{len(p.class_names)} classes, but the first source has {len(self.class_names)}"
+                    f"{where}: {len(p.class_names)} classes, but the first source has "
+                    f"{len(self.class_names)}"
                 )
+            if [n.lower() for n in p.class_names] != [n.lower() for n in self.class_names]:
+                raise DataError(f"{where}: classes {list(p.class_names)} differ from the first "
+                                f"source's {list(self.class_names)} (same names, same order)")
+
+    def __getitem__(self, idx: int) -> dict:
+        item = super().__getitem__(idx)
+        item["index"] = idx if idx >= 0 else len(self) + idx  # global: cached teacher outputs
+        return item
 
     def set_epoch(self, epoch: int) -> None:
         for p in self.parts:

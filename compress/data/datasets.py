@@ -35,7 +35,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
 

@@ -1,0 +1,80 @@
+"""``compress pseudo-label`` and ``compress compare`` (registered by :mod:`compress.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _parse_class_thresholds(items: list[str] | None) -> dict[str, float]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise typer.BadParameter(f"--class-threshold {item!r}: expected NAME=VALUE, e.g. Pole=0.5")
+    return out
+
+
+def _parse_scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--scales {text!r}: expected numbers like 0.75,1,1.25") from None
+
+
+def pseudo_label_cmd(
+    teacher: Annotated[list[Path], typer.Option("--teacher", help="teacher checkpoint; repeat for an ensemble")],
+    images: Annotated[Path, typer.Option(help="folder of images (labelled or not)")],
+    out: Annotated[Path, typer.Option(help="output dataset folder (folder layout)")],
+    threshold: Annotated[float, typer.Option(help="keep pixels whose averaged probability is at least this")] = 0.7,
+    class_threshold: Annotated[Optional[list[str]], typer.Option(
+        "--class-threshold", help="NAME=VALUE per-class threshold; repeatable")] = None,
+    tta_flip: Annotated[bool, typer.Option("--tta-flip", help="also average the flipped image")] = False,
+    scales: Annotated[str, typer.Option(help="input scales to average, e.g. 0.75,1,1.25")] = "1",
+    class_map: Annotated[Optional[Path], typer.Option(help="YAML: student classes + teacher->student map")] = None,
+    size: Annotated[Optional[str], typer.Option(help="HxW the teachers see; default their input size")] = None,
+    ignore_index: Annotated[Optional[int], typer.Option(help="value of unsure pixels; default the teacher's")] = None,
+    truth: Annotated[Optional[Path], typer.Option(help="ground-truth masks to score kept pixels against")] = None,
+    copy: Annotated[bool, typer.Option("--copy", help="copy images instead of linking them")] = False,
+    previews: Annotated[int, typer.Option(help="preview pictures to write")] = 4,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Label a folder of images with confident teacher predictions (for data.extra_train)."""
+    from compress.evaluate import parse_size
+    from compress.pseudo import format_summary, pseudo_label
+
+    stats = pseudo_label(teacher, images, out, threshold=threshold,
+                         class_thresholds=_parse_class_thresholds(class_threshold),
+                         tta_flip=tta_flip, scales=_parse_scales(scales), class_map=class_map,
+                         size=parse_size(size), ignore_index=ignore_index, truth=truth,
+                         copy_images=copy, previews=previews, device=device, show=not quiet)
+    typer.echo(format_summary(stats))
+    typer.echo(f"dataset: {out} (use as data.extra_train: [{{kind: folder, root: {out}}}])")
+
+
+def compare_cmd(
+    config: Annotated[Path, typer.Option("--config", "-c", help="study YAML (see configs/camvid/study.yaml)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="dotted overrides for every recipe's run config, e.g. train.epochs=1")] = None,
+    collect_only: Annotated[bool, typer.Option("--collect-only", help="train nothing; compare finished runs")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Run (or collect) several recipes over several seeds and write comparison.md/.csv."""
+    from compress.study import format_summary, load_study, run_study
+
+    study = load_study(config)
+    out = run_study(study, overrides, collect_only=collect_only, show=not quiet, log=typer.echo)
+    typer.echo(format_summary(out))
+    typer.echo(f"comparison: {out / 'comparison.md'} (+ .csv, .json, curves.png, miou.png)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("pseudo-label")(pseudo_label_cmd)
+    app.command("compare")(compare_cmd)

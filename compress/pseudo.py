@@ -1,0 +1,337 @@
+"""Pseudo-labels: frozen teacher(s) label a folder of images, confident pixels only.
+
+:func:`pseudo_label` runs one or more teachers over every image of a folder (optionally
+with flip and multi-scale test-time augmentation), averages their class probabilities,
+and writes one PNG mask per image where pixels below the confidence threshold carry the
+ignore index. The output is a dataset in the ``folder`` layout, ready for
+``data.extra_train`` (``kind: folder``)::
+
+    out/classes.txt        one class name a line (the student's label set)
+    out/images/<name>      links to (or copies of) the source images
+    out/masks/<stem>.png   pseudo-labels, ignore index where the teachers are unsure
+    out/stats.json         kept-pixel fractions (overall and per class), skipped images
+    out/previews/*.png     image | pseudo-label (ignored: black) | confidence
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+from compress.data import DataError, normalize, read_image, resize_pair
+from compress.data.datasets import IMAGE_EXTS, read_mask
+from compress.io import atomic_write, atomic_write_json, atomic_write_text
+
+
+def load_class_map(path: str | Path, teacher_names: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Read a teacher-to-student label map.
+
+    The YAML file names the student's classes in order and, for every teacher class, the
+    student class it becomes, or ``null`` to leave its pixels unlabelled::
+
+        classes: [road, vehicle, other]
+        map: {Road: road, Sidewalk: road, Car: vehicle, Sky: other, Pedestrian: null}
+
+    Returns:
+        ``(student class names, [Ct, Cs + 1] matrix)``; the last column collects the
+        probability of teacher classes mapped to ``null``.
+
+    Raises:
+        ValueError: a teacher class left out, an unknown name on either side.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the class map ({e})") from None
+    if not isinstance(raw, dict) or set(raw) != {"classes", "map"}:
+        raise ValueError(f"{path}: expected exactly the keys 'classes' (student names) and "
+                         "'map' (teacher name -> student name or null)")
+    student = [str(c) for c in raw["classes"]]
+    mapping = {str(k): v for k, v in (raw["map"] or {}).items()}
+    unknown_t = [k for k in mapping if k not in teacher_names]
+    missing = [t for t in teacher_names if t not in mapping]
+    unknown_s = sorted({str(v) for v in mapping.values() if v is not None} - set(student))
+    if unknown_t or missing or unknown_s:
+        parts = []
+        if missing:
+            parts.append(f"teacher classes not mapped: {missing} (map them, or to null)")
+        if unknown_t:
+            parts.append(f"not teacher classes: {unknown_t} (teacher has {teacher_names})")
+        if unknown_s:
+            parts.append(f"targets not in 'classes': {unknown_s}")
+        raise ValueError(f"{path}: " + "; ".join(parts))
+    m = torch.zeros(len(teacher_names), len(student) + 1)
+    for i, t in enumerate(teacher_names):
+        v = mapping[t]
+        m[i, len(student) if v is None else student.index(str(v))] = 1.0
+    return student, m
+
+
+def _round32(v: float) -> int:
+    return max(32, int(round(v / 32)) * 32)
+
+
+class Ensemble:
+    """Frozen teachers whose softmax outputs are averaged over teachers, scales and flips."""
+
+    def __init__(self, checkpoints: list[str | Path], device: torch.device,
+                 size: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,),
+                 flip: bool = False) -> None:
+        from compress.models import load_model
+
+        if not checkpoints:
+            raise ValueError("give at least one --teacher checkpoint")
+        self.models, self.specs = [], []
+        for ck in checkpoints:
+            model, spec = load_model(ck, device=device, return_spec=True)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self.models.append(model.eval())
+            self.specs.append(spec)
+        names = self.specs[0]["class_names"]
+        for ck, spec in zip(checkpoints[1:], self.specs[1:]):
+            if spec["class_names"] != names:
+                raise ValueError(f"{ck}: classes {spec['class_names']} differ from "
+                                 f"{checkpoints[0]}'s {names}; an ensemble needs one label set")
+        self.class_names, self.device = list(names), device
+        self.size, self.scales, self.flip = size, tuple(scales), flip
+
+    @torch.no_grad()
+    def probs(self, image: np.ndarray) -> torch.Tensor:
+        """Averaged class probabilities ``[Ct, H0, W0]`` for a uint8 ``[H0, W0, 3]`` image."""
+        h0, w0 = image.shape[:2]
+        total, n = None, 0
+        for model, spec in zip(self.models, self.specs):
+            base = self.size or tuple(spec["input_size"])
+            for s in self.scales:
+                hw = (_round32(base[0] * s), _round32(base[1] * s))
+                x = normalize(resize_pair(image, None, hw)[0], spec["mean"], spec["std"])
+                x = torch.from_numpy(x)[None].to(self.device)
+                p = model(x).float().softmax(1)
+                if self.flip:
+                    p = p + model(x.flip(-1)).float().softmax(1).flip(-1)
+                    n += 1
+                p = F.interpolate(p, size=(h0, w0), mode="bilinear", align_corners=False)[0]
+                total = p if total is None else total + p
+                n += 1
+        return (total / n).cpu()
+
+
+def list_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """Image files of a folder (sorted) and the names of the other files in it."""
+    if not folder.is_dir():
+        raise DataError(f"image folder not found: {folder}")
+    images, other = [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            images.append(p)
+        elif p.is_file() and not p.name.startswith("."):
+            other.append(p.name)
+    return images, other
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    atomic_write(path, lambda p: Image.fromarray(array).save(p, format="PNG"))
+
+
+def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    if not copy:
+        try:
+            os.symlink(src.resolve(), dst)
+            return
+        except OSError:  # file systems without symlinks: fall back to a copy
+            pass
+    atomic_write(dst, lambda p: shutil.copyfile(src, p))
+
+
+def _preview(path: Path, image: np.ndarray, label: np.ndarray, conf: np.ndarray,
+             classes: int) -> None:
+    from compress.viz import colorize
+
+    grey = np.repeat((conf * 255).clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+    strip = np.concatenate([image, colorize(label, classes), grey], axis=1)
+    if strip.shape[0] > 240:
+        w = round(strip.shape[1] * 240 / strip.shape[0])
+        strip = np.asarray(Image.fromarray(strip).resize((w, 240), Image.BILINEAR))
+    _write_png(path, strip)
+
+
+def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path, *,
+                 threshold: float = 0.7, class_thresholds: dict[str, float] | None = None,
+                 tta_flip: bool = False, scales: tuple[float, ...] = (1.0,),
+                 class_map: str | Path | None = None, size: tuple[int, int] | None = None,
+                 ignore_index: int | None = None, truth: str | Path | None = None,
+                 copy_images: bool = False, previews: int = 4, device: str = "cpu",
+                 show: bool = True) -> dict:
+    """Label every image in ``images`` with the confident pixels of a teacher ensemble.
+
+    Args:
+        teachers: segcompress checkpoints; all must share one label set.
+        images: a folder of images (labelled or not; only the images are read).
+        out: output dataset folder (``folder`` layout, see the module docstring).
+        threshold: minimum averaged probability of the winning class for a pixel to keep
+            its label.
+        class_thresholds: per-class overrides, by (student) class name.
+        tta_flip: also average the horizontally flipped input.
+        scales: input scales, relative to ``size``, averaged.
+        class_map: YAML file mapping teacher classes onto the student's (see
+            :func:`load_class_map`).
+        size: ``(H, W)`` the teachers see at scale 1; default each teacher's input size.
+        ignore_index: value of unsure pixels; default the first teacher's ignore index
+            (255 when that is a class id of the output label set).
+        truth: optional folder of ground-truth masks (``<stem>.png``) to score the kept
+            pixels against.
+        copy_images: copy the images into ``out/images`` instead of linking them.
+        previews: how many preview pictures to write.
+
+    Returns:
+        The statistics also written to ``out/stats.json``.
+
+    Raises:
+        DataError: the image folder is missing or holds no image.
+        ValueError: bad thresholds, class names, class map or ignore index.
+    """
+    from compress.train import resolve_device
+
+    images, out = Path(images), Path(out)
+    if out.resolve() == images.resolve() or images.resolve() in out.resolve().parents:
+        raise ValueError(f"--out {out} must not be the image folder or inside it")
+    if not 0 < threshold <= 1:
+        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+    if not scales or any(s <= 0 for s in scales):
+        raise ValueError(f"scales {list(scales)} must be positive")
+    dev = resolve_device(device)
+    ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip)
+    t_names = ens.class_names
+    if class_map is not None:
+        names, cmap = load_class_map(class_map, t_names)
+    else:
+        names, cmap = t_names, None
+    c = len(names)
+    if ignore_index is None:
+        ignore_index = ens.specs[0]["ignore_index"]
+        if 0 <= ignore_index < c:  # a teacher class id cannot double as the ignore value
+            ignore_index = 255
+    if 0 <= ignore_index < c or not 0 <= ignore_index < 65536:
+        raise ValueError(f"ignore index {ignore_index} clashes with class ids 0..{c - 1} "
+                         "or does not fit a PNG mask")
+    thr = torch.full((c + 1,), float(threshold))
+    for name, v in (class_thresholds or {}).items():
+        if name not in names:
+            raise ValueError(f"--class-threshold {name}: not a class; classes are {names}")
+        if not 0 < v <= 1:
+            raise ValueError(f"--class-threshold {name}={v} must be in (0, 1]")
+        thr[names.index(name)] = float(v)
+    files, other = list_images(images)
+    if not files:
+        raise DataError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
+    dtype = np.uint8 if max(ignore_index, c - 1) < 256 else np.uint16
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
+    predicted = np.zeros(c, np.int64)
+    kept = np.zeros(c, np.int64)
+    pixels, done, skipped, seen = 0, 0, [], {}
+    right_kept = right_all = scored_kept = scored_all = 0
+    truth_dir = Path(truth) if truth else None
+    for path in tqdm(files, desc="pseudo-label", disable=not show):
+        if path.stem in seen:
+            skipped.append({"name": path.name, "reason": f"same stem as {seen[path.stem]}: "
+                            "masks are named <stem>.png"})
+            continue
+        seen[path.stem] = path.name
+        try:
+            image = read_image(path)
+        except DataError as e:
+            skipped.append({"name": path.name, "reason": str(e)})
+            continue
+        p = ens.probs(image)
+        if cmap is not None:
+            p = torch.einsum("thw,ts->shw", p, cmap)
+        conf, label = p.max(0)
+        keep = (conf >= thr[label]) & (label < c)
+        mask = torch.where(keep, label, torch.full_like(label, ignore_index)).numpy()
+        _write_png(out / "masks" / f"{path.stem}.png", mask.astype(dtype))
+        _link_or_copy(path, out / "images" / path.name, copy_images)
+        lab = label.numpy()
+        predicted += np.bincount(lab[lab < c], minlength=c)[:c]
+        kept += np.bincount(mask[keep.numpy()], minlength=c)[:c]
+        pixels += lab.size
+        if truth_dir is not None and (truth_dir / f"{path.stem}.png").is_file():
+            gt = read_mask(truth_dir / f"{path.stem}.png")
+            if gt.shape == lab.shape:
+                valid = (gt >= 0) & (gt < c)  # whatever the truth's ignore value is
+                k = keep.numpy() & valid
+                right_kept += int((mask[k] == gt[k]).sum())
+                scored_kept += int(k.sum())
+                right_all += int((lab[valid] == gt[valid]).sum())
+                scored_all += int(valid.sum())
+        if done < previews:
+            _preview(out / "previews" / f"{path.stem}.png", image, mask, conf.numpy(), c)
+        done += 1
+
+    stats = {
+        "teachers": [str(t) for t in teachers],
+        "images_dir": str(images),
+        "threshold": threshold,
+        "class_thresholds": dict(class_thresholds or {}),
+        "tta_flip": tta_flip,
+        "scales": list(scales),
+        "size": list(size) if size else None,
+        "class_map": str(class_map) if class_map else None,
+        "ignore_index": ignore_index,
+        "classes": names,
+        "images_done": done,
+        "skipped": len(skipped),
+        "skipped_files": skipped,
+        "other_files": other,
+        "pixels": pixels,
+        "kept_fraction": float(kept.sum() / pixels) if pixels else 0.0,
+        "per_class": {
+            n: {"predicted_pixels": int(predicted[i]), "kept_pixels": int(kept[i]),
+                "kept_fraction": float(kept[i] / predicted[i]) if predicted[i] else None,
+                "share_of_kept": float(kept[i] / kept.sum()) if kept.sum() else None}
+            for i, n in enumerate(names)
+        },
+    }
+    if truth_dir is not None:
+        stats["truth"] = {
+            "dir": str(truth_dir),
+            "accuracy_kept": right_kept / scored_kept if scored_kept else None,
+            "accuracy_all": right_all / scored_all if scored_all else None,
+            "labelled_pixels_scored": scored_all,
+        }
+    atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+def format_summary(stats: dict) -> str:
+    """A few lines for the terminal: counts, kept fraction, per class, skipped names."""
+    lines = [f"{stats['images_done']} images labelled, {stats['skipped']} skipped; "
+             f"{stats['kept_fraction'] * 100:.1f}% of pixels kept "
+             f"(threshold {stats['threshold']}, ignore index {stats['ignore_index']})"]
+    for n, v in stats["per_class"].items():
+        kf = "-" if v["kept_fraction"] is None else f"{v['kept_fraction'] * 100:.1f}%"
+        lines.append(f"  {n:<16} kept {kf:>6} of {v['predicted_pixels']} predicted pixels")
+    if "truth" in stats and stats["truth"]["accuracy_kept"] is not None:
+        t = stats["truth"]
+        lines.append(f"  vs truth: {t['accuracy_kept'] * 100:.1f}% of kept pixels right "
+                     f"({t['accuracy_all'] * 100:.1f}% without the threshold)")
+    for s in stats["skipped_files"]:
+        lines.append(f"  skipped {s['name']}: {s['reason']}")
+    if stats["other_files"]:
+        lines.append(f"  not images, left alone: {', '.join(stats['other_files'][:10])}"
+                     + (" ..." if len(stats["other_files"]) > 10 else ""))
+    return "\n".join(lines)

@@ -1,0 +1,561 @@
+"""Studies: run several recipes over several seeds (or collect finished runs) and compare.
+
+A study YAML lists recipes, each a run config plus dotted overrides, and names one of
+them the baseline::
+
+    name: camvid-study
+    baseline: no-kd
+    seeds: [0, 1, 2]
+    recipes:
+      - {name: no-kd, config: configs/camvid/baseline.yaml}
+      - {name: response-kd, config: configs/camvid/baseline.yaml,
+         overrides: [w_task=0.5, kd.response.weight=0.5, teacher.checkpoint=...]}
+      - {name: earlier, runs: [artifacts/runs/camvid-kd/*]}   # finished run dirs
+
+:func:`run_study` trains what is missing (resuming interrupted runs) under
+``output_dir/name/runs/<recipe>/seed<k>/`` and writes ``comparison.md``, ``comparison.csv``,
+``comparison.json``, ``curves.png`` and ``miou.png`` beside them.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compress.config import ConfigError, dump_config, load_config
+from compress.io import atomic_write, atomic_write_json, atomic_write_text
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RecipeConfig(_Strict):
+    """One arm of the study: a run config + overrides trained per seed, or finished runs."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    config: str | None = Field(None, description="run config (YAML), relative to the cwd")
+    overrides: list[str] = Field(default_factory=list)
+    seeds: list[int] | None = Field(None, description="default: the study's seeds")
+    runs: list[str] = Field(default_factory=list, description="finished run dirs (globs)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecipeConfig:
+        if bool(self.config) == bool(self.runs):
+            raise ValueError(f"recipe {self.name!r}: give either 'config' or 'runs'")
+        return self
+
+
+class LatencyConfig(_Strict):
+    """Batch-1 CPU latency, measured with torch, all models interleaved round by round."""
+
+    enabled: bool = True
+    threads: int = Field(1, ge=1)
+    warmup: int = Field(5, ge=0)
+    repeats: int = Field(30, ge=2)
+
+
+class StudyConfig(_Strict):
+    name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output_dir: str = "artifacts/studies"
+    baseline: str
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    overrides: list[str] = Field(default_factory=list, description="for every recipe")
+    recipes: list[RecipeConfig]
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+
+    @model_validator(mode="after")
+    def _names(self) -> StudyConfig:
+        names = [r.name for r in self.recipes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"recipe names must be unique: {names}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not a recipe; recipes: {names}")
+        return self
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Parse a study YAML.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key or wrong type (named).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"study file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        return StudyConfig.model_validate(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        msgs = [f"{'.'.join(map(str, x['loc'])) or '<root>'}: {x['msg']}" for x in e.errors()]
+        raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
+
+
+# ---------------------------------------------------------------- running
+
+
+def _has_kd(cfg) -> bool:
+    kd = cfg.kd
+    return bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
+
+
+def _check_same_config(run_dir: Path, text: str) -> None:
+    old = yaml.safe_load((run_dir / "config.yaml").read_text())
+    new = yaml.safe_load(text)
+
+    def flat(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{pre}{k}."))
+            else:
+                out[f"{pre}{k}"] = v
+        return out
+
+    fo, fn = flat(old), flat(new)
+    diff = sorted(k for k in set(fo) | set(fn) if fo.get(k) != fn.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in diff[:4])
+        raise ConfigError(f"{run_dir} was trained with another config ({shown}); delete it or "
+                          "rename the recipe")
+
+
+def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
+              collect_only: bool = False, show: bool = True, log=print) -> Path:
+    """Train what is missing, collect every run, and write the comparison.
+
+    Args:
+        study: the parsed study.
+        overrides: dotted overrides for every recipe's run config (after the study's and
+            the recipe's own), e.g. ``["train.epochs=1"]`` for a smoke test.
+        collect_only: train nothing; compare the runs that are finished.
+        log: where progress lines go.
+
+    Returns:
+        The study dir (``output_dir/name``) holding ``comparison.md`` and friends.
+    """
+    from compress.train import fit, prepare_teacher
+
+    out = Path(study.output_dir) / study.name
+    runs, missing = [], []
+    for recipe in study.recipes:
+        if recipe.runs:
+            dirs = sorted({Path(d) for pat in recipe.runs for d in glob.glob(pat)})
+            if not dirs:
+                raise FileNotFoundError(f"recipe {recipe.name}: no run dir matches {recipe.runs}")
+            for d in dirs:
+                if (d / "summary.json").is_file():
+                    runs.append((recipe.name, d, False))
+                else:
+                    missing.append(f"{recipe.name}: {d} (not finished: no summary.json)")
+            continue
+        for seed in recipe.seeds or study.seeds:
+            ov = [*study.overrides, *recipe.overrides, *(overrides or []), f"seed={seed}",
+                  f"name={study.name}-{recipe.name}", f"output_dir={out / 'runs'}"]
+            cfg = load_config(recipe.config, ov)
+            run_dir = out / "runs" / recipe.name / f"seed{seed}"
+            if (run_dir / "config.yaml").is_file():
+                _check_same_config(run_dir, dump_config(cfg))
+            if (run_dir / "summary.json").is_file():
+                runs.append((recipe.name, run_dir, True))
+                continue
+            if collect_only:
+                missing.append(f"{recipe.name} seed {seed}: {run_dir} (not trained)")
+                continue
+            log(f"[{recipe.name} seed {seed}] training -> {run_dir}")
+            if _has_kd(cfg):
+                prepare_teacher(cfg, show_progress=show)
+            resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
+            fit(cfg, resume=resume, run_dir=None if resume else run_dir, show_progress=show)
+            runs.append((recipe.name, run_dir, True))
+    if not runs:
+        raise FileNotFoundError(f"study {study.name}: no finished run to compare "
+                                f"({'; '.join(missing)})")
+    result = compare_runs(runs, study, missing)
+    write_comparison(out, result)
+    return out
+
+
+# ---------------------------------------------------------------- collecting
+
+
+def _read_metrics_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for r in csv.DictReader(path.open()):
+        rows.append({k: (float(v) if v not in ("", None) else None) for k, v in r.items()})
+    return rows
+
+
+def collect_run(recipe: str, run_dir: Path, trained_here: bool) -> dict:
+    """One finished run: scores from ``best.pt``, times from ``summary.json``, curves."""
+    from compress.models import read_checkpoint
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    best = run_dir / "checkpoints" / "best.pt"
+    ckpt = read_checkpoint(best)
+    metrics = ckpt.get("metrics") or {}
+    cfg = ckpt.get("config") or {}
+    return {
+        "recipe": recipe, "run_dir": str(run_dir), "seed": cfg.get("seed"),
+        "trained_here": trained_here, "checkpoint": str(best), "spec": ckpt["spec"],
+        "miou": float(metrics.get("miou", summary["best_val_miou"])),
+        "best_epoch": ckpt.get("epoch"), "epochs": summary["epochs"],
+        "final_miou": (summary.get("final") or {}).get("val_miou"),
+        "per_class_iou": metrics.get("per_class_iou") or {},
+        "train_seconds": summary.get("train_seconds"),
+        "history": _read_metrics_csv(run_dir / "metrics.csv"),
+    }
+
+
+def count_params_gmacs(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, float]:
+    """Parameters and GMACs at batch 1 (fvcore counts one multiply-add as one 'flop')."""
+    from fvcore.nn import FlopCountAnalysis
+
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.zeros(1, 3, *size)
+    with torch.no_grad():
+        fca = FlopCountAnalysis(model.eval(), x)
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        macs = fca.total()
+    return params, macs / 1e9
+
+
+@torch.inference_mode()
+def measure_latency(models: dict[str, torch.nn.Module], sizes: dict[str, tuple[int, int]],
+                    threads: int = 1, warmup: int = 5, repeats: int = 30) -> dict[str, dict]:
+    """Batch-1 forward time per model, in ms: median and std over ``repeats``.
+
+    The models run interleaved (one call each per round, order rotating), so a change in
+    machine load during the measurement hits all of them alike.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        xs = {k: torch.randn(1, 3, *sizes[k]) for k in models}
+        for k, m in models.items():
+            m.eval()
+            for _ in range(warmup):
+                m(xs[k])
+        times: dict[str, list[float]] = {k: [] for k in models}
+        keys = list(models)
+        for r in range(repeats):
+            for k in keys[r % len(keys):] + keys[: r % len(keys)]:
+                t0 = time.perf_counter()
+                models[k](xs[k])
+                times[k].append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(old)
+    return {k: {"ms_median": statistics.median(v), "ms_std": statistics.stdev(v),
+                "repeats": len(v)} for k, v in times.items()}
+
+
+def hardware() -> dict:
+    """What this machine is: CPU model, cores, torch, GPU, load when measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu,
+            "python": platform.python_version(), "load_avg_1min": load}
+
+
+def _spec_key(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def verdict(delta: float, std_recipe: float | None, std_base: float | None) -> str:
+    """Label a mean difference (points) against the seed-to-seed spread.
+
+    The spread is the larger of the two recipes' standard deviations over seeds; a
+    difference no larger than that is ``within seed spread``.
+    """
+    if std_recipe is None or std_base is None:
+        return "single seed: spread unknown"
+    spread = max(std_recipe, std_base)
+    if abs(delta) <= spread:
+        return "within seed spread"
+    return "gain beyond seed spread" if delta > 0 else "loss beyond seed spread"
+
+
+def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
+                 missing: list[str] | None = None) -> dict:
+    """Everything the comparison files show, as one dict (also ``comparison.json``)."""
+    from compress.models import load_model
+
+    rows = [collect_run(r, d, here) for r, d, here in runs]
+    # cost per distinct architecture: params, GMACs, latency (weights do not matter)
+    models, sizes, cost = {}, {}, {}
+    for row in rows:
+        key = _spec_key(row["spec"])
+        row["arch_key"] = key
+        if key not in models:
+            models[key] = load_model(row["checkpoint"])
+            sizes[key] = tuple(row["spec"]["input_size"])
+            params, gmacs = count_params_gmacs(models[key], sizes[key])
+            cost[key] = {"params": params, "gmacs": gmacs}
+    lat = study.latency
+    if lat.enabled:
+        timing = measure_latency(models, sizes, lat.threads, lat.warmup, lat.repeats)
+        for k in cost:
+            cost[k].update(timing[k])
+    for row in rows:
+        row.update(cost[row["arch_key"]])
+
+    base_runs = [r["miou"] for r in rows if r["recipe"] == study.baseline]
+    base_mean, base_std = _mean_std(base_runs) if base_runs else (None, None)
+    recipes = []
+    for recipe in study.recipes:
+        mine = [r for r in rows if r["recipe"] == recipe.name]
+        if not mine:
+            continue
+        mious = [r["miou"] for r in mine]
+        mean, std = _mean_std(mious)
+        classes = list(mine[0]["per_class_iou"])
+        per_class = {}
+        for c in classes:
+            vals = [r["per_class_iou"].get(c) for r in mine if r["per_class_iou"].get(c) is not None]
+            per_class[c] = statistics.fmean(vals) if vals else None
+        agg = {
+            "recipe": recipe.name, "seeds": len(mine), "miou_mean": mean, "miou_std": std,
+            "miou_min": min(mious), "miou_max": max(mious), "per_class_iou": per_class,
+            "train_seconds_mean": statistics.fmean([r["train_seconds"] or 0 for r in mine]),
+            **{k: mine[0].get(k) for k in ("params", "gmacs", "ms_median", "ms_std")},
+        }
+        if base_mean is not None:
+            d = (mean - base_mean) * 100
+            agg["delta_pts"] = d
+            agg["delta_pct"] = (mean / base_mean - 1) * 100 if base_mean else None
+            agg["verdict"] = ("baseline" if recipe.name == study.baseline
+                              else verdict(d, None if std is None else std * 100,
+                                           None if base_std is None else base_std * 100))
+        recipes.append(agg)
+    for row in rows:
+        if base_mean is not None:
+            row["delta_pts"] = (row["miou"] - base_mean) * 100
+            row["delta_pct"] = (row["miou"] / base_mean - 1) * 100 if base_mean else None
+    return {"study": study.name, "baseline": study.baseline, "hardware": hardware(),
+            "latency": lat.model_dump(), "recipes": recipes, "runs": rows,
+            "missing": list(missing or [])}
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _f(v, fmt: str = ".2f", none: str = "-") -> str:
+    return none if v is None else format(v, fmt)
+
+
+def _pm(mean, std, fmt=".2f") -> str:
+    return _f(mean, fmt) + ("" if std is None else f" ± {std:{fmt}}")
+
+
+def comparison_markdown(res: dict) -> str:
+    hw, lat = res["hardware"], res["latency"]
+    lines = [f"# Study {res['study']}", "",
+             f"Baseline: **{res['baseline']}**. mIoU is the best validation epoch of each run "
+             "(what `best.pt` holds), in points; Δ is against the baseline's mean over seeds. "
+             "A difference no larger than the larger seed-to-seed std of the two recipes is "
+             "marked *within seed spread*.", ""]
+    lines += ["| recipe | seeds | mIoU mean ± std | min–max | Δ pts | Δ % | verdict | params (M) "
+              "| GMACs | ms/image (median ± std) | train time (s) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in res["recipes"]:
+        std = None if a["miou_std"] is None else a["miou_std"] * 100
+        lines.append(
+            f"| {a['recipe']} | {a['seeds']} | {_pm(a['miou_mean'] * 100, std)} | "
+            f"{a['miou_min'] * 100:.2f}–{a['miou_max'] * 100:.2f} | "
+            f"{_f(a.get('delta_pts'), '+.2f')} | {_f(a.get('delta_pct'), '+.1f')} | "
+            f"{a.get('verdict', '-')} | {a['params'] / 1e6:.3f} | {_f(a['gmacs'], '.3f')} | "
+            f"{_pm(a.get('ms_median'), a.get('ms_std'))} | {a['train_seconds_mean']:.0f} |")
+    lines += ["", "## Runs", "",
+              "| recipe | seed | mIoU | Δ pts | Δ % | best epoch / epochs | train time (s) | run dir |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in res["runs"]:
+        where = r["run_dir"] + ("" if r["trained_here"] else " (collected)")
+        lines.append(f"| {r['recipe']} | {r['seed']} | {r['miou'] * 100:.2f} | "
+                     f"{_f(r.get('delta_pts'), '+.2f')} | {_f(r.get('delta_pct'), '+.1f')} | "
+                     f"{r['best_epoch']} / {r['epochs']} | {_f(r['train_seconds'], '.0f')} | "
+                     f"`{where}` |")
+    classes = list(res["recipes"][0]["per_class_iou"]) if res["recipes"] else []
+    if classes:
+        lines += ["", "## Per-class IoU (mean over seeds, points)", "",
+                  "| recipe | " + " | ".join(classes) + " |",
+                  "|---|" + "---|" * len(classes)]
+        for a in res["recipes"]:
+            vals = [_f(None if a["per_class_iou"].get(c) is None else a["per_class_iou"][c] * 100,
+                       ".1f") for c in classes]
+            lines.append(f"| {a['recipe']} | " + " | ".join(vals) + " |")
+    lines += ["", "## Setup", "",
+              f"- Hardware (this machine): {hw['cpu']}, {hw['cores']} cores"
+              + (f", GPU {hw['gpu']}" if hw["gpu"] else "")
+              + f"; torch {hw['torch']}, Python {hw['python']}.",
+              f"- Latency: batch 1, CPU, {lat['threads']} thread(s), float32, torch eager, "
+              f"each model at its training input size, {lat['warmup']} warm-up + "
+              f"{lat['repeats']} timed calls, models interleaved; 1-min load average at the "
+              f"time: {_f(hw['load_avg_1min'])}." if lat["enabled"] else "- Latency: not measured.",
+              "- GMACs: fvcore FlopCountAnalysis at batch 1 (one multiply-add = 1 MAC).",
+              "- Train time: sum of epoch times from each run's summary.json (validation "
+              "excluded); runs marked (collected) may come from other hardware.",
+              "", "![training curves](curves.png)", "", "![mIoU per run](miou.png)"]
+    if res["missing"]:
+        lines += ["", "## Missing", ""] + [f"- {m}" for m in res["missing"]]
+    return "\n".join(lines) + "\n"
+
+
+def comparison_csv(res: dict) -> str:
+    classes = list(res["recipes"][0]["per_class_iou"]) if res["recipes"] else []
+    cols = ["row", "recipe", "seed", "seeds", "miou", "miou_std", "miou_min", "miou_max",
+            "delta_pts", "delta_pct", "verdict", "params", "gmacs", "ms_median", "ms_std",
+            "threads", "train_seconds", "epochs", "run_dir"] + [f"iou_{c}" for c in classes]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+
+    def pts(v):
+        return None if v is None else round(v * 100, 3)
+
+    def r4(v):
+        return None if v is None else round(v, 4)
+
+    threads = res["latency"]["threads"] if res["latency"]["enabled"] else None
+    for r in res["runs"]:
+        w.writerow({"row": "run", "recipe": r["recipe"], "seed": r["seed"], "seeds": 1,
+                    "miou": pts(r["miou"]), "delta_pts": r4(r.get("delta_pts")),
+                    "delta_pct": r4(r.get("delta_pct")), "params": r["params"],
+                    "gmacs": r4(r["gmacs"]), "ms_median": r4(r.get("ms_median")),
+                    "ms_std": r4(r.get("ms_std")), "threads": threads,
+                    "train_seconds": r["train_seconds"], "epochs": r["epochs"],
+                    "run_dir": r["run_dir"],
+                    **{f"iou_{c}": pts(r["per_class_iou"].get(c)) for c in classes}})
+    for a in res["recipes"]:
+        w.writerow({"row": "recipe", "recipe": a["recipe"], "seed": "mean", "seeds": a["seeds"],
+                    "miou": pts(a["miou_mean"]), "miou_std": pts(a["miou_std"]),
+                    "miou_min": pts(a["miou_min"]), "miou_max": pts(a["miou_max"]),
+                    "delta_pts": r4(a.get("delta_pts")), "delta_pct": r4(a.get("delta_pct")),
+                    "verdict": a.get("verdict"), "params": a["params"], "gmacs": r4(a["gmacs"]),
+                    "ms_median": r4(a.get("ms_median")), "ms_std": r4(a.get("ms_std")),
+                    "threads": threads, "train_seconds": round(a["train_seconds_mean"], 1),
+                    **{f"iou_{c}": pts(a["per_class_iou"].get(c)) for c in classes}})
+    return buf.getvalue()
+
+
+def plot_curves(res: dict, path: Path) -> Path:
+    """Each loss term, val mIoU and lr per epoch; one colour per recipe, one line per seed,
+    the baseline in black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = []
+    for r in res["runs"]:
+        for row in r["history"]:
+            for k in row:
+                if (k.startswith("train_") or k in ("val_miou", "lr")) and k not in keys:
+                    keys.append(k)
+    keys = sorted(keys, key=lambda k: (k == "lr", k == "val_miou", k != "train_loss", k))
+    cols = min(3, max(1, len(keys)))
+    nrows = -(-len(keys) // cols) if keys else 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    recipes = [a["recipe"] for a in res["recipes"]]
+    others = [n for n in recipes if n != res["baseline"]]
+    for ax, k in zip(axes.flat, keys):
+        for r in res["runs"]:
+            pts = [(row["epoch"], row[k]) for row in r["history"] if row.get(k) is not None]
+            if not pts:
+                continue
+            base = r["recipe"] == res["baseline"]
+            colour = "black" if base else colours[others.index(r["recipe"]) % len(colours)]
+            ax.plot(*zip(*pts), color=colour, lw=2 if base else 1.3, alpha=0.8, marker=".",
+                    ls="--" if base else "-", label=r["recipe"])
+        ax.set_title(k.replace("train_", "train ").replace("val_miou", "val mIoU"), fontsize=10)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=8)
+        if k == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    if handles:
+        fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(5, len(handles)),
+                   fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+    return path
+
+
+def plot_miou(res: dict, path: Path) -> Path:
+    """Per recipe: each seed's mIoU as a dot, mean ± std as a bar with error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    aggs = res["recipes"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(aggs) + 2, 3.2))
+    for i, a in enumerate(aggs):
+        ax.bar(i, a["miou_mean"] * 100, color="0.3" if a["recipe"] == res["baseline"] else "C0",
+               alpha=0.6, yerr=None if a["miou_std"] is None else a["miou_std"] * 100, capsize=4)
+        ys = [r["miou"] * 100 for r in res["runs"] if r["recipe"] == a["recipe"]]
+        ax.scatter([i] * len(ys), ys, color="black", s=12, zorder=3)
+    ax.set_xticks(range(len(aggs)), [a["recipe"] for a in aggs], rotation=20, fontsize=8)
+    ax.set_ylabel("val mIoU (points)")
+    lo = min(r["miou"] for r in res["runs"]) * 100
+    ax.set_ylim(max(0.0, lo - 5), None)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, dpi=90, format="png"))
+    plt.close(fig)
+    return path
+
+
+def write_comparison(out: Path, res: dict) -> dict[str, Path]:
+    """``comparison.md/.csv/.json``, ``curves.png`` and ``miou.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    slim = {**res, "runs": [{k: v for k, v in r.items() if k not in ("history", "arch_key")}
+                            for r in res["runs"]]}
+    paths = {
+        "md": atomic_write_text(out / "comparison.md", comparison_markdown(res)),
+        "csv": atomic_write_text(out / "comparison.csv", comparison_csv(res)),
+        "json": atomic_write_json(out / "comparison.json", slim),
+        "curves": plot_curves(res, out / "curves.png"),
+        "miou": plot_miou(res, out / "miou.png"),
+    }
+    return paths
+
+
+def format_summary(res_dir: Path) -> str:
+    """The recipe table of ``comparison.md`` for the terminal."""
+    text = (res_dir / "comparison.md").read_text()
+    table = re.search(r"\| recipe \| seeds.*?\n\n", text, re.S)
+    return table.group(0).strip() if table else text

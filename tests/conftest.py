@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny models and tiny synthetic recipes so tests run in seconds on a CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compress.config import RunConfig, load_config
+from compress.models import create_model, make_spec, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+
+TINY_DECODER = [16, 16, 8, 8, 8]
+
+
+def tiny_spec(classes: int = 5, size=(64, 64), encoder: str = "tu-efficientnet_lite0", **kw) -> dict:
+    return make_spec(arch=kw.pop("arch", "Unet"), encoder=encoder, classes=classes,
+                     decoder_channels=kw.pop("decoder_channels", TINY_DECODER),
+                     input_size=size, **kw)
+
+
+def tiny_config(tmp_path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """A synthetic recipe that trains in a couple of seconds."""
+    base = [
+        "name=tiny", f"output_dir={tmp_path / 'runs'}", "data.size=[64,64]",
+        "data.synthetic_length=16", "data.synthetic_val_length=8", "data.batch_size=4",
+        "model.decoder_channels=[16,16,8,8,8]", "train.epochs=2", "train.lr=0.003",
+        "train.warmup_epochs=0", "train.vis_every=0",
+    ]
+    return load_config(None, base + (overrides or []))
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path) -> Path:
+    spec = tiny_spec()
+    model = create_model(spec)
+    return save_checkpoint(tmp_path / "tiny.pt", model, spec, metrics=None, epoch=0)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(tmp_path_factory) -> Path:
+    """A small teacher trained for a few epochs on synthetic data (session-wide)."""
+    from compress.train import fit
+
+    tmp = tmp_path_factory.mktemp("teacher")
+    cfg = tiny_config(tmp, ["name=teacher", "train.epochs=3", "model.decoder_channels=[32,16,16,8,8]"])
+    run = fit(cfg, show_progress=False)
+    return run / "checkpoints" / "best.pt"
