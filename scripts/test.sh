@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: fast CPU suite (slow and benchmark tests run on request).
+# Install the toolkit into .venv if needed, then run the fast CPU test suite.
+# Slow tests: add `-m slow`; speed regression checks: see tests/benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-[ -x "$PY" ] || PY=python3
-exec "$PY" -m pytest -q "$@"
+[ -x .venv/bin/compress ] || bash scripts/setup.sh
+exec .venv/bin/python -m pytest -q "$@"
