@@ -1,0 +1,233 @@
+"""``bench``: flops | latency | report.
+
+Each command parses its arguments, calls the library and prints a summary. Errors a user
+can fix print one line (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Measure segmentation models: MACs, latency, teacher-vs-student report.",
+)
+
+_state = {"debug": False}
+
+
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Backend(str, Enum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class DataKind(str, Enum):
+    camvid = "camvid"
+    folder = "folder"
+    synthetic = "synthetic"
+
+
+SizeOpt = Annotated[str | None, typer.Option(help="HxW input size; default: the model's")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="CPU threads, pinned for every backend; default: the physical cores"),
+]
+DataOpt = Annotated[Path | None, typer.Option(help="dataset root for real input images")]
+SplitOpt = Annotated[str, typer.Option(help="split of --data")]
+KindOpt = Annotated[DataKind, typer.Option("--data-kind", help="layout of --data")]
+RunsOpt = Annotated[int, typer.Option(min=1, help="timed runs per model")]
+WarmupOpt = Annotated[int, typer.Option(min=0, help="untimed warm-up runs per model")]
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
+    _state["debug"] = debug
+
+
+def _size(size: str | None) -> tuple[int, int] | None:
+    from compress.evaluate import parse_size
+
+    return parse_size(size)
+
+
+@app.command()
+def flops(
+    model: Annotated[Path, typer.Argument(help="checkpoint (.pt), artifact, or export dir")],
+    size: SizeOpt = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+) -> None:
+    """Parameters, GMACs by operator and by part (encoder stages, decoder, head), size on disk."""
+    from bench.flops import count_flops, flops_subject, format_flops
+    from compress.models import create_model
+
+    spec, files = flops_subject(model)
+    hw = _size(size) or tuple(spec["input_size"])
+    result = count_flops(create_model(spec), hw)
+    typer.echo(format_flops(result, spec, files))
+    if json_path:
+        from compress.io import atomic_write_json
+
+        atomic_write_json(
+            json_path,
+            {"model": str(model), "spec": spec, **result.to_dict(), "size_on_disk": files},
+        )
+        typer.echo(f"json: {json_path}")
+
+
+@app.command()
+def latency(
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            help="checkpoints (.pt), artifacts (.onnx, .xml, .engine) or export dirs; timed "
+            "interleaved, ratios against the first"
+        ),
+    ],
+    device: Annotated[Device, typer.Option(help="where the models run")] = Device.cpu,
+    backend: Annotated[
+        list[Backend] | None,
+        typer.Option(help="keep only these backends (repeatable); default: each file's own"),
+    ] = None,
+    size: SizeOpt = None,
+    runs: RunsOpt = 50,
+    warmup: WarmupOpt = 10,
+    threads: ThreadsOpt = None,
+    batch: Annotated[
+        list[int] | None,
+        typer.Option(min=1, help="batch size(s), repeatable; figures are per image"),
+    ] = None,
+    data: DataOpt = None,
+    split: SplitOpt = "val",
+    data_kind: KindOpt = DataKind.camvid,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="OpenVINO execution precision (f32 keeps FP32 models from running in "
+            "bf16); the other backends run artifacts as built"
+        ),
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+) -> None:
+    """ms/image (median ± std, min, p90, max) after warm-up, models interleaved run by run."""
+    from bench.latency import format_latency, run_latency
+
+    result = run_latency(
+        models,
+        device=device.value,
+        backends=[b.value for b in backend] if backend else None,
+        size=_size(size),
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        batches=batch or [1],
+        data=data,
+        split=split,
+        kind=data_kind.value,
+        precision=precision,
+    )
+    typer.echo(format_latency(result))
+    if json_path:
+        from compress.io import atomic_write_json
+
+        atomic_write_json(json_path, result)
+        typer.echo(f"json: {json_path}")
+
+
+@app.command()
+def report(
+    teacher: Annotated[Path, typer.Option(help="teacher checkpoint (.pt)")],
+    student: Annotated[Path, typer.Option(help="student checkpoint (.pt)")],
+    data: DataOpt = None,
+    split: SplitOpt = "val",
+    data_kind: KindOpt = DataKind.camvid,
+    artifacts: Annotated[
+        Path | None, typer.Option(help="the student's export dir (manifest.json)")
+    ] = None,
+    teacher_artifacts: Annotated[
+        Path | None,
+        typer.Option(help="the teacher's export dir, for speed-ups on the same backend"),
+    ] = None,
+    size: SizeOpt = None,
+    runs: RunsOpt = 20,
+    warmup: WarmupOpt = 5,
+    threads: ThreadsOpt = None,
+    device: Annotated[
+        list[Device] | None,
+        typer.Option(help="devices to time on (repeatable); default: cpu, and cuda when present"),
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option(min=1, help="score only the first N images of the split")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="where report.md/.csv/.json and the PNGs go")] = Path(
+        "bench_report"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+) -> None:
+    """Teacher vs student in Markdown, CSV and JSON, with a Pareto plot and per-class IoU."""
+    from bench.report import build_report, render_markdown, write_report
+
+    if data is None and data_kind != DataKind.synthetic:
+        raise typer.BadParameter(
+            "--data is required unless --data-kind synthetic", param_hint="--data"
+        )
+    rep = build_report(
+        teacher=teacher,
+        student=student,
+        data=data,
+        split=split,
+        kind=data_kind.value,
+        artifacts=artifacts,
+        teacher_artifacts=teacher_artifacts,
+        size=_size(size),
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        devices=[d.value for d in device] if device else None,
+        max_images=max_images,
+        show=not quiet,
+    )
+    files = write_report(rep, out)
+    if not quiet:
+        typer.echo(render_markdown(rep))
+    typer.echo("report: " + ", ".join(str(p) for p in files.values()))
+
+
+def main() -> None:
+    """Console entry point: one clear line for errors a user can fix."""
+    from compress.errors import USAGE_ERRORS, USER_ERRORS, one_line
+
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `bench`: the help
+            typer.echo(e.format_message())
+            sys.exit(0)
+        typer.echo(f"error: {one_line(e)}", err=True)
+        if isinstance(e, KeyboardInterrupt):
+            sys.exit(130)
+        sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)
+
+
+if __name__ == "__main__":
+    main()

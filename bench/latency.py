@@ -1,0 +1,961 @@
+"""Latency: interleaved timed runs, robust statistics, and the machine they ran on.
+
+Several models are timed run by run (A, B, C, then B, C, A, ...), so a drift in the
+machine's speed (thermal, a neighbour's job) hits them alike and the ratio between them
+holds. Each run times three stages separately: pre-processing (resize to the model size,
+normalise), the model itself (synchronised on CUDA with events), and post-processing
+(argmax, nearest resize back to the source size).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
+SUFFIX_BACKEND = {
+    ".pt": "torch",
+    ".pth": "torch",
+    ".onnx": "onnxruntime",
+    ".xml": "openvino",
+    ".engine": "tensorrt",
+    ".plan": "tensorrt",
+}
+FORMAT_NAMES = {
+    "torch": "PyTorch",
+    "onnxruntime": "ONNX",
+    "openvino": "OpenVINO",
+    "tensorrt": "TensorRT",
+}
+NOISE_NOTE = "random-noise images (no --data given)"
+
+
+# ---------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of timed runs, in milliseconds per image.
+
+    ``std`` is the sample standard deviation; ``p90`` the 90th percentile (linear
+    interpolation).
+    """
+
+    n: int
+    median: float
+    mean: float
+    std: float
+    min: float
+    p90: float
+    max: float
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> LatencyStats:
+        """Statistics of ``samples_ms`` (at least one value).
+
+        Raises:
+            ValueError: no samples.
+        """
+        a = np.asarray(samples_ms, dtype=np.float64)
+        if a.size == 0:
+            raise ValueError("no latency samples")
+        return cls(
+            n=int(a.size),
+            median=float(np.median(a)),
+            mean=float(a.mean()),
+            std=float(a.std(ddof=1)) if a.size > 1 else 0.0,
+            min=float(a.min()),
+            p90=float(np.percentile(a, 90)),
+            max=float(a.max()),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} ± {self.std:.2f} ms"
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass
+class Pipeline:
+    """One thing to time: ``preprocess(run) -> batch``, ``predict(batch) -> output``,
+    ``postprocess(output) -> labels``.
+
+    ``batch`` divides every time, so figures are per image.
+    """
+
+    name: str
+    preprocess: Callable[[int], Any]
+    predict: Callable[[Any], Any]
+    postprocess: Callable[[Any], Any] | None = None
+    batch: int = 1
+
+
+@dataclass
+class LatencyResult:
+    """Per-image statistics of each stage, and the raw model samples (ms per image)."""
+
+    name: str
+    batch: int
+    model: LatencyStats
+    preprocess: LatencyStats
+    postprocess: LatencyStats | None
+    end_to_end: LatencyStats
+    ratio_to_first: float
+    samples_ms: list[float] = field(repr=False, default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "batch": self.batch,
+            "latency_ms": self.model.to_dict(),
+            "preprocess_ms": self.preprocess.to_dict(),
+            "postprocess_ms": self.postprocess.to_dict() if self.postprocess else None,
+            "end_to_end_ms": self.end_to_end.to_dict(),
+            "ratio_to_first": self.ratio_to_first,
+            "samples_ms": [round(v, 4) for v in self.samples_ms],
+        }
+
+
+class WallTimer:
+    """Times a call with a clock in seconds (``time.perf_counter``; inject a fake one in
+    tests). ``sync`` runs before each reading, e.g. ``torch.cuda.synchronize``."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.perf_counter, sync: Callable[[], None] | None = None
+    ) -> None:
+        self.clock, self.sync = clock, sync
+
+    def __call__(self, fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float]:
+        if self.sync:
+            self.sync()
+        t0 = self.clock()
+        out = fn(arg)
+        if self.sync:
+            self.sync()
+        return out, (self.clock() - t0) * 1000.0
+
+
+class CudaEventTimer:
+    """Times a call between two CUDA events on the current stream, after a full
+    device synchronisation (so work queued earlier is not billed to this call)."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+
+    def __call__(self, fn: Callable[[Any], Any], arg: Any) -> tuple[Any, float]:
+        cuda = self.torch.cuda
+        start, stop = cuda.Event(enable_timing=True), cuda.Event(enable_timing=True)
+        cuda.synchronize()
+        start.record()
+        out = fn(arg)
+        stop.record()
+        cuda.synchronize()
+        return out, float(start.elapsed_time(stop))
+
+
+def measure_latency(
+    pipelines: Sequence[Pipeline],
+    *,
+    runs: int = 50,
+    warmup: int = 10,
+    clock: Callable[[], float] = time.perf_counter,
+    model_timer: Callable | None = None,
+) -> list[LatencyResult]:
+    """Time several pipelines interleaved run by run.
+
+    Each round runs every pipeline once; the starting pipeline rotates from round to
+    round so none always runs first. ``warmup`` untimed rounds come first.
+
+    Args:
+        pipelines: what to time (see :class:`Pipeline`).
+        runs: timed rounds (each pipeline gets ``runs`` samples per stage).
+        warmup: untimed rounds before.
+        clock: seconds clock for pre/post-processing (and the model unless
+            ``model_timer`` is given).
+        model_timer: ``timer(fn, arg) -> (output, ms)`` for the model stage, e.g.
+            :class:`CudaEventTimer`.
+
+    Returns:
+        One :class:`LatencyResult` per pipeline, in input order; ``ratio_to_first`` is the
+        median over rounds of this pipeline's model time over the first's in the same round.
+
+    Raises:
+        ValueError: no pipelines, or ``runs < 1``.
+    """
+    if not pipelines:
+        raise ValueError("nothing to time")
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+    wall = WallTimer(clock)
+    timer = model_timer or wall
+    k = len(pipelines)
+    samples = {stage: [[0.0] * runs for _ in range(k)] for stage in ("pre", "model", "post")}
+    for r in range(-warmup, runs):
+        for j in range(k):
+            i = (j + r) % k  # rotate the starting pipeline
+            p = pipelines[i]
+            x, t_pre = wall(p.preprocess, r)
+            y, t_model = timer(p.predict, x)
+            t_post = wall(p.postprocess, y)[1] if p.postprocess else 0.0
+            if r >= 0:
+                samples["pre"][i][r] = t_pre / p.batch
+                samples["model"][i][r] = t_model / p.batch
+                samples["post"][i][r] = t_post / p.batch
+    first = np.asarray(samples["model"][0])
+    results = []
+    for i, p in enumerate(pipelines):
+        model = np.asarray(samples["model"][i])
+        e2e = model + np.asarray(samples["pre"][i]) + np.asarray(samples["post"][i])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = float(np.median(model / first)) if first.all() else float("nan")
+        results.append(
+            LatencyResult(
+                name=p.name,
+                batch=p.batch,
+                model=LatencyStats.from_samples(model),
+                preprocess=LatencyStats.from_samples(samples["pre"][i]),
+                postprocess=LatencyStats.from_samples(samples["post"][i])
+                if p.postprocess
+                else None,
+                end_to_end=LatencyStats.from_samples(e2e),
+                ratio_to_first=ratio,
+                samples_ms=model.tolist(),
+            )
+        )
+    return results
+
+
+# ---------------------------------------------------------------- inputs and stages
+
+
+def load_images(
+    data: str | Path | None,
+    split: str = "val",
+    kind: str = "camvid",
+    count: int = 8,
+    size: tuple[int, int] = (128, 128),
+    seed: int = 0,
+) -> tuple[list[np.ndarray], str]:
+    """Raw uint8 ``[H, W, 3]`` frames to feed the pipelines, and a line saying what they are.
+
+    Real images from ``data`` (first ``count`` of the split; for ``kind="synthetic"`` the
+    procedural scenes, ``data`` unused) or, when ``data`` is None and the kind is not
+    synthetic, random-noise images of ``size``, said so.
+
+    Raises:
+        DataError: unreadable data (named).
+    """
+    from compress.data import create_source, read_image
+
+    if data is None and kind != "synthetic":
+        rng = np.random.default_rng(seed)
+        frames = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(count)]
+        return frames, f"{NOISE_NOTE}, {count} frames of {size[0]}x{size[1]}"
+    src = create_source(
+        kind,
+        str(data) if data else None,
+        split,
+        ignore_index=255,
+        length=count,
+        size=size,
+        seed=seed,
+    )
+    n = min(count, len(src))
+    if hasattr(src, "pairs"):  # files on disk: the images alone (masks are not needed here)
+        frames = [read_image(src.pairs[i][0]) for i in range(n)]
+    else:
+        frames = [src.load(i)[0] for i in range(n)]
+    h, w = frames[0].shape[:2]
+    where = "synthetic scenes" if kind == "synthetic" else f"{data} [{split}]"
+    return frames, f"real images: {n} frames from {where}, source size {h}x{w}"
+
+
+def make_preprocess(
+    frames: Sequence[np.ndarray], size: tuple[int, int], mean, std, batch: int = 1
+) -> Callable[[int], np.ndarray]:
+    """``run -> float32 [batch, 3, H, W]``: frames picked in turn, resized, normalised."""
+    from compress.data import normalize, resize_pair
+
+    def preprocess(run: int) -> np.ndarray:
+        picked = [frames[(run * batch + j) % len(frames)] for j in range(batch)]
+        return np.stack([normalize(resize_pair(f, None, size)[0], mean, std) for f in picked])
+
+    return preprocess
+
+
+def make_postprocess(out_size: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
+    """``logits [N, C, h, w]`` (or class ids ``[N, h, w]``) -> uint8/int ids ``[N, H, W]``
+    at the source size: argmax, then nearest resize (same index rule as PyTorch's)."""
+    H, W = out_size
+
+    def postprocess(out: np.ndarray) -> np.ndarray:
+        out = np.asarray(out)
+        ids = out.argmax(1) if out.ndim == 4 else out
+        h, w = ids.shape[-2:]
+        if (h, w) == (H, W):
+            return ids
+        rows = np.minimum((np.arange(H) * (h / H)).astype(np.int64), h - 1)
+        cols = np.minimum((np.arange(W) * (w / W)).astype(np.int64), w - 1)
+        return ids[:, rows[:, None], cols[None, :]]
+
+    return postprocess
+
+
+# ---------------------------------------------------------------- runtimes
+
+
+def backend_of(path: str | Path) -> str:
+    """The backend a file runs on, from its suffix.
+
+    Raises:
+        ValueError: an unknown suffix.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIX_BACKEND:
+        raise ValueError(
+            f"{path}: unknown model file type {suffix!r}; expected " + ", ".join(SUFFIX_BACKEND)
+        )
+    return SUFFIX_BACKEND[suffix]
+
+
+def unavailable_reason(backend: str, device: str) -> str | None:
+    """Why ``backend`` cannot run on ``device`` here, or None if it can (cheap checks, no
+    model loaded)."""
+    import importlib.util
+
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        return f"{FORMAT_NAMES.get(backend, backend)}: no GPU"
+    if backend == "tensorrt":
+        if not cuda:
+            return "TensorRT: no GPU" if not torch.cuda.is_available() else "TensorRT: GPU only"
+        if importlib.util.find_spec("tensorrt") is None:
+            return "TensorRT: the tensorrt package is not installed (pip install tensorrt)"
+    if backend == "openvino":
+        if cuda:
+            return "OpenVINO: runs on the CPU here (no NVIDIA GPU plugin)"
+        if importlib.util.find_spec("openvino") is None:
+            return "OpenVINO: not installed (pip install openvino)"
+    if backend == "onnxruntime":
+        if importlib.util.find_spec("onnxruntime") is None:
+            return "ONNX Runtime: not installed (pip install onnxruntime)"
+        if cuda:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return "ONNX Runtime: no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    return None
+
+
+def open_runtime(
+    path: str | Path, device: str = "cpu", threads: int | None = None, precision: str | None = None
+):
+    """A runtime with ``.predict``, ``.spec``, ``.backend``, ``.precision``, ``.device``,
+    via :func:`deploy.runtime.load_runtime`."""
+    from deploy.runtime import load_runtime
+
+    return load_runtime(path, device=device, threads=threads, precision=precision)
+
+
+# ---------------------------------------------------------------- memory
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark for this process (Linux ``clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process since start or the last reset (``VmHWM``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# ---------------------------------------------------------------- hardware
+
+
+def hardware_info(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """What the timings ran on: CPU model, cores, threads, memory, OS, library versions;
+    on CUDA also GPU name, driver, CUDA/cuDNN and clocks as read from ``nvidia-smi``."""
+    from importlib import metadata
+
+    import psutil
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads": threads,
+        "cpu_flags": _cpu_flags(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()]
+        if hasattr(os, "getloadavg")
+        else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {},
+    }
+    for name in ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt"):
+        try:
+            info["packages"][name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if device.startswith("cuda"):
+        info["gpu"] = gpu_info()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide which kernels run (AVX-512, VNNI, BF16, AMX)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                keep = (
+                    "avx2",
+                    "avx512f",
+                    "avx512_vnni",
+                    "avx_vnni",
+                    "avx512_bf16",
+                    "avx512_fp16",
+                    "amx_tile",
+                    "amx_bf16",
+                    "amx_int8",
+                )
+                return [f for f in keep if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPU name, driver, CUDA / cuDNN, memory and clocks (current and max, MHz)."""
+    import torch
+
+    info: dict[str, Any] = {}
+    if torch.cuda.is_available():
+        idx = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        info.update(
+            name=props.name,
+            memory_gb=round(props.total_memory / 2**30, 1),
+            compute_capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        )
+    fields = [
+        "name",
+        "driver_version",
+        "clocks.sm",
+        "clocks.mem",
+        "clocks.max.sm",
+        "clocks.max.mem",
+        "power.limit",
+        "pstate",
+        "temperature.gpu",
+    ]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        info["clocks"] = "unknown (nvidia-smi not found)"
+        return info
+    try:
+        out = subprocess.run(
+            [smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (subprocess.SubprocessError, OSError) as e:
+        info["clocks"] = f"unknown (nvidia-smi failed: {e})"
+        return info
+    line = out.strip().splitlines()[torch.cuda.current_device() if torch.cuda.is_available() else 0]
+    values = dict(zip(fields, (v.strip() for v in line.split(","))))
+    info["name"] = info.get("name") or values["name"]
+    info["driver"] = values["driver_version"]
+    info["clocks_mhz"] = {
+        "sm": values["clocks.sm"],
+        "mem": values["clocks.mem"],
+        "max_sm": values["clocks.max.sm"],
+        "max_mem": values["clocks.max.mem"],
+    }
+    info["power_limit_w"] = values["power.limit"]
+    info["pstate"] = values["pstate"]
+    info["temperature_c"] = values["temperature.gpu"]
+    return info
+
+
+def describe_hardware(info: dict[str, Any]) -> str:
+    """One line for tables and reports."""
+    cores = f"{info.get('physical_cores')} cores"
+    threads = f", {info['threads']} thread(s) pinned" if info.get("threads") else ""
+    flags = f" [{' '.join(info['cpu_flags'])}]" if info.get("cpu_flags") else ""
+    load = f", load average {info['load_average'][0]:.2f}" if info.get("load_average") else ""
+    text = f"CPU {info.get('cpu')} ({cores}{threads}){flags}, {info.get('memory_gb')} GB RAM{load}"
+    gpu = info.get("gpu")
+    if gpu:
+        clocks = gpu.get("clocks_mhz")
+        clock_text = (
+            f", SM {clocks['sm']}/{clocks['max_sm']} MHz, mem {clocks['mem']}/"
+            f"{clocks['max_mem']} MHz"
+            if isinstance(clocks, dict)
+            else ""
+        )
+        text += (
+            f"; GPU {gpu.get('name')} (driver {gpu.get('driver', '?')}, CUDA "
+            f"{gpu.get('cuda', '?')}{clock_text})"
+        )
+    return text
+
+
+# ---------------------------------------------------------------- whole runs
+
+
+@dataclass
+class Target:
+    """A model file to time: ``label`` names its row; ``precision`` is asked of the
+    runtime (None: the backend's default; the row says what really executed)."""
+
+    label: str
+    path: Path
+    backend: str
+    precision: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def default_threads() -> int:
+    """Physical cores this process may use (at least 1)."""
+    import psutil
+
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(psutil.cpu_count(logical=False) or 1, allowed or 1))
+
+
+def pin_threads(threads: int) -> None:
+    """Fix the intra-op thread count for PyTorch (pre/post-processing and the torch backend);
+    ONNX Runtime and OpenVINO get it through ``load_runtime(threads=...)``."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def check_device(device: str) -> None:
+    """Raises ValueError (one line) when ``device`` is CUDA and no GPU is visible."""
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device {device!r}: expected cpu or cuda")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "--device cuda: no CUDA GPU is visible here "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+
+
+def spec_of(path: str | Path) -> dict[str, Any] | None:
+    """The model spec of a checkpoint, or of an artifact from the manifest beside it
+    (None when neither says)."""
+    path = Path(path)
+    try:
+        if path.suffix in (".pt", ".pth"):
+            from compress.models import read_checkpoint
+
+            return read_checkpoint(path)["spec"]
+        from deploy.manifest import read_manifest
+
+        return read_manifest(path.parent)["spec"]
+    except Exception:  # noqa: BLE001 - no spec here; loading the file will say why
+        return None
+
+
+def first_run(frames: Sequence[np.ndarray], size: tuple[int, int]) -> Callable[[Any], Any]:
+    """A probe for :func:`load_targets`: one prediction, so memory figures include the
+    first run's allocations and a model that cannot take this input says so at once."""
+
+    def probe(rt) -> None:
+        rt.predict(make_preprocess(frames, size, rt.spec["mean"], rt.spec["std"])(0))
+
+    return probe
+
+
+def _gpu_used_bytes() -> int:
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def load_targets(
+    targets: Sequence[Target],
+    device: str,
+    threads: int | None,
+    probe: Callable[[Any], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Load each target (one at a time) and measure the memory it adds.
+
+    Returns:
+        One dict per target: ``{"target", "runtime" | None, "error" | None, "memory"}``;
+        ``memory`` holds ``rss_delta_mb`` (resident memory added by loading and a first
+        run), ``peak_rss_mb`` (peak above the level before loading) and on CUDA
+        ``gpu_mem_mb`` (device memory added) and ``torch_peak_gpu_mb``.
+    """
+    cuda = device.startswith("cuda")
+    _import_backends({t.backend for t in targets}, device)
+    loaded = []
+    for t in targets:
+        entry: dict[str, Any] = {"target": t, "runtime": None, "error": None, "memory": {}}
+        reason = unavailable_reason(t.backend, device)
+        if reason:
+            entry["error"] = reason
+            loaded.append(entry)
+            continue
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            gpu0 = _gpu_used_bytes()
+        peak_known = reset_peak_rss()  # else the kernel's peak is the process lifetime's
+        rss0 = rss_bytes()
+        try:
+            rt = open_runtime(t.path, device=device, threads=threads, precision=t.precision)
+            if probe is not None:
+                probe(rt)
+        except Exception as e:  # noqa: BLE001 - one row says why; the others still run
+            entry["error"] = f"{FORMAT_NAMES.get(t.backend, t.backend)}: {_one_line(e)}"
+            loaded.append(entry)
+            continue
+        mem = {
+            "rss_delta_mb": (rss_bytes() - rss0) / 2**20,
+            "peak_rss_mb": (peak_rss_bytes() - rss0) / 2**20 if peak_known else None,
+        }
+        if cuda:
+            torch.cuda.synchronize()
+            mem["gpu_mem_mb"] = (_gpu_used_bytes() - gpu0) / 2**20
+            mem["torch_peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        entry.update(runtime=rt, memory=mem)
+        loaded.append(entry)
+    return loaded
+
+
+def _import_backends(backends: set[str], device: str) -> None:
+    """Import the libraries first, so the first model's memory figure is not their cost."""
+    import importlib
+
+    modules = {
+        "torch": ("segmentation_models_pytorch", "timm"),
+        "onnxruntime": ("onnxruntime",),
+        "openvino": ("openvino",),
+        "tensorrt": ("tensorrt",),
+    }
+    for b in backends:
+        if unavailable_reason(b, device):
+            continue
+        for name in modules.get(b, ()):
+            try:
+                importlib.import_module(name)
+            except ImportError:  # loading the model will say what is missing
+                pass
+
+
+def _runtime_info(rt) -> dict[str, Any]:
+    """The backend details worth keeping with a row (provider, OpenVINO's float hint)."""
+    info = getattr(rt, "info", None) or {}
+    keep = ("providers", "inference_precision_hint", "threads", "device", "name")
+    return {
+        k: v if isinstance(v, (str, int, float, bool, list, type(None))) else str(v)
+        for k, v in info.items()
+        if k in keep
+    }
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def time_loaded(
+    loaded: Sequence[dict[str, Any]],
+    frames: Sequence[np.ndarray],
+    size: tuple[int, int],
+    device: str,
+    *,
+    runs: int,
+    warmup: int,
+    batch: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[dict[str, Any]]:
+    """Time the loaded runtimes of :func:`load_targets` interleaved at one batch size.
+
+    Returns:
+        One row per entry: ``{"label", "path", "backend", "precision", "device", "batch",
+        "latency_ms", "preprocess_ms", "postprocess_ms", "end_to_end_ms", "ratio_to_first",
+        "memory", "error"}``; entries that failed to load, or fail at this batch size, keep
+        their ``error`` and no figures.
+    """
+    rows, pipelines, order = [], [], []
+    src_hw = frames[0].shape[:2]
+    for entry in loaded:
+        t, rt = entry["target"], entry["runtime"]
+        row = {
+            "label": t.label,
+            "path": str(t.path),
+            "backend": t.backend,
+            "precision": getattr(rt, "precision", None) or t.precision,
+            "device": device,
+            "batch": batch,
+            "error": entry["error"],
+            "memory": entry["memory"],
+            "runtime_info": _runtime_info(rt),
+            **t.info,
+        }
+        rows.append(row)
+        if rt is None:
+            continue
+        spec = rt.spec
+        pre = make_preprocess(frames, size, spec["mean"], spec["std"], batch)
+        try:  # a fixed-shape artifact may refuse this size or batch: say so on its row
+            out = rt.predict(pre(0))
+            if np.asarray(out).shape[0] != batch:
+                raise ValueError(f"returned batch {np.asarray(out).shape[0]} for {batch}")
+        except Exception as e:  # noqa: BLE001 - the row says why
+            row["error"] = f"batch {batch} at {size[0]}x{size[1]}: {_one_line(e)}"
+            continue
+        pipelines.append(Pipeline(t.label, pre, rt.predict, make_postprocess(src_hw), batch))
+        order.append(row)
+    if pipelines:
+        timer = CudaEventTimer() if device.startswith("cuda") else None
+        for row, res in zip(
+            order,
+            measure_latency(pipelines, runs=runs, warmup=warmup, clock=clock, model_timer=timer),
+        ):
+            row.update({k: v for k, v in res.to_dict().items() if k not in ("name", "batch")})
+            row["ratio_to_first_label"] = order[0]["label"]
+    return rows
+
+
+def resolve_targets(
+    models: Sequence[str | Path],
+    backends: Sequence[str] | None = None,
+    precision: str | None = None,
+) -> list[Target]:
+    """Files to time from the command line: checkpoints, artifacts, or export dirs.
+
+    An export dir gives each artifact of its ``manifest.json`` (and its source checkpoint
+    when it exists), filtered by ``backends``. ``precision`` goes to OpenVINO targets, the
+    one backend that chooses its float precision at load time (the others run as built).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        ValueError: a file whose backend is not among ``backends``, or nothing left to time.
+    """
+    if precision is not None:
+        from deploy.runtime import normalize_precision
+
+        precision = normalize_precision(precision)  # ValueError names the valid ones
+    targets: list[Target] = []
+    for m in map(Path, models):
+        if not m.exists():
+            raise FileNotFoundError(f"not found: {m}")
+        if m.is_dir():
+            from deploy.manifest import read_manifest
+
+            manifest = read_manifest(m)
+            found = []
+            src = Path(manifest["source_checkpoint"])
+            if src.is_file():
+                found.append(
+                    Target(
+                        f"{m.name}/{src.name}", src, "torch", None, {"artifact_precision": "f32"}
+                    )
+                )
+            for art in manifest["artifacts"]:
+                b = art["backend"]
+                found.append(
+                    Target(
+                        f"{m.name}/{art['file']}",
+                        m / art["file"],
+                        b,
+                        precision if b == "openvino" else None,
+                        {"artifact_precision": art["precision"]},
+                    )
+                )
+            kept = [t for t in found if not backends or t.backend in backends]
+            if not kept:
+                raise ValueError(f"{m}: no artifact for backend(s) {', '.join(backends or [])}")
+            targets += kept
+            continue
+        b = backend_of(m)
+        if backends and b not in backends:
+            raise ValueError(f"{m}: a {m.suffix} file runs on {b}, not on {', '.join(backends)}")
+        targets.append(Target(m.name, m, b, precision if b == "openvino" else None))
+    seen: dict[str, int] = {}
+    for t in targets:  # same file name twice: tell the rows apart
+        seen[t.label] = seen.get(t.label, 0) + 1
+        if seen[t.label] > 1:
+            t.label = str(t.path)
+    return targets
+
+
+def run_latency(
+    models: Sequence[str | Path],
+    *,
+    device: str = "cpu",
+    backends: Sequence[str] | None = None,
+    size: tuple[int, int] | None = None,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: int | None = None,
+    batches: Sequence[int] = (1,),
+    data: str | Path | None = None,
+    split: str = "val",
+    kind: str = "camvid",
+    precision: str | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """Load, warm up and time ``models`` interleaved; the dict ``bench latency`` prints.
+
+    Returns:
+        ``{"settings", "hardware", "results": [row per model and batch]}`` (rows as in
+        :func:`time_loaded`).
+
+    Raises:
+        ValueError: ``--device cuda`` without a GPU, bad paths or backends.
+    """
+    check_device(device)
+    targets = resolve_targets(models, backends, precision)
+    threads = threads or default_threads()
+    pin_threads(threads)
+    if size is None:
+        size = next(
+            (tuple(sp["input_size"]) for sp in map(spec_of, (t.path for t in targets)) if sp),
+            (128, 128),
+        )
+    frames, note = load_images(data, split, kind, count=8, size=size)
+    loaded = load_targets(targets, device, threads, probe=first_run(frames, size))
+    rows = []
+    for b in batches:
+        rows += time_loaded(
+            loaded, frames, size, device, runs=runs, warmup=warmup, batch=b, clock=clock
+        )
+    info = hardware_info(device, threads)
+    return {
+        "settings": {
+            "device": device,
+            "size": list(size),
+            "runs": runs,
+            "warmup": warmup,
+            "threads": threads,
+            "batches": list(batches),
+            "input": note,
+            "timer": "CUDA events after synchronize"
+            if device.startswith("cuda")
+            else "time.perf_counter",
+            "process_rss_mb": rss_bytes() / 2**20,
+        },
+        "hardware": {**info, "summary": describe_hardware(info)},
+        "results": rows,
+    }
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def format_latency(result: dict[str, Any]) -> str:
+    """The readable table of :func:`run_latency`."""
+    s = result["settings"]
+    head = (
+        f"{'model':<28}{'backend':<12}{'prec':<6}{'batch':>5}{'median ± std':>18}"
+        f"{'min':>8}{'p90':>8}{'max':>8}{'pre':>7}{'post':>7}{'ratio':>7}{'peak MB':>9}"
+    )
+    lines = [
+        result["hardware"]["summary"],
+        (
+            f"device {s['device']}, {s['threads']} thread(s), input {s['size'][0]}x{s['size'][1]}, "
+            f"{s['warmup']} warm-up + {s['runs']} timed runs, interleaved; timer {s['timer']}"
+        ),
+        f"inputs: {s['input']}",
+        (
+            "ms per image; pre = resize + normalise, post = argmax + resize back; ratio = "
+            "median of per-run ratios to the first model"
+        ),
+        "",
+        head,
+        "-" * len(head),
+    ]
+    for r in result["results"]:
+        if r.get("error") or not r.get("latency_ms"):
+            lines.append(
+                f"{r['label'][:27]:<28}{r['backend']:<12}{'':<6}{r['batch']:>5}  "
+                f"could not run: {r.get('error')}"
+            )
+            continue
+        lat, mem = r["latency_ms"], r.get("memory") or {}
+        post = r["postprocess_ms"]["median"] if r.get("postprocess_ms") else float("nan")
+        lines.append(
+            f"{r['label'][:27]:<28}{r['backend']:<12}{str(r['precision'] or '?')[:5]:<6}"
+            f"{r['batch']:>5}{lat['median']:>10.2f} ± {lat['std']:<5.2f}{lat['min']:>8.2f}"
+            f"{lat['p90']:>8.2f}{lat['max']:>8.2f}{r['preprocess_ms']['median']:>7.2f}"
+            f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_num(mem.get('peak_rss_mb')):>9.0f}"
+        )
+        if mem.get("gpu_mem_mb") is not None:
+            lines.append(
+                f"{'':<28}GPU memory +{mem['gpu_mem_mb']:.0f} MB (torch peak "
+                f"{mem.get('torch_peak_gpu_mb', 0):.0f} MB)"
+            )
+        if (
+            r.get("backend") == "openvino"
+            and str(r.get("precision")).lower() in ("bf16", "bfloat16")
+            and str(r.get("artifact_precision", "f32")).lower() in ("f32", "fp32")
+        ):
+            lines.append(
+                f"{'':<28}note: OpenVINO ran this FP32 model in bf16 (the CPU's "
+                "default); --precision f32 forces f32"
+            )
+    lines.append(f"\nprocess RSS with every model loaded: {s['process_rss_mb']:.0f} MB")
+    return "\n".join(lines)

@@ -1,0 +1,844 @@
+"""The teacher-vs-student report: accuracy, cost and speed of every model and format.
+
+One row per model, format and device: teacher FP32, student FP32, and each artifact of
+the student's export dir (``manifest.json``), with params, GMACs, size on disk, mIoU and
+its change from the teacher, per-class IoU changes, latency, speed-ups and peak memory.
+A row that cannot run here stays in the table and says why. Written as Markdown, CSV and
+JSON, with a Pareto plot (mIoU vs latency) and a per-class IoU chart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.flops import count_flops, size_on_disk
+from bench.latency import (
+    FORMAT_NAMES,
+    Target,
+    check_device,
+    default_threads,
+    describe_hardware,
+    first_run,
+    hardware_info,
+    load_images,
+    load_targets,
+    pin_threads,
+    time_loaded,
+)
+
+COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
+FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def evaluate_runtime(
+    runtime, dataset, class_names: list[str], ignore_index: int, batch_size: int = 1
+) -> dict[str, Any]:
+    """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids).
+
+    Outputs at another size than the masks are resized (bilinear logits, nearest ids),
+    the same rule as ``compress eval``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from compress.metrics import scores, update_confusion
+
+    c = len(class_names)
+    conf = torch.zeros(c, c, dtype=torch.int64)
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = np.stack([it["image"].numpy() for it in items])
+        masks = torch.stack([it["mask"] for it in items])
+        out = torch.from_numpy(np.asarray(runtime.predict(images)))
+        if out.ndim == 4:
+            if out.shape[-2:] != masks.shape[-2:]:
+                out = F.interpolate(
+                    out.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False
+                )
+            pred = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
+        else:
+            pred = out.long()
+            if pred.shape[-2:] != masks.shape[-2:]:
+                pred = F.interpolate(pred[:, None].float(), size=masks.shape[-2:], mode="nearest")[
+                    :, 0
+                ].long()
+        update_confusion(conf, pred, masks, ignore_index)
+    return scores(conf, class_names)
+
+
+def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | None):
+    import torch
+
+    from compress.config import DataConfig
+    from compress.data import build_split
+
+    dcfg = DataConfig(
+        kind=kind,
+        root=str(data) if data else None,
+        size=tuple(size),
+        synthetic_val_length=max_images or 32,
+    )
+    ds = build_split(
+        dcfg,
+        split,
+        spec["mean"],
+        spec["std"],
+        spec["ignore_index"],
+        root=str(data) if data else None,
+        kind=kind,
+    )
+    if max_images and len(ds) > max_images:
+        sub = torch.utils.data.Subset(ds, range(max_images))
+        sub.class_names, sub.ignore_index = ds.class_names, ds.ignore_index
+        return sub
+    return ds
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _read_spec(path: Path) -> dict:
+    from compress.models import read_checkpoint
+
+    spec = read_checkpoint(path)["spec"]
+    if spec is None:
+        raise ValueError(
+            f"{path}: a plain state_dict without a model spec; give a segcompress checkpoint"
+        )
+    return spec
+
+
+def _artifact_targets(directory: Path, role: str) -> list[Target]:
+    from deploy.manifest import read_manifest
+
+    manifest = read_manifest(directory)
+    targets = []
+    for art in manifest["artifacts"]:
+        backend, prec = art["backend"], str(art["precision"])
+        # OpenVINO runs FP32 IR in bf16 by default on CPUs with BF16/AMX: force f32 so the
+        # FP32 row is FP32 (the precision column shows what ran)
+        ask = "f32" if backend == "openvino" and prec in ("f32", "fp32") else None
+        label = f"{role} {FORMAT_NAMES.get(backend, backend)} {prec}"
+        targets.append(
+            Target(
+                label,
+                directory / art["file"],
+                backend,
+                ask,
+                {
+                    "role": role,
+                    "format": FORMAT_NAMES.get(backend, backend),
+                    "artifact_precision": prec,
+                    "file": art["file"],
+                },
+            )
+        )
+    return targets
+
+
+def _dedupe_labels(targets: list[Target]) -> None:
+    seen: dict[str, int] = {}
+    for t in targets:
+        n = seen.get(t.label, 0)
+        seen[t.label] = n + 1
+        if n:
+            t.label = f"{t.label} ({t.info.get('file', n + 1)})"
+
+
+def build_report(
+    *,
+    teacher: Path,
+    student: Path,
+    data: Path | None,
+    split: str = "val",
+    kind: str = "camvid",
+    artifacts: Path | None = None,
+    teacher_artifacts: Path | None = None,
+    size: tuple[int, int] | None = None,
+    runs: int = 20,
+    warmup: int = 5,
+    threads: int | None = None,
+    devices: list[str] | None = None,
+    max_images: int | None = None,
+    show: bool = False,
+) -> dict[str, Any]:
+    """Measure every model and format and return the report as a plain dict.
+
+    Args:
+        teacher, student: segcompress checkpoints.
+        data, split, kind: where accuracy and the timing frames come from
+            (``kind="synthetic"`` needs no data).
+        artifacts: the student's export dir (``manifest.json``); ``teacher_artifacts`` the
+            teacher's, for speed-ups on the same backend.
+        size: ``(H, W)``; default the student's input size.
+        runs, warmup: timed and untimed interleaved rounds per device.
+        threads: CPU threads (pinned); default the physical cores.
+        devices: default ``["cpu"]`` plus ``"cuda"`` when a GPU is visible.
+        max_images: score on the first N images of the split only.
+
+    Returns:
+        ``{"settings", "hardware", "classes", "rows", "notes"}`` (see :func:`write_report`).
+
+    Raises:
+        ValueError, FileNotFoundError, DataError, ModelError: unusable inputs (named).
+    """
+    import torch
+
+    from compress.models import create_model
+
+    teacher, student = Path(teacher), Path(student)
+    t_spec, s_spec = _read_spec(teacher), _read_spec(student)
+    size = tuple(size or s_spec["input_size"])
+    if devices is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    gpu_needed = [d for d in devices if d.startswith("cuda")]
+    for d in gpu_needed:
+        check_device(d)
+    threads = threads or default_threads()
+    pin_threads(threads)
+
+    def log(msg):
+        if show:
+            print(msg, flush=True)
+
+    log(f"counting MACs at {size[0]}x{size[1]}")
+    cost = {}
+    for role, spec in (("teacher", t_spec), ("student", s_spec)):
+        fl = count_flops(create_model(spec), size, breakdown=False)
+        cost[role] = {
+            "params": fl.params["total"],
+            "gmacs": fl.gmacs,
+            "dense_gmacs": fl.dense_macs / 1e9,
+            "uncounted_ops": fl.uncounted,
+        }
+
+    targets = [
+        Target(
+            "teacher PyTorch f32",
+            teacher,
+            "torch",
+            None,
+            {
+                "role": "teacher",
+                "format": "PyTorch",
+                "artifact_precision": "f32",
+                "file": teacher.name,
+            },
+        ),
+        Target(
+            "student PyTorch f32",
+            student,
+            "torch",
+            None,
+            {
+                "role": "student",
+                "format": "PyTorch",
+                "artifact_precision": "f32",
+                "file": student.name,
+            },
+        ),
+    ]
+    if teacher_artifacts:
+        targets += _artifact_targets(Path(teacher_artifacts), "teacher")
+    if artifacts:
+        targets += _artifact_targets(Path(artifacts), "student")
+    _dedupe_labels(targets)
+
+    frames, input_note = load_images(data, split, kind, count=8, size=size)
+    class_names: list[str] | None = None
+    hardware, rows, datasets = {}, [], {}
+    for device in devices:
+        hardware[device] = hardware_info(device, threads)
+        dev_targets = [t for t in targets if _runs_on(t.backend, device)]
+        log(f"[{device}] loading {len(dev_targets)} models")
+        loaded = load_targets(dev_targets, device, threads, probe=first_run(frames, size))
+        log(f"[{device}] timing: {warmup} warm-up + {runs} interleaved runs")
+        timed = time_loaded(loaded, frames, size, device, runs=runs, warmup=warmup)
+        for entry, trow in zip(loaded, timed):
+            t, rt = entry["target"], entry["runtime"]
+            row = _row(t, device, cost, timing=trow, error=trow["error"])
+            if rt is not None and row["status"] == "ok":
+                spec = rt.spec
+                key = (tuple(spec["mean"]), tuple(spec["std"]), spec["ignore_index"])
+                if key not in datasets:
+                    datasets[key] = _dataset(data, split, kind, size, spec, max_images)
+                ds = datasets[key]
+                class_names = class_names or list(ds.class_names)
+                if spec["classes"] != len(ds.class_names):
+                    row["accuracy_note"] = (
+                        f"mIoU n/a: model has {spec['classes']} classes, "
+                        f"the data {len(ds.class_names)}"
+                    )
+                else:
+                    log(f"[{device}] scoring {t.label} on {len(ds)} images")
+                    try:
+                        res = evaluate_runtime(rt, ds, list(ds.class_names), ds.ignore_index)
+                        row["miou"] = res["miou"]
+                        row["per_class_iou"] = res["per_class_iou"]
+                    except Exception as e:  # noqa: BLE001 - the row keeps its latency, says why
+                        row["accuracy_note"] = f"scoring failed: {str(e).splitlines()[0]}"
+            rows.append(row)
+        del loaded
+    # a model no requested device could run still gets its row, saying why
+    shown = {r["model"] for r in rows}
+    for t in targets:
+        if t.label in shown:
+            continue
+        if t.backend == "tensorrt":
+            why = (
+                "TensorRT: GPU only; add --device cuda"
+                if torch.cuda.is_available()
+                else "TensorRT: no GPU"
+            )
+            rows.append(_row(t, "cuda", cost, error=why))
+        else:
+            rows.append(
+                _row(
+                    t,
+                    "cpu",
+                    cost,
+                    error=f"{FORMAT_NAMES.get(t.backend, t.backend)}: "
+                    "runs on the CPU here; add --device cpu",
+                )
+            )
+    _derive(rows, class_names or [])
+    notes = _notes(rows)
+    return {
+        "settings": {
+            "teacher": str(teacher),
+            "student": str(student),
+            "artifacts": str(artifacts) if artifacts else None,
+            "teacher_artifacts": str(teacher_artifacts) if teacher_artifacts else None,
+            "data": str(data) if data else None,
+            "split": split,
+            "data_kind": kind,
+            "images_scored": len(next(iter(datasets.values()))) if datasets else 0,
+            "size": list(size),
+            "runs": runs,
+            "warmup": warmup,
+            "threads": threads,
+            "batch": 1,
+            "devices": devices,
+            "input": input_note,
+        },
+        "hardware": {d: {**h, "summary": describe_hardware(h)} for d, h in hardware.items()},
+        "cost": cost,
+        "classes": class_names or [],
+        "rows": rows,
+        "notes": notes,
+    }
+
+
+def _runs_on(backend: str, device: str) -> bool:
+    """TensorRT rows belong to CUDA, OpenVINO rows to the CPU; the rest to both."""
+    cuda = device.startswith("cuda")
+    return not ((backend == "tensorrt" and not cuda) or (backend == "openvino" and cuda))
+
+
+def norm_precision(p: str | None) -> str | None:
+    """``fp32``/``float32`` -> ``f32``, ``bfloat16`` -> ``bf16``, ``float16`` -> ``fp16``."""
+    if p is None:
+        return None
+    p = str(p).lower().replace("<type: '", "").rstrip("'>")
+    return {
+        "fp32": "f32",
+        "float32": "f32",
+        "float": "f32",
+        "bfloat16": "bf16",
+        "float16": "fp16",
+        "f16": "fp16",
+        "half": "fp16",
+        "i8": "int8",
+    }.get(p, p)
+
+
+def _row(
+    t: Target, device: str, cost: dict, timing: dict | None = None, error: str | None = None
+) -> dict[str, Any]:
+    role = t.info.get("role", "student")
+    try:
+        disk = size_on_disk(t.path) / 2**20
+    except FileNotFoundError:
+        disk, error = None, error or f"file not found: {t.path}"
+    row = {
+        "model": t.label,
+        "role": role,
+        "format": t.info.get("format"),
+        "backend": t.backend,
+        "artifact_precision": t.info.get("artifact_precision"),
+        "precision": (timing or {}).get("precision") or t.precision,
+        "device": device,
+        "path": str(t.path),
+        "params": cost[role]["params"],
+        "gmacs": cost[role]["gmacs"],
+        "size_mb": disk,
+        "miou": None,
+        "delta_miou": None,
+        "per_class_iou": {},
+        "per_class_delta": {},
+        "latency_ms": None,
+        "preprocess_ms": None,
+        "postprocess_ms": None,
+        "end_to_end_ms": None,
+        "memory": (timing or {}).get("memory", {}),
+        "speedup_same_backend": None,
+        "speedup_vs_teacher_torch": None,
+        "status": "ok" if not error else "could not run",
+        "reason": error,
+        "notes": [],
+    }
+    if timing and not error:
+        for k in (
+            "latency_ms",
+            "preprocess_ms",
+            "postprocess_ms",
+            "end_to_end_ms",
+            "ratio_to_first",
+            "samples_ms",
+            "runtime_info",
+        ):
+            row[k] = timing.get(k)
+    return row
+
+
+def _median(row) -> float | None:
+    lat = row.get("latency_ms")
+    return lat["median"] if lat else None
+
+
+def _derive(rows: list[dict], class_names: list[str]) -> None:
+    """Accuracy deltas vs the teacher and speed-ups, filled in place."""
+    t_acc = next(
+        (
+            r
+            for r in rows
+            if r["role"] == "teacher" and r["backend"] == "torch" and r["miou"] is not None
+        ),
+        None,
+    )
+    for r in rows:
+        if t_acc and r["miou"] is not None:
+            r["delta_miou"] = r["miou"] - t_acc["miou"]
+            for name in class_names:
+                a, b = r["per_class_iou"].get(name), t_acc["per_class_iou"].get(name)
+                r["per_class_delta"][name] = None if a is None or b is None else a - b
+        ms = _median(r)
+        if ms is None or ms <= 0:
+            continue
+        same = [
+            t
+            for t in rows
+            if t["role"] == "teacher"
+            and t["device"] == r["device"]
+            and t["backend"] == r["backend"]
+            and _median(t)
+        ]
+        same.sort(key=lambda t: t["artifact_precision"] not in FP_PRECISIONS)
+        if same:
+            r["speedup_same_backend"] = _median(same[0]) / ms
+        torch_t = next(
+            (
+                t
+                for t in rows
+                if t["role"] == "teacher"
+                and t["backend"] == "torch"
+                and t["device"] == r["device"]
+                and _median(t)
+            ),
+            None,
+        )
+        if torch_t:
+            r["speedup_vs_teacher_torch"] = _median(torch_t) / ms
+
+
+def _notes(rows: list[dict]) -> list[str]:
+    """Report-level remarks: INT8 not faster than FP, precision changes, rows not run."""
+    notes = []
+    for r in rows:
+        if r["status"] != "ok":
+            notes.append(f"{r['model']} on {r['device']}: could not run ({r['reason']})")
+            continue
+        if r.get("accuracy_note"):
+            r["notes"].append(r["accuracy_note"])
+        ran, asked = norm_precision(r["precision"]), norm_precision(r["artifact_precision"])
+        if ran and asked and ran != asked:
+            r["notes"].append(f"{asked} model executed in {ran}")
+        hint = norm_precision((r.get("runtime_info") or {}).get("inference_precision_hint"))
+        if r["backend"] == "openvino" and hint and hint not in (ran, "f32"):
+            r["notes"].append(f"float layers run in {hint} (OpenVINO's default on this CPU)")
+        if asked == "int8" and _median(r):
+            fps = [
+                f
+                for f in rows
+                if f["role"] == r["role"]
+                and f["backend"] == r["backend"]
+                and f["device"] == r["device"]
+                and f["artifact_precision"] in FP_PRECISIONS
+                and _median(f)
+            ]
+            if not fps and r["backend"] != "torch":
+                r["notes"].append(f"no FP32/FP16 {r['format']} artifact to compare INT8 with")
+            for f in fps:
+                if _median(r) >= _median(f):
+                    text = (
+                        f"INT8 is not faster than {f['artifact_precision'].upper()} on "
+                        f"{r['backend']}/{r['device']} ({_median(r):.2f} vs "
+                        f"{_median(f):.2f} ms/image)"
+                    )
+                    r["notes"].append(text)
+                    notes.append(f"{r['model']}: {text}")
+        for name, d in r["per_class_delta"].items():
+            if d is not None and d * 100 <= -COLLAPSE_POINTS:
+                r["notes"].append(f"{name} IoU {d * 100:+.1f} pts vs teacher")
+    return notes
+
+
+# ---------------------------------------------------------------- output
+
+
+def _fmt(v, spec: str = ".2f", scale: float = 1.0, none: str = "—") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    return format(v * scale, spec)
+
+
+def _latency_cell(r: dict) -> str:
+    if r["status"] != "ok":
+        return f"could not run: {r['reason']}"
+    lat = r["latency_ms"]
+    return f"{lat['median']:.2f} ± {lat['std']:.2f}" if lat else "—"
+
+
+SUMMARY_COLUMNS = [
+    "model",
+    "backend",
+    "device",
+    "precision (ran)",
+    "params (M)",
+    "GMACs",
+    "size (MB)",
+    "mIoU",
+    "Δ mIoU",
+    "ms/image (median ± std)",
+    "× teacher same backend",
+    "× teacher PyTorch",
+    "peak RSS (MB)",
+    "notes",
+]
+
+
+def summary_table(report: dict) -> list[list[str]]:
+    """The summary as rows of strings (header first), one per model, format and device."""
+    table = [SUMMARY_COLUMNS]
+    for r in report["rows"]:
+        mem = r.get("memory") or {}
+        table.append(
+            [
+                r["model"],
+                r["backend"],
+                r["device"],
+                r["precision"] or "—",
+                _fmt(r["params"], ".2f", 1e-6),
+                _fmt(r["gmacs"], ".3f"),
+                _fmt(r["size_mb"], ".2f"),
+                _fmt(r["miou"], ".2f", 100),
+                _fmt(r["delta_miou"], "+.2f", 100),
+                _latency_cell(r),
+                _fmt(r["speedup_same_backend"], ".2f") + ("×" if r["speedup_same_backend"] else ""),
+                _fmt(r["speedup_vs_teacher_torch"], ".2f")
+                + ("×" if r["speedup_vs_teacher_torch"] else ""),
+                _fmt(mem.get("peak_rss_mb"), ".0f"),
+                "; ".join(r["notes"]),
+            ]
+        )
+    return table
+
+
+def per_class_table(report: dict) -> list[list[str]]:
+    """Per-class IoU of the teacher and the change of every other scored row (points)."""
+    scored = _scored_rows(report)
+    teacher = next((r for r in scored if r["role"] == "teacher" and r["backend"] == "torch"), None)
+    others = [r for r in scored if r is not teacher]
+    head = ["class", "teacher IoU"] + [f"Δ {r['model']}" for r in others]
+    table = [head]
+    for name in report["classes"]:
+        line = [name, _fmt(teacher["per_class_iou"].get(name) if teacher else None, ".1f", 100)]
+        for r in others:
+            d = r["per_class_delta"].get(name)
+            cell = _fmt(d, "+.1f", 100)
+            if d is not None and d * 100 <= -COLLAPSE_POINTS:
+                cell = f"**{cell}**"
+            line.append(cell)
+        table.append(line)
+    return table
+
+
+def _scored_rows(report: dict) -> list[dict]:
+    """Rows with accuracy, one per model (the first device that scored it)."""
+    seen, out = set(), []
+    for r in report["rows"]:
+        if r["miou"] is not None and r["model"] not in seen:
+            seen.add(r["model"])
+            out.append(r)
+    return out
+
+
+def _markdown_table(table: list[list[str]]) -> str:
+    esc = [[str(c).replace("|", "\\|") for c in row] for row in table]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in esc[0]) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in esc[1:]]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
+    s = report["settings"]
+    out = ["# Teacher vs student", ""]
+    for dev, hw in report["hardware"].items():
+        out.append(f"- **{dev}**: {hw['summary']}")
+    out += [
+        f"- teacher `{s['teacher']}`, student `{s['student']}`"
+        + (f", artifacts `{s['artifacts']}`" if s["artifacts"] else ""),
+        (
+            f"- accuracy: {s['data_kind']} `{s['data'] or '-'}` [{s['split']}], "
+            f"{s['images_scored']} images at {s['size'][0]}x{s['size'][1]}"
+        ),
+        (
+            f"- latency: batch {s['batch']}, {s['warmup']} warm-up + {s['runs']} timed runs, "
+            f"models interleaved run by run, {s['threads']} CPU thread(s); inputs: {s['input']}"
+        ),
+        (
+            "- ms/image is the model alone (median ± std); pre-processing (resize, normalise) "
+            "and post-processing (argmax, resize back) are in the JSON"
+        ),
+        (
+            "- GMACs: multiply-accumulates at the report size, element-wise ops, pooling, "
+            "softmax and interpolation included (see docs/bench.md)"
+        ),
+        "",
+        "## Summary",
+        "",
+        _markdown_table(summary_table(report)),
+        "",
+    ]
+    if report["classes"] and _scored_rows(report):
+        out += [
+            "## Per-class IoU (teacher, and change in points)",
+            "",
+            f"Bold: a class that lost {COLLAPSE_POINTS:.0f} points or more.",
+            "",
+            _markdown_table(per_class_table(report)),
+            "",
+        ]
+    if report["notes"]:
+        out += ["## Notes", ""] + [f"- {n}" for n in report["notes"]] + [""]
+    for title, name in (images or {}).items():
+        out += [f"![{title}]({name})", ""]
+    return "\n".join(out)
+
+
+CSV_COLUMNS = [
+    "model",
+    "role",
+    "format",
+    "backend",
+    "artifact_precision",
+    "precision",
+    "device",
+    "params",
+    "gmacs",
+    "size_mb",
+    "miou",
+    "delta_miou",
+    "ms_median",
+    "ms_std",
+    "ms_min",
+    "ms_p90",
+    "ms_max",
+    "pre_ms_median",
+    "post_ms_median",
+    "speedup_same_backend",
+    "speedup_vs_teacher_torch",
+    "peak_rss_mb",
+    "gpu_mem_mb",
+    "status",
+    "reason",
+    "notes",
+]
+
+
+def render_csv(report: dict) -> str:
+    names = report["classes"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS + [f"iou_{n}" for n in names] + [f"delta_iou_{n}" for n in names])
+    for r in report["rows"]:
+        lat = r["latency_ms"] or {}
+        mem = r.get("memory") or {}
+        values = {
+            **r,
+            "ms_median": lat.get("median"),
+            "ms_std": lat.get("std"),
+            "ms_min": lat.get("min"),
+            "ms_p90": lat.get("p90"),
+            "ms_max": lat.get("max"),
+            "pre_ms_median": (r["preprocess_ms"] or {}).get("median"),
+            "post_ms_median": (r["postprocess_ms"] or {}).get("median"),
+            "peak_rss_mb": mem.get("peak_rss_mb"),
+            "gpu_mem_mb": mem.get("gpu_mem_mb"),
+            "notes": "; ".join(r["notes"]),
+        }
+        w.writerow(
+            [_csv(values.get(c)) for c in CSV_COLUMNS]
+            + [_csv(r["per_class_iou"].get(n)) for n in names]
+            + [_csv(r["per_class_delta"].get(n)) for n in names]
+        )
+    return buf.getvalue()
+
+
+def _csv(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def plot_pareto(report: dict, path: Path) -> Path | None:
+    """mIoU vs ms/image, one panel per device, the Pareto front drawn; None if nothing
+    was both timed and scored."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devices = [
+        d
+        for d in dict.fromkeys(r["device"] for r in report["rows"])
+        if any(r["device"] == d and r["miou"] is not None and _median(r) for r in report["rows"])
+    ]
+    if not devices:
+        return None
+    fig, axes = plt.subplots(1, len(devices), figsize=(6.5 * len(devices), 4.8), squeeze=False)
+    for ax, dev in zip(axes[0], devices):
+        pts = [
+            r for r in report["rows"] if r["device"] == dev and r["miou"] is not None and _median(r)
+        ]
+        for k, r in enumerate(sorted(pts, key=_median)):
+            std = r["latency_ms"]["std"]
+            ax.errorbar(
+                _median(r),
+                r["miou"] * 100,
+                xerr=[[min(std, _median(r))], [std]],
+                fmt="o",
+                color="tab:red" if r["role"] == "teacher" else "tab:blue",
+                capsize=3,
+            )
+            # stagger labels so models with near-equal figures stay readable
+            ax.annotate(
+                r["model"],
+                (_median(r), r["miou"] * 100),
+                fontsize=7,
+                xytext=(4, 4 + 9 * (k % 3)),
+                textcoords="offset points",
+            )
+        front, best = [], -1.0
+        for r in sorted(pts, key=lambda r: (_median(r), -r["miou"])):
+            if r["miou"] > best:
+                front.append(r)
+                best = r["miou"]
+        ax.step(
+            [_median(r) for r in front],
+            [r["miou"] * 100 for r in front],
+            where="post",
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label="Pareto front",
+        )
+        ax.margins(x=0.15, y=0.25)  # room for the labels
+        ax.set_xlabel("ms / image (median ± std, batch 1)")
+        ax.set_ylabel("mIoU (%)")
+        ax.set_title(f"{dev}: accuracy vs latency")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_per_class(report: dict, path: Path) -> Path | None:
+    """Grouped bars of per-class IoU for every scored model; None if none was scored."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored, names = _scored_rows(report), report["classes"]
+    if not scored or not names:
+        return None
+    width = 0.8 / len(scored)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(names) + 2), 4.5))
+    for k, r in enumerate(scored):
+        vals = [(r["per_class_iou"].get(n) or 0.0) * 100 for n in names]
+        ax.bar(x + (k - (len(scored) - 1) / 2) * width, vals, width, label=r["model"])
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Per-class IoU")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict, out: str | Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.csv``, ``report.json`` and the PNG charts to ``out``.
+
+    Returns:
+        Name -> path of each file written.
+    """
+    from compress.io import atomic_write_json, atomic_write_text
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    images = {}
+    for key, title, fn in (
+        ("pareto", "mIoU vs latency", plot_pareto),
+        ("per_class", "per-class IoU", plot_per_class),
+    ):
+        p = fn(report, out / f"{key}.png")
+        if p:
+            files[key] = p
+            images[title] = p.name
+    files["markdown"] = atomic_write_text(out / "report.md", render_markdown(report, images))
+    files["csv"] = atomic_write_text(out / "report.csv", render_csv(report))
+    files["json"] = atomic_write_json(out / "report.json", _jsonable(report))
+    return files
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -1,0 +1,108 @@
+"""Tiny checkpoints and a tiny export dir for the bench tests and benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from compress.data import SYNTHETIC_CLASSES
+from compress.models import create_model, make_spec, save_checkpoint
+
+SIZE = (64, 64)
+
+
+def tiny_spec(decoder_channels=(16, 16, 8, 8, 8)) -> dict:
+    return make_spec(
+        arch="Unet",
+        encoder="tu-efficientnet_lite0",
+        classes=5,
+        class_names=SYNTHETIC_CLASSES,
+        decoder_channels=list(decoder_channels),
+        input_size=SIZE,
+    )
+
+
+def make_checkpoints(root: Path) -> tuple[Path, Path]:
+    """A 'teacher' (wider decoder) and a 'student' checkpoint, random weights."""
+    torch.manual_seed(0)
+    out = []
+    for name, dec in (("teacher", (32, 16, 16, 8, 8)), ("student", (16, 16, 8, 8, 8))):
+        spec = tiny_spec(dec)
+        out.append(save_checkpoint(root / f"{name}.pt", create_model(spec), spec, epoch=0))
+    return out[0], out[1]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_onnx(checkpoint: Path, path: Path) -> Path:
+    from compress.models import load_model
+
+    model = load_model(checkpoint)
+    torch.onnx.export(
+        model,
+        torch.randn(1, 3, *SIZE),
+        str(path),
+        dynamo=False,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "n"}, "logits": {0: "n"}},
+        opset_version=17,
+    )
+    return path
+
+
+def make_export_dir(
+    root: Path, checkpoint: Path, with_engine: bool = True, openvino: bool = False
+) -> Path:
+    """An export dir in the manifest format: an FP32 ONNX, optionally its OpenVINO IR, and
+    (optionally) a TensorRT 'engine' that is only bytes, so its row must say it could not
+    run."""
+    from compress.models import read_checkpoint
+    from deploy.manifest import MANIFEST_FORMAT
+
+    root.mkdir(parents=True, exist_ok=True)
+    spec = read_checkpoint(checkpoint)["spec"]
+    onnx_path = export_onnx(checkpoint, root / "model.onnx")
+    entries = [("model.onnx", "onnxruntime", "f32")]
+    if openvino:
+        import openvino as ov
+
+        ov.save_model(
+            ov.convert_model(str(onnx_path)), str(root / "model.xml"), compress_to_fp16=False
+        )
+        entries.append(("model.xml", "openvino", "f32"))
+    if with_engine:
+        (root / "model_fp16.engine").write_bytes(b"not a real engine")
+        entries.append(("model_fp16.engine", "tensorrt", "fp16"))
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "source_checkpoint": str(checkpoint.resolve()),
+        "source_sha256": _sha(checkpoint),
+        "spec": {**spec, "output": "logits"},
+        "artifacts": [
+            {
+                "file": f,
+                "sha256": _sha(root / f),
+                "backend": b,
+                "precision": p,
+                "input_shape": ["batch", 3, *SIZE],
+                "input_dtype": "float32",
+                "output": "logits",
+                "files": (
+                    [{"file": "model.bin", "sha256": _sha(root / "model.bin")}]
+                    if f.endswith(".xml")
+                    else []
+                ),
+            }
+            for f, b, p in entries
+        ],
+        "environment": {},
+    }
+    assert onnx_path.is_file()
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return root

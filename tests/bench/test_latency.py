@@ -1,0 +1,141 @@
+"""Latency statistics and interleaving against an injected fake clock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.latency import (
+    NOISE_NOTE,
+    LatencyStats,
+    Pipeline,
+    check_device,
+    load_images,
+    make_postprocess,
+    measure_latency,
+    resolve_targets,
+)
+
+
+class FakeClock:
+    """Seconds that advance only when a stage 'works'; ``drift`` slows every later call."""
+
+    def __init__(self, drift: float = 1.0):
+        self.t, self.drift, self.scale = 0.0, drift, 1.0
+        self.calls: list[str] = []
+
+    def __call__(self) -> float:
+        return self.t
+
+    def work(self, name: str, ms: float):
+        def fn(x):
+            self.calls.append(name)
+            self.t += ms / 1000 * self.scale
+            if name.endswith("model"):
+                self.scale *= self.drift
+            return x
+
+        return fn
+
+
+def test_stats_known_values():
+    s = LatencyStats.from_samples([1.0, 2.0, 3.0, 4.0, 10.0])
+    assert (s.n, s.median, s.mean, s.min, s.max) == (5, 3.0, 4.0, 1.0, 10.0)
+    assert s.std == pytest.approx(np.std([1, 2, 3, 4, 10], ddof=1))
+    assert s.p90 == pytest.approx(7.6)  # linear between 4 (80th) and 10 (100th)
+    assert str(s) == f"3.00 ± {s.std:.2f} ms"
+    single = LatencyStats.from_samples([5.0])
+    assert single.std == 0.0 and single.p90 == 5.0
+    with pytest.raises(ValueError):
+        LatencyStats.from_samples([])
+
+
+def _pipes(clock, batch=1):
+    return [
+        Pipeline(
+            name,
+            clock.work(f"{name}.pre", 0.5),
+            clock.work(f"{name}.model", ms),
+            clock.work(f"{name}.post", 0.25),
+            batch,
+        )
+        for name, ms in (("a", 2.0), ("b", 6.0))
+    ]
+
+
+def test_stages_timed_separately_with_fake_clock():
+    clock = FakeClock()
+    res = measure_latency(_pipes(clock), runs=5, warmup=2, clock=clock)
+    a, b = res
+    assert a.model.median == pytest.approx(2.0) and a.model.std == pytest.approx(0.0)
+    assert b.model.median == pytest.approx(6.0)
+    assert a.preprocess.median == pytest.approx(0.5)
+    assert a.postprocess.median == pytest.approx(0.25)
+    assert a.end_to_end.median == pytest.approx(2.75)
+    assert a.model.n == 5 and len(a.samples_ms) == 5
+    assert a.ratio_to_first == pytest.approx(1.0) and b.ratio_to_first == pytest.approx(3.0)
+    # warm-up rounds run but are not timed: 7 rounds of 2 pipelines x 3 stages
+    assert len(clock.calls) == 7 * 2 * 3
+
+
+def test_runs_are_interleaved_and_rotated():
+    clock = FakeClock()
+    measure_latency(_pipes(clock), runs=2, warmup=0, clock=clock)
+    models = [c for c in clock.calls if c.endswith("model")]
+    assert models == ["a.model", "b.model", "b.model", "a.model"]
+
+
+def test_ratio_survives_drift():
+    # the machine slows by 10 % after every model call: medians drift, the ratio holds
+    clock = FakeClock(drift=1.1)
+    a, b = measure_latency(_pipes(clock), runs=9, warmup=0, clock=clock)
+    assert a.model.max > 2 * a.model.min
+    assert b.ratio_to_first == pytest.approx(3.0, rel=0.11)
+
+
+def test_batch_divides_per_image():
+    clock = FakeClock()
+    a, _ = measure_latency(_pipes(clock, batch=4), runs=3, warmup=0, clock=clock)
+    assert a.model.median == pytest.approx(0.5) and a.batch == 4
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        measure_latency([], runs=3)
+    with pytest.raises(ValueError):
+        measure_latency(_pipes(FakeClock()), runs=0)
+
+
+def test_noise_inputs_say_so_and_real_inputs_are_images():
+    frames, note = load_images(None, size=(32, 64), count=3)
+    assert note.startswith(NOISE_NOTE) and len(frames) == 3
+    assert frames[0].shape == (32, 64, 3) and frames[0].dtype == np.uint8 and frames[0].std() > 0
+    frames, note = load_images(None, kind="synthetic", size=(64, 64), count=2)
+    assert note.startswith("real images") and len(frames) == 2
+
+
+def test_postprocess_argmax_and_resize_back():
+    logits = np.zeros((1, 3, 2, 2), np.float32)
+    logits[0, 2, 0, 1] = 1.0
+    ids = make_postprocess((4, 4))(logits)
+    assert ids.shape == (1, 4, 4)
+    assert (ids[0, :2, 2:] == 2).all() and ids.sum() == 2 * 4
+
+
+def test_resolve_targets(tmp_path, export_dir):
+    targets = resolve_targets([export_dir])
+    assert [t.backend for t in targets] == ["torch", "onnxruntime", "tensorrt"]
+    assert [t.backend for t in resolve_targets([export_dir], ["onnxruntime"])] == ["onnxruntime"]
+    with pytest.raises(ValueError, match="runs on onnxruntime"):
+        resolve_targets([export_dir / "model.onnx"], ["openvino"])
+    with pytest.raises(FileNotFoundError):
+        resolve_targets([tmp_path / "none.pt"])
+
+
+def test_cuda_without_gpu_is_one_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        check_device("cuda")

@@ -1,0 +1,229 @@
+"""Report structure: columns, 'could not run' rows, INT8 remarks, collapsed classes; and a
+CPU end-to-end report on tiny models with synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.latency import Target
+from bench.report import (
+    CSV_COLUMNS,
+    SUMMARY_COLUMNS,
+    _derive,
+    _notes,
+    _row,
+    per_class_table,
+    render_csv,
+    render_markdown,
+    summary_table,
+    write_report,
+)
+
+CLASSES = ["road", "car", "pole"]
+COST = {
+    "teacher": {"params": 20_000_000, "gmacs": 10.0},
+    "student": {"params": 2_000_000, "gmacs": 1.0},
+}
+
+
+def _lat(ms: float) -> dict:
+    return {
+        "n": 5,
+        "median": ms,
+        "mean": ms,
+        "std": 0.1,
+        "min": ms - 0.2,
+        "p90": ms + 0.1,
+        "max": ms + 0.3,
+    }
+
+
+def fake_report(tmp_path: Path) -> dict:
+    def row(label, role, backend, prec, ms, iou, error=None, device="cpu"):
+        f = tmp_path / f"{label.replace(' ', '_')}.bin"
+        f.write_bytes(b"x" * 2**20)
+        t = Target(
+            label, f, backend, None, {"role": role, "artifact_precision": prec, "format": backend}
+        )
+        timing = (
+            None
+            if error
+            else {"precision": prec, "latency_ms": _lat(ms), "memory": {"peak_rss_mb": 50.0}}
+        )
+        r = _row(t, device, COST, timing=timing, error=error)
+        if iou is not None:
+            r["miou"] = sum(iou) / len(iou)
+            r["per_class_iou"] = dict(zip(CLASSES, iou))
+        return r
+
+    rows = [
+        row("teacher PyTorch f32", "teacher", "torch", "f32", 40.0, [0.9, 0.8, 0.5]),
+        row("student PyTorch f32", "student", "torch", "f32", 10.0, [0.88, 0.75, 0.45]),
+        row("student ONNX f32", "student", "onnxruntime", "f32", 5.0, [0.88, 0.75, 0.45]),
+        row("student ONNX int8", "student", "onnxruntime", "int8", 6.0, [0.87, 0.74, 0.10]),
+        row(
+            "student TensorRT fp16",
+            "student",
+            "tensorrt",
+            "fp16",
+            0,
+            None,
+            error="TensorRT: no GPU",
+            device="cuda",
+        ),
+    ]
+    _derive(rows, CLASSES)
+    return {
+        "settings": {
+            "teacher": "t.pt",
+            "student": "s.pt",
+            "artifacts": "export",
+            "data": "data",
+            "split": "val",
+            "data_kind": "camvid",
+            "images_scored": 3,
+            "size": [64, 64],
+            "runs": 5,
+            "warmup": 1,
+            "threads": 1,
+            "batch": 1,
+            "devices": ["cpu", "cuda"],
+            "input": "real images",
+        },
+        "hardware": {"cpu": {"summary": "CPU test"}},
+        "cost": COST,
+        "classes": CLASSES,
+        "rows": rows,
+        "notes": _notes(rows),
+    }
+
+
+def test_summary_table_structure(tmp_path):
+    rep = fake_report(tmp_path)
+    table = summary_table(rep)
+    assert table[0] == SUMMARY_COLUMNS
+    assert len(table) == 1 + 5 and all(len(r) == len(SUMMARY_COLUMNS) for r in table)
+    col = {name: i for i, name in enumerate(SUMMARY_COLUMNS)}
+    student = table[2]
+    assert student[col["params (M)"]] == "2.00" and student[col["GMACs"]] == "1.000"
+    assert student[col["Δ mIoU"]] == "-4.00"  # (0.88+0.75+0.45)/3 - (0.9+0.8+0.5)/3
+    assert student[col["× teacher same backend"]] == "4.00×"
+    assert table[3][col["× teacher PyTorch"]] == "8.00×"
+    assert table[3][col["× teacher same backend"]] == "—"  # no teacher ONNX row
+    assert student[col["size (MB)"]] == "1.00"
+
+
+def test_row_that_could_not_run_stays_and_says_why(tmp_path):
+    rep = fake_report(tmp_path)
+    trt = summary_table(rep)[-1]
+    assert trt[0] == "student TensorRT fp16"
+    assert "could not run: TensorRT: no GPU" in trt
+    assert any("could not run (TensorRT: no GPU)" in n for n in rep["notes"])
+    md = render_markdown(rep)
+    assert "| student TensorRT fp16 |" in md and "could not run: TensorRT: no GPU" in md
+
+
+def test_int8_not_faster_is_said(tmp_path):
+    rep = fake_report(tmp_path)
+    int8 = next(r for r in rep["rows"] if r["model"] == "student ONNX int8")
+    assert any("INT8 is not faster than F32 on onnxruntime/cpu" in n for n in int8["notes"])
+    assert any("INT8 is not faster" in n for n in rep["notes"])
+    assert "INT8 is not faster" in render_markdown(rep)
+
+
+def test_collapsed_class_is_visible(tmp_path):
+    rep = fake_report(tmp_path)
+    table = per_class_table(rep)
+    assert table[0][:2] == ["class", "teacher IoU"]
+    assert [r[0] for r in table[1:]] == CLASSES
+    pole = table[3]
+    assert pole[1] == "50.0"
+    assert pole[table[0].index("Δ student ONNX int8")] == "**-40.0**"
+    assert pole[table[0].index("Δ student PyTorch f32")] == "-5.0"
+    int8 = next(r for r in rep["rows"] if r["model"] == "student ONNX int8")
+    assert "pole IoU -40.0 pts vs teacher" in int8["notes"]
+
+
+def test_csv_and_files(tmp_path):
+    rep = fake_report(tmp_path)
+    rows = list(csv.DictReader(io.StringIO(render_csv(rep))))
+    assert len(rows) == 5
+    assert list(rows[0])[: len(CSV_COLUMNS)] == CSV_COLUMNS
+    assert "delta_iou_pole" in rows[0]
+    assert rows[-1]["status"] == "could not run" and rows[-1]["reason"] == "TensorRT: no GPU"
+    files = write_report(rep, tmp_path / "out")
+    assert set(files) == {"pareto", "per_class", "markdown", "csv", "json"}
+    assert all(p.is_file() and p.stat().st_size > 0 for p in files.values())
+    assert files["pareto"].read_bytes()[:4] == b"\x89PNG"
+    back = json.loads(files["json"].read_text())
+    assert back["rows"][-1]["reason"] == "TensorRT: no GPU"
+
+
+def test_end_to_end_report_cli(tmp_path, checkpoints, export_dir):
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    teacher, student = checkpoints
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--teacher",
+            str(teacher),
+            "--student",
+            str(student),
+            "--artifacts",
+            str(export_dir),
+            "--data-kind",
+            "synthetic",
+            "--split",
+            "val",
+            "--size",
+            "64x64",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--max-images",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rep = json.loads((out / "report.json").read_text())
+    by_model = {r["model"]: r for r in rep["rows"]}
+    assert list(by_model) == [
+        "teacher PyTorch f32",
+        "student PyTorch f32",
+        "student ONNX f32",
+        "student TensorRT fp16",
+    ]
+    t, s, onnx = (by_model[k] for k in list(by_model)[:3])
+    for r in (t, s, onnx):
+        assert r["status"] == "ok" and r["latency_ms"]["n"] == 3
+        assert 0.0 <= r["miou"] <= 1.0 and set(r["per_class_iou"]) == set(rep["classes"])
+        assert r["gmacs"] > 0 and r["size_mb"] > 0 and r["precision"] == "f32"
+    assert t["delta_miou"] == 0.0 and t["speedup_vs_teacher_torch"] == pytest.approx(1.0)
+    assert s["params"] < t["params"]
+    # the ONNX export is the student's graph: same predictions, so the same mIoU
+    assert onnx["miou"] == pytest.approx(s["miou"], abs=1e-3)
+    trt = by_model["student TensorRT fp16"]
+    assert trt["status"] == "could not run" and trt["reason"].startswith("TensorRT")
+    assert rep["settings"]["input"].startswith("real images")
+    assert rep["hardware"]["cpu"]["threads"] == 1
+    md = (out / "report.md").read_text()
+    assert "## Summary" in md and "could not run: TensorRT" in md and "pareto.png" in md
+    assert (out / "pareto.png").is_file() and (out / "per_class.png").is_file()

@@ -1,0 +1,79 @@
+"""Speed regression checks (pytest-benchmark); see docs/bench.md for the workflow.
+
+    pytest tests/benchmarks -m benchmark --benchmark-enable --benchmark-autosave
+    pytest tests/benchmarks -m benchmark --benchmark-enable \\
+        --benchmark-compare --benchmark-compare-fail=median:15%
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.bench.helpers import SIZE
+
+pytestmark = pytest.mark.benchmark
+
+FILES = {"torch": None, "onnxruntime": "model.onnx", "openvino": "model.xml"}
+
+
+@pytest.mark.parametrize("backend", list(FILES))
+def test_student_forward(benchmark, backend, student_export, one_thread):
+    """Student forward pass, batch 1 at 64x64, per backend (OpenVINO forced to f32)."""
+    from deploy.runtime import load_runtime
+
+    student, export = student_export
+    path = student if FILES[backend] is None else export / FILES[backend]
+    rt = load_runtime(
+        path, device="cpu", threads=one_thread, precision="f32" if backend == "openvino" else None
+    )
+    x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
+    benchmark.extra_info.update(backend=rt.backend, precision=rt.precision, size=list(SIZE))
+    out = benchmark.pedantic(rt.predict, args=(x,), rounds=30, warmup_rounds=3, iterations=1)
+    assert out.shape == (1, 5, *SIZE)
+
+
+def test_student_forward_tensorrt(benchmark):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("TensorRT needs an NVIDIA GPU")
+    pytest.skip(
+        "needs an engine built with `compress export --trt` (deploy); time it with "
+        "`bench latency model.engine --device cuda`"
+    )
+
+
+def test_kd_loss_step(benchmark, one_thread):
+    """One Distiller step (task CE + response KD), forward and backward, [8, 5, 64, 64]."""
+    from compress.losses import Distiller, TaskLoss
+
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(8, 5, *SIZE, generator=g, requires_grad=True)
+    teacher = torch.randn(8, 5, *SIZE, generator=g)
+    target = torch.randint(0, 5, (8, *SIZE), generator=g)
+    distiller = Distiller(task=TaskLoss(), w_task=0.5, w_kd=0.5, temperature=2.0)
+
+    def step():
+        student.grad = None
+        terms = distiller(student, target, teacher_logits=teacher)
+        terms["loss"].backward()
+        return terms
+
+    terms = benchmark.pedantic(step, rounds=30, warmup_rounds=3, iterations=1)
+    assert set(terms) == {"task", "kd", "loss"} and torch.isfinite(terms["loss"])
+
+
+def test_data_loading(benchmark, one_thread):
+    """A training batch of 8 synthetic 64x64 samples with augmentation, through collate."""
+    from compress.config import DataConfig
+    from compress.data import build_train_set
+    from compress.models import IMAGENET_MEAN, IMAGENET_STD
+    from compress.train import collate
+
+    dcfg = DataConfig(kind="synthetic", size=SIZE, synthetic_length=8, batch_size=8)
+    ds = build_train_set(dcfg, IMAGENET_MEAN, IMAGENET_STD, ignore_index=255)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
+
+    batch = benchmark.pedantic(lambda: next(iter(loader)), rounds=10, warmup_rounds=1, iterations=1)
+    assert batch["image"].shape == (8, 3, *SIZE)
