@@ -37,7 +37,12 @@ def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
     rt = load_runtime(path, device=device)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(rt.predict(x.cpu().numpy()), dtype=np.float32))
+        out = rt.predict(x.cpu().numpy())
+        if out.ndim == 3 and rt.spec["classes"] == 1:  # binary ids -> a logit of +-1
+            out = out[:, None] * 2.0 - 1.0
+        elif out.ndim == 3:  # class ids from an argmax export: one-hot, argmax(1) gives them
+            out = np.eye(rt.spec["classes"], dtype=np.float32)[out].transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     return predict, rt.spec
 

@@ -1,0 +1,112 @@
+"""``compress export``: a checkpoint -> verified ONNX [+ INT8, OpenVINO IR, TensorRT engines].
+
+Registered on ``compress.cli.app`` by ``register(app)``; ``deploy`` (and its heavy
+dependencies) is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class DataKind(str, Enum):
+    camvid = "camvid"
+    folder = "folder"
+    synthetic = "synthetic"
+
+
+class Preset(str, Enum):
+    performance = "performance"
+    mixed = "mixed"
+
+
+class CalibStat(str, Enum):
+    default = "default"
+    minmax = "minmax"
+    mean_minmax = "mean_minmax"
+    median_minmax = "median_minmax"
+    mean_no_outliers_minmax = "mean_no_outliers_minmax"
+    mean_quantile = "mean_quantile"
+    histogram = "histogram"
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="segcompress checkpoint (best.pt)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="export directory, new or empty")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="ONNX f32 (always written)")] = True,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 QDQ ONNX via NNCF")] = False,
+    openvino: Annotated[bool, typer.Option("--openvino", help="OpenVINO IR too")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="TensorRT engines (NVIDIA GPU)")] = False,
+    size: Annotated[str | None, typer.Option(help="HxW (multiples of 32); default: spec")] = None,
+    batch: Annotated[int, typer.Option(help="batch of the example input / fixed batch")] = 1,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch")] = True,
+    dynamic_spatial: Annotated[bool, typer.Option("--dynamic-spatial/--static-spatial")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
+    argmax: Annotated[bool, typer.Option("--argmax", help="argmax in the graph: ids out")] = False,
+    calib_data: Annotated[Path | None, typer.Option(help="dataset root for calibration and "
+                                                       "verification; none: synthetic")] = None,
+    data_kind: Annotated[DataKind | None, typer.Option(help="default: camvid with "
+                                                          "--calib-data, else synthetic")] = None,
+    calib_split: Annotated[str, typer.Option(help="split calibrated on")] = "train",
+    calib_size: Annotated[int, typer.Option(help="calibration images")] = 300,
+    val_split: Annotated[str, typer.Option(help="split verified and scored on")] = "val",
+    val_size: Annotated[int | None, typer.Option(help="verification images; default all")] = None,
+    max_drop: Annotated[float, typer.Option(help="allowed INT8 mIoU drop, in points")] = 1.0,
+    preset: Annotated[Preset | None, typer.Option(help="NNCF preset; default mixed, "
+                                                     "performance with --trt")] = None,
+    calib_stat: Annotated[CalibStat, typer.Option(help="activation range statistic")] = (
+        CalibStat.default),
+    keep_float: Annotated[list[str] | None, typer.Option(help="ONNX node kept in float "
+                                                            "(repeat)")] = None,
+    accuracy_control: Annotated[bool, typer.Option(
+        "--accuracy-control/--no-accuracy-control",
+        help="over budget: return sensitive layers to float (else fail)")] = True,
+    min_agreement: Annotated[float, typer.Option(help="required pixel agreement, 0-1")] = 0.999,
+    trt_max_batch: Annotated[int, typer.Option(help="TensorRT profile max batch")] = 8,
+    trt_workspace: Annotated[float, typer.Option(help="TensorRT workspace, GiB")] = 4.0,
+    trt_timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a full --out")] = False,
+) -> None:
+    """Export a checkpoint: ONNX (verified against PyTorch), optionally INT8, OpenVINO, TensorRT."""
+    if trt:  # before any other work, so nothing is half-written
+        from deploy.tensorrt import check_tensorrt
+
+        check_tensorrt("--trt")
+    from compress.evaluate import parse_size
+    from deploy.pipeline import ExportConfig, export_checkpoint
+
+    cfg = ExportConfig(
+        size=parse_size(size), batch_size=batch, dynamic_batch=dynamic_batch,
+        dynamic_spatial=dynamic_spatial, opset=opset, argmax=argmax, data=calib_data,
+        data_kind=data_kind.value if data_kind else None, val_split=val_split, val_size=val_size,
+        calib_split=calib_split, calib_size=calib_size, int8=int8, openvino=openvino, trt=trt,
+        preset=preset.value if preset else None, calib_stat=calib_stat.value, max_drop=max_drop,
+        float_layers=tuple(keep_float or ()), accuracy_control=accuracy_control,
+        min_agreement=min_agreement, trt_max_batch=trt_max_batch, trt_workspace_gib=trt_workspace,
+        trt_timing_cache=trt_timing_cache, threads=threads, overwrite=overwrite)
+    manifest = export_checkpoint(checkpoint, out, cfg, log=typer.echo)
+    typer.echo(format_artifacts(manifest))
+    typer.echo(f"manifest: {out / 'manifest.json'}")
+
+
+def format_artifacts(manifest: dict) -> str:
+    """A table: file, backend, precision, agreement with the reference, mIoU."""
+    def pct(v):
+        return "n/a" if v is None else f"{v * 100:.2f}"
+
+    rows = [f"{'file':<20}{'backend':<13}{'precision':<11}{'agreement %':>12}{'mIoU':>8}"]
+    for a in manifest["artifacts"]:
+        v = a.get("verification", {})
+        rows.append(f"{a['file']:<20}{a['backend']:<13}{a['precision']:<11}"
+                    f"{pct(v.get('agreement')):>12}{pct(v.get('miou')):>8}")
+    return "\n".join(rows)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export`` to the ``compress`` app."""
+    app.command("export")(export)

@@ -1,0 +1,32 @@
+"""The errors deploy raises: one-line messages that name the step and the reason.
+
+They subclass ``ValueError`` / ``RuntimeError``, so ``compress``'s CLI prints them as one
+line (``--debug`` for the trace).
+"""
+
+from __future__ import annotations
+
+
+class DeployError(RuntimeError):
+    """A deploy step failed; the message starts with the step (``export: ...``)."""
+
+
+class ExportError(DeployError):
+    """The PyTorch -> ONNX export, its check or its simplification failed."""
+
+
+class VerificationError(DeployError):
+    """An exported model disagrees with its reference beyond the allowed threshold."""
+
+
+class QuantizationError(DeployError):
+    """INT8 quantization failed or cannot meet the accuracy budget."""
+
+
+class BackendUnavailable(DeployError):
+    """A backend (TensorRT, a CUDA provider, OpenVINO device) is not installed or has no
+    device here; the message says what is missing and how to install it."""
+
+
+class ManifestError(ValueError):
+    """A manifest that is broken, or an artifact whose sha256 does not match it."""

@@ -1,0 +1,302 @@
+"""PyTorch -> ONNX export (checked and simplified) and numeric verification against PyTorch.
+
+The exported graph takes ``images`` float32 ``[N, 3, H, W]`` normalised with the spec's
+mean/std, and returns ``logits`` float32 ``[N, C, H, W]`` or, with ``argmax=True``,
+``classes`` int64 ``[N, H, W]``. The model spec (with ``"output"``) is stored in the ONNX
+metadata under ``segcompress.spec`` so a lone ``.onnx`` file still describes itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deploy.errors import ExportError, VerificationError
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = {"logits": "logits", "argmax": "classes"}
+SPEC_METADATA_KEY = "segcompress.spec"
+DEFAULT_OPSET = 17
+
+Batches = Iterable[tuple[np.ndarray, np.ndarray | None]]
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class ExportHead(nn.Module):
+    """The student alone, optionally followed by argmax over classes (class ids out)."""
+
+    def __init__(self, model: nn.Module, argmax: bool = False) -> None:
+        super().__init__()
+        self.model, self.argmax = model, argmax
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        if not self.argmax:
+            return logits
+        if logits.shape[1] == 1:  # binary head: one logit, class 1 where it is positive
+            return (logits[:, 0] > 0).to(torch.int64)
+        return logits.argmax(1)
+
+
+def export_spec(spec: dict[str, Any], size: tuple[int, int], argmax: bool) -> dict[str, Any]:
+    """The spec of an exported model: input size fixed to ``size``, ``output`` recorded."""
+    out = dict(spec)
+    out["input_size"] = [int(size[0]), int(size[1])]
+    out["output"] = "argmax" if argmax else "logits"
+    return out
+
+
+def input_shape(size: tuple[int, int], batch_size: int, dynamic_batch: bool,
+                dynamic_spatial: bool) -> list[int | str]:
+    """Input shape as written in manifests: symbolic dims are names (``"batch"``)."""
+    h, w = size
+    return ["batch" if dynamic_batch else batch_size, 3,
+            "height" if dynamic_spatial else h, "width" if dynamic_spatial else w]
+
+
+def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
+                size: tuple[int, int], opset: int = DEFAULT_OPSET, batch_size: int = 1,
+                dynamic_batch: bool = True, dynamic_spatial: bool = False,
+                argmax: bool = False, simplify: bool = True) -> Path:
+    """Export the student to ONNX, check it with ``onnx.checker`` and simplify it (onnxslim).
+
+    Args:
+        model: eval-mode student, ``[N, 3, H, W]`` -> ``[N, C, H, W]`` logits.
+        path: where the ``.onnx`` goes.
+        spec: the model spec (stored in the file's metadata, with ``output``).
+        size: ``(H, W)`` of the example input (multiples of 32).
+        opset: ONNX opset.
+        batch_size: batch of the example input (the fixed batch when not dynamic).
+        dynamic_batch: symbolic batch axis.
+        dynamic_spatial: symbolic height and width axes.
+        argmax: put argmax in the graph: int64 class ids ``[N, H, W]`` out.
+        simplify: run onnxslim (constant folding, dead-node removal, fusions).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ExportError: the export, the checker or the simplifier failed (reason given).
+    """
+    import onnx
+
+    path = Path(path)
+    head = ExportHead(model, argmax).eval()
+    output_name = OUTPUT_NAMES["argmax" if argmax else "logits"]
+    dyn: dict[str, dict[int, str]] = {}
+    if dynamic_batch or dynamic_spatial:
+        axes = {}
+        if dynamic_batch:
+            axes[0] = "batch"
+        if dynamic_spatial:
+            axes.update({2: "height", 3: "width"})
+        out_axes = {k if argmax is False or k == 0 else k - 1: v for k, v in axes.items()}
+        dyn = {INPUT_NAME: axes, output_name: out_axes}
+    example = torch.zeros(batch_size, 3, *size)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            # The TorchScript exporter: it needs no onnxscript and gives plain ops that
+            # NNCF, OpenVINO and TensorRT's parser all read.
+            torch.onnx.export(head, (example,), buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[output_name],
+                              dynamic_axes=dyn or None, do_constant_folding=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types; one message
+        raise ExportError(f"export: torch.onnx.export failed at opset {opset}: "
+                          f"{_first_line(e)}") from None
+    proto = onnx.load_from_string(buf.getvalue())
+    _check(proto, "export")
+    if simplify:
+        import onnxslim
+
+        try:
+            proto = onnxslim.slim(proto)
+        except Exception as e:  # noqa: BLE001 - any failure means the same
+            raise ExportError(f"export: onnxslim could not simplify the graph: "
+                              f"{_first_line(e)}") from None
+        _check(proto, "export (after onnxslim)")
+    set_spec_metadata(proto, export_spec(spec, size, argmax))
+    onnx.save(proto, str(path))
+    return path
+
+
+def _check(proto, step: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise ExportError(f"{step}: onnx.checker rejected the model: {_first_line(e)}") from None
+
+
+def set_spec_metadata(proto, spec: dict[str, Any]) -> None:
+    """Store ``spec`` as JSON in the model's ``metadata_props`` (replacing an old one)."""
+    keep = [p for p in proto.metadata_props if p.key != SPEC_METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = SPEC_METADATA_KEY, json.dumps(spec)
+
+
+def spec_from_onnx(path_or_proto) -> dict[str, Any] | None:
+    """The spec stored by :func:`export_onnx`, or None."""
+    import onnx
+
+    proto = path_or_proto
+    if not isinstance(proto, onnx.ModelProto):
+        proto = onnx.load(str(path_or_proto), load_external_data=False)
+    for p in proto.metadata_props:
+        if p.key == SPEC_METADATA_KEY:
+            return json.loads(p.value)
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ---------------------------------------------------------------- verification
+
+
+def class_ids(out: np.ndarray) -> np.ndarray:
+    """Class ids ``[N, H, W]`` from logits ``[N, C, H, W]`` (or ids passed through)."""
+    out = np.asarray(out)
+    if out.ndim == 3:
+        return out.astype(np.int64)
+    if out.shape[1] == 1:
+        return (out[:, 0] > 0).astype(np.int64)
+    return out.argmax(1)
+
+
+class Comparison:
+    """Running comparison of a candidate model against a reference, image by image.
+
+    Collects the largest and mean absolute output difference (logits only), the fraction
+    of pixels whose class agrees, and, when masks are given, the confusion matrices of
+    both so their mIoU can be compared on the same images.
+    """
+
+    def __init__(self, class_names: list[str] | None = None, ignore_index: int = 255) -> None:
+        self.class_names, self.ignore_index = class_names, ignore_index
+        self.images = 0
+        self.pixels = 0
+        self.agree = 0
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.values = 0
+        self.logits = True
+        c = len(class_names) if class_names else 0
+        self.conf_ref = torch.zeros(c, c, dtype=torch.int64) if c else None
+        self.conf_out = torch.zeros(c, c, dtype=torch.int64) if c else None
+
+    def update(self, ref: np.ndarray, out: np.ndarray, masks: np.ndarray | None = None) -> None:
+        from compress.metrics import update_confusion
+
+        ref, out = np.asarray(ref), np.asarray(out)
+        if ref.ndim == 4 and out.ndim == 4 and ref.shape == out.shape:
+            diff = np.abs(ref.astype(np.float32) - out.astype(np.float32))
+            self.max_abs = max(self.max_abs, float(diff.max()))
+            self.sum_abs += float(diff.sum())
+            self.values += diff.size
+        else:
+            self.logits = False
+        ids_ref, ids_out = class_ids(ref), class_ids(out)
+        if ids_ref.shape != ids_out.shape:
+            raise VerificationError(f"verify: output shapes differ: reference {ref.shape}, "
+                                    f"candidate {out.shape}")
+        self.images += ids_ref.shape[0]
+        self.pixels += ids_ref.size
+        self.agree += int((ids_ref == ids_out).sum())
+        if masks is not None and self.conf_ref is not None:
+            t = torch.from_numpy(np.asarray(masks, np.int64))
+            update_confusion(self.conf_ref, torch.from_numpy(ids_ref), t, self.ignore_index)
+            update_confusion(self.conf_out, torch.from_numpy(ids_out), t, self.ignore_index)
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.pixels if self.pixels else float("nan")
+
+    def result(self) -> dict[str, Any]:
+        """``{"images", "pixels", "agreement", "max_abs_diff", "mean_abs_diff",
+        "miou_reference", "miou"}`` (mIoU in [0, 1]; None without labels)."""
+        from compress.metrics import scores
+
+        res: dict[str, Any] = {
+            "images": self.images,
+            "pixels": self.pixels,
+            "agreement": self.agreement,
+            "max_abs_diff": self.max_abs if self.logits and self.values else None,
+            "mean_abs_diff": self.sum_abs / self.values if self.logits and self.values else None,
+            "miou_reference": None,
+            "miou": None,
+        }
+        if self.conf_ref is not None and int(self.conf_ref.sum()):
+            res["miou_reference"] = scores(self.conf_ref, self.class_names)["miou"]
+            res["miou"] = scores(self.conf_out, self.class_names)["miou"]
+        return res
+
+
+def compare(reference: Predict, candidate: Predict, batches: Batches,
+            class_names: list[str] | None = None, ignore_index: int = 255) -> dict[str, Any]:
+    """Run both predictors on every batch and return :meth:`Comparison.result`."""
+    cmp = Comparison(class_names, ignore_index)
+    for images, masks in batches:
+        cmp.update(reference(images), candidate(images), masks)
+    if not cmp.images:
+        raise VerificationError("verify: no images to verify on")
+    return cmp.result()
+
+
+def torch_predictor(model: nn.Module, argmax: bool = False) -> Predict:
+    """``numpy -> numpy`` predictor for an eval-mode PyTorch model on the CPU."""
+    head = ExportHead(model, argmax).eval()
+
+    @torch.no_grad()
+    def predict(images: np.ndarray) -> np.ndarray:
+        return head(torch.from_numpy(np.ascontiguousarray(images, np.float32))).numpy()
+
+    return predict
+
+
+def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
+                min_agreement: float = 0.999, class_names: list[str] | None = None,
+                ignore_index: int = 255, threads: int | None = None) -> dict[str, Any]:
+    """Compare an exported ONNX model (ONNX Runtime, CPU) with the PyTorch model.
+
+    Args:
+        path: the ``.onnx`` from :func:`export_onnx`.
+        model: the PyTorch student it came from.
+        batches: ``(images float32 [N, 3, H, W], masks int64 [N, H, W] | None)`` pairs.
+        min_agreement: smallest allowed fraction of pixels with the same class.
+        class_names: score mIoU of both when given (with masks).
+
+    Returns:
+        :meth:`Comparison.result` plus ``"min_agreement"``; ``miou_reference`` is PyTorch's.
+
+    Raises:
+        VerificationError: agreement below ``min_agreement``.
+    """
+    from deploy.runtime import load_runtime
+
+    rt = load_runtime(path, threads=threads)
+    argmax = rt.spec.get("output") == "argmax"
+    res = compare(torch_predictor(model, argmax), rt.predict, batches, class_names, ignore_index)
+    res["min_agreement"] = min_agreement
+    if not res["agreement"] >= min_agreement:
+        m = res["max_abs_diff"]
+        diff = "" if m is None else f", max |logit diff| {m:.3g}"
+        raise VerificationError(
+            f"verify: ONNX Runtime and PyTorch agree on {res['agreement'] * 100:.3f}% of "
+            f"pixels over {res['images']} images, below the required "
+            f"{min_agreement * 100:.3f}%{diff}; the export was not kept")
+    return res

@@ -1,0 +1,201 @@
+"""``manifest.json``: what an export directory holds, and the checks made before loading.
+
+Layout (see ``docs/CONTRACTS.md``)::
+
+    {"format": "segcompress-export/1", "created": ..., "source_checkpoint": ...,
+     "source_sha256": ..., "spec": {...}, "export": {options}, "data": {...},
+     "artifacts": [{"file", "sha256", "backend", "precision", "input_name", "input_shape",
+                    "input_dtype", "output", "output_name", "normalization", "class_names",
+                    "ignore_index", "files": [{"file", "sha256"}], "verification": {...}}],
+     "environment": {...}}
+
+``files`` lists companion files an artifact needs (the ``.bin`` of an OpenVINO ``.xml``);
+each is hashed too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import ManifestError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "segcompress-export/1"
+REQUIRED_KEYS = ("source_checkpoint", "source_sha256", "spec", "artifacts")
+ARTIFACT_KEYS = ("file", "sha256", "backend", "precision", "input_shape", "input_dtype", "output")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions(names: tuple[str, ...] = (
+    "torch", "segmentation-models-pytorch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu",
+    "onnxslim", "nncf", "openvino", "tensorrt",
+)) -> dict[str, str]:
+    """Installed versions of the packages an export depends on (absent ones left out)."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """Where the export ran: Python, OS, CPU and package versions."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_name(),
+        "packages": package_versions(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
+                   input_shape: list, output: str, output_name: str, spec: dict,
+                   companions: list[Path] = (), **extra: Any) -> dict[str, Any]:
+    """One ``artifacts`` item for ``path`` (hashed now; companions hashed too)."""
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "backend": backend,
+        "precision": precision,
+        "input_name": input_name,
+        "input_shape": list(input_shape),
+        "input_dtype": "float32",
+        "output": output,
+        "output_name": output_name,
+        "normalization": {
+            "mean": spec["mean"], "std": spec["std"], "scale": 1 / 255,
+            "layout": "NCHW", "channels": "RGB",
+            "formula": "(pixel / 255 - mean) / std",
+        },
+        "class_names": list(spec["class_names"]),
+        "ignore_index": spec["ignore_index"],
+        "files": [{"file": p.name, "sha256": sha256_file(p)} for p in companions],
+        **extra,
+    }
+
+
+def new_manifest(checkpoint: Path, source_sha256: str, spec: dict, options: dict,
+                 data: dict) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source_checkpoint": str(Path(checkpoint).resolve()),
+        "source_sha256": source_sha256,
+        "spec": spec,
+        "export": options,
+        "data": data,
+        "artifacts": [],
+        "environment": environment(),
+    }
+
+
+def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``directory/manifest.json`` atomically."""
+    import os
+
+    from compress.io import atomic_write_json
+
+    path = atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)  # the temp file it was written through is private
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and validate a manifest (a file or the directory holding one).
+
+    Raises:
+        ManifestError: missing, not JSON, wrong format, or missing keys (named).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"manifest: {path} not found")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"manifest: {path} is broken (not JSON: {e})") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"manifest: {path} is broken (not a JSON object)")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ManifestError(f"manifest: {path} has format {manifest.get('format')!r}, "
+                            f"expected {MANIFEST_FORMAT!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ManifestError(f"manifest: {path} is broken (missing {', '.join(missing)})")
+    if not isinstance(manifest["artifacts"], list) or not isinstance(manifest["spec"], dict):
+        raise ManifestError(f"manifest: {path} is broken (artifacts must be a list, spec a dict)")
+    for i, art in enumerate(manifest["artifacts"]):
+        lacking = [k for k in ARTIFACT_KEYS if not isinstance(art, dict) or k not in art]
+        if lacking:
+            raise ManifestError(f"manifest: {path} artifact #{i} is broken (missing "
+                                f"{', '.join(lacking)})")
+    return manifest
+
+
+def find_artifact(path: str | Path) -> tuple[dict | None, dict | None]:
+    """The manifest beside ``path`` and ``path``'s entry in it, after checking hashes.
+
+    Returns:
+        ``(manifest, entry)``; ``(None, None)`` when no ``manifest.json`` is beside the
+        file; ``(manifest, None)`` when the manifest does not list it.
+
+    Raises:
+        ManifestError: the manifest is broken, or the file (or a companion) does not match
+            its sha256.
+    """
+    path = Path(path)
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None, None
+    manifest = read_manifest(path.parent)
+    entry = next((a for a in manifest["artifacts"] if a["file"] == path.name), None)
+    if entry is None:
+        return manifest, None
+    check = [(path.name, entry["sha256"])]
+    check += [(f["file"], f["sha256"]) for f in entry.get("files", [])]
+    for name, expected in check:
+        file = path.parent / name
+        if not file.is_file():
+            raise ManifestError(f"manifest: {file} is listed but missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ManifestError(f"manifest: {file} does not match its sha256 in "
+                                f"{path.parent / MANIFEST_NAME} (file {actual[:12]}..., "
+                                f"manifest {str(expected)[:12]}...): refusing to load it")
+    return manifest, entry
+
+
+def artifact_spec(manifest: dict, entry: dict) -> dict[str, Any]:
+    """The model spec for one artifact: the manifest's spec with the artifact's output."""
+    spec = dict(manifest["spec"])
+    spec["output"] = entry.get("output", spec.get("output", "logits"))
+    return spec

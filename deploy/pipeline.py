@@ -1,0 +1,449 @@
+"""``export_checkpoint``: checkpoint -> verified ONNX -> [INT8] -> [OpenVINO] -> [TensorRT].
+
+Everything is written into a temporary directory beside ``out`` and moved into place only
+after the last step passed, with ``manifest.json`` written last: a failed export leaves
+nothing that looks valid. Every artifact is checked against a reference on real images
+(the scored split, ``val`` by default) before it is kept.
+
+Data roles: calibration images come from ``calib_split`` (``train``); agreement and mIoU
+are measured on ``val_split``. The two must differ.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import ExportError, QuantizationError, VerificationError
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExportConfig:
+    """What ``compress export`` does; see ``docs/deploy.md``.
+
+    ``max_drop`` is in mIoU points (1.0 = one point of mIoU, i.e. 0.01).
+    ``preset`` None means ``performance`` when TensorRT is built (it needs symmetric
+    scales) and ``mixed`` otherwise.
+    """
+
+    size: tuple[int, int] | None = None
+    batch_size: int = 1
+    dynamic_batch: bool = True
+    dynamic_spatial: bool = False
+    opset: int = 17
+    argmax: bool = False
+    data: Path | None = None
+    data_kind: str | None = None
+    val_split: str = "val"
+    val_size: int | None = None
+    calib_split: str = "train"
+    calib_size: int = 300
+    int8: bool = False
+    openvino: bool = False
+    trt: bool = False
+    preset: str | None = None
+    calib_stat: str = "default"
+    max_drop: float = 1.0
+    float_layers: tuple[str, ...] = ()
+    accuracy_control: bool = True
+    max_float_layers: int = 20
+    min_agreement: float = 0.999
+    trt_max_batch: int = 8
+    trt_workspace_gib: float = 4.0
+    trt_timing_cache: Path | None = None
+    threads: int | None = None
+    eval_batch: int = 4
+    overwrite: bool = False
+    synthetic_val_length: int = 16
+
+
+class ImageSet:
+    """Some images of one split, re-iterable, read lazily.
+
+    Iterating yields ``(image float32 [3, H, W], mask int64 [H, W] | None)``;
+    :meth:`batches` yields ``(images [B, 3, H, W], masks [B, H, W] | None)``.
+    """
+
+    def __init__(self, dataset, indices: list[int], labelled: bool, batch_size: int = 4) -> None:
+        self.dataset, self.indices, self.labelled = dataset, indices, labelled
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for i in self.indices:
+            item = self.dataset[i]
+            yield item["image"].numpy(), (item["mask"].numpy() if self.labelled else None)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        images, masks = [], []
+        for image, mask in self:
+            images.append(image)
+            masks.append(mask)
+            if len(images) == self.batch_size:
+                yield self._stack(images, masks)
+                images, masks = [], []
+        if images:
+            yield self._stack(images, masks)
+
+    def _stack(self, images, masks):
+        return np.stack(images), (np.stack(masks) if self.labelled else None)
+
+    def images_only(self) -> Iterator[np.ndarray]:
+        for image, _ in self:
+            yield image
+
+
+class _Reiterable:
+    """Wrap a generator function so NNCF can iterate it more than once."""
+
+    def __init__(self, fn, length: int) -> None:
+        self.fn, self.length = fn, length
+
+    def __iter__(self):
+        return self.fn()
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def _load_split(cfg: ExportConfig, spec: dict, size: tuple[int, int], split: str, count: int | None,
+                seed: int) -> tuple[ImageSet, dict]:
+    from compress.config import DataConfig
+    from compress.data import build_split
+
+    kind = cfg.data_kind or ("camvid" if cfg.data else "synthetic")
+    if kind != "synthetic" and cfg.data is None:
+        raise ValueError(f"export: data kind {kind!r} needs a dataset root (--calib-data DIR)")
+    n_synth = count or cfg.synthetic_val_length
+    dcfg = DataConfig(kind=kind, root=str(cfg.data) if cfg.data else None, size=size,
+                      synthetic_length=max(n_synth, 1), synthetic_val_length=max(n_synth, 1))
+    ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"],
+                     root=str(cfg.data) if cfg.data else None, kind=kind)
+    labelled = len(ds.class_names) == spec["classes"]
+    n = len(ds) if count is None else min(count, len(ds))
+    if seed < 0 or n == len(ds):
+        indices = list(range(n))
+    else:  # a spread-out random subset, the same every run
+        indices = sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist())
+    info = {"kind": kind, "root": str(cfg.data) if cfg.data else None, "split": split,
+            "images": n, "of": len(ds), "class_names": list(ds.class_names),
+            "labelled": labelled}
+    return ImageSet(ds, indices, labelled, cfg.eval_batch), info
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise ExportError(f"export: --out {out} exists and is not a directory")
+        if any(out.iterdir()) and not overwrite:
+            raise ExportError(f"export: --out {out} is not empty (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fmt(v: float | None, pct: bool = True) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v * 100:.2f}" if pct else f"{v:.3g}"
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig,
+                      log: Log | None = None) -> dict[str, Any]:
+    """Export a checkpoint to a verified export directory with a manifest.
+
+    Args:
+        checkpoint: a segcompress checkpoint (``best.pt``).
+        out: the export directory (created; must be empty unless ``cfg.overwrite``).
+        cfg: what to build.
+        log: called with one progress line per step.
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``).
+
+    Raises:
+        BackendUnavailable: ``cfg.trt`` without TensorRT or a GPU (raised before any work).
+        ExportError, VerificationError, QuantizationError, DeployError: the step that
+            failed, with the reason; nothing is left in ``out``.
+    """
+    log = log or (lambda msg: None)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if cfg.trt:  # before anything else: no half-done export when TensorRT cannot run
+        from deploy.tensorrt import check_tensorrt
+
+        check_tensorrt("--trt")
+    from deploy.quantize import CALIB_STATS, PRESETS
+
+    preset = cfg.preset or ("performance" if cfg.trt else "mixed")
+    if preset not in PRESETS:
+        raise ValueError(f"export: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if cfg.trt and cfg.int8 and preset != "performance":
+        raise ValueError("export: TensorRT INT8 needs symmetric quantization: use --preset "
+                         "performance (or leave --preset unset) with --trt --int8")
+    if cfg.calib_stat not in CALIB_STATS:
+        raise ValueError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
+                         f"{', '.join(CALIB_STATS)}")
+    if cfg.int8 and cfg.calib_split == cfg.val_split:
+        raise ValueError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
+                         "calibrate on the training split (--calib-split train)")
+    if not 0 < cfg.min_agreement <= 1:
+        raise ValueError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
+    _prepare_out(out, cfg.overwrite)
+
+    import torch
+
+    from compress.models import load_model
+    from deploy.manifest import new_manifest, sha256_file
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, spec = load_model(checkpoint, return_spec=True)
+    source_sha = sha256_file(checkpoint)
+    size = tuple(cfg.size or spec["input_size"])
+    if any(s <= 0 or s % 32 for s in size):
+        raise ValueError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
+
+    val, val_info = _load_split(cfg, spec, size, cfg.val_split, cfg.val_size, seed=-1)
+    class_names = spec["class_names"] if val.labelled else None
+    calib = calib_info = None
+    if cfg.int8:
+        if not val.labelled:
+            raise QuantizationError(
+                f"quantize: the model has {spec['classes']} classes but the "
+                f"{val_info['kind']} data has {len(val_info['class_names'])}: INT8 needs "
+                "labelled images like the model's own (--calib-data DIR, --data-kind) to "
+                "calibrate and to check the mIoU budget")
+        calib, calib_info = _load_split(cfg, spec, size, cfg.calib_split, cfg.calib_size, seed=0)
+    log(f"data: {val_info['kind']} {cfg.val_split} ({len(val)} images) for verification"
+        + (f", {cfg.calib_split} ({len(calib)} images) for calibration" if calib else ""))
+
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    options.update(size=list(size), preset=preset if cfg.int8 else None)
+    manifest = new_manifest(checkpoint, source_sha, spec, options,
+                            {"verification": val_info, "calibration": calib_info})
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
+    try:
+        _build(model, spec, size, cfg, preset, val, calib, class_names, manifest, tmp, log)
+        from deploy.manifest import write_manifest
+
+        write_manifest(tmp, manifest)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
+           calib: ImageSet | None, class_names, manifest: dict, tmp: Path, log: Log) -> None:
+    from deploy.export import (
+        OUTPUT_NAMES,
+        compare,
+        export_onnx,
+        export_spec,
+        input_shape,
+        verify_onnx,
+    )
+    from deploy.manifest import artifact_entry
+    from deploy.runtime import load_runtime
+
+    ignore = spec["ignore_index"]
+    out_spec = export_spec(spec, size, cfg.argmax)
+    manifest["spec"] = out_spec
+    output = out_spec["output"]
+    shape = input_shape(size, cfg.batch_size, cfg.dynamic_batch, cfg.dynamic_spatial)
+    common = {"input_name": "images", "input_shape": shape, "output": output,
+              "output_name": OUTPUT_NAMES[output], "spec": out_spec}
+
+    def add(path: Path, backend: str, precision: str, companions=(), **extra) -> dict:
+        entry = artifact_entry(path, backend=backend, precision=precision,
+                               companions=list(companions), **common, **extra)
+        manifest["artifacts"].append(entry)
+        return entry
+
+    # ONNX f32: export, check, simplify, verify against PyTorch
+    onnx_path = tmp / "model.onnx"
+    export_onnx(model, onnx_path, spec, size=size, opset=cfg.opset, batch_size=cfg.batch_size,
+                dynamic_batch=cfg.dynamic_batch, dynamic_spatial=cfg.dynamic_spatial,
+                argmax=cfg.argmax)
+    res = verify_onnx(onnx_path, model, val.batches(), min_agreement=cfg.min_agreement,
+                      class_names=class_names, ignore_index=ignore, threads=cfg.threads)
+    miou_pytorch = res.pop("miou_reference")
+    verification = {"reference": "pytorch", "data": f"{cfg.val_split} split", **res,
+                    "miou_pytorch": miou_pytorch}
+    add(onnx_path, "onnxruntime", "f32", verification=verification)
+    log(f"onnx: {onnx_path.name} agrees with PyTorch on {_fmt(res['agreement'])}% of pixels, "
+        f"max |diff| {_fmt(res['max_abs_diff'], False)}, mIoU PyTorch "
+        f"{_fmt(verification['miou_pytorch'])} / ONNX {_fmt(res['miou'])}")
+    reference = load_runtime(onnx_path, threads=cfg.threads)
+
+    def check(candidate, enforce: bool, what: str) -> dict:
+        r = compare(reference.predict, candidate.predict, val.batches(), class_names, ignore)
+        miou_f32 = r.pop("miou_reference")
+        r = {"reference": "onnxruntime f32", "data": f"{cfg.val_split} split", **r,
+             "miou_f32": miou_f32}
+        if enforce and not r["agreement"] >= cfg.min_agreement:
+            raise VerificationError(
+                f"verify: {what} agrees with the f32 ONNX model on {r['agreement'] * 100:.3f}% "
+                f"of pixels, below the required {cfg.min_agreement * 100:.3f}%; nothing was kept")
+        return r
+
+    int8_path = None
+    if cfg.int8:
+        int8_path = tmp / "model_int8.onnx"
+        info = _quantize(onnx_path, int8_path, cfg, preset, calib, val, class_names, ignore,
+                         check, load_runtime, log)
+        add(int8_path, "onnxruntime", "int8", verification=info.pop("verification"),
+            quantization=info)
+
+    if cfg.openvino:
+        from deploy.openvino import convert_to_openvino
+
+        xml = convert_to_openvino(onnx_path, tmp / "model.xml", out_spec)
+        strict = load_runtime(xml, threads=cfg.threads, precision="f32")
+        r = check(strict, True, "OpenVINO (f32)")
+        default = load_runtime(xml, threads=cfg.threads)
+        r["precision_default_here"] = default.precision
+        if default.precision != "f32":
+            d = check(default, False, f"OpenVINO ({default.precision})")
+            r["agreement_default_precision"] = d["agreement"]
+            r["miou_default_precision"] = d["miou"]
+        add(xml, "openvino", "f32", [xml.with_suffix(".bin")], verification=r,
+            openvino={"layer_precisions_default": default.info.get("layer_precisions")})
+        log(f"openvino: {xml.name} agrees with ONNX f32 on {_fmt(r['agreement'])}% of pixels "
+            f"(forced f32); runs as {default.precision} by default here"
+            + (f" ({_fmt(r.get('agreement_default_precision'))}% agreement)"
+               if default.precision != "f32" else ""))
+        if int8_path is not None:
+            xml8 = convert_to_openvino(int8_path, tmp / "model_int8.xml", out_spec)
+            rt8 = load_runtime(xml8, threads=cfg.threads)
+            if rt8.precision != "int8":
+                raise QuantizationError(f"openvino: {xml8.name} does not run in int8 here "
+                                        f"(runs as {rt8.precision})")
+            r8 = check(rt8, False, "OpenVINO (int8)")
+            add(xml8, "openvino", "int8", [xml8.with_suffix(".bin")], verification=r8,
+                openvino={"layer_precisions": rt8.info.get("layer_precisions")})
+            log(f"openvino: {xml8.name} runs in int8; agreement with f32 {_fmt(r8['agreement'])}%"
+                f", mIoU {_fmt(r8['miou'])} (f32 {_fmt(r8['miou_f32'])})")
+
+    if cfg.trt:
+        _tensorrt(onnx_path, int8_path, size, cfg, tmp, add, check, manifest, log)
+
+
+def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, calib: ImageSet,
+              val: ImageSet, class_names, ignore: int, check, load_runtime, log: Log) -> dict:
+    import onnx
+
+    from deploy.quantize import (
+        float_layers_of,
+        quantize_int8,
+        quantize_int8_with_accuracy_control,
+        quantized_layers,
+    )
+
+    fp32 = onnx.load(str(onnx_path))
+    calib_images = _Reiterable(calib.images_only, len(calib))
+    common = {"preset": preset, "calib_stat": cfg.calib_stat, "subset_size": len(calib),
+              "float_layers": cfg.float_layers}
+    q = quantize_int8(fp32, calib_images, **common)
+    onnx.save(q, str(int8_path))
+    r = check(load_runtime(int8_path, threads=cfg.threads), False, "INT8 ONNX")
+    drop = (r["miou_f32"] - r["miou"]) * 100
+    log(f"int8: nncf.quantize ({preset}, {cfg.calib_stat}, {len(calib)} {cfg.calib_split} "
+        f"images): mIoU {_fmt(r['miou'])} vs f32 {_fmt(r['miou_f32'])} (drop {drop:.2f} points, "
+        f"budget {cfg.max_drop:g}); agreement {_fmt(r['agreement'])}%")
+    method = "nncf.quantize"
+    restored: list[str] = []
+    if drop > cfg.max_drop:
+        if not cfg.accuracy_control:
+            raise QuantizationError(
+                f"quantize: INT8 mIoU drop {drop:.2f} points exceeds --max-drop "
+                f"{cfg.max_drop:g} (f32 {_fmt(r['miou_f32'])}, int8 {_fmt(r['miou'])}); "
+                "nothing was written")
+        log("int8: over budget: nncf.quantize_with_accuracy_control returns the most "
+            "sensitive layers to float")
+        q2 = quantize_int8_with_accuracy_control(
+            fp32, calib_images, val, class_names=class_names, ignore_index=ignore,
+            max_drop=cfg.max_drop / 100, max_float_layers=cfg.max_float_layers, **common)
+        restored = sorted(quantized_layers(q) - quantized_layers(q2))
+        onnx.save(q2, str(int8_path))
+        r = check(load_runtime(int8_path, threads=cfg.threads), False, "INT8 ONNX")
+        drop = (r["miou_f32"] - r["miou"]) * 100
+        method = "nncf.quantize_with_accuracy_control"
+        log(f"int8: {len(restored)} layer(s) back in float ({', '.join(restored) or 'none'}): "
+            f"mIoU {_fmt(r['miou'])}, drop {drop:.2f} points")
+        if drop > cfg.max_drop:
+            raise QuantizationError(
+                f"quantize: INT8 mIoU drop {drop:.2f} points still exceeds --max-drop "
+                f"{cfg.max_drop:g} with {len(restored)} layer(s) kept in float "
+                f"(f32 {_fmt(r['miou_f32'])}, int8 {_fmt(r['miou'])}); nothing was written")
+        q = q2
+    return {
+        "method": method,
+        "preset": preset,
+        "calib_stat": cfg.calib_stat,
+        "calibration_images": len(calib),
+        "calibration_split": cfg.calib_split,
+        "max_drop_points": cfg.max_drop,
+        "miou_drop_points": drop,
+        "float_layers": sorted(set(cfg.float_layers) | set(restored)),
+        "float_layers_all": float_layers_of(q),
+        "quantized_layers": len(quantized_layers(q)),
+        "verification": r,
+    }
+
+
+def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, tmp: Path, add,
+              check, manifest: dict, log: Log) -> None:
+    from deploy.runtime import TensorRTRuntime
+    from deploy.tensorrt import build_engine, gpu_environment
+
+    h, w = size
+    b = cfg.batch_size
+    if cfg.dynamic_spatial:
+        lo = (max(32, h // 2 // 32 * 32), max(32, w // 2 // 32 * 32))
+        hi = (h * 2, w * 2)
+    else:
+        lo = hi = (h, w)
+    shapes = ((1 if cfg.dynamic_batch else b, 3, *lo), (b, 3, h, w),
+              (max(cfg.trt_max_batch, b) if cfg.dynamic_batch else b, 3, *hi))
+    manifest["environment"]["gpu"] = gpu_environment()
+    jobs = [("fp16", onnx_path, tmp / "model_fp16.engine")]
+    if int8_path is not None:
+        jobs.append(("int8", int8_path, tmp / "model_int8.engine"))
+    for precision, src, dst in jobs:
+        info = build_engine(src, dst, precision=precision, shapes=shapes,
+                            workspace_gib=cfg.trt_workspace_gib, timing_cache=cfg.trt_timing_cache)
+        rt = TensorRTRuntime(dst, manifest["spec"], "cuda", entry={"precision": precision})
+        r = check(rt, False, f"TensorRT ({precision})")
+        add(dst, "tensorrt", precision, verification=r, tensorrt=info, source=src.name)
+        log(f"tensorrt: {dst.name} ({info.get('gpu')}, TensorRT {info.get('tensorrt')}): "
+            f"agreement with f32 {_fmt(r['agreement'])}%, mIoU {_fmt(r['miou'])}")
+        if r["agreement"] < cfg.min_agreement:
+            log(f"tensorrt: note: {precision} agreement is below {cfg.min_agreement * 100:.1f}%")

@@ -1,0 +1,242 @@
+"""TensorRT: engine building from ONNX and a small runner, on an NVIDIA GPU.
+
+- FP16 engines come from the f32 ONNX model. TensorRT 10 uses the ``BuilderFlag.FP16``
+  flag (weak typing); TensorRT 11 removed precision flags (strong typing only), so there
+  the ONNX model is first converted to mixed precision with ModelOpt AutoCast.
+- INT8 engines come from the QDQ model written by :mod:`deploy.quantize` (explicit
+  quantization): the scales are NNCF's, TensorRT does no calibration of its own. TensorRT
+  accepts symmetric quantization only: quantize with the ``performance`` preset.
+- Dynamic axes get one optimization profile (min / opt / max shapes); the workspace is
+  capped with ``set_memory_pool_limit``; a timing cache file makes rebuilds fast.
+
+Device buffers are PyTorch CUDA tensors, so no pycuda / cuda-python is needed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.errors import BackendUnavailable, DeployError
+
+INSTALL_GPU = "pip install 'segcompress[gpu]'"
+
+
+def missing_requirements() -> list[str]:
+    """What is missing for TensorRT here: the package and/or an NVIDIA GPU (empty if none)."""
+    missing = []
+    if importlib.util.find_spec("tensorrt") is None:
+        missing.append("the tensorrt package is not installed")
+    if not nvidia_gpu_available():
+        missing.append("no NVIDIA GPU is visible (torch.cuda.is_available() is False)")
+    return missing
+
+
+def nvidia_gpu_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.version.cuda and not torch.version.hip)
+
+
+def check_tensorrt(what: str = "--trt") -> None:
+    """Raise at once when TensorRT cannot run here.
+
+    Raises:
+        BackendUnavailable: naming what is missing (package, GPU or both) and how to
+            install the GPU extra.
+    """
+    missing = missing_requirements()
+    if missing:
+        raise BackendUnavailable(f"{what}: TensorRT needs an NVIDIA GPU and the tensorrt "
+                                 f"package, and here {' and '.join(missing)}; on a machine "
+                                 f"with an NVIDIA GPU run {INSTALL_GPU}")
+
+
+def gpu_environment(index: int = 0) -> dict[str, Any]:
+    """TensorRT / CUDA / GPU names for manifests."""
+    import torch
+
+    env: dict[str, Any] = {"cuda": torch.version.cuda}
+    try:
+        import tensorrt as trt
+
+        env["tensorrt"] = trt.__version__
+    except ImportError:
+        env["tensorrt"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(index)
+        env.update(gpu=props.name, compute_capability=f"{props.major}.{props.minor}",
+                   gpu_memory_gib=round(props.total_memory / 2**30, 1))
+    return env
+
+
+def _weakly_typed(trt) -> bool:
+    """TensorRT 10 has precision builder flags; 11 removed them (strong typing only)."""
+    return hasattr(trt.BuilderFlag, "FP16")
+
+
+def _fp16_onnx(onnx_path: Path) -> bytes:
+    """Mixed-precision (fp16) ONNX for strongly typed TensorRT, via ModelOpt AutoCast."""
+    try:
+        from modelopt.onnx import autocast
+    except ImportError:
+        raise BackendUnavailable(
+            "tensorrt: this TensorRT has no FP16 builder flag (strong typing only); an fp16 "
+            "engine needs ModelOpt AutoCast: pip install 'nvidia-modelopt[onnx]'") from None
+    model = autocast.convert_to_mixed_precision(onnx_path=str(onnx_path),
+                                                low_precision_type="fp16", keep_io_types=True)
+    return model.SerializeToString()
+
+
+def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: str = "fp16",
+                 shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None,
+                 workspace_gib: float = 4.0, timing_cache: str | Path | None = None
+                 ) -> dict[str, Any]:
+    """Build and serialize a TensorRT engine from an ONNX model.
+
+    Args:
+        onnx_path: f32 ONNX (for ``fp16``/``f32``) or the QDQ ONNX (for ``int8``).
+        engine_path: where the serialized engine goes.
+        precision: ``fp16``, ``int8`` (explicit quantization from Q/DQ nodes) or ``f32``.
+        shapes: ``(min, opt, max)`` input shapes for the optimization profile; needed when
+            the model has dynamic axes.
+        workspace_gib: cap on the builder's workspace memory pool.
+        timing_cache: file to read tactic timings from and write them back to.
+
+    Returns:
+        Build facts for the manifest (versions, GPU, typing, profile, workspace).
+
+    Raises:
+        BackendUnavailable: TensorRT or a GPU is missing.
+        DeployError: the parser rejected the model or the build failed (reason given).
+    """
+    check_tensorrt("tensorrt")
+    import tensorrt as trt
+
+    from compress.io import atomic_write
+
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if precision not in ("fp16", "int8", "f32"):
+        raise ValueError(f"tensorrt: precision must be fp16, int8 or f32, not {precision!r}")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    weak = _weakly_typed(trt)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is implied from 10 on
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if not weak and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    data = _fp16_onnx(onnx_path) if precision == "fp16" and not weak else onnx_path.read_bytes()
+    if not parser.parse(data):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise DeployError(f"tensorrt: the ONNX parser rejected {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * 2**30))
+    if weak and precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # layers left in float may use fp16
+    if weak and precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # with Q/DQ in the graph: explicit quantization
+
+    inp = network.get_input(0)
+    dynamic = any(d < 0 for d in inp.shape)
+    profile_info = None
+    if dynamic:
+        if shapes is None:
+            raise ValueError(f"tensorrt: {onnx_path.name} has dynamic axes {tuple(inp.shape)}: "
+                             "give (min, opt, max) shapes")
+        profile = builder.create_optimization_profile()
+        profile.set_shape(inp.name, *[tuple(s) for s in shapes])
+        config.add_optimization_profile(profile)
+        profile_info = {"input": inp.name, "min": list(shapes[0]), "opt": list(shapes[1]),
+                        "max": list(shapes[2])}
+
+    cache_path = Path(timing_cache) if timing_cache else None
+    cache_bytes = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise DeployError(f"tensorrt: building a {precision} engine from {onnx_path.name} "
+                          "failed (see TensorRT's log above)")
+    engine_path.write_bytes(memoryview(serialized))
+    if cache_path is not None:
+        new_cache = memoryview(config.get_timing_cache().serialize())
+        atomic_write(cache_path, lambda p: p.write_bytes(new_cache))
+    return {
+        **gpu_environment(),
+        "typing": "weak (builder flags)" if weak else "strong",
+        "workspace_gib": workspace_gib,
+        "profile": profile_info,
+        "timing_cache": str(cache_path) if cache_path else None,
+    }
+
+
+class TensorRTEngine:
+    """A deserialized engine with one execution context; ``run`` takes numpy in and out."""
+
+    def __init__(self, path: str | Path, device: str = "cuda") -> None:
+        check_tensorrt("runtime")
+        import tensorrt as trt
+        import torch
+
+        self.path, self._trt, self._torch = Path(path), trt, torch
+        self.device = torch.device(device)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        with torch.cuda.device(self.device):
+            self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self.engine is None:
+                raise DeployError(f"tensorrt: cannot deserialize {self.path.name} (built by "
+                                  "another TensorRT version or for another GPU?)")
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        if len(self.inputs) != 1 or not self.outputs:
+            raise DeployError(f"tensorrt: {self.path.name} has inputs {self.inputs} and outputs "
+                              f"{self.outputs}; expected one image input and an output")
+        shape = tuple(self.engine.get_tensor_shape(self.inputs[0]))
+        self.fixed_batch = shape[0] if shape[0] > 0 else None
+        self.info = {**gpu_environment(self.device.index or 0), "input_shape": list(shape)}
+
+    def _torch_dtype(self, dtype):
+        trt, torch = self._trt, self._torch
+        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                 trt.DataType.INT32: torch.int32, trt.DataType.INT8: torch.int8,
+                 trt.DataType.BOOL: torch.bool}
+        if hasattr(trt.DataType, "INT64"):
+            table[trt.DataType.INT64] = torch.int64
+        return table[dtype]
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        name = self.inputs[0]
+        x = torch.from_numpy(images).to(self.device)
+        x = x.to(self._torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
+        self.context.set_input_shape(name, tuple(x.shape))
+        self.context.set_tensor_address(name, x.data_ptr())
+        outs = {}
+        for out in self.outputs:
+            shape = tuple(self.context.get_tensor_shape(out))
+            dtype = self._torch_dtype(self.engine.get_tensor_dtype(out))
+            outs[out] = torch.empty(shape, dtype=dtype, device=self.device)
+            self.context.set_tensor_address(out, outs[out].data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise DeployError(f"tensorrt: executing {self.path.name} failed")
+        stream.synchronize()
+        y = outs[self.outputs[0]]
+        return (y.float() if y.is_floating_point() else y.long()).cpu().numpy()
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        """``float32 [N, 3, H, W]`` -> the first output as numpy (float32 or int64)."""
+        from deploy.runtime import _in_batches
+
+        return _in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)

@@ -1,0 +1,61 @@
+"""``compress export`` through typer's CliRunner (and once as the installed command)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from compress.cli import app
+from deploy.errors import BackendUnavailable
+from deploy.tensorrt import missing_requirements
+
+runner = CliRunner()
+
+
+def test_export_argmax_writes_manifest_and_table(trained_ckpt, tmp_path):
+    out = tmp_path / "exp"
+    res = runner.invoke(app, ["export", str(trained_ckpt), "--out", str(out), "--onnx",
+                              "--argmax", "--size", "64x64", "--static-batch", "--val-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "model.onnx" in res.output and "agreement" in res.output
+    m = json.loads((out / "manifest.json").read_text())
+    (art,) = m["artifacts"]
+    assert art["output"] == "argmax" and art["output_name"] == "classes"
+    assert art["input_shape"] == [1, 3, 64, 64]
+    assert art["verification"]["agreement"] >= 0.999
+
+
+def test_bad_size_is_refused(trained_ckpt, tmp_path):
+    res = runner.invoke(app, ["export", str(trained_ckpt), "--out", str(tmp_path / "x"),
+                              "--size", "60x64"])
+    assert res.exit_code != 0
+    assert "multiples of 32" in str(res.exception)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not missing_requirements(), reason="TensorRT and a GPU are present here")
+def test_trt_without_gpu_stops_at_once(trained_ckpt, tmp_path):
+    out = tmp_path / "exp"
+    res = runner.invoke(app, ["export", str(trained_ckpt), "--out", str(out), "--trt"])
+    assert isinstance(res.exception, BackendUnavailable)
+    msg = str(res.exception)
+    assert "pip install 'segcompress[gpu]'" in msg and "\n" not in msg
+    for reason in missing_requirements():
+        assert reason in msg
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not missing_requirements(), reason="TensorRT and a GPU are present here")
+def test_trt_error_is_one_line_from_the_command(tmp_path):
+    # the checkpoint need not exist: --trt is checked before anything is read
+    cmd = [sys.executable, "-c", "from compress.cli import main; main()", "export",
+           str(tmp_path / "missing.pt"), "--out", str(tmp_path / "exp"), "--trt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --trt: TensorRT needs an NVIDIA GPU"), proc.stderr
+    assert "Traceback" not in proc.stderr
