@@ -16,7 +16,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from compress.data import normalize, resize_pair
 from compress.io import atomic_write_json
 
 CACHE_FORMAT = "segcompress-teacher-cache/1"
+log = logging.getLogger("compress")
 
 
 def _parts(train_set) -> list:
@@ -100,9 +103,13 @@ class CachedTeacher:
         key = cache_key(teacher, parts, scale)
         rank, world = _dist()
         if rank == 0:
-            logits = _load(cache_dir, key)
-            if logits is None:
+            t0 = time.perf_counter()
+            if _load(cache_dir, key) is None:
                 _fill(teacher, parts, cache_dir, key, scale, batch_size, show)
+                log.info(f"teacher cache: {key['images']} images run once in "
+                         f"{time.perf_counter() - t0:.1f}s -> {cache_dir}")
+            else:
+                log.info(f"teacher cache: reusing {cache_dir}")
         if world > 1:
             torch.distributed.barrier()
         logits = _load(cache_dir, key)
@@ -117,14 +124,17 @@ class CachedTeacher:
     def __call__(self, batch: dict | None, images: torch.Tensor):
         if batch is None or "geometry" not in batch:
             return self.teacher(batch, images)
+        idx = batch["index"].tolist()
+        # one read from the memmap, one copy to the device; the warp runs where the images are
+        stored = torch.from_numpy(np.stack([self.logits[i] for i in idx]))
+        stored = stored.to(images.device, non_blocking=True).float()
         out = []
-        for j, i in enumerate(batch["index"].tolist()):
-            stored = torch.from_numpy(np.array(self.logits[i], dtype=np.float32))
+        for j, i in enumerate(idx):
             # the stored logits cover the whole source image, so scaling them straight to
             # the augmentation's scaled size equals resizing to the source size first
-            out.append(self._augment(i).apply_geometry(stored, batch["geometry"][j],
+            out.append(self._augment(i).apply_geometry(stored[j], batch["geometry"][j],
                                                        "bilinear", 0.0))
-        return torch.stack(out).to(images.device), {}
+        return torch.stack(out), {}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher.predict(images)

@@ -83,6 +83,10 @@ def eval_(
     """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
     from compress.evaluate import evaluate_checkpoint, format_table, parse_size
 
+    if kind not in ("camvid", "folder", "synthetic"):
+        raise typer.BadParameter(f"{kind!r}: expected camvid, folder or synthetic",
+                                 param_hint="'--kind'")
+
     result = evaluate_checkpoint(checkpoint, data, split, kind=kind, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
                                  device=device)
@@ -105,7 +109,7 @@ def _register_optional() -> None:
 
 def main() -> None:
     """Console entry point: one clear line for errors a user can fix."""
-    from compress.errors import USER_ERRORS
+    from compress.errors import USAGE_ERRORS, USER_ERRORS, one_line
 
     debug = "--debug" in sys.argv
     try:
@@ -118,13 +122,13 @@ def main() -> None:
     except USER_ERRORS as e:
         if debug:
             raise
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `compress`: the help
+            typer.echo(e.format_message())
+            sys.exit(0)
+        typer.echo(f"error: {one_line(e)}", err=True)
+        if isinstance(e, KeyboardInterrupt):
+            sys.exit(130)
+        sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)
 
 
 _register_optional()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -33,14 +33,14 @@ def pseudo_label_cmd(
     images: Annotated[Path, typer.Option(help="folder of images (labelled or not)")],
     out: Annotated[Path, typer.Option(help="output dataset folder (folder layout)")],
     threshold: Annotated[float, typer.Option(help="keep pixels whose averaged probability is at least this")] = 0.7,
-    class_threshold: Annotated[Optional[list[str]], typer.Option(
+    class_threshold: Annotated[list[str] | None, typer.Option(
         "--class-threshold", help="NAME=VALUE per-class threshold; repeatable")] = None,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="also average the flipped image")] = False,
     scales: Annotated[str, typer.Option(help="input scales to average, e.g. 0.75,1,1.25")] = "1",
-    class_map: Annotated[Optional[Path], typer.Option(help="YAML: student classes + teacher->student map")] = None,
-    size: Annotated[Optional[str], typer.Option(help="HxW the teachers see; default their input size")] = None,
-    ignore_index: Annotated[Optional[int], typer.Option(help="value of unsure pixels; default the teacher's")] = None,
-    truth: Annotated[Optional[Path], typer.Option(help="ground-truth masks to score kept pixels against")] = None,
+    class_map: Annotated[Path | None, typer.Option(help="YAML: student classes + teacher->student map")] = None,
+    size: Annotated[str | None, typer.Option(help="HxW the teachers see; default their input size")] = None,
+    ignore_index: Annotated[int | None, typer.Option(help="value of unsure pixels; default the teacher's")] = None,
+    truth: Annotated[Path | None, typer.Option(help="ground-truth masks to score kept pixels against")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="copy images instead of linking them")] = False,
     previews: Annotated[int, typer.Option(help="preview pictures to write")] = 4,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -61,7 +61,7 @@ def pseudo_label_cmd(
 
 def compare_cmd(
     config: Annotated[Path, typer.Option("--config", "-c", help="study YAML (see configs/camvid/study.yaml)")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(
+    overrides: Annotated[list[str] | None, typer.Argument(
         help="dotted overrides for every recipe's run config, e.g. train.epochs=1")] = None,
     collect_only: Annotated[bool, typer.Option("--collect-only", help="train nothing; compare finished runs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,

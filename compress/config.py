@@ -51,6 +51,7 @@ class DataConfig(_Strict):
     color_jitter: float = Field(0.2, ge=0, le=1)
     synthetic_length: int = Field(96, ge=1)
     synthetic_val_length: int = Field(32, ge=1)
+    synthetic_seed: int = Field(0, description="seed of the synthetic scenes (not of the run)")
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
     epoch_samples: int | None = Field(None, ge=1, description="samples per epoch in a mixture")
@@ -107,8 +108,9 @@ class FeatureKDConfig(_Strict):
 class CWDConfig(_Strict):
     weight: float = Field(0.0, ge=0)
     temperature: float = Field(4.0, gt=0)
-    on_features: bool = False
-    levels: list[str] = Field(default_factory=lambda: ["decoder"])
+    levels: list[str] = Field(
+        default_factory=lambda: ["logits"],
+        description="'logits' and/or feature levels (through adapters)")
 
 
 class KDConfig(_Strict):
@@ -204,10 +206,14 @@ def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        got = repr(e.get("input"))
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
+        elif key == "<root>" or len(got) > 80:  # a whole section: the message says it all
+            lines.append(f"{source}: {'' if key == '<root>' else f'key {key!r}: '}{msg}")
         else:
-            lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"{source}: key '{key}': {msg} (got {got})")
     return "; ".join(lines)
 
 

@@ -9,7 +9,31 @@ from compress.data import DataError
 from compress.io import UnsafeFileError
 from compress.models import ModelError
 
+try:  # typer >= 0.2x vendors click: its usage errors are not click's classes
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # older typer raises click's own exceptions
+    _TyperClickException = click.exceptions.ClickException
+
+USAGE_ERRORS: tuple[type[BaseException], ...] = (
+    click.exceptions.ClickException, _TyperClickException,
+)
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataError, ModelError, UnsafeFileError, FileNotFoundError, ValueError,
-    RuntimeError, click.exceptions.ClickException, KeyboardInterrupt,
+    RuntimeError, OSError, *USAGE_ERRORS, KeyboardInterrupt,
 )
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a user error as one line: usage errors with the option they name
+    and a pointer to ``--help``, others with their text joined onto one line."""
+    if isinstance(e, USAGE_ERRORS):
+        msg = " ".join(e.format_message().split())
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None:
+            msg += f" (see '{ctx.command_path} --help')"
+        return msg
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,46 @@ class UnsafeFileError(ValueError):
     """A file that cannot be loaded safely (corrupt, truncated, or carrying code)."""
 
 
+FAULT_ENV = "SEGCOMPRESS_FAULT"
+FAULT_MARKER_ENV = "SEGCOMPRESS_FAULT_MARKER"
+_fault_hits: dict[str, int] = {}
+
+
+def fault_point(name: str) -> bool:
+    """Test hook for the fault-injection suite (``tests/faults``); a no-op in normal use.
+
+    With ``SEGCOMPRESS_FAULT=<name>@<n>[:<action>]`` the ``n``-th time execution reaches
+    point ``name`` (``train_step``, ``eval_batch``, ``loss``, ``write:<file name>``) the
+    process writes the file named by ``SEGCOMPRESS_FAULT_MARKER`` (if set) and then, for
+    the default action ``pause``, sleeps there until the test kills it; any other action
+    (e.g. ``nan``) makes this return True for the caller to act on.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return False
+    target, _, rest = spec.partition("@")
+    if target != name:
+        return False
+    nth, _, action = rest.partition(":")
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] != int(nth or 1):
+        return False
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if marker:
+        Path(marker).write_text(f"{name}@{_fault_hits[name]}\n")
+    if (action or "pause") == "pause":
+        while True:  # the test sends SIGKILL
+            time.sleep(60)
+    return True
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then fsync and rename onto ``path``.
 
     A crash or an exception in the writer leaves the previous file untouched and no
-    temp file behind.
+    temp file behind (a process killed mid-write can leave a ``.<name>.*.tmp``, which
+    nothing loads; :func:`remove_stale_temps` clears them). A failing write (disk full,
+    file-size limit) raises ``OSError`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +66,18 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        writer(tmp_path)
+        try:
+            writer(tmp_path)
+        except (OSError, RuntimeError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if isinstance(e, OSError):
+                why = e.strerror or detail
+            else:  # torch's zip writer reports a failed write(2) as a RuntimeError
+                why = f"the write stopped part-way: disk full or a file-size limit? ({detail})"
+            raise OSError(getattr(e, "errno", None) or errno.EIO,
+                          f"cannot write {path} ({why}); the previous file, if any, is "
+                          "untouched") from e
+        fault_point(f"write:{path.name}")
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -42,6 +90,16 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left in ``folder``."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -77,6 +135,6 @@ def load_torch_file(path: str | Path) -> Any:
                 "values (possibly code); it was not executed"
             ) from None
         raise UnsafeFileError(f"{path}: corrupt checkpoint ({msg})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes torch raise
+        msg = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise UnsafeFileError(f"{path}: corrupt or truncated checkpoint ({msg})") from None

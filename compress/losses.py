@@ -81,9 +81,12 @@ def kd_kl(student_logits, teacher_logits, mask, temperature: float = 4.0, class_
         class_map: optional ``[Ct, Cs]`` applied to teacher probabilities.
     """
     t = match_size(teacher_logits.float(), student_logits.shape[-2:])
-    p_t = map_classes((t / temperature).softmax(1), class_map)
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    kl = (p_t * (torch.log(p_t.clamp_min(1e-8)) - log_p_s)).sum(1, keepdim=True)
+    if class_map is None:
+        log_p_t = F.log_softmax(t / temperature, dim=1)
+    else:
+        log_p_t = torch.log(map_classes((t / temperature).softmax(1), class_map).clamp_min(1e-8))
+    kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1, keepdim=True)
     return (kl * mask).sum() / mask.sum().clamp_min(1) * temperature**2
 
 

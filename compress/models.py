@@ -330,11 +330,24 @@ def load_model(
     state = ckpt["state_dict"]
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    try:
-        result = model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0:3]
-        raise ModelError(f"{path}: weights do not fit {spec['arch']}/{spec['encoder']}: {' '.join(first)}") from None
+    own = model.state_dict()
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+              if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
+    if shapes or missing or unexpected:  # one line, with counts and a first example of each
+        parts = []
+        if shapes:
+            k, got, want = shapes[0]
+            parts.append(f"{len(shapes)} tensor(s) of another shape (e.g. {k}: file "
+                         f"{list(got)}, model {list(want)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise ModelError(f"{path}: weights do not fit {spec['arch']}/{spec['encoder']} with "
+                         f"{spec['classes']} classes: {'; '.join(parts)}")
+    result = model.load_state_dict(state, strict=strict)
     model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
     model.eval().to(device)
     return (model, spec) if return_spec else model

@@ -77,7 +77,7 @@ def load_class_map(path: str | Path, teacher_names: list[str]) -> tuple[list[str
 
 
 def _round32(v: float) -> int:
-    return max(32, int(round(v / 32)) * 32)
+    return max(32, round(v / 32) * 32)
 
 
 class Ensemble:
@@ -208,6 +208,9 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     images, out = Path(images), Path(out)
     if out.resolve() == images.resolve() or images.resolve() in out.resolve().parents:
         raise ValueError(f"--out {out} must not be the image folder or inside it")
+    if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").is_file():
+        raise ValueError(f"--out {out} is not empty and not an earlier pseudo-label output "
+                         "(no stats.json): give a new folder")
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold {threshold} must be in (0, 1]")
     if not scales or any(s <= 0 for s in scales):
@@ -240,6 +243,8 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     dtype = np.uint8 if max(ignore_index, c - 1) < 256 else np.uint16
 
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "previews").is_dir():  # pictures of an earlier run
+        shutil.rmtree(out / "previews")
     atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
     predicted = np.zeros(c, np.int64)
     kept = np.zeros(c, np.int64)
@@ -248,14 +253,15 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     truth_dir = Path(truth) if truth else None
     for path in tqdm(files, desc="pseudo-label", disable=not show):
         if path.stem in seen:
-            skipped.append({"name": path.name, "reason": f"same stem as {seen[path.stem]}: "
-                            "masks are named <stem>.png"})
+            skipped.append({"name": path.name, "reason": f"same stem as an earlier file "
+                            f"({seen[path.stem] or 'skipped'}): masks are named <stem>.png"})
             continue
         seen[path.stem] = path.name
         try:
             image = read_image(path)
         except DataError as e:
             skipped.append({"name": path.name, "reason": str(e)})
+            seen[path.stem] = None
             continue
         p = ens.probs(image)
         if cmap is not None:
@@ -282,6 +288,11 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
             _preview(out / "previews" / f"{path.stem}.png", image, mask, conf.numpy(), c)
         done += 1
 
+    # a rerun into the same folder: drop pairs of images that are no longer labelled
+    stale = [p for d in (out / "masks", out / "images") if d.is_dir()
+             for p in d.iterdir() if p.stem not in seen or seen[p.stem] is None]
+    for p in stale:
+        p.unlink()
     stats = {
         "teachers": [str(t) for t in teachers],
         "images_dir": str(images),
@@ -297,6 +308,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         "skipped": len(skipped),
         "skipped_files": skipped,
         "other_files": other,
+        "removed_stale": sorted({p.stem for p in stale}),
         "pixels": pixels,
         "kept_fraction": float(kept.sum() / pixels) if pixels else 0.0,
         "per_class": {
@@ -319,9 +331,9 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
 
 def format_summary(stats: dict) -> str:
     """A few lines for the terminal: counts, kept fraction, per class, skipped names."""
-    lines = [f"{stats['images_done']} images labelled, {stats['skipped']} skipped; "
+    lines = [(f"{stats['images_done']} images labelled, {stats['skipped']} skipped; "
              f"{stats['kept_fraction'] * 100:.1f}% of pixels kept "
-             f"(threshold {stats['threshold']}, ignore index {stats['ignore_index']})"]
+             f"(threshold {stats['threshold']}, ignore index {stats['ignore_index']})")]
     for n, v in stats["per_class"].items():
         kf = "-" if v["kept_fraction"] is None else f"{v['kept_fraction'] * 100:.1f}%"
         lines.append(f"  {n:<16} kept {kf:>6} of {v['predicted_pixels']} predicted pixels")
@@ -331,6 +343,9 @@ def format_summary(stats: dict) -> str:
                      f"({t['accuracy_all'] * 100:.1f}% without the threshold)")
     for s in stats["skipped_files"]:
         lines.append(f"  skipped {s['name']}: {s['reason']}")
+    if stats["removed_stale"]:
+        lines.append(f"  removed {len(stats['removed_stale'])} label(s) of an earlier run whose "
+                     "images are gone or unreadable")
     if stats["other_files"]:
         lines.append(f"  not images, left alone: {', '.join(stats['other_files'][:10])}"
                      + (" ..." if len(stats["other_files"]) > 10 else ""))

@@ -28,6 +28,7 @@ import platform
 import re
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -223,16 +224,22 @@ def collect_run(recipe: str, run_dir: Path, trained_here: bool) -> dict:
     }
 
 
-def count_params_gmacs(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, float]:
-    """Parameters and GMACs at batch 1 (fvcore counts one multiply-add as one 'flop')."""
-    from fvcore.nn import FlopCountAnalysis
+# the multiply-adds papers quote (the same set as bench.flops' dense figure)
+DENSE_OPS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum")
 
+
+def count_params_gmacs(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, float]:
+    """Parameters and GMACs at batch 1: the multiply-adds of convolutions, linear layers
+    and matrix products, counted by fvcore (element-wise ops, norms and resizes left out)."""
     params = sum(p.numel() for p in model.parameters())
     x = torch.zeros(1, 3, *size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import and tracer use deprecated torch.jit
+        from fvcore.nn import FlopCountAnalysis
+
         fca = FlopCountAnalysis(model.eval(), x)
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        macs = fca.total()
+        macs = sum(v for k, v in fca.by_operator().items() if k in DENSE_OPS)
     return params, macs / 1e9
 
 
@@ -322,8 +329,8 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
     lat = study.latency
     if lat.enabled:
         timing = measure_latency(models, sizes, lat.threads, lat.warmup, lat.repeats)
-        for k in cost:
-            cost[k].update(timing[k])
+        for k, c in cost.items():
+            c.update(timing[k])
     for row in rows:
         row.update(cost[row["arch_key"]])
 
@@ -354,6 +361,13 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             agg["verdict"] = ("baseline" if recipe.name == study.baseline
                               else verdict(d, None if std is None else std * 100,
                                            None if base_std is None else base_std * 100))
+            # the same seed gives both recipes the same initialisation and data order
+            base_by_seed = {r["seed"]: r["miou"] for r in rows if r["recipe"] == study.baseline}
+            pairs = [(r["miou"] - base_by_seed[r["seed"]]) * 100 for r in mine
+                     if r["seed"] in base_by_seed]
+            if pairs and recipe.name != study.baseline:
+                agg["paired_delta_pts"], agg["paired_delta_std"] = _mean_std(pairs)
+                agg["paired_seeds"] = len(pairs)
         recipes.append(agg)
     for row in rows:
         if base_mean is not None:
@@ -372,27 +386,30 @@ def _f(v, fmt: str = ".2f", none: str = "-") -> str:
 
 
 def _pm(mean, std, fmt=".2f") -> str:
-    return _f(mean, fmt) + ("" if std is None else f" ± {std:{fmt}}")
+    return _f(mean, fmt) + ("" if std is None or mean is None else f" ± {std:{fmt.lstrip('+')}}")
 
 
 def comparison_markdown(res: dict) -> str:
     hw, lat = res["hardware"], res["latency"]
     lines = [f"# Study {res['study']}", "",
-             f"Baseline: **{res['baseline']}**. mIoU is the best validation epoch of each run "
+             (f"Baseline: **{res['baseline']}**. mIoU is the best validation epoch of each run "
              "(what `best.pt` holds), in points; Δ is against the baseline's mean over seeds. "
              "A difference no larger than the larger seed-to-seed std of the two recipes is "
-             "marked *within seed spread*.", ""]
-    lines += ["| recipe | seeds | mIoU mean ± std | min–max | Δ pts | Δ % | verdict | params (M) "
-              "| GMACs | ms/image (median ± std) | train time (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "marked *within seed spread*. Δ paired: mean ± std over seeds of (recipe − "
+             "baseline) with the same seed."), ""]
+    lines += [("| recipe | seeds | mIoU mean ± std | min–max | Δ pts | Δ % | verdict | Δ paired "
+              "| params (M) | GMACs | ms/image (median ± std) | train time (s) |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in res["recipes"]:
         std = None if a["miou_std"] is None else a["miou_std"] * 100
         lines.append(
             f"| {a['recipe']} | {a['seeds']} | {_pm(a['miou_mean'] * 100, std)} | "
             f"{a['miou_min'] * 100:.2f}–{a['miou_max'] * 100:.2f} | "
             f"{_f(a.get('delta_pts'), '+.2f')} | {_f(a.get('delta_pct'), '+.1f')} | "
-            f"{a.get('verdict', '-')} | {a['params'] / 1e6:.3f} | {_f(a['gmacs'], '.3f')} | "
-            f"{_pm(a.get('ms_median'), a.get('ms_std'))} | {a['train_seconds_mean']:.0f} |")
+            f"{a.get('verdict', '-')} | "
+            f"{_pm(a.get('paired_delta_pts'), a.get('paired_delta_std'), '+.2f')} | "
+            f"{a['params'] / 1e6:.3f} | {_f(a['gmacs'], '.3f')} | "
+            f"{_pm(a.get('ms_median'), a.get('ms_std'))} | {a['train_seconds_mean']:.1f} |")
     lines += ["", "## Runs", "",
               "| recipe | seed | mIoU | Δ pts | Δ % | best epoch / epochs | train time (s) | run dir |",
               "|---|---|---|---|---|---|---|---|"]
@@ -400,7 +417,7 @@ def comparison_markdown(res: dict) -> str:
         where = r["run_dir"] + ("" if r["trained_here"] else " (collected)")
         lines.append(f"| {r['recipe']} | {r['seed']} | {r['miou'] * 100:.2f} | "
                      f"{_f(r.get('delta_pts'), '+.2f')} | {_f(r.get('delta_pct'), '+.1f')} | "
-                     f"{r['best_epoch']} / {r['epochs']} | {_f(r['train_seconds'], '.0f')} | "
+                     f"{r['best_epoch']} / {r['epochs']} | {_f(r['train_seconds'], '.1f')} | "
                      f"`{where}` |")
     classes = list(res["recipes"][0]["per_class_iou"]) if res["recipes"] else []
     if classes:
@@ -419,9 +436,10 @@ def comparison_markdown(res: dict) -> str:
               f"each model at its training input size, {lat['warmup']} warm-up + "
               f"{lat['repeats']} timed calls, models interleaved; 1-min load average at the "
               f"time: {_f(hw['load_avg_1min'])}." if lat["enabled"] else "- Latency: not measured.",
-              "- GMACs: fvcore FlopCountAnalysis at batch 1 (one multiply-add = 1 MAC).",
-              "- Train time: sum of epoch times from each run's summary.json (validation "
-              "excluded); runs marked (collected) may come from other hardware.",
+              ("- GMACs: multiply-adds of convolutions, linear layers and matrix products at batch 1 "
+              "(fvcore FlopCountAnalysis; element-wise ops, norms and resizes left out)."),
+              ("- Train time: sum of epoch times from each run's summary.json (validation "
+              "excluded); runs marked (collected) may come from other hardware."),
               "", "![training curves](curves.png)", "", "![mIoU per run](miou.png)"]
     if res["missing"]:
         lines += ["", "## Missing", ""] + [f"- {m}" for m in res["missing"]]
@@ -431,7 +449,7 @@ def comparison_markdown(res: dict) -> str:
 def comparison_csv(res: dict) -> str:
     classes = list(res["recipes"][0]["per_class_iou"]) if res["recipes"] else []
     cols = ["row", "recipe", "seed", "seeds", "miou", "miou_std", "miou_min", "miou_max",
-            "delta_pts", "delta_pct", "verdict", "params", "gmacs", "ms_median", "ms_std",
+            "delta_pts", "delta_pct", "verdict", "paired_delta_pts", "paired_delta_std", "params", "gmacs", "ms_median", "ms_std",
             "threads", "train_seconds", "epochs", "run_dir"] + [f"iou_{c}" for c in classes]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
@@ -458,7 +476,8 @@ def comparison_csv(res: dict) -> str:
                     "miou": pts(a["miou_mean"]), "miou_std": pts(a["miou_std"]),
                     "miou_min": pts(a["miou_min"]), "miou_max": pts(a["miou_max"]),
                     "delta_pts": r4(a.get("delta_pts")), "delta_pct": r4(a.get("delta_pct")),
-                    "verdict": a.get("verdict"), "params": a["params"], "gmacs": r4(a["gmacs"]),
+                    "verdict": a.get("verdict"), "paired_delta_pts": r4(a.get("paired_delta_pts")),
+                    "paired_delta_std": r4(a.get("paired_delta_std")), "params": a["params"], "gmacs": r4(a["gmacs"]),
                     "ms_median": r4(a.get("ms_median")), "ms_std": r4(a.get("ms_std")),
                     "threads": threads, "train_seconds": round(a["train_seconds_mean"], 1),
                     **{f"iou_{c}": pts(a["per_class_iou"].get(c)) for c in classes}})
@@ -488,14 +507,16 @@ def plot_curves(res: dict, path: Path) -> Path:
     others = [n for n in recipes if n != res["baseline"]]
     for ax, k in zip(axes.flat, keys):
         for r in res["runs"]:
-            pts = [(row["epoch"], row[k]) for row in r["history"] if row.get(k) is not None]
+            scale = 100.0 if k == "val_miou" else 1.0  # points, like the tables
+            pts = [(row["epoch"], row[k] * scale) for row in r["history"] if row.get(k) is not None]
             if not pts:
                 continue
             base = r["recipe"] == res["baseline"]
             colour = "black" if base else colours[others.index(r["recipe"]) % len(colours)]
             ax.plot(*zip(*pts), color=colour, lw=2 if base else 1.3, alpha=0.8, marker=".",
                     ls="--" if base else "-", label=r["recipe"])
-        ax.set_title(k.replace("train_", "train ").replace("val_miou", "val mIoU"), fontsize=10)
+        ax.set_title(k.replace("train_", "train ").replace("val_miou", "val mIoU (points)"),
+                     fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=8)
         if k == "lr":
@@ -557,5 +578,5 @@ def write_comparison(out: Path, res: dict) -> dict[str, Path]:
 def format_summary(res_dir: Path) -> str:
     """The recipe table of ``comparison.md`` for the terminal."""
     text = (res_dir / "comparison.md").read_text()
-    table = re.search(r"\| recipe \| seeds.*?\n\n", text, re.S)
+    table = re.search(r"\| recipe \| seeds.*?\n\n", text, re.DOTALL)
     return table.group(0).strip() if table else text

@@ -25,7 +25,13 @@ from tqdm import tqdm
 
 from compress.config import RunConfig, dump_config
 from compress.data import build_split, build_train_set, dataset_classes
-from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from compress.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    fault_point,
+    remove_stale_temps,
+)
 from compress.losses import Distiller, TaskLoss, class_map_tensor
 from compress.metrics import scores, update_confusion
 from compress.models import (
@@ -180,14 +186,19 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
     if not tc.checkpoint:
         raise ValueError("distillation needs teacher.checkpoint (or teacher.train_epochs)")
     spec = None
-    if tc.model is not None:
-        ckpt = read_checkpoint(tc.checkpoint)
-        if ckpt["spec"] is None:
-            m = tc.model
-            spec = make_spec(arch=m.arch, encoder=m.encoder, classes=s_spec["classes"],
-                             class_names=s_spec["class_names"], ignore_index=s_spec["ignore_index"],
-                             decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
-                             mean=m.mean, std=m.std, input_size=s_spec["input_size"])
+    if not Path(tc.checkpoint).is_file():
+        raise FileNotFoundError(f"teacher.checkpoint not found: {tc.checkpoint} (give a "
+                                "checkpoint, or teacher.train_epochs > 0 to train one)")
+    ckpt = read_checkpoint(tc.checkpoint)
+    if ckpt["spec"] is None and tc.model is None:
+        raise ValueError(f"teacher.checkpoint {tc.checkpoint} is a plain state_dict without a "
+                         "model spec: set teacher.model (arch, encoder, decoder_channels)")
+    if ckpt["spec"] is None:  # a plain state_dict: the architecture comes from teacher.model
+        m = tc.model
+        spec = make_spec(arch=m.arch, encoder=m.encoder, classes=s_spec["classes"],
+                         class_names=s_spec["class_names"], ignore_index=s_spec["ignore_index"],
+                         decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
+                         mean=m.mean, std=m.std, input_size=s_spec["input_size"])
     model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
                              return_spec=True)
     report = model.load_report
@@ -289,6 +300,8 @@ def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConf
         loss = terms["loss"]
         if nan_hook is not None:
             loss = nan_hook(loss, epoch, step)
+        if fault_point("loss"):  # test hook (tests/faults): poison this loss
+            loss = loss * float("nan")
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
         scaler.scale(loss / tc.accum_steps).backward()
@@ -310,6 +323,7 @@ def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConf
         n += 1
         step_times.append(time.perf_counter() - ts)
         bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", lr=f"{lr:.2e}", refresh=False)
+        fault_point("train_step")  # test hook (tests/faults): a kill mid-epoch
     bar.close()
     means = {k: v / max(n, 1) for k, v in sums.items()}
     return EpochResult(means, lr, time.perf_counter() - t0, n, step_times), step
@@ -332,6 +346,7 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
     c = len(class_names)
     conf = torch.zeros(c, c, dtype=torch.int64)
     for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
+        fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
         x = batch["image"].to(device)
         logits = predict(x)
         if flip:
@@ -386,13 +401,36 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _find_last(resume: str | Path) -> Path:
+def _find_last(resume: str | Path) -> tuple[Path, Path | None]:
+    """(run dir, its last.pt) for ``--resume``; last.pt is None when the run was stopped
+    before its first epoch ended (then it starts over, in the same run dir).
+
+    Raises:
+        FileNotFoundError: ``resume`` is neither a run dir nor a checkpoint file.
+    """
     p = Path(resume)
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt"
+        last = p / "checkpoints" / "last.pt"
+        if last.is_file():
+            return p, last
+        if (p / "config.yaml").is_file():
+            return p, None
+        raise FileNotFoundError(f"nothing to resume: {p} is not a run dir (no config.yaml, "
+                                "no checkpoints/last.pt)")
     if not p.is_file():
-        raise FileNotFoundError(f"nothing to resume: {p} not found")
-    return p
+        raise FileNotFoundError(f"nothing to resume: {p} not found (give a run dir or its "
+                                "checkpoints/last.pt)")
+    return p.parent.parent, p
+
+
+def _check_finite(model: nn.Module, epoch: int, step: int, good: Path) -> None:
+    """Refuse to checkpoint weights or BatchNorm statistics that became NaN/inf."""
+    bad = [k for k, v in unwrap(model).state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        where = f"last good checkpoint: {good}" if good.exists() else "no checkpoint yet"
+        raise TrainingDiverged(f"weights became NaN/inf ({bad[0]}) at epoch {epoch + 1}, step "
+                               f"{step}; {where}")
 
 
 def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
@@ -418,12 +456,20 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         torch.cuda.set_device(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    # denormal floats (tiny gradients late in training) slow CPU kernels by 10x or more
+    torch.set_flush_denormal(True)
 
     last_state = None
     if resume is not None:
-        last_path = _find_last(resume)
-        last_state = read_checkpoint(last_path)
-        run_dir = last_path.parent.parent
+        run_dir, last_path = _find_last(resume)
+        if last_path is not None:
+            last_state = read_checkpoint(last_path)
+            if "optimizer" not in last_state or "history" not in last_state:
+                raise ValueError(f"nothing to resume: {last_path} holds weights only (no "
+                                 "optimizer state); give a run's checkpoints/last.pt")
+        if rank == 0:  # temp files of writes a kill interrupted
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_stale_temps(folder)
     run_dir = Path(run_dir) if run_dir else make_run_dir(cfg)
     if world > 1:  # every rank must agree on rank 0's run dir
         obj = [str(run_dir)]
@@ -455,7 +501,10 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     teacher, class_map, t_channels, teacher_score = None, None, {}, None
     if needs_teacher:
         teacher, t_spec = load_teacher(cfg, spec, tap_levels, device)
-        class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
+        try:
+            class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
+        except ValueError as e:
+            raise ValueError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):
             log.info(line)
         t_channels = feature_channels(teacher.model, t_spec, tap_levels, device)
@@ -489,7 +538,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
                                              num_workers=cfg.data.num_workers, collate_fn=collate)
     if len(loader) == 0:
         raise ValueError(f"training split has {len(train_set)} samples, fewer than one batch "
-                         f"of {cfg.data.batch_size}")
+                         f"of data.batch_size={cfg.data.batch_size}")
     steps_per_epoch = math.ceil(min(len(loader), (cfg.train.max_steps_per_epoch or 10**9)
                                     * cfg.train.accum_steps) / cfg.train.accum_steps)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -504,6 +553,11 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         best, history = last_state["best_miou"], list(last_state["history"])
         torch.set_rng_state(last_state["rng"]["torch"])
         log.info(f"resumed from {run_dir} at epoch {start_epoch}")
+        if rank == 0:  # a kill between last.pt and metrics.csv left the csv a row behind
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+    elif resume is not None:
+        log.info(f"{run_dir} has no checkpoints/last.pt yet (stopped in its first epoch): "
+                 "starting over in the same run dir")
 
     if teacher is not None and rank == 0:
         teacher_score, _ = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index,
@@ -532,6 +586,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             good = ckpt_dir / "last.pt"
             where = f"last good checkpoint: {good}" if good.exists() else "no checkpoint yet"
             raise TrainingDiverged(f"{e}; {where}") from None
+        _check_finite(student, epoch, step, ckpt_dir / "last.pt")
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6)
                                                       for k, v in res.terms.items()},
                                "lr": res.lr, "epoch_seconds": round(res.seconds, 2),

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from compress.config import RunConfig, load_config
 from compress.models import create_model, make_spec, save_checkpoint
+
+# one thread: the suite runs beside other work on small machines; tiny models gain little
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"

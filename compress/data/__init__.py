@@ -47,9 +47,11 @@ def build_split(data_cfg, split: str, mean, std, ignore_index: int, train: bool 
                 seed: int = 0, root: str | None = None, kind: str | None = None) -> SegDataset:
     """One split of the configured dataset as a :class:`SegDataset`."""
     length = data_cfg.synthetic_length if split == "train" else data_cfg.synthetic_val_length
+    # the synthetic scenes depend on data.synthetic_seed only, so every run seed is
+    # scored on the same val images; ``seed`` drives augmentation
     src = create_source(kind or data_cfg.kind, root or data_cfg.root, split,
                         ignore_index=ignore_index, length=length,
-                        size=tuple(data_cfg.size), seed=seed)
+                        size=tuple(data_cfg.size), seed=data_cfg.synthetic_seed)
     aug = _augment(data_cfg, ignore_index) if train else None
     return SegDataset(src, data_cfg.size, mean, std, train=train, augment=aug, seed=seed)
 

@@ -35,6 +35,9 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # convert("RGB") would clip
+                raise DataError(f"{path}: {im.mode} single-channel image (16/32-bit, e.g. a "
+                                "mask or depth map) where an 8-bit RGB image is expected")
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
@@ -68,6 +71,10 @@ class PairSource:
                  ignore_index: int, where: str) -> None:
         if not pairs:
             raise DataError(f"{where}: no images found")
+        missing = [(i, m) for i, m in pairs if m is not None and not m.is_file()]
+        if missing:  # checked up front (a stat per file), not at the first batch
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DataError(f"{missing[0][0]}: mask missing (expected {missing[0][1]}){more}")
         self.pairs, self.class_names, self.ignore_index = pairs, class_names, ignore_index
         self.where = where
 

@@ -78,7 +78,7 @@ class TrainAugment:
         else:
             x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
         x = x[0]
-        out = torch.full((x.shape[0], max(h, sh), max(w, sw)), fill, dtype=x.dtype)
+        out = torch.full((x.shape[0], max(h, sh), max(w, sw)), fill, dtype=x.dtype, device=x.device)
         out[:, :sh, :sw] = x
         out = out[:, geo["top"] : geo["top"] + h, geo["left"] : geo["left"] + w]
         if geo["flip"]:

@@ -1,0 +1,149 @@
+"""Pseudo-labelling: thresholds, ensembles, class maps, the folder layout, mixtures."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from compress.cli import app
+from compress.data import SyntheticSource, build_train_set, folder_source
+from compress.data.datasets import SYNTHETIC_CLASSES
+from compress.pseudo import Ensemble, load_class_map, pseudo_label
+from compress.train import fit
+from tests.conftest import tiny_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # two cores shared with other jobs: one intra-op thread avoids oversubscription stalls
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """Six synthetic images, their true masks, one broken image and a stray text file."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    src = SyntheticSource(6, (64, 64), seed=7)
+    (root / "images").mkdir()
+    (root / "truth").mkdir()
+    for i in range(6):
+        img, mask, name = src.load(i)
+        Image.fromarray(img).save(root / "images" / f"{name}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / "truth" / f"{name}.png")
+    (root / "images" / "broken.png").write_bytes(b"not a png at all")
+    (root / "images" / "notes.txt").write_text("hello")
+    return root
+
+
+def test_layout_stats_and_threshold(trained_teacher, image_dir, tmp_path):
+    out = tmp_path / "pseudo"
+    stats = pseudo_label([trained_teacher], image_dir / "images", out, threshold=0.6,
+                         truth=image_dir / "truth", previews=2, show=False)
+    assert stats["images_done"] == 6 and stats["skipped"] == 1
+    assert stats["skipped_files"][0]["name"] == "broken.png"
+    assert "unreadable" in stats["skipped_files"][0]["reason"]
+    assert stats["other_files"] == ["notes.txt"]
+    assert json.loads((out / "stats.json").read_text())["images_done"] == 6
+    assert (out / "classes.txt").read_text().split() == SYNTHETIC_CLASSES
+    assert len(list((out / "previews").glob("*.png"))) == 2
+    assert not list(out.rglob("*.tmp"))
+    # each mask is the argmax where the averaged probability >= threshold, else ignore
+    ens = Ensemble([trained_teacher], torch.device("cpu"))
+    first = min((image_dir / "images").glob("synthetic_*.png"))
+    probs = ens.probs(np.asarray(Image.open(first).convert("RGB")))
+    conf, lab = probs.max(0)
+    want = torch.where(conf >= 0.6, lab, torch.tensor(255)).numpy()
+    got = np.asarray(Image.open(out / "masks" / f"{first.stem}.png"))
+    np.testing.assert_array_equal(got, want)
+    kept = sum(v["kept_pixels"] for v in stats["per_class"].values())
+    assert stats["kept_fraction"] == pytest.approx(kept / stats["pixels"])
+    assert 0 <= stats["truth"]["accuracy_kept"] <= 1
+    # the folder source reads it back (image links, masks of the image's size)
+    src = folder_source(out, "train", ignore_index=255)
+    assert len(src) == 6 and src.load(0)[1].shape == (64, 64)
+
+
+def test_ensemble_tta_and_class_thresholds(trained_teacher, image_dir, tmp_path):
+    one = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "a", threshold=0.5,
+                       show=False, previews=0)
+    two = pseudo_label([trained_teacher, trained_teacher], image_dir / "images", tmp_path / "b",
+                       threshold=0.5, show=False, previews=0)
+    assert one["per_class"] == two["per_class"]  # averaging equal teachers changes nothing
+    tta = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "c", threshold=0.5,
+                       tta_flip=True, scales=(0.5, 1.0), show=False, previews=0)
+    assert tta["scales"] == [0.5, 1.0] and tta["images_done"] == 6
+    strict = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "d", threshold=0.5,
+                          class_thresholds={"background": 1.0}, show=False, previews=0)
+    assert strict["per_class"]["background"]["kept_pixels"] <= 0.01 * max(
+        1, one["per_class"]["background"]["kept_pixels"])
+    assert strict["per_class"]["disc"]["kept_pixels"] == one["per_class"]["disc"]["kept_pixels"]
+    with pytest.raises(ValueError, match="not a class"):
+        pseudo_label([trained_teacher], image_dir / "images", tmp_path / "e",
+                     class_thresholds={"Pole": 0.5}, show=False)
+
+
+def test_class_map(trained_teacher, image_dir, tmp_path):
+    cmap = tmp_path / "map.yaml"
+    cmap.write_text("classes: [bg, shape]\n"
+                    "map: {background: bg, disc: shape, box: shape, triangle: shape, ring: null}\n")
+    names, m = load_class_map(cmap, SYNTHETIC_CLASSES)
+    assert names == ["bg", "shape"] and m.shape == (5, 3) and m[4, 2] == 1
+    stats = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "o", threshold=0.3,
+                         class_map=cmap, show=False, previews=0)
+    assert stats["classes"] == ["bg", "shape"]
+    values = set()
+    for p in (tmp_path / "o" / "masks").glob("*.png"):
+        values |= set(np.unique(np.asarray(Image.open(p))).tolist())
+    assert values <= {0, 1, 255}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classes: [bg]\nmap: {background: bg, disc: bg}\n")
+    with pytest.raises(ValueError, match="not mapped"):
+        load_class_map(bad, SYNTHETIC_CLASSES)
+
+
+def test_cli_and_mixture_training(trained_teacher, image_dir, tmp_path):
+    out = tmp_path / "pseudo"
+    res = runner.invoke(app, ["pseudo-label", "--teacher", str(trained_teacher), "--images",
+                              str(image_dir / "images"), "--out", str(out), "--threshold", "0.5",
+                              "--class-threshold", "disc=0.9", "--tta-flip", "--scales", "1",
+                              "--size", "64x64", "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "6 images labelled, 1 skipped" in res.output and "broken.png" in res.output
+    # CamVid-style mixture: the labelled split plus the pseudo-labelled folder, 1:3
+    cfg = tiny_config(tmp_path, ["train.epochs=1", "data.epoch_samples=16",
+                                 f"data.extra_train=[{{kind: folder, root: '{out}', weight: 3}}]"])
+    train_set = build_train_set(cfg.data, (0.5,) * 3, (0.25,) * 3, 255)
+    w = train_set.sample_weights()
+    assert len(train_set) == 16 + 6
+    assert w[:16].sum().item() == pytest.approx(0.25) and w[16:].sum().item() == pytest.approx(0.75)
+    assert train_set[17]["index"] == 17  # global index (the teacher cache relies on it)
+    run = fit(cfg, show_progress=False)
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_rerun_drops_stale_labels_and_foreign_out_is_refused(trained_teacher, tmp_path):
+    src = SyntheticSource(3, (64, 64), seed=3)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.fromarray(src.load(i)[0]).save(imgs / f"im{i}.png")
+    out = tmp_path / "out"
+    pseudo_label([trained_teacher], imgs, out, show=False, previews=0)
+    (imgs / "im2.png").unlink()
+    (imgs / "im1.png").write_bytes(b"broken now")
+    stats = pseudo_label([trained_teacher], imgs, out, show=False, previews=0)
+    assert stats["removed_stale"] == ["im1", "im2"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["im0.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["im0.png"]
+    foreign = tmp_path / "foreign"
+    (foreign / "masks").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not empty"):
+        pseudo_label([trained_teacher], imgs, foreign, show=False)

@@ -1,0 +1,128 @@
+"""``compress compare``: recipes x seeds, aggregation, seed-spread verdicts, outputs."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from compress.cli import app
+from compress.config import ConfigError, load_config
+from compress.study import (
+    LatencyConfig,
+    RecipeConfig,
+    StudyConfig,
+    load_study,
+    measure_latency,
+    run_study,
+    verdict,
+)
+
+runner = CliRunner()
+
+TINY = """\
+name: tiny
+data: {size: [64, 64], synthetic_length: 16, synthetic_val_length: 8, batch_size: 4}
+model: {decoder_channels: [16, 16, 8, 8, 8]}
+train: {epochs: 1, lr: 0.003, warmup_epochs: 0, vis_every: 0, threads: 1}
+"""
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_verdict_against_seed_spread():
+    assert verdict(0.5, 1.0, 0.2) == "within seed spread"
+    assert verdict(-0.9, 0.3, 1.0) == "within seed spread"
+    assert verdict(2.0, 1.0, 0.5) == "gain beyond seed spread"
+    assert verdict(-2.0, 1.0, 0.5) == "loss beyond seed spread"
+    assert verdict(2.0, None, 0.5) == "single seed: spread unknown"
+
+
+def test_study_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="baseline"):
+        StudyConfig(baseline="x", recipes=[RecipeConfig(name="a", config="a.yaml")])
+    with pytest.raises(ValueError, match="either 'config' or 'runs'"):
+        RecipeConfig(name="a")
+    bad = tmp_path / "s.yaml"
+    bad.write_text("baseline: a\nrecipes: [{name: a, config: a.yaml}]\nbogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_study(bad)
+
+
+def test_latency_is_interleaved_and_positive():
+    models = {"a": torch.nn.Conv2d(3, 4, 3), "b": torch.nn.Conv2d(3, 8, 3)}
+    res = measure_latency(models, {"a": (32, 32), "b": (32, 32)}, threads=1, warmup=1, repeats=4)
+    assert set(res) == {"a", "b"} and all(v["ms_median"] > 0 and v["repeats"] == 4
+                                          for v in res.values())
+
+
+def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
+    run_cfg = tmp_path / "tiny.yaml"
+    run_cfg.write_text(TINY)
+    study = StudyConfig(
+        name="s", output_dir=str(tmp_path / "studies"), baseline="no-kd", seeds=[0, 1],
+        recipes=[
+            RecipeConfig(name="no-kd", config=str(run_cfg)),
+            RecipeConfig(name="kd", config=str(run_cfg), overrides=[
+                f"teacher.checkpoint={trained_teacher}", "teacher.allow_weak=true",
+                "w_task=0.5", "kd.response.weight=0.5"]),
+        ],
+        latency=LatencyConfig(warmup=1, repeats=3),
+    )
+    out = run_study(study, show=False, log=lambda *_: None)
+    for f in ["comparison.md", "comparison.csv", "comparison.json", "curves.png", "miou.png"]:
+        assert (out / f).is_file(), f
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    runs = [r for r in rows if r["row"] == "run"]
+    aggs = {r["recipe"]: r for r in rows if r["row"] == "recipe"}
+    assert len(runs) == 4 and set(aggs) == {"no-kd", "kd"}
+    assert {"iou_background", "iou_disc", "params", "gmacs", "ms_median", "threads"} <= set(rows[0])
+    assert aggs["no-kd"]["verdict"] == "baseline" and float(aggs["no-kd"]["delta_pts"]) == 0
+    kd_mious = [float(r["miou"]) for r in runs if r["recipe"] == "kd"]
+    assert float(aggs["kd"]["miou"]) == pytest.approx(sum(kd_mious) / 2, abs=1e-3)
+    assert aggs["kd"]["verdict"] in ("within seed spread", "gain beyond seed spread",
+                                     "loss beyond seed spread")
+    assert int(aggs["kd"]["params"]) > 0 and float(aggs["kd"]["gmacs"]) > 0
+    md = (out / "comparison.md").read_text()
+    assert "mIoU mean ± std" in md and "1 thread(s)" in md and "Per-class IoU" in md
+
+    # a second call trains nothing: the finished runs are collected as they are
+    best = out / "runs" / "kd" / "seed1" / "checkpoints" / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    run_study(study, collect_only=True, show=False, log=lambda *_: None)
+    assert best.stat().st_mtime_ns == stamp
+    # another config for the same run dir is refused, not silently mixed
+    with pytest.raises(ConfigError, match="another config"):
+        run_study(study, ["train.lr=0.01"], collect_only=True, show=False, log=lambda *_: None)
+
+    # the CLI, collecting finished run dirs by glob as a recipe
+    spec = tmp_path / "study.yaml"
+    spec.write_text(
+        f"name: collected\noutput_dir: {tmp_path / 'studies'}\nbaseline: base\n"
+        f"latency: {{warmup: 1, repeats: 2}}\nrecipes:\n"
+        f"  - {{name: base, runs: ['{out}/runs/no-kd/seed*']}}\n"
+        f"  - {{name: kd, runs: ['{out}/runs/kd/seed*']}}\n")
+    res = runner.invoke(app, ["compare", "-c", str(spec), "--collect-only", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "| kd | 2 |" in res.output
+    assert "(collected)" in (tmp_path / "studies" / "collected" / "comparison.md").read_text()
+
+
+REPO = Path(__file__).resolve().parents[2]
+STUDIES = sorted((REPO / "configs").rglob("*study*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_shipped_studies_validate(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # recipe paths in a study are relative to the repository root
+    study = load_study(path)
+    for recipe in study.recipes:
+        if recipe.config:
+            load_config(recipe.config, [*study.overrides, *recipe.overrides])
