@@ -138,6 +138,11 @@ def latency(
         kind=data_kind.value,
         precision=precision,
     )
+    failed = [r for r in result["results"] if r.get("error") or not r.get("latency_ms")]
+    if failed and len(failed) == len(result["results"]):
+        # nothing ran: a user error, not a table of failures (and no --json written)
+        reasons = "; ".join(f"{r['label']}: {r.get('error')}" for r in failed)
+        raise ValueError(f"bench latency: no model could run ({reasons})")
     typer.echo(format_latency(result))
     if json_path:
         from compress.io import atomic_write_json

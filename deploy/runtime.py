@@ -145,7 +145,11 @@ class OnnxRuntime(Runtime):
 
         from deploy.export import spec_from_onnx
 
-        proto = onnx.load(str(path), load_external_data=False)
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # protobuf DecodeError and friends: not an ONNX file
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ManifestError(f"runtime: {path} is not a readable ONNX model ({msg})") from None
         spec = spec or spec_from_onnx(proto)
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "

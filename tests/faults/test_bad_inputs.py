@@ -437,15 +437,9 @@ ROWS = [
     Row("compare-unknown-key", ["compare", "-c", "{y_study_typo}"], ("{y_study_typo}", "recipez")),
 ]
 
-# Rows that currently fail for reasons in another package's code (see the report in
-# docs/faults.md); they run, and turn into XPASS once fixed.
-KNOWN_GAPS: dict[str, str] = {
-    "eval-not-onnx": "deploy.runtime: onnx.load's DecodeError escapes as a traceback",
-    "bench-latency-not-onnx": "bench latency: a model that cannot run is a table row, exit 0",
-    "bench-latency-sha-mismatch": "bench latency: a refused artifact is a table row, exit 0",
-    "bench-latency-json-untouched": "bench latency: exit 0 (and a --json written) when every "
-                                    "model failed",
-}
+# Rows known to fail for reasons in another package's code (none now; kept so a gap found
+# later can be recorded with its reason instead of silently skipped).
+KNOWN_GAPS: dict[str, str] = {}
 
 IDS = [r.id for r in ROWS]
 assert len(set(IDS)) == len(IDS), "duplicate row ids"
