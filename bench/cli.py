@@ -6,7 +6,6 @@ can fix print one line (no traceback unless ``--debug``).
 
 from __future__ import annotations
 
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -212,26 +211,9 @@ def report(
 
 def main() -> None:
     """Console entry point: one clear line for errors a user can fix."""
-    from compress.errors import USAGE_ERRORS, USER_ERRORS, one_line
+    from compress.errors import run_cli
 
-    debug = "--debug" in sys.argv
-    try:
-        app(standalone_mode=False)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `bench`: the help
-            typer.echo(e.format_message())
-            sys.exit(0)
-        typer.echo(f"error: {one_line(e)}", err=True)
-        if isinstance(e, KeyboardInterrupt):
-            sys.exit(130)
-        sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)
+    run_cli(app)
 
 
 if __name__ == "__main__":

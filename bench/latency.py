@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from deploy.manifest import cpu_name
+
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 SUFFIX_BACKEND = {
     ".pt": "torch",
@@ -414,7 +416,7 @@ def hardware_info(device: str = "cpu", threads: int | None = None) -> dict[str, 
     import psutil
 
     info: dict[str, Any] = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "logical_cores": os.cpu_count(),
         "physical_cores": psutil.cpu_count(logical=False),
         "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -436,16 +438,6 @@ def hardware_info(device: str = "cpu", threads: int | None = None) -> dict[str, 
     if device.startswith("cuda"):
         info["gpu"] = gpu_info()
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu_flags() -> list[str]:

@@ -7,9 +7,8 @@ summary. Errors a user can fix print one line (no traceback unless ``--debug``).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,9 +16,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Distil compact segmentation students and deploy them.")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe (see configs/)")]
-Overrides = Annotated[Optional[list[str]], typer.Argument(
+Overrides = Annotated[list[str] | None, typer.Argument(
     help="dotted overrides after the config, e.g. kd.temperature=6 train.epochs=5")]
-ResumeOpt = Annotated[Optional[Path], typer.Option(help="run dir or last.pt to continue")]
+ResumeOpt = Annotated[Path | None, typer.Option(help="run dir or last.pt to continue")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 _state = {"debug": False}
@@ -72,12 +71,12 @@ def eval_(
     data: Annotated[Path, typer.Option(help="dataset root (CamVid layout or images/masks folder)")],
     split: Annotated[str, typer.Option(help="split to score")] = "val",
     kind: Annotated[str, typer.Option(help="camvid | folder | synthetic")] = "camvid",
-    size: Annotated[Optional[str], typer.Option(help="HxW; default: the model's input size")] = None,
+    size: Annotated[str | None, typer.Option(help="HxW; default: the model's input size")] = None,
     flip: Annotated[bool, typer.Option(help="flip test-time augmentation")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="where eval.json goes")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="architecture of a plain state_dict")] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="encoder of a plain state_dict")] = None,
-    classes: Annotated[Optional[int], typer.Option(help="classes of a plain state_dict")] = None,
+    out: Annotated[Path | None, typer.Option(help="where eval.json goes")] = None,
+    arch: Annotated[str | None, typer.Option(help="architecture of a plain state_dict")] = None,
+    encoder: Annotated[str | None, typer.Option(help="encoder of a plain state_dict")] = None,
+    classes: Annotated[int | None, typer.Option(help="classes of a plain state_dict")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
 ) -> None:
     """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
@@ -109,26 +108,9 @@ def _register_optional() -> None:
 
 def main() -> None:
     """Console entry point: one clear line for errors a user can fix."""
-    from compress.errors import USAGE_ERRORS, USER_ERRORS, one_line
+    from compress.errors import run_cli
 
-    debug = "--debug" in sys.argv
-    try:
-        app(standalone_mode=False)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `compress`: the help
-            typer.echo(e.format_message())
-            sys.exit(0)
-        typer.echo(f"error: {one_line(e)}", err=True)
-        if isinstance(e, KeyboardInterrupt):
-            sys.exit(130)
-        sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)
+    run_cli(app)
 
 
 _register_optional()

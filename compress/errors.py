@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from compress.config import ConfigError
@@ -37,3 +39,29 @@ def one_line(e: BaseException) -> str:
         return "interrupted"
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
     return text or type(e).__name__
+
+
+def run_cli(app) -> None:
+    """Run a typer app as a console entry point: errors a user can fix print one
+    ``error: ...`` line and exit non-zero (``--debug`` re-raises for the traceback);
+    a bare command prints its help."""
+    import typer
+
+    debug = "--debug" in sys.argv
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare command: the help
+            typer.echo(e.format_message())
+            sys.exit(0)
+        typer.echo(f"error: {one_line(e)}", err=True)
+        if isinstance(e, KeyboardInterrupt):
+            sys.exit(130)
+        sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)

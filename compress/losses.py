@@ -205,22 +205,16 @@ class Distiller(nn.Module):
         self.ignore_index = ignore_index
         self.register_buffer("class_map", class_map, persistent=False)
         self.adapters = nn.ModuleDict()
-        levels = set(self.feat_levels if w_feat else []) | set(
-            lv for lv in self.cwd_levels if lv != "logits" and w_cwd
-        )
-        for lv in sorted(levels):
+        levels = set(self.feat_levels if w_feat else [])
+        levels |= {lv for lv in self.cwd_levels if lv != "logits"} if w_cwd else set()
+        self.feature_levels = sorted(levels)  # what the student and teacher must tap
+        for lv in self.feature_levels:
             cs, ct = (student_channels or {})[lv], (teacher_channels or {})[lv]
             self.adapters[lv] = nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()
 
     @property
     def needs_teacher(self) -> bool:
         return bool(self.w_kd or self.w_feat or self.w_cwd)
-
-    @property
-    def feature_levels(self) -> list[str]:
-        lv = set(self.feat_levels if self.w_feat else [])
-        lv |= {x for x in self.cwd_levels if x != "logits"} if self.w_cwd else set()
-        return sorted(lv)
 
     def forward(self, student_logits, target, teacher_logits=None, student_feats=None,
                 teacher_feats=None) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ def default_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float,
             cfg = timm.get_pretrained_cfg(encoder[3:])
             if cfg is not None:
                 return tuple(cfg.mean), tuple(cfg.std)
-        except Exception:  # unknown to timm's config table: fall back below
+        except Exception:  # noqa: BLE001, S110 - unknown to timm's table: ImageNet default
             pass
     return IMAGENET_MEAN, IMAGENET_STD
 

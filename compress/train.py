@@ -65,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
 
 def distributed_info() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) when not distributed."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
@@ -452,7 +452,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = resolve_device(cfg.train.device)
     if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

@@ -147,7 +147,7 @@ class OnnxRuntime(Runtime):
 
         try:
             proto = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # protobuf DecodeError and friends: not an ONNX file
+        except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ManifestError(f"runtime: {path} is not a readable ONNX model ({msg})") from None
         spec = spec or spec_from_onnx(proto)

@@ -19,9 +19,21 @@ from compress.data.datasets import (
 from compress.data.transforms import TrainAugment, denormalize, normalize, resize_pair
 
 __all__ = [
-    "CAMVID_CLASSES", "CAMVID_IGNORE", "SYNTHETIC_CLASSES", "DataError", "PairSource",
-    "SegDataset", "SyntheticSource", "TrainAugment", "create_source", "build_split",
-    "build_train_set", "denormalize", "normalize", "read_image", "resize_pair",
+    "CAMVID_CLASSES",
+    "CAMVID_IGNORE",
+    "SYNTHETIC_CLASSES",
+    "DataError",
+    "PairSource",
+    "SegDataset",
+    "SyntheticSource",
+    "TrainAugment",
+    "build_split",
+    "build_train_set",
+    "create_source",
+    "denormalize",
+    "normalize",
+    "read_image",
+    "resize_pair",
 ]
 
 SOURCES = {"camvid": camvid_source, "folder": folder_source}

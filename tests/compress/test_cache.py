@@ -13,14 +13,6 @@ from compress.train import Teacher, collate, fit
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class Counting(nn.Module):
     """A pointwise (1x1 conv) teacher: it commutes with resizing, cropping and flipping,
     so warped cached logits must equal the logits of the augmented image."""

@@ -130,8 +130,8 @@ def test_total_is_weighted_sum_of_named_terms_and_adapters_bridge_channels():
 
 
 def test_gradients_reach_student_and_adapters_never_teacher():
-    from tests.conftest import tiny_spec
     from compress.models import create_model, forward_with_features
+    from tests.conftest import tiny_spec
 
     spec = tiny_spec(classes=3)
     student = create_model(spec)

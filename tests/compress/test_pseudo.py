@@ -18,15 +18,6 @@ from tests.conftest import tiny_config
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two cores shared with other jobs: one intra-op thread avoids oversubscription stalls
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory):
     """Six synthetic images, their true masks, one broken image and a stray text file."""

@@ -29,14 +29,6 @@ train: {epochs: 1, lr: 0.003, warmup_epochs: 0, vis_every: 0, threads: 1}
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_verdict_against_seed_spread():
     assert verdict(0.5, 1.0, 0.2) == "within seed spread"
     assert verdict(-0.9, 0.3, 1.0) == "within seed spread"
