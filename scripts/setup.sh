@@ -5,6 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>/dev/null || true
-.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -e ".[test]"
+pip_install() {
+  # keep pip's per-index "Location ... is ignored" chatter (a local mirror quirk) out of the way
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "WARNING: Location" >&2)
+}
+echo "installing into .venv (torch, timm, smp, onnx, onnxruntime, nncf, openvino, ...)"
+pip_install torch==2.14.1 torchvision==0.29.1
+pip_install -e ".[test]"
+echo "installed: $(.venv/bin/compress --help >/dev/null && echo compress, bench)"
