@@ -1,12 +1,19 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from compress.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
-# study files list recipes (validated in test_study.py); every other file is a recipe
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "study" not in p.stem)
+
+
+def _is_study(path: Path) -> bool:
+    """Study files list recipes (validated in test_study.py); every other file is a recipe."""
+    return "recipes" in (yaml.safe_load(path.read_text()) or {})
+
+
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not _is_study(p))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))

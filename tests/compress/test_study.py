@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from compress.cli import app
@@ -108,7 +109,8 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
 
 
 REPO = Path(__file__).resolve().parents[2]
-STUDIES = sorted((REPO / "configs").rglob("*study*.yaml"))
+STUDIES = sorted(p for p in (REPO / "configs").rglob("*.yaml")
+                 if "recipes" in (yaml.safe_load(p.read_text()) or {}))
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: str(p.relative_to(REPO / "configs")))
