@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe (see configs/)")]
 Overrides = Annotated[list[str] | None, typer.Argument(
-    help="dotted overrides after the config, e.g. kd.temperature=6 train.epochs=5")]
+    help="dotted overrides after the config, e.g. kd.response.temperature=6 train.epochs=5")]
 ResumeOpt = Annotated[Path | None, typer.Option(help="run dir or last.pt to continue")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 

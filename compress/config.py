@@ -1,7 +1,7 @@
 """Typed run configs: YAML parsed once, at the CLI boundary, into pydantic objects.
 
 An unknown key or a wrong type stops with a :class:`ConfigError` that names the key and
-the file. Dotted overrides (``kd.temperature=6 train.epochs=5``) are applied to the raw
+the file. Dotted overrides (``kd.response.temperature=6 train.epochs=5``) are applied to the raw
 YAML before validation, so they get the same checks.
 """
 
