@@ -182,6 +182,11 @@ def class_map_tensor(class_map: list[list[float]] | None, teacher_classes: int,
     return m
 
 
+def tap_levels(feat_levels, cwd_levels) -> list[str]:
+    """Feature levels a run must tap: the feature-KD levels plus CWD's non-logit levels."""
+    return sorted(set(feat_levels) | {lv for lv in cwd_levels if lv != "logits"})
+
+
 class Distiller(nn.Module):
     """All loss terms of a run, resolved once from the config into named terms.
 
@@ -205,9 +210,9 @@ class Distiller(nn.Module):
         self.ignore_index = ignore_index
         self.register_buffer("class_map", class_map, persistent=False)
         self.adapters = nn.ModuleDict()
-        levels = set(self.feat_levels if w_feat else [])
-        levels |= {lv for lv in self.cwd_levels if lv != "logits"} if w_cwd else set()
-        self.feature_levels = sorted(levels)  # what the student and teacher must tap
+        # what the student and teacher must tap
+        self.feature_levels = tap_levels(self.feat_levels if w_feat else [],
+                                         self.cwd_levels if w_cwd else [])
         for lv in self.feature_levels:
             cs, ct = (student_channels or {})[lv], (teacher_channels or {})[lv]
             self.adapters[lv] = nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()

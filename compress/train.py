@@ -32,7 +32,7 @@ from compress.io import (
     fault_point,
     remove_stale_temps,
 )
-from compress.losses import Distiller, TaskLoss, class_map_tensor
+from compress.losses import Distiller, TaskLoss, class_map_tensor, tap_levels
 from compress.metrics import scores, update_confusion
 from compress.models import (
     create_model,
@@ -497,23 +497,23 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     needs_teacher = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
     feat_levels = kd.feature.levels if kd.feature.weight else []
     cwd_levels = kd.cwd.levels if kd.cwd.weight else []
-    tap_levels = sorted(set(feat_levels) | {lv for lv in cwd_levels if lv != "logits"})
+    taps = tap_levels(feat_levels, cwd_levels)
     teacher, class_map, t_channels, teacher_score = None, None, {}, None
     if needs_teacher:
-        teacher, t_spec = load_teacher(cfg, spec, tap_levels, device)
+        teacher, t_spec = load_teacher(cfg, spec, taps, device)
         try:
             class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
         except ValueError as e:
             raise ValueError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):
             log.info(line)
-        t_channels = feature_channels(teacher.model, t_spec, tap_levels, device)
+        t_channels = feature_channels(teacher.model, t_spec, taps, device)
         if kd.cache:
             from compress.cache import CachedTeacher
 
             teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
                                           batch_size=cfg.data.batch_size, show=show_progress)
-    s_channels = feature_channels(student, spec, tap_levels, device)
+    s_channels = feature_channels(student, spec, taps, device)
     distiller = Distiller(
         task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
         w_task=cfg.w_task, w_kd=kd.response.weight, temperature=kd.response.temperature,

@@ -499,31 +499,29 @@ def test_table_has_at_least_fifty_rows_across_every_command():
         assert cmd in commands, cmd
 
 
+def _run_row(row: Row, bad, tmp_path, run, key: str, suffix: str = "") -> None:
+    """One row through ``run`` (in-process or console), checked and recorded under ``key``."""
+    _skip_unavailable(row)
+    record(f"{key}_tried", row.id)
+    argv, before, expect = _prepare(row, bad, tmp_path)
+    r = run(row.prog, argv)
+    _check(row, r, bad, tmp_path, before, expect)
+    record(key, row.id)
+    if "payload" in row.id:
+        record("payload_refused", row.id + suffix)
+
+
 @pytest.mark.parametrize("row", _params(None))
 def test_bad_input_inprocess(row: Row, bad, tmp_path):
     """Every row through ``main()`` in this process."""
-    _skip_unavailable(row)
-    record("bad_inputs_tried", row.id)
-    argv, before, expect = _prepare(row, bad, tmp_path)
-    r = run_inprocess(row.prog, argv)
-    _check(row, r, bad, tmp_path, before, expect)
-    record("bad_inputs", row.id)
-    if "payload" in row.id:
-        record("payload_refused", row.id)
+    _run_row(row, bad, tmp_path, run_inprocess, "bad_inputs")
 
 
 @pytest.mark.parametrize("row", _params(True) + _params(False))
 def test_bad_input_console(row: Row, bad, tmp_path):
     """Rows through the real console entry, ``python -m compress.cli`` / ``bench.cli``
     (a representative subset by default, all of them with ``-m slow``)."""
-    _skip_unavailable(row)
-    record("bad_inputs_console_tried", row.id)
-    argv, before, expect = _prepare(row, bad, tmp_path)
-    r = run_console(row.prog, argv)
-    _check(row, r, bad, tmp_path, before, expect)
-    record("bad_inputs_console", row.id)
-    if "payload" in row.id:
-        record("payload_refused", f"{row.id} (console)")
+    _run_row(row, bad, tmp_path, run_console, "bad_inputs_console", " (console)")
 
 
 def test_debug_shows_the_traceback(bad, tmp_path):
