@@ -209,6 +209,37 @@ def report(
     typer.echo("report: " + ", ".join(str(p) for p in files.values()))
 
 
+@app.command("gpu-check")
+def gpu_check_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="student checkpoint (best.pt)")],
+    export_dir: Annotated[Path | None, typer.Option(
+        "--export", help="its export dir (compress export --int8 --target tensorrt [--trt])")] = None,
+    data: DataOpt = None,
+    split: SplitOpt = "val",
+    data_kind: KindOpt = DataKind.camvid,
+    runs: RunsOpt = 200,
+    warmup: WarmupOpt = 50,
+    out: Annotated[Path, typer.Option(help="Markdown file to write")] = Path("docs/gpu.md"),
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write JSON here")] = None,
+) -> None:
+    """On an NVIDIA GPU: score and time PyTorch CUDA, ONNX Runtime CUDA and TensorRT FP16/INT8
+    (device compute and end to end, GPU memory, energy per image); writes --out."""
+    import shlex
+    import sys
+
+    from bench.gpu import format_markdown, gpu_check
+    from compress.io import atomic_write_json, atomic_write_text
+
+    result = gpu_check(checkpoint, export_dir, data=data, kind=data_kind.value, split=split,
+                       runs=runs, warmup=warmup)
+    text = format_markdown(result, "bench " + " ".join(map(shlex.quote, sys.argv[1:])))
+    atomic_write_text(out, text)
+    if json_path:
+        atomic_write_json(json_path, result)
+    typer.echo(text)
+    typer.echo(f"written: {out}")
+
+
 def main() -> None:
     """Console entry point: one clear line for errors a user can fix."""
     from compress.errors import run_cli

@@ -24,6 +24,11 @@ class Preset(str, Enum):
     mixed = "mixed"
 
 
+class Target(str, Enum):
+    cpu = "cpu"
+    tensorrt = "tensorrt"
+
+
 class CalibStat(str, Enum):
     default = "default"
     minmax = "minmax"
@@ -51,13 +56,21 @@ def export(
                                                        "verification; none: synthetic")] = None,
     data_kind: Annotated[DataKind | None, typer.Option(help="default: camvid with "
                                                           "--calib-data, else synthetic")] = None,
+    calib_images: Annotated[Path | None, typer.Option(
+        help="folder of unlabelled images to calibrate INT8 on; every --holdout-every-th is "
+             "held back to check the budget against the f32 model's predictions")] = None,
+    holdout_every: Annotated[int, typer.Option(help="with --calib-images: hold back every "
+                                                    "N-th image")] = 5,
+    target: Annotated[Target, typer.Option(
+        help="INT8 graph for: cpu, or tensorrt (signed symmetric Q/DQ, scored here on the "
+             "CPU; implied by --trt)")] = Target.cpu,
     calib_split: Annotated[str, typer.Option(help="split calibrated on")] = "train",
     calib_size: Annotated[int, typer.Option(help="calibration images")] = 300,
     val_split: Annotated[str, typer.Option(help="split verified and scored on")] = "val",
     val_size: Annotated[int | None, typer.Option(help="verification images; default all")] = None,
     max_drop: Annotated[float, typer.Option(help="allowed INT8 mIoU drop, in points")] = 1.0,
     preset: Annotated[Preset | None, typer.Option(help="NNCF preset; default mixed, "
-                                                     "performance with --trt")] = None,
+                                                     "performance for TensorRT")] = None,
     calib_stat: Annotated[CalibStat, typer.Option(help="activation range statistic")] = (
         CalibStat.default),
     keep_float: Annotated[list[str] | None, typer.Option(help="ONNX node kept in float "
@@ -88,7 +101,8 @@ def export(
         preset=preset.value if preset else None, calib_stat=calib_stat.value, max_drop=max_drop,
         float_layers=tuple(keep_float or ()), accuracy_control=accuracy_control,
         min_agreement=min_agreement, trt_max_batch=trt_max_batch, trt_workspace_gib=trt_workspace,
-        trt_timing_cache=trt_timing_cache, threads=threads, overwrite=overwrite)
+        trt_timing_cache=trt_timing_cache, threads=threads, overwrite=overwrite,
+        target=target.value, calib_images=calib_images, holdout_every=holdout_every)
     manifest = export_checkpoint(checkpoint, out, cfg, log=typer.echo)
     typer.echo(format_artifacts(manifest))
     typer.echo(f"manifest: {out / 'manifest.json'}")

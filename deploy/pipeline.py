@@ -6,7 +6,15 @@ nothing that looks valid. Every artifact is checked against a reference on real 
 (the scored split, ``val`` by default) before it is kept.
 
 Data roles: calibration images come from ``calib_split`` (``train``); agreement and mIoU
-are measured on ``val_split``. The two must differ.
+are measured on ``val_split``. The two must differ. With ``calib_images`` (a folder of
+unlabelled images) every ``holdout_every``-th image is held back and the rest calibrate;
+the INT8 budget is then measured against the f32 model's own predictions on the held-back
+images (``quantization.budget`` in the manifest says which kind of budget applied).
+
+``target="tensorrt"`` (implied by ``trt``) quantizes for TensorRT: symmetric signed INT8
+(zero points 0), Q/DQ on the inputs of weighted layers, checked by
+:func:`deploy.tensorrt.check_qdq_graph`. That graph is scored on the CPU with ONNX Runtime
+under the same budget, and a GPU engine is built from the same file (its sha256 recorded).
 """
 
 from __future__ import annotations
@@ -64,6 +72,14 @@ class ExportConfig:
     eval_batch: int = 4
     overwrite: bool = False
     synthetic_val_length: int = 16
+    target: str = "cpu"
+    calib_images: Path | None = None
+    holdout_every: int = 5
+
+    @property
+    def tensorrt_graph(self) -> bool:
+        """Whether the INT8 graph is the one TensorRT consumes (``--trt`` or ``--target``)."""
+        return self.trt or self.target == "tensorrt"
 
 
 class ImageSet:
@@ -102,6 +118,65 @@ class ImageSet:
     def images_only(self) -> Iterator[np.ndarray]:
         for image, _ in self:
             yield image
+
+
+class _FolderImages:
+    """Images of a folder as a dataset: resized to ``size`` and normalised; ``masks`` (the
+    f32 model's predictions, once set) stand in for labels."""
+
+    def __init__(self, paths: list[Path], size: tuple[int, int], mean, std) -> None:
+        self.paths, self.size, self.mean, self.std = paths, size, mean, std
+        self.masks: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        from compress.data.datasets import read_image
+        from compress.data.transforms import normalize, resize_pair
+
+        image, _ = resize_pair(read_image(self.paths[i]), None, self.size)
+        mask = self.masks[i] if self.masks is not None else None
+        mask = torch.from_numpy(mask) if mask is not None else None
+        return {"image": torch.from_numpy(normalize(image, self.mean, self.std)), "mask": mask}
+
+
+def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
+                 ) -> tuple[ImageSet, ImageSet, dict]:
+    """``--calib-images``: (calibration set, held-back set, info); both unlabelled."""
+    from compress.pseudo import list_images
+
+    folder = Path(cfg.calib_images)
+    paths, _ = list_images(folder)
+    if cfg.holdout_every < 2:
+        raise ValueError(f"export: --holdout-every must be >= 2, got {cfg.holdout_every}")
+    if len(paths) < 2:
+        raise ExportError(f"export: --calib-images {folder} holds {len(paths)} image(s); "
+                          "at least 2 are needed (one to calibrate, one held back)")
+    ds = _FolderImages(paths, size, spec["mean"], spec["std"])
+    held = [i for i in range(len(paths)) if i % cfg.holdout_every == cfg.holdout_every - 1]
+    held = held or [len(paths) - 1]
+    calib = [i for i in range(len(paths)) if i not in set(held)][:cfg.calib_size]
+    info = {"kind": "images", "root": str(folder), "split": None, "labelled": False,
+            "images": len(calib), "of": len(paths), "held_back": len(held),
+            "holdout_every": cfg.holdout_every}
+    return (ImageSet(ds, calib, False, cfg.eval_batch), ImageSet(ds, held, False, cfg.eval_batch),
+            info)
+
+
+def _label_with(reference, images: ImageSet) -> ImageSet:
+    """The held-back images with the reference model's predictions as their masks."""
+    from deploy.export import class_ids
+
+    masks = [class_ids(reference.predict(image[None]))[0] for image in images.images_only()]
+    ds = images.dataset
+    full: list[np.ndarray | None] = [None] * len(ds)
+    for i, m in zip(images.indices, masks):
+        full[i] = m
+    ds.masks = full
+    return ImageSet(ds, images.indices, True, images.batch_size)
 
 
 class _Reiterable:
@@ -199,16 +274,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         check_tensorrt("--trt")
     from deploy.quantize import CALIB_STATS, PRESETS
 
-    preset = cfg.preset or ("performance" if cfg.trt else "mixed")
+    preset = cfg.preset or ("performance" if cfg.tensorrt_graph else "mixed")
     if preset not in PRESETS:
         raise ValueError(f"export: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    if cfg.trt and cfg.int8 and preset != "performance":
+    if cfg.target not in ("cpu", "tensorrt"):
+        raise ValueError(f"export: unknown --target {cfg.target!r}; valid: cpu, tensorrt")
+    if cfg.tensorrt_graph and cfg.int8 and preset != "performance":
         raise ValueError("export: TensorRT INT8 needs symmetric quantization: use --preset "
-                         "performance (or leave --preset unset) with --trt --int8")
+                         "performance (or leave --preset unset) with --trt/--target tensorrt")
     if cfg.calib_stat not in CALIB_STATS:
         raise ValueError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
                          f"{', '.join(CALIB_STATS)}")
-    if cfg.int8 and cfg.calib_split == cfg.val_split:
+    if cfg.int8 and cfg.calib_images is None and cfg.calib_split == cfg.val_split:
         raise ValueError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
                          "calibrate on the training split (--calib-split train)")
     if not 0 < cfg.min_agreement <= 1:
@@ -228,19 +305,28 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     if any(s <= 0 or s % 32 for s in size):
         raise ValueError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
 
-    val, val_info = _load_split(cfg, spec, size, cfg.val_split, cfg.val_size, seed=-1)
-    class_names = spec["class_names"] if val.labelled else None
     calib = calib_info = None
-    if cfg.int8:
+    if cfg.calib_images is not None and cfg.data is None:
+        # unlabelled: calibrate on most of the folder, verify on the images held back
+        calib, val, calib_info = _load_folder(cfg, spec, size)
+        val_info = {**calib_info, "images": len(val), "role": "held back from --calib-images"}
+    else:
+        val, val_info = _load_split(cfg, spec, size, cfg.val_split, cfg.val_size, seed=-1)
+        if cfg.calib_images is not None:
+            calib, _, calib_info = _load_folder(cfg, spec, size)
+    class_names = spec["class_names"] if val.labelled else None
+    if cfg.int8 and calib is None:
         if not val.labelled:
             raise QuantizationError(
                 f"quantize: the model has {spec['classes']} classes but the "
                 f"{val_info['kind']} data has {len(val_info['class_names'])}: INT8 needs "
                 "labelled images like the model's own (--calib-data DIR, --data-kind) to "
-                "calibrate and to check the mIoU budget")
+                "calibrate and to check the mIoU budget, or a folder of unlabelled images "
+                "(--calib-images DIR)")
         calib, calib_info = _load_split(cfg, spec, size, cfg.calib_split, cfg.calib_size, seed=0)
-    log(f"data: {val_info['kind']} {cfg.val_split} ({len(val)} images) for verification"
-        + (f", {cfg.calib_split} ({len(calib)} images) for calibration" if calib else ""))
+    where = val_info["root"] if val_info["kind"] == "images" else f"{val_info['kind']} {cfg.val_split}"
+    log(f"data: {where} ({len(val)} images) for verification"
+        + (f", {len(calib)} images for calibration" if cfg.int8 and calib else ""))
 
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     options.update(size=list(size), preset=preset if cfg.int8 else None)
@@ -302,6 +388,12 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
         f"max |diff| {_fmt(res['max_abs_diff'], False)}, mIoU PyTorch "
         f"{_fmt(verification['miou_pytorch'])} / ONNX {_fmt(res['miou'])}")
     reference = load_runtime(onnx_path, threads=cfg.threads)
+    budget = "labels"
+    if cfg.int8 and not val.labelled:  # unlabelled images: the f32 model's own predictions
+        val, class_names, budget = _label_with(reference, val), spec["class_names"], \
+            "fp32-predictions"
+        log(f"int8: no labels: the budget is mIoU against the f32 model's predictions on "
+            f"{len(val)} held-back images")
 
     def check(candidate, enforce: bool, what: str) -> dict:
         r = compare(reference.predict, candidate.predict, val.batches(), class_names, ignore)
@@ -319,8 +411,20 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
         int8_path = tmp / "model_int8.onnx"
         info = _quantize(onnx_path, int8_path, cfg, preset, calib, val, class_names, ignore,
                          check, load_runtime, log)
+        info["budget"] = budget
+        extra = {}
+        if cfg.tensorrt_graph:
+            import onnx
+
+            from deploy.tensorrt import check_qdq_graph
+
+            graph = check_qdq_graph(onnx.load(str(int8_path)))
+            extra["tensorrt_graph"] = graph
+            log(f"int8: TensorRT graph: {graph['quantize_nodes']} Q/DQ pairs, all signed "
+                f"symmetric (zero points 0); {graph['weighted_quantized']} of "
+                f"{graph['weighted_layers']} weighted layers quantized")
         add(int8_path, "onnxruntime", "int8", verification=info.pop("verification"),
-            quantization=info)
+            quantization=info, target="tensorrt" if cfg.tensorrt_graph else "cpu", **extra)
 
     if cfg.openvino:
         from deploy.openvino import convert_to_openvino
@@ -370,12 +474,14 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
     fp32 = onnx.load(str(onnx_path))
     calib_images = _Reiterable(calib.images_only, len(calib))
     common = {"preset": preset, "calib_stat": cfg.calib_stat, "subset_size": len(calib),
-              "float_layers": cfg.float_layers}
+              "float_layers": cfg.float_layers,
+              "target": "tensorrt" if cfg.tensorrt_graph else "cpu"}
     q = quantize_int8(fp32, calib_images, **common)
     onnx.save(q, str(int8_path))
     r = check(load_runtime(int8_path, threads=cfg.threads), False, "INT8 ONNX")
     drop = (r["miou_f32"] - r["miou"]) * 100
-    log(f"int8: nncf.quantize ({preset}, {cfg.calib_stat}, {len(calib)} {cfg.calib_split} "
+    source = "--calib-images" if cfg.calib_images else cfg.calib_split
+    log(f"int8: nncf.quantize ({preset}, {cfg.calib_stat}, {len(calib)} {source} "
         f"images): mIoU {_fmt(r['miou'])} vs f32 {_fmt(r['miou_f32'])} (drop {drop:.2f} points, "
         f"budget {cfg.max_drop:g}); agreement {_fmt(r['agreement'])}%")
     method = "nncf.quantize"
@@ -409,7 +515,9 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
         "preset": preset,
         "calib_stat": cfg.calib_stat,
         "calibration_images": len(calib),
-        "calibration_split": cfg.calib_split,
+        "calibration_split": None if cfg.calib_images else cfg.calib_split,
+        "calibration_images_dir": str(cfg.calib_images) if cfg.calib_images else None,
+        "target": common["target"],
         "max_drop_points": cfg.max_drop,
         "miou_drop_points": drop,
         "float_layers": sorted(set(cfg.float_layers) | set(restored)),
@@ -421,6 +529,7 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
 
 def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, tmp: Path, add,
               check, manifest: dict, log: Log) -> None:
+    from deploy.manifest import sha256_file
     from deploy.runtime import TensorRTRuntime
     from deploy.tensorrt import build_engine, gpu_environment
 
@@ -442,7 +551,8 @@ def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, 
                             workspace_gib=cfg.trt_workspace_gib, timing_cache=cfg.trt_timing_cache)
         rt = TensorRTRuntime(dst, manifest["spec"], "cuda", entry={"precision": precision})
         r = check(rt, False, f"TensorRT ({precision})")
-        add(dst, "tensorrt", precision, verification=r, tensorrt=info, source=src.name)
+        add(dst, "tensorrt", precision, verification=r, tensorrt=info, source=src.name,
+            source_sha256=sha256_file(src))
         log(f"tensorrt: {dst.name} ({info.get('gpu')}, TensorRT {info.get('tensorrt')}): "
             f"agreement with f32 {_fmt(r['agreement'])}%, mIoU {_fmt(r['miou'])}")
         if r["agreement"] < cfg.min_agreement:

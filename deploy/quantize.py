@@ -51,6 +51,9 @@ def _batch(image: np.ndarray, fixed: int | None) -> np.ndarray:
     return x
 
 
+TARGETS = ("cpu", "tensorrt")
+
+
 def _advanced(calib_stat: str):
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
@@ -62,6 +65,56 @@ def _advanced(calib_stat: str):
         return None
     ranges = getattr(RangeEstimatorParametersSet, CALIB_STATS[calib_stat])
     return AdvancedQuantizationParameters(activations_range_estimator_params=ranges)
+
+
+def to_signed_symmetric(proto) -> int:
+    """Rewrite, in place, every unsigned zero-point-0 Q/DQ (``uint8``, what NNCF's
+    ``performance`` preset puts after a ReLU) as signed ``int8`` with zero point 0 and the
+    scale times 255/127: the same range at one bit less, which is how TensorRT (int8
+    Q/DQ only) runs it. NNCF cannot force signed activations on ONNX models itself.
+
+    Returns:
+        How many Q/DQ nodes were rewritten.
+
+    Raises:
+        QuantizationError: an unsigned quantizer with a non-zero zero point (asymmetric:
+            quantize with the ``performance`` preset).
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    renamed: dict[str, str] = {}
+    outputs: set[str] = set()
+    count = 0
+    for node in proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        zp = inits.get(node.input[2])
+        if zp is None or zp.data_type != TensorProto.UINT8:
+            continue
+        if numpy_helper.to_array(zp).any():
+            raise QuantizationError(f"quantize: {node.name} is asymmetric (non-zero uint8 zero "
+                                    "point); TensorRT needs the performance preset")
+        for k, make in ((1, lambda a: (a * (255.0 / 127.0)).astype(a.dtype)),
+                        (2, lambda a: np.zeros(a.shape, np.int8))):
+            old = node.input[k]
+            if old not in renamed:
+                new = f"{old}_signed"
+                proto.graph.initializer.append(
+                    numpy_helper.from_array(make(numpy_helper.to_array(inits[old])), new))
+                renamed[old] = new
+            node.input[k] = renamed[old]
+        if node.op_type == "QuantizeLinear":
+            outputs.add(node.output[0])
+        count += 1
+    for info in proto.graph.value_info:  # the quantized tensors are int8 now
+        if info.name in outputs:
+            info.type.tensor_type.elem_type = TensorProto.INT8
+    used = {i for n in proto.graph.node for i in n.input}
+    keep = [t for t in proto.graph.initializer if t.name in used or t.name not in renamed]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return count
 
 
 def _preset(preset: str):
@@ -82,7 +135,8 @@ def _dataset(proto, images: Iterable[np.ndarray]):
 
 def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mixed",
                   calib_stat: str = "default", subset_size: int = 300,
-                  float_layers: Sequence[str] = (), fast_bias_correction: bool = True):
+                  float_layers: Sequence[str] = (), fast_bias_correction: bool = True,
+                  target: str = "cpu"):
     """Quantize an f32 ONNX model to INT8 (QDQ) with ``nncf.quantize``.
 
     Args:
@@ -94,6 +148,8 @@ def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mi
         calib_stat: activation range statistic (:data:`CALIB_STATS`).
         subset_size: calibration images used.
         float_layers: node names kept in float (``nncf.IgnoredScope``).
+        target: ``cpu``, or ``tensorrt`` (unsigned quantizers rewritten as signed, see
+            :func:`to_signed_symmetric`).
 
     Returns:
         The quantized ``onnx.ModelProto`` (metadata kept).
@@ -103,6 +159,8 @@ def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mi
     """
     import nncf
 
+    if target not in TARGETS:
+        raise QuantizationError(f"quantize: unknown target {target!r}; valid: {', '.join(TARGETS)}")
     kwargs: dict[str, Any] = {
         "preset": _preset(preset),
         "subset_size": subset_size,
@@ -116,6 +174,8 @@ def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mi
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
         raise QuantizationError(f"quantize: nncf.quantize failed: {_first_line(e)}") from None
     _copy_metadata(model, quantized)
+    if target == "tensorrt":
+        to_signed_symmetric(quantized)
     return quantized
 
 
@@ -124,7 +184,7 @@ def quantize_int8_with_accuracy_control(
         validation: Iterable[tuple[np.ndarray, np.ndarray]],
         *, class_names: list[str], ignore_index: int, max_drop: float, preset: str = "mixed",
         calib_stat: str = "default", subset_size: int = 300, max_float_layers: int = 20,
-        ranking_subset_size: int = 50, float_layers: Sequence[str] = ()):
+        ranking_subset_size: int = 50, float_layers: Sequence[str] = (), target: str = "cpu"):
     """``nncf.quantize_with_accuracy_control``: quantize, then put the layers that cost the
     most mIoU back to float, one group at a time, until the drop fits ``max_drop``.
 
@@ -169,12 +229,15 @@ def quantize_int8_with_accuracy_control(
         quantized = nncf.quantize_with_accuracy_control(
             model, _dataset(model, calibration), nncf.Dataset(items), validate,
             max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=_preset(preset),
-            subset_size=subset_size, advanced_quantization_parameters=_advanced(calib_stat),
+            subset_size=subset_size,
+            advanced_quantization_parameters=_advanced(calib_stat),
             advanced_accuracy_restorer_parameters=restorer, **kwargs)
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
         raise QuantizationError(f"quantize: nncf.quantize_with_accuracy_control failed: "
                                 f"{_first_line(e)}") from None
     _copy_metadata(model, quantized)
+    if target == "tensorrt":  # NNCF ranked layers on its own graph; the caller re-scores this one
+        to_signed_symmetric(quantized)
     return quantized
 
 

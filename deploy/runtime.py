@@ -14,6 +14,7 @@ tell: OpenVINO on a CPU with bf16 support runs f32 models in bf16 unless told ot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,13 @@ class Runtime:
     def _predict(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def device_call(self) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], Any]] | None:
+        """``(upload, forward)`` for timing device compute alone on a GPU: ``upload(images)``
+        puts a batch on the device once, ``forward(batch)`` enqueues the model on it and
+        returns the output left on the device (no host copies). None where the backend has
+        no such split (CPU runtimes, ONNX Runtime)."""
+        return None
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.path.name}, backend={self.backend}, "
                 f"precision={self.precision}, device={self.device})")
@@ -118,6 +126,20 @@ class TorchRuntime(Runtime):
         with self._torch.no_grad():
             x = self._torch.from_numpy(images).to(self.device)
             return self.model(x).float().cpu().numpy()
+
+    def device_call(self):
+        if not str(self.device).startswith("cuda"):
+            return None
+        torch = self._torch
+
+        def upload(images: np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device)
+
+        def forward(x):
+            with torch.no_grad():
+                return self.model(x)
+
+        return upload, forward
 
 
 # ---------------------------------------------------------------- onnxruntime
@@ -249,6 +271,9 @@ class TensorRTRuntime(Runtime):
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         return self.engine.run(images)
+
+    def device_call(self):
+        return self.engine.upload, self.engine.enqueue
 
 
 # ---------------------------------------------------------------- loading

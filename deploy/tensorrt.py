@@ -73,6 +73,87 @@ def gpu_environment(index: int = 0) -> dict[str, Any]:
     return env
 
 
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# ops TensorRT propagates Q/DQ across (data movement, max): a Conv after a Concat of two
+# quantized tensors still runs as an INT8 kernel
+QDQ_COMMUTING = ("Concat", "MaxPool", "Reshape", "Transpose", "Slice", "Resize", "Flatten",
+                 "Squeeze", "Unsqueeze", "Pad")
+
+
+def check_qdq_graph(proto) -> dict[str, Any]:
+    """Check that a QDQ ONNX model is what TensorRT's explicit quantization takes.
+
+    Every QuantizeLinear/DequantizeLinear must be signed 8-bit (int8 zero point) with all
+    zero points 0 (symmetric), and every quantized weighted layer (Conv, Gemm, MatMul...)
+    must take both its input and its weight through a DequantizeLinear (directly or across
+    the data-movement ops of :data:`QDQ_COMMUTING`), so TensorRT can fuse the pair into an
+    INT8 kernel. Runs on the CPU; no TensorRT needed.
+
+    Returns:
+        ``{"quantize_nodes", "weighted_layers", "weighted_quantized", "float_layers",
+        "half_quantized"}``: counts, and the names of weighted layers left in float.
+
+    Raises:
+        DeployError: a quantizer that is unsigned or has a non-zero zero point, or a
+            weighted layer with only one of its two inputs quantized (names given).
+    """
+    from onnx import TensorProto, numpy_helper
+
+    from deploy.quantize import WEIGHTED_OPS
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    consts = {o: n for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    bad = []
+    pairs = 0
+    for node in proto.graph.node:
+        if node.op_type not in QDQ_OPS:
+            continue
+        pairs += node.op_type == "QuantizeLinear"
+        if len(node.input) < 3 or not node.input[2]:
+            bad.append(f"{node.name} (no zero point: uint8 by default)")
+            continue
+        zp_name = node.input[2]
+        if zp_name in inits:
+            zp = inits[zp_name]
+        elif zp_name in consts:
+            zp = consts[zp_name].attribute[0].t
+        else:
+            bad.append(f"{node.name} (zero point {zp_name} is not a constant)")
+            continue
+        if zp.data_type != TensorProto.INT8:
+            bad.append(f"{node.name} (zero point type {TensorProto.DataType.Name(zp.data_type)})")
+        elif numpy_helper.to_array(zp).any():
+            bad.append(f"{node.name} (non-zero zero point)")
+    if bad:
+        raise DeployError(f"tensorrt: {len(bad)} quantizer(s) are not signed symmetric INT8, "
+                          f"which TensorRT needs: {', '.join(bad[:5])}"
+                          + (" ..." if len(bad) > 5 else ""))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+
+    def quantized(tensor: str, depth: int = 0) -> bool:
+        """Comes from a DequantizeLinear, directly or through ops TensorRT moves Q/DQ across."""
+        node = producers.get(tensor)
+        if node is None or depth > 16:
+            return False
+        if node.op_type == "DequantizeLinear":
+            return True
+        data = [i for i in node.input[:1 if node.op_type != "Concat" else None] if i]
+        return node.op_type in QDQ_COMMUTING and bool(data) and all(
+            quantized(i, depth + 1) for i in data)
+
+    weighted = [n for n in proto.graph.node if n.op_type in WEIGHTED_OPS]
+    fed = {n.name: [quantized(i) for i in n.input[:2]] for n in weighted}
+    half = [name for name, f in fed.items() if any(f) and not all(f)]
+    if half:
+        raise DeployError(f"tensorrt: {len(half)} weighted layer(s) have only one of input and "
+                          f"weight quantized, which TensorRT cannot fuse: {', '.join(half[:5])}")
+    quantized = [name for name, f in fed.items() if all(f)]
+    return {"quantize_nodes": pairs, "weighted_layers": len(weighted),
+            "weighted_quantized": len(quantized),
+            "float_layers": [name for name, f in fed.items() if not any(f)],
+            "half_quantized": half}
+
+
 def _weakly_typed(trt) -> bool:
     """TensorRT 10 has precision builder flags; 11 removed them (strong typing only)."""
     return hasattr(trt.BuilderFlag, "FP16")
@@ -215,11 +296,16 @@ class TensorRTEngine:
             table[trt.DataType.INT64] = torch.int64
         return table[dtype]
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def upload(self, images: np.ndarray):
+        """A batch as a device tensor of the engine's input type (host -> device copy)."""
+        x = self._torch.from_numpy(np.ascontiguousarray(images, np.float32)).to(self.device)
+        return x.to(self._torch_dtype(self.engine.get_tensor_dtype(self.inputs[0]))).contiguous()
+
+    def enqueue(self, x):
+        """Run the engine on a device tensor on the current stream; the first output stays
+        on the device (no host copy, no synchronisation)."""
         torch = self._torch
         name = self.inputs[0]
-        x = torch.from_numpy(images).to(self.device)
-        x = x.to(self._torch_dtype(self.engine.get_tensor_dtype(name))).contiguous()
         self.context.set_input_shape(name, tuple(x.shape))
         self.context.set_tensor_address(name, x.data_ptr())
         outs = {}
@@ -231,8 +317,11 @@ class TensorRTEngine:
         stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise DeployError(f"tensorrt: executing {self.path.name} failed")
-        stream.synchronize()
-        y = outs[self.outputs[0]]
+        return outs[self.outputs[0]]
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        y = self.enqueue(self.upload(images))
+        self._torch.cuda.current_stream(self.device).synchronize()
         return (y.float() if y.is_floating_point() else y.long()).cpu().numpy()
 
     def run(self, images: np.ndarray) -> np.ndarray:

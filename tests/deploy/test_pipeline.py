@@ -147,3 +147,35 @@ def test_bad_options_stop_before_any_work(trained_ckpt, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="not empty"):
         export_checkpoint(trained_ckpt, full, ExportConfig())
     assert (full / "x").read_text() == "keep"
+
+
+def test_int8_from_a_folder_of_unlabelled_images(trained_ckpt, tmp_path):
+    """``--calib-images``: no labels anywhere; the budget is checked against the f32 model's
+    own predictions on the images held back from calibration, and the manifest says so."""
+    from PIL import Image
+
+    from compress.data.transforms import denormalize
+    from deploy.manifest import read_manifest
+    from tests.deploy.conftest import synthetic_batches, tiny_spec
+
+    spec = tiny_spec()
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    images = np.concatenate([b[0] for b in synthetic_batches(spec, "train", n=12)])
+    for i, x in enumerate(images):  # camera frames: plain RGB files, larger than the input
+        Image.fromarray(denormalize(x, spec["mean"], spec["std"])).resize((96, 80)).save(
+            folder / f"frame_{i:03d}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "exp"
+    export_checkpoint(trained_ckpt, out, ExportConfig(int8=True, calib_images=folder,
+                                                      holdout_every=4, max_drop=50.0))
+    m = read_manifest(out)
+    q = next(a for a in m["artifacts"] if a["file"] == "model_int8.onnx")
+    assert q["quantization"]["budget"] == "fp32-predictions"
+    assert q["quantization"]["calibration_images"] == 9  # 12 minus every 4th
+    assert q["quantization"]["calibration_images_dir"] == str(folder)
+    v = q["verification"]
+    assert v["images"] == 3 and v["miou_f32"] == pytest.approx(1.0)  # f32 vs its own output
+    assert 0.5 < v["agreement"] <= 1 and 0 < v["miou"] <= 1
+    assert m["data"]["verification"]["kind"] == "images"
+    assert m["data"]["verification"]["held_back"] == 3
