@@ -250,12 +250,12 @@ def format_markdown(result: dict[str, Any], command: str) -> str:
             notes.append(f"- {r['label']}: {r['compute_note']}")
     graph = result.get("int8_graph")
     if graph and graph.get("miou") is not None:
-        lines += ["", f"TensorRT INT8 graph (`{graph['file']}`, signed symmetric Q/DQ), scored on "
+        lines += ["", (f"TensorRT INT8 graph (`{graph['file']}`, signed symmetric Q/DQ), scored on "
                   f"the CPU with ONNX Runtime at export on {graph['images']} images "
                   f"(budget against {graph['budget']}): mIoU {graph['miou'] * 100:.2f} vs f32 "
                   f"{graph['miou_f32'] * 100:.2f} (drop "
                   f"{(graph['miou_f32'] - graph['miou']) * 100:.2f} points), pixel agreement "
-                  f"{graph['agreement'] * 100:.2f} %."]
+                  f"{graph['agreement'] * 100:.2f} %.")]
     if notes:
         lines += ["", "Not measured, and why:", "", *notes]
     return "\n".join(lines) + "\n"
