@@ -68,6 +68,12 @@ def distributed_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def recipe_factories(cfg: RunConfig) -> set[str]:
+    """Custom model factories the user named in the recipe (trusted: they wrote it)."""
+    models = [cfg.model, cfg.teacher.model]
+    return {m.factory for m in models if m is not None and m.factory}
+
+
 def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
     m = cfg.model
     return make_spec(
@@ -200,7 +206,7 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
                          mean=m.mean, std=m.std, input_size=s_spec["input_size"])
     model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
-                             return_spec=True)
+                             return_spec=True, trusted=recipe_factories(cfg))
     report = model.load_report
     if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
         raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
@@ -490,7 +496,8 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         raise ValueError(f"class_names has {len(class_names)} entries but the data has "
                          f"{len(train_set.class_names)} classes")
 
-    student = create_model(spec, cfg.model.encoder_weights if last_state is None else None)
+    student = create_model(spec, cfg.model.encoder_weights if last_state is None else None,
+                           trusted=recipe_factories(cfg))
     student.to(device)
 
     kd = cfg.kd
