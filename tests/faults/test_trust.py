@@ -1,0 +1,151 @@
+"""Trust boundaries: no code from checkpoints or manifests.
+
+A checkpoint or ``manifest.json`` may name a model factory (``package.module:function``).
+Importing the module runs its top level, calling the function runs anything: the toolkit
+does neither unless the user named that factory (recipe ``model.factory``,
+``--trust-factory`` or ``SEGCOMPRESS_TRUSTED_FACTORIES``). Each loader below is given a
+checkpoint (or export dir) naming a factory whose import or call would create a marker
+file; each must answer with one error line naming the factory and how to trust it, and the
+marker must never appear.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress import models
+from compress.models import ModelError, create_model, save_checkpoint
+from tests.conftest import tiny_spec
+from tests.faults._helpers import error_line, record, run_inprocess
+from tests.faults.test_bad_inputs import DISTILL, folder_dataset
+
+EVIL_MODULE = f"segc_evil_{uuid.uuid4().hex[:8]}"
+EVIL = f"{EVIL_MODULE}:build"
+
+
+@pytest.fixture(scope="module")
+def evil(tmp_path_factory) -> dict[str, Path]:
+    """A module whose import (and whose factory) writes a marker; a checkpoint, a run dir
+    and an export dir that name it; a good checkpoint and images for the other inputs."""
+    d = tmp_path_factory.mktemp("trust")
+    marker = d / "FACTORY_RAN"
+    mods = d / "mods"
+    mods.mkdir()
+    (mods / f"{EVIL_MODULE}.py").write_text(
+        f"open({str(marker)!r}, 'a').write('imported\\n')\n"
+        "def build(classes, **kw):\n"
+        f"    open({str(marker)!r}, 'a').write('called\\n')\n"
+        "    raise SystemExit(0)\n")
+    spec = tiny_spec()
+    model = create_model(spec)
+    evil_spec = {**spec, "factory": EVIL}
+    f = {"marker": marker, "mods": mods}
+    f["ckpt"] = save_checkpoint(d / "evil.pt", model, evil_spec, metrics={"miou": 0.5}, epoch=1)
+    f["good"] = save_checkpoint(d / "good.pt", model, spec, metrics=None, epoch=1)
+    f["good_ckpt"] = f["good"]
+    # a finished run whose best.pt names the factory, and a study collecting it
+    run = d / "runs" / "evil-run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint(run / "checkpoints" / "best.pt", model, evil_spec,
+                    metrics={"miou": 0.5}, epoch=1, config={"seed": 0})
+    (run / "summary.json").write_text(json.dumps({"best_val_miou": 0.5, "epochs": 1,
+                                                  "train_seconds": 1.0}))
+    (run / "config.yaml").write_text("name: evil\n")
+    f["study"] = d / "study.yaml"
+    f["study"].write_text(yaml.safe_dump({
+        "name": "evil", "output_dir": str(d / "studies"), "baseline": "evil",
+        "recipes": [{"name": "evil", "runs": [str(run)]}]}))
+    # an export dir whose manifest names the factory (written as an export writes it)
+    from deploy.manifest import new_manifest, write_manifest
+
+    exp = d / "export"
+    exp.mkdir()
+    write_manifest(exp, new_manifest(f["good"], "0" * 64, evil_spec, {}, {}))
+    f["export"] = exp
+    f["ds"] = folder_dataset(d / "ds")
+    f["images"] = f["ds"] / "images" / "val"
+    return f
+
+
+LOADERS = [
+    ("eval", "compress", ["eval", "{ckpt}", "--kind", "synthetic", "--data", "unused",
+                          "--out", "{out}"]),
+    ("export", "compress", ["export", "{ckpt}", "--out", "{out}"]),
+    ("pseudo-label", "compress", ["pseudo-label", "--teacher", "{ckpt}", "--images", "{images}",
+                                  "--out", "{out}", "-q"]),
+    ("distill-teacher", "compress", [*DISTILL, "teacher.checkpoint={ckpt}"]),
+    ("compare-collect", "compress", ["compare", "-c", "{study}", "--collect-only", "-q"]),
+    ("bench-flops", "bench", ["flops", "{ckpt}"]),
+    ("bench-flops-export-dir", "bench", ["flops", "{export}"]),
+    ("bench-latency", "bench", ["latency", "{ckpt}", "--runs", "1", "--warmup", "0"]),
+    ("bench-report", "bench", ["report", "--teacher", "{ckpt}", "--student", "{good}",
+                               "--data-kind", "synthetic", "--out", "{out}", "-q"]),
+]
+
+
+@pytest.mark.parametrize(("prog", "argv"), [pytest.param(p, a, id=i) for i, p, a in LOADERS])
+def test_factory_named_by_a_file_never_runs(prog, argv, evil, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(evil["mods"]))  # importable: only trust stands in the way
+    monkeypatch.delenv(models.TRUST_ENV, raising=False)
+    values = {k: str(v) for k, v in evil.items()} | {"out": str(tmp_path / "out")}
+    r = run_inprocess(prog, [a.format(**values) for a in argv])
+    line = error_line(r)
+    assert EVIL in line and "--trust-factory" in line, line
+    assert not evil["marker"].exists(), "the factory named by the file RAN"
+    record("factory_refused", argv[0])
+
+
+@pytest.mark.parametrize("loader", ["load_model", "load_runtime"])
+def test_python_loaders_refuse_an_untrusted_factory(loader, evil, monkeypatch):
+    monkeypatch.syspath_prepend(str(evil["mods"]))
+    monkeypatch.delenv(models.TRUST_ENV, raising=False)
+    if loader == "load_model":
+        from compress import load_model as load
+    else:
+        from deploy import load_runtime as load
+    with pytest.raises(ModelError, match=f"{EVIL}.*--trust-factory"):
+        load(evil["ckpt"])
+    assert not evil["marker"].exists()
+    record("factory_refused", loader)
+
+
+def test_nothing_is_imported_before_the_decision(evil, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(evil["mods"]))
+    with pytest.raises(ModelError):
+        create_model({**tiny_spec(), "factory": EVIL})
+    assert EVIL_MODULE not in sys.modules
+
+
+def test_a_trusted_factory_runs(tmp_path, monkeypatch):
+    """The user's own teacher still loads once named: by flag, or by environment."""
+    monkeypatch.setattr(models, "_TRUSTED", set())
+    name = "tests.compress.custom_teacher:build"
+    spec = models.make_spec(arch="custom", encoder="none", classes=3, factory=name,
+                            input_size=(32, 32))
+    ckpt = save_checkpoint(tmp_path / "custom.pt", create_model(spec, trusted={name}), spec)
+    with pytest.raises(ModelError, match="--trust-factory"):
+        models.load_model(ckpt)
+    monkeypatch.setenv(models.TRUST_ENV, name)
+    assert models.load_model(ckpt) is not None
+    monkeypatch.delenv(models.TRUST_ENV)
+    r = run_inprocess("bench", ["--trust-factory", name, "flops", str(ckpt)])
+    assert r.code == 0, r.text[-2000:]
+    assert "GMACs" in r.text or "MACs" in r.text
+
+
+def test_recipe_factory_is_trusted(tmp_path, monkeypatch):
+    """The recipe is the user's own: its ``model.factory`` needs no extra flag."""
+    monkeypatch.setattr(models, "_TRUSTED", set())
+    from compress.config import load_config
+    from compress.train import recipe_factories
+
+    cfg = load_config(None, ["model.factory=tests.compress.custom_teacher:build",
+                             "teacher.model={arch: x, encoder: y, factory: a.b:c}"])
+    assert recipe_factories(cfg) == {"tests.compress.custom_teacher:build", "a.b:c"}
