@@ -794,12 +794,12 @@ def resolve_targets(
         if not m.exists():
             raise FileNotFoundError(f"not found: {m}")
         if m.is_dir():
-            from deploy.manifest import read_manifest
+            from deploy.manifest import read_manifest, source_checkpoint
 
             manifest = read_manifest(m)
             found = []
-            src = Path(manifest["source_checkpoint"])
-            if src.is_file():
+            src = source_checkpoint(manifest)  # checked against source_sha256
+            if src is not None:
                 found.append(
                     Target(
                         f"{m.name}/{src.name}", src, "torch", None, {"artifact_precision": "f32"}

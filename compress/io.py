@@ -52,6 +52,12 @@ def fault_point(name: str) -> bool:
     return True
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then fsync and rename onto ``path``.
 
@@ -78,6 +84,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
                           f"cannot write {path} ({why}); the previous file, if any, is "
                           "untouched") from e
         fault_point(f"write:{path.name}")
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600: honour the umask
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

@@ -20,7 +20,6 @@ available yet" until the command exists.
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,12 +115,14 @@ def folder_dataset(root: Path, fault: str | None = None, n: int = 2) -> Path:
 def _manifest(directory: Path, onnx_bytes: bytes, sha: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.onnx").write_bytes(onnx_bytes)
-    (directory / "manifest.json").write_text(json.dumps({
+    from deploy.manifest import write_manifest
+
+    write_manifest(directory, {
         "format": "segcompress-export/1", "source_checkpoint": "best.pt",
         "source_sha256": "0" * 64, "spec": tiny_spec(),
         "artifacts": [{"file": "model.onnx", "sha256": sha, "backend": "onnxruntime",
                        "precision": "f32", "input_shape": [1, 3, 64, 64],
-                       "input_dtype": "float32", "output": "logits"}]}))
+                       "input_dtype": "float32", "output": "logits"}]})
     return directory / "model.onnx"
 
 
