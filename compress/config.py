@@ -96,6 +96,16 @@ class TaskLossConfig(_Strict):
     dice: float = Field(0.0, ge=0)
     class_weights: list[float] | None = None
 
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights(cls, v: list[float] | None) -> list[float] | None:
+        import math
+
+        if v is not None and (not v or any(not math.isfinite(w) or w < 0 for w in v)
+                              or not any(w > 0 for w in v)):
+            raise ValueError("class weights must be finite, >= 0 and not all 0")
+        return v
+
 
 class ResponseKDConfig(_Strict):
     weight: float = Field(0.0, ge=0)

@@ -271,7 +271,7 @@ def test_overwrite_refuses_an_export_holding_a_user_file(export_dir, tmp_path, r
 
 
 def test_out_appearing_during_the_export_is_left_alone(run_dir, tmp_path, monkeypatch):
-    import deploy.pipeline as pipeline
+    from deploy import pipeline
 
     out = tmp_path / "new_out"
     real = pipeline._build
