@@ -61,11 +61,11 @@ def evil(tmp_path_factory) -> dict[str, Path]:
         "name": "evil", "output_dir": str(d / "studies"), "baseline": "evil",
         "recipes": [{"name": "evil", "runs": [str(run)]}]}))
     # an export dir whose manifest names the factory (written as an export writes it)
-    from deploy.manifest import new_manifest, write_manifest
+    from deploy.manifest import new_manifest, sha256_file, write_manifest
 
     exp = d / "export"
     exp.mkdir()
-    write_manifest(exp, new_manifest(f["good"], "0" * 64, evil_spec, {}, {}))
+    write_manifest(exp, new_manifest(f["good"], sha256_file(f["good"]), evil_spec, {}, {}))
     f["export"] = exp
     f["ds"] = folder_dataset(d / "ds")
     f["images"] = f["ds"] / "images" / "val"
