@@ -52,8 +52,17 @@ WarmupOpt = Annotated[int, typer.Option(min=0, help="untimed warm-up runs per mo
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
+    trust_factory: Annotated[list[str] | None, typer.Option(
+        "--trust-factory", help="package.module:function: run this custom model factory when "
+        "a checkpoint or manifest names it (never run otherwise); repeatable")] = None,
+):
     _state["debug"] = debug
+    if trust_factory:
+        from compress.models import trust_factories
+
+        trust_factories(trust_factory)
 
 
 def _size(size: str | None) -> tuple[int, int] | None:

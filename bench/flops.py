@@ -425,7 +425,7 @@ def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
         if spec is None:
             raise ValueError(f"{path}: a plain state_dict has no model spec to count")
         return spec, {str(path): size_on_disk(path)}
-    from deploy.manifest import MANIFEST_NAME, read_manifest
+    from deploy.manifest import MANIFEST_NAME, read_manifest, source_checkpoint
 
     directory = path if path.is_dir() else path.parent
     if not (directory / MANIFEST_NAME).is_file():
@@ -436,11 +436,11 @@ def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     manifest = read_manifest(directory)
     files = {}
     for art in manifest["artifacts"]:
-        f = directory / art["file"]
+        f = directory / art["file"]  # read_manifest checked it stays inside directory
         if path.is_dir() or f == path:
             files[str(f)] = size_on_disk(f) if f.is_file() else None
-    src = Path(manifest["source_checkpoint"])
-    if path.is_dir() and src.is_file():
+    src = source_checkpoint(manifest) if path.is_dir() else None  # checked against its sha256
+    if src is not None:
         files[str(src)] = size_on_disk(src)
     return manifest["spec"], files
 

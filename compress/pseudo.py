@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
-from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from compress.io import atomic_write, atomic_write_json, atomic_write_text, read_text, safe_yaml
 
 
 def load_class_map(path: str | Path, teacher_names: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -49,8 +49,8 @@ def load_class_map(path: str | Path, teacher_names: list[str]) -> tuple[list[str
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+        raw = safe_yaml(read_text(path)) or {}
+    except (OSError, yaml.YAMLError, ValueError) as e:
         raise ValueError(f"{path}: cannot read the class map ({e})") from None
     if not isinstance(raw, dict) or set(raw) != {"classes", "map"}:
         raise ValueError(f"{path}: expected exactly the keys 'classes' (student names) and "

@@ -36,7 +36,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from compress.config import ConfigError, dump_config, load_config
-from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from compress.io import (
+    UnsafeFileError,
+    YAMLRefused,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    read_text,
+    safe_yaml,
+)
 
 
 class _Strict(BaseModel):
@@ -97,9 +105,11 @@ def load_study(path: str | Path) -> StudyConfig:
     if not p.is_file():
         raise ConfigError(f"study file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = safe_yaml(read_text(p)) or {}
         return StudyConfig.model_validate(raw)
-    except yaml.YAMLError as e:
+    except UnsafeFileError as e:
+        raise ConfigError(str(e)) from None
+    except (yaml.YAMLError, YAMLRefused) as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     except ValidationError as e:
         msgs = [f"{'.'.join(map(str, x['loc'])) or '<root>'}: {x['msg']}" for x in e.errors()]
@@ -115,8 +125,8 @@ def _has_kd(cfg) -> bool:
 
 
 def _check_same_config(run_dir: Path, text: str) -> None:
-    old = yaml.safe_load((run_dir / "config.yaml").read_text())
-    new = yaml.safe_load(text)
+    old = safe_yaml(read_text(run_dir / "config.yaml"))
+    new = safe_yaml(text)
 
     def flat(d, pre=""):
         out = {}

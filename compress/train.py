@@ -68,6 +68,31 @@ def distributed_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def recipe_factories(cfg: RunConfig) -> set[str]:
+    """Custom model factories the user named in the recipe (trusted: they wrote it)."""
+    models = [cfg.model, cfg.teacher.model]
+    return {m.factory for m in models if m is not None and m.factory}
+
+
+VOID_NAMES = ("void", "unlabelled", "unlabeled", "ignore")
+
+
+def check_task_settings(cfg: RunConfig, class_names: list[str]) -> None:
+    """Refuse settings that would train and score something else than asked: an
+    ``ignore_index`` that is a real class (it would score 0 IoU inside the mean) unless
+    that class is named void, and class weights of another length than the classes."""
+    i = cfg.ignore_index
+    if 0 <= i < len(class_names) and class_names[i].strip().lower() not in VOID_NAMES:
+        raise ValueError(f"ignore_index {i} is the class {class_names[i]!r} (classes 0.."
+                         f"{len(class_names) - 1}): pixels of it would never be learnt yet "
+                         "count in the mIoU; use an index outside the classes (e.g. 255) or "
+                         "name that class 'void'")
+    w = cfg.loss.class_weights
+    if w is not None and len(w) != len(class_names):
+        raise ValueError(f"loss.class_weights has {len(w)} entries but there are "
+                         f"{len(class_names)} classes")
+
+
 def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
     m = cfg.model
     return make_spec(
@@ -200,7 +225,7 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
                          mean=m.mean, std=m.std, input_size=s_spec["input_size"])
     model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
-                             return_spec=True)
+                             return_spec=True, trusted=recipe_factories(cfg))
     report = model.load_report
     if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
         raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
@@ -489,8 +514,10 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     if len(train_set.class_names) != len(class_names):
         raise ValueError(f"class_names has {len(class_names)} entries but the data has "
                          f"{len(train_set.class_names)} classes")
+    check_task_settings(cfg, class_names)
 
-    student = create_model(spec, cfg.model.encoder_weights if last_state is None else None)
+    student = create_model(spec, cfg.model.encoder_weights if last_state is None else None,
+                           trusted=recipe_factories(cfg))
     student.to(device)
 
     kd = cfg.kd

@@ -10,7 +10,10 @@ Layout (see ``docs/CONTRACTS.md``)::
      "environment": {...}}
 
 ``files`` lists companion files an artifact needs (the ``.bin`` of an OpenVINO ``.xml``);
-each is hashed too.
+each is hashed too. ``manifest_sha256`` is the sha256 of the manifest's own content (every
+other key, canonical JSON): a manifest edited after export is refused by every loader, and
+every file it lists must be a plain name inside its directory (no ``..``, no absolute path,
+no symlink out) with a sha256.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from deploy.errors import ManifestError
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "segcompress-export/1"
 REQUIRED_KEYS = ("source_checkpoint", "source_sha256", "spec", "artifacts")
+DIGEST_KEY = "manifest_sha256"
 ARTIFACT_KEYS = ("file", "sha256", "backend", "precision", "input_shape", "input_dtype", "output")
 
 
@@ -117,12 +121,46 @@ def new_manifest(checkpoint: Path, source_sha256: str, spec: dict, options: dict
     }
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 over the manifest's content (all keys but ``manifest_sha256``, canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def member(directory: Path, name: Any, manifest_path: Path) -> Path:
+    """``directory / name`` for a file a manifest lists, refused unless it is a plain file
+    name that stays inside ``directory`` (no ``..``, no absolute path, no symlink out).
+
+    Raises:
+        ManifestError: naming the entry and the manifest.
+    """
+    ok = isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and (
+        "\\" not in name) and "\0" not in name and Path(name).name == name
+    if ok:
+        path = directory / name
+        try:
+            inside = path.resolve().is_relative_to(directory.resolve())
+        except (OSError, RuntimeError):
+            inside = False
+        if inside:
+            return path
+    raise ManifestError(f"manifest: {manifest_path} lists {str(name)[:80]!r}, which is not a "
+                        f"file inside {directory}: refusing it (entries must be plain file "
+                        "names, no '..', absolute paths or symlinks out)")
+
+
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write ``directory/manifest.json`` atomically."""
+    """Write ``directory/manifest.json`` atomically, with its own digest."""
     import os
 
     from compress.io import atomic_write_json
 
+    manifest[DIGEST_KEY] = manifest_digest(manifest)
     path = atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
     mask = os.umask(0)
     os.umask(mask)
@@ -160,7 +198,42 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         if lacking:
             raise ManifestError(f"manifest: {path} artifact #{i} is broken (missing "
                                 f"{', '.join(lacking)})")
+        companions = art.get("files", [])
+        if not isinstance(companions, list) or not all(
+                isinstance(c, dict) and "file" in c for c in companions):
+            raise ManifestError(f"manifest: {path} artifact #{i} is broken (files must be a "
+                                "list of {file, sha256})")
+        for entry in (art, *companions):
+            member(path.parent, entry["file"], path)
+            if not _is_sha256(entry.get("sha256")):
+                raise ManifestError(f"manifest: {path} lists {entry['file']} without a valid "
+                                    "sha256: refusing to load it unverified")
+    digest = manifest.get(DIGEST_KEY)
+    if digest is None:
+        raise ManifestError(f"manifest: {path} has no {DIGEST_KEY} (written by hand or by an "
+                            "older segcompress): re-export with compress export")
+    if digest != manifest_digest(manifest):
+        raise ManifestError(f"manifest: {path} was changed after export (its content does not "
+                            f"match its {DIGEST_KEY}): refusing it")
     return manifest
+
+
+def source_checkpoint(manifest: dict[str, Any]) -> Path | None:
+    """The checkpoint an export was made from, when it is still there and unchanged;
+    None when it is gone.
+
+    Raises:
+        ManifestError: the file there does not match ``source_sha256``.
+    """
+    src = manifest.get("source_checkpoint")
+    if not isinstance(src, str) or not Path(src).is_file():
+        return None
+    actual = sha256_file(src)
+    if actual != manifest.get("source_sha256"):
+        raise ManifestError(f"manifest: source checkpoint {src} does not match its "
+                            f"source_sha256 (file {actual[:12]}..., manifest "
+                            f"{str(manifest.get('source_sha256'))[:12]}...): refusing to load it")
+    return Path(src)
 
 
 def find_artifact(path: str | Path) -> tuple[dict | None, dict | None]:
@@ -184,7 +257,7 @@ def find_artifact(path: str | Path) -> tuple[dict | None, dict | None]:
     check = [(path.name, entry["sha256"])]
     check += [(f["file"], f["sha256"]) for f in entry.get("files", [])]
     for name, expected in check:
-        file = path.parent / name
+        file = member(path.parent, name, path.parent / MANIFEST_NAME)
         if not file.is_file():
             raise ManifestError(f"manifest: {file} is listed but missing")
         actual = sha256_file(file)

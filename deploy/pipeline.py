@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import ExportError, QuantizationError, VerificationError
+from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
 
 Log = Callable[[str], None]
 
@@ -217,13 +217,88 @@ def _load_split(cfg: ExportConfig, spec: dict, size: tuple[int, int], split: str
     return ImageSet(ds, indices, labelled, cfg.eval_batch), info
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not out.is_dir():
+TMP_MARK = ".segcompress-export-tmp"  # inside every temp export dir: ours to clean up
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def _mark_pid(folder: Path) -> int | None:
+    try:
+        return int((folder / TMP_MARK).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def remove_stale_exports(parent: Path) -> list[Path]:
+    """Delete the temp dirs of exports that were killed (``.<name>.tmp-*`` and
+    ``.<name>.old-*`` holding our marker, whose process is gone); nothing else."""
+    removed = []
+    for d in list(parent.glob(".*.tmp-*")) + list(parent.glob(".*.old-*")):
+        pid = _mark_pid(d) if d.is_dir() and not d.is_symlink() else None
+        if pid is not None and not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _ours(out: Path) -> list[Path]:
+    """The files of an export dir of ours (its manifest and what it lists), or an
+    ExportError naming why ``out`` is not one: --overwrite deletes only those."""
+    import json
+
+    from deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, member
+
+    mpath = out / MANIFEST_NAME
+    try:
+        manifest = json.loads(mpath.read_text())
+        ok = isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        raise ExportError(f"export: --out {out} is not an export dir of ours (no segcompress "
+                          f"{MANIFEST_NAME}): --overwrite replaces only those; choose another --out")
+    files = [mpath]
+    try:
+        for art in manifest.get("artifacts", []):
+            for entry in (art, *art.get("files", [])):
+                files.append(member(out, entry["file"], mpath))
+    except (ManifestError, AttributeError, KeyError, TypeError):
+        raise ExportError(f"export: --out {out}: its {MANIFEST_NAME} lists files outside it "
+                          "or is broken: not replacing it") from None
+    others = sorted(p.name for p in out.iterdir() if p not in files)
+    if others:
+        raise ExportError(f"export: --out {out} holds {others[0]!r}"
+                          + (f" and {len(others) - 1} more file(s)" if len(others) > 1 else "")
+                          + " that the export did not write: not replacing it")
+    return files
+
+
+def _snapshot(out: Path) -> tuple:
+    if not out.exists():
+        return ("absent",)
+    return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in out.iterdir()))
+
+
+def _prepare_out(out: Path, overwrite: bool) -> tuple:
+    """Check ``--out`` and return a snapshot of it, compared again before the final move."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
             raise ExportError(f"export: --out {out} exists and is not a directory")
-        if any(out.iterdir()) and not overwrite:
-            raise ExportError(f"export: --out {out} is not empty (use --overwrite to replace it)")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise ExportError(f"export: --out {out} is not empty (use --overwrite to "
+                                  "replace an earlier export)")
+            _ours(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    return _snapshot(out)
 
 
 def _umask() -> int:
@@ -232,14 +307,71 @@ def _umask() -> int:
     return mask
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
+class _Lock:
+    """``.<out>.lock`` beside ``--out`` while an export writes it: a second export to the
+    same ``--out`` stops at once instead of silently replacing the first."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.path = out, out.with_name(f".{out.name}.lock")
+
+    def __enter__(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _mark_pid_file(self.path)
+                if pid is not None and not _pid_alive(pid):  # left by a killed export
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise ExportError(f"export: another export to {self.out} is running (pid "
+                                  f"{pid}, lock {self.path})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            return
+        raise ExportError(f"export: cannot take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        if _mark_pid_file(self.path) == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+
+def _mark_pid_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _move_into_place(tmp: Path, out: Path, before: tuple) -> None:
+    """Move the finished export into ``out`` atomically; refuse if ``out`` appeared or
+    changed since the export began (its files are left as they are)."""
+    import errno
+
+    if _snapshot(out) != before:
+        raise ExportError(f"export: --out {out} appeared or changed while exporting: left "
+                          "as it is, nothing written")
+    (tmp / TMP_MARK).unlink(missing_ok=True)
+    if before == ("absent",) or before == ():
+        try:
+            os.rename(tmp, out)  # onto nothing or an empty dir; fails on a non-empty one
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise ExportError(f"export: --out {out} appeared while exporting: left as "
+                                  "it is, nothing written") from None
+            raise
+        return
+    files = _ours(out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    out.rename(old)
+    (old / TMP_MARK).write_text(f"{os.getpid()}\n")
     tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for f in files:  # only what the previous export wrote
+        (old / f.name).unlink(missing_ok=True)
+    (old / TMP_MARK).unlink(missing_ok=True)
+    try:
+        old.rmdir()
+    except OSError:
+        pass  # something else appeared in it: kept
 
 
 def _fmt(v: float | None, pct: bool = True) -> str:
@@ -290,7 +422,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
                          "calibrate on the training split (--calib-split train)")
     if not 0 < cfg.min_agreement <= 1:
         raise ValueError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
-    _prepare_out(out, cfg.overwrite)
+    before = _prepare_out(out, cfg.overwrite)
 
     import torch
 
@@ -332,17 +464,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     options.update(size=list(size), preset=preset if cfg.int8 else None)
     manifest = new_manifest(checkpoint, source_sha, spec, options,
                             {"verification": val_info, "calibration": calib_info})
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
-    try:
-        _build(model, spec, size, cfg, preset, val, calib, class_names, manifest, tmp, log)
-        from deploy.manifest import write_manifest
+    with _Lock(out):
+        remove_stale_exports(out.parent)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
+        (tmp / TMP_MARK).write_text(f"{os.getpid()}\n")
+        try:
+            _build(model, spec, size, cfg, preset, val, calib, class_names, manifest, tmp, log)
+            from deploy.manifest import write_manifest
 
-        write_manifest(tmp, manifest)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            write_manifest(tmp, manifest)
+            _move_into_place(tmp, out, before)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return manifest
 
 

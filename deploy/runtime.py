@@ -84,6 +84,29 @@ class Runtime:
                 f"precision={self.precision}, device={self.device})")
 
 
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
+
+
+def _check_shapes(path: Path, spec: dict, in_shape: list, out_shape: list) -> None:
+    """Refuse a model file whose own graph contradicts its spec: another class count, or
+    a fixed input size other than the spec's (it would score or time the wrong thing)."""
+    if spec.get("output", "logits") == "logits" and len(out_shape) == 4:
+        c = out_shape[1]
+        if isinstance(c, int) and c != spec["classes"]:
+            raise ManifestError(f"runtime: {path} outputs {c} classes but its spec says "
+                                f"{spec['classes']}: refusing it")
+    if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
+        raise ManifestError(f"runtime: {path} takes input {in_shape}; expected [N, 3, H, W] "
+                            "(NCHW, RGB)")
+    hw = in_shape[2:]
+    want = list(spec.get("input_size", hw))
+    if all(isinstance(v, int) for v in hw) and hw != want:
+        raise ManifestError(f"runtime: {path} has a fixed input size {hw[0]}x{hw[1]} but its "
+                            f"spec says {want[0]}x{want[1]}: refusing it")
+
+
 def _in_batches(run, images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
     """Call ``run`` on chunks of a model with a fixed batch size (padding the last one)."""
     n = images.shape[0]
@@ -195,12 +218,18 @@ class OnnxRuntime(Runtime):
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         elif device != "cpu":
             raise ValueError(f"runtime: ONNX Runtime runs on cpu or cuda[:N], not {device!r}")
-        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT's own error types (Fail, InvalidGraph...)
+            raise ManifestError(f"runtime: ONNX Runtime cannot load {path}: "
+                                f"{_first_line(e)}") from None
         used = self.session.get_providers()
         if device.startswith("cuda") and used[0] != "CUDAExecutionProvider":
             raise BackendUnavailable(f"runtime: onnxruntime could not start the CUDA provider "
                                      f"for {path.name} (got {used[0]})")
         inp = self.session.get_inputs()[0]
+        out_shape = self.session.get_outputs()[0].shape
+        _check_shapes(path, spec, list(inp.shape), list(out_shape))
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         super().__init__(path, spec, device, model_precision,
@@ -208,7 +237,11 @@ class OnnxRuntime(Runtime):
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         def run(x):
-            return self.session.run(None, {self.input_name: x})[0]
+            try:
+                return self.session.run(None, {self.input_name: x})[0]
+            except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
+                raise RuntimeError(f"runtime: ONNX Runtime failed on {self.path} with input "
+                                   f"{list(x.shape)}: {_first_line(e)}") from None
 
         return _in_batches(run, images, self.fixed_batch)
 
@@ -234,12 +267,19 @@ class OpenVINORuntime(Runtime):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
+        out = model.outputs[0].get_partial_shape()
+        _check_shapes(path, spec, [d.get_length() if d.is_static else None for d in shape],
+                      [d.get_length() if d.is_static else None for d in out])
         self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
         super().__init__(path, spec, device, info["precision"], info)
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         def run(x):
-            self.request.infer({0: x})
+            try:
+                self.request.infer({0: x})
+            except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
+                raise RuntimeError(f"runtime: OpenVINO failed on {self.path} with input "
+                                   f"{list(x.shape)}: {_first_line(e)}") from None
             return self.request.get_output_tensor(0).data.copy()
 
         return _in_batches(run, images, self.fixed_batch)

@@ -7,6 +7,8 @@ Bad files stop with :class:`DataError` naming the file.
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from compress.data.transforms import TrainAugment, normalize, resize_pair
+from compress.io import UnsafeFileError, read_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -30,28 +33,48 @@ class DataError(ValueError):
     """Unusable data; the message names the file or folder."""
 
 
+MAX_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192): far above any frame we segment
+
+
+@contextmanager
+def _open_image(path: Path, what: str):
+    """``Image.open`` with the header's size checked against :data:`MAX_PIXELS` before
+    any pixel is decoded (a 68-byte PNG can claim 30000 x 30000)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: {what} header claims more than {MAX_PIXELS} pixels: "
+                        "refused before decoding") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable {what} ({e})") from None
+    with im:
+        w, h = im.size
+        if w * h > MAX_PIXELS:
+            raise DataError(f"{path}: {what} header claims {w}x{h} pixels, more than the "
+                            f"{MAX_PIXELS} accepted: refused before decoding")
+        try:
+            im.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: unreadable {what} ({e})") from None
+        yield im
+
+
 def read_image(path: Path) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]``; grey-scale and RGBA are converted, unreadable files named."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # convert("RGB") would clip
-                raise DataError(f"{path}: {im.mode} single-channel image (16/32-bit, e.g. a "
-                                "mask or depth map) where an 8-bit RGB image is expected")
-            return np.array(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from None
+    with _open_image(path, "image") as im:
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # convert("RGB") would clip
+            raise DataError(f"{path}: {im.mode} single-channel image (16/32-bit, e.g. a "
+                            "mask or depth map) where an 8-bit RGB image is expected")
+        return np.array(im.convert("RGB"))
 
 
 def read_mask(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode not in ("L", "P", "I", "I;16"):
-                raise DataError(f"{path}: mask must be single-channel (mode {im.mode})")
-            return np.asarray(im).astype(np.int64)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable mask ({e})") from None
+    with _open_image(path, "mask") as im:
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise DataError(f"{path}: mask must be single-channel (mode {im.mode})")
+        return np.asarray(im).astype(np.int64)
 
 
 def check_mask(mask: np.ndarray, classes: int, ignore_index: int, where: str) -> None:
@@ -101,6 +124,13 @@ class PairSource:
         return image, mask, img_path.stem
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return read_text(path)
+    except UnsafeFileError as e:
+        raise DataError(str(e)) from None
+
+
 def camvid_source(root: str | Path, split: str, ignore_index: int = CAMVID_IGNORE) -> PairSource:
     """CamVid in the SegNet layout: ``<split>.txt`` lists ``image mask`` per line, or
     ``<split>/`` + ``<split>annot/`` folders."""
@@ -110,7 +140,7 @@ def camvid_source(root: str | Path, split: str, ignore_index: int = CAMVID_IGNOR
     listing = root / f"{split}.txt"
     pairs: list[tuple[Path, Path | None]] = []
     if listing.is_file():
-        for n, line in enumerate(listing.read_text().splitlines(), 1):
+        for n, line in enumerate(_read_text(listing).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -143,7 +173,9 @@ def folder_source(root: str | Path, split: str, ignore_index: int = 255) -> Pair
     classes_file = root / "classes.txt"
     if not classes_file.is_file():
         raise DataError(f"{root}: classes.txt missing (one class name per line)")
-    names = [ln.strip() for ln in classes_file.read_text().splitlines() if ln.strip()]
+    names = [ln.strip() for ln in _read_text(classes_file).splitlines() if ln.strip()]
+    if not names:
+        raise DataError(f"{classes_file}: no class names (one class name per line)")
     img_dir, mask_dir = root / "images", root / "masks"
     if (img_dir / split).is_dir():
         img_dir, mask_dir = img_dir / split, mask_dir / split

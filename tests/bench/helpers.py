@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -104,5 +103,7 @@ def make_export_dir(
         "environment": {},
     }
     assert onnx_path.is_file()
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    from deploy.manifest import write_manifest
+
+    write_manifest(root, manifest)  # with its own digest, as an export writes it
     return root

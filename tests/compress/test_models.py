@@ -34,7 +34,9 @@ def test_unknown_architecture_lists_valid_names():
 def test_custom_factory(tmp_path):
     spec = make_spec(arch="custom", encoder="none", classes=3,
                      factory="tests.compress.custom_teacher:build")
-    model = create_model(spec)
+    with pytest.raises(ModelError, match="--trust-factory tests.compress.custom_teacher:build"):
+        create_model(spec)  # named only by the spec: not trusted
+    model = create_model(spec, trusted={"tests.compress.custom_teacher:build"})
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
     with pytest.raises(ModelError, match="package.module:function"):
         create_model(make_spec(arch="x", encoder="none", classes=3, factory="nocolon"))

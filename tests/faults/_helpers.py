@@ -30,6 +30,9 @@ FIGURES: dict[str, list] = {
     "bad_inputs_console_tried": [],
     "bad_inputs_console": [],
     "payload_refused": [],   # where a code-carrying pickle was refused, marker absent
+    "factory_refused": [],   # loaders that refused a factory named by a file, marker absent
+    "bad_manifests": [],     # bent manifests (paths out, edited, unhashed) refused
+    "files_kept": [],        # user files that survived an export byte-identical
     "failed_writes": [],     # simulated disk-full / killed writes that left old files intact
     "divergence": [],        # NaN / divergence cases stopped with epoch, step, checkpoint
 }

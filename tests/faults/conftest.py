@@ -21,6 +21,10 @@ def summary_line() -> str | None:
          f"({len(f['bad_inputs_console'])}/{len(f['bad_inputs_console_tried'])} also through "
          "the console entry)"),
         f"code-carrying pickle refused {len(f['payload_refused'])} times, payload never ran",
+        (f"a model factory named by a checkpoint or manifest refused by "
+         f"{len(f['factory_refused'])} loaders, never imported"),
+        f"{len(f['bad_manifests'])} bent manifests refused",
+        f"{len(f['files_kept'])} exports onto user files left them byte-identical",
         f"{len(f['failed_writes'])} failed writes left the previous files intact",
         (f"{len(f['divergence'])} divergences stopped naming epoch, step and last good "
          "checkpoint"),

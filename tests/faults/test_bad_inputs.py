@@ -20,7 +20,6 @@ available yet" until the command exists.
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,18 +109,41 @@ def folder_dataset(root: Path, fault: str | None = None, n: int = 2) -> Path:
         _png(bad_mask, np.zeros((64, 64, 3), np.uint8))
     elif fault == "no_classes":
         (root / "classes.txt").unlink()
+    elif fault == "empty_classes":
+        (root / "classes.txt").write_text("\n\n")
+    elif fault == "latin1_classes":
+        (root / "classes.txt").write_bytes("caf\xe9\n".encode("latin-1") * 5)
+    elif fault == "bomb":
+        bomb_png(bad_img)
     return root
+
+
+def bomb_png(path: Path, side: int = 30000) -> Path:
+    """A ~70-byte PNG whose header claims ``side x side`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
 
 
 def _manifest(directory: Path, onnx_bytes: bytes, sha: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.onnx").write_bytes(onnx_bytes)
-    (directory / "manifest.json").write_text(json.dumps({
+    from deploy.manifest import write_manifest
+
+    write_manifest(directory, {
         "format": "segcompress-export/1", "source_checkpoint": "best.pt",
         "source_sha256": "0" * 64, "spec": tiny_spec(),
         "artifacts": [{"file": "model.onnx", "sha256": sha, "backend": "onnxruntime",
                        "precision": "f32", "input_shape": [1, 3, 64, 64],
-                       "input_dtype": "float32", "output": "logits"}]}))
+                       "input_dtype": "float32", "output": "logits"}]})
     return directory / "model.onnx"
 
 
@@ -175,7 +197,7 @@ def bad(tmp_path_factory) -> dict[str, str]:
     (f["not_json_manifest"].parent / "manifest.json").write_text("{not json")
     # datasets
     for fault in ("ok", "empty", "no_mask", "size", "labels", "truncated", "grey16",
-                  "rgb_mask", "no_classes"):
+                  "rgb_mask", "no_classes", "empty_classes", "latin1_classes", "bomb"):
         f[f"ds_{fault}"] = folder_dataset(d / f"ds_{fault}", None if fault == "ok" else fault)
     f["camvid_nosplit"] = d / "camvid_nosplit"
     f["camvid_nosplit"].mkdir()
@@ -205,11 +227,26 @@ def bad(tmp_path_factory) -> dict[str, str]:
         "base_missing": "base: nowhere.yaml\n",
         "base_not_str": "base: 3\n",
         "study_typo": "recipez: []\n",
+        "alias_bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a]\n"
+                       "train: {epochs: 1}\nc: [*b, *b, *b, *b, *b, *b]\n"),
+        "study_alias": "name: s\nbaseline: &b x\nrecipes: [{name: *b, runs: [r]}]\n",
     }
     for name, text in texts.items():
         f[f"y_{name}"] = y / f"{name}.yaml"
         f[f"y_{name}"].write_text(text)
+    f["y_latin1"] = y / "latin1.yaml"
+    f["y_latin1"].write_bytes("name: caf\xe9\n".encode("latin-1"))
     f["y_missing"] = y / "no_such_recipe.yaml"
+    nan_model = create_model(spec)
+    with torch.no_grad():
+        nan_model.segmentation_head[0].weight.fill_(float("nan"))
+    f["nan_ckpt"] = save_checkpoint(d / "nan.pt", nan_model, spec, metrics=None, epoch=1)
+    from deploy.export import export_onnx
+
+    (d / "lying").mkdir()
+    f["onnx_wrong_classes"] = export_onnx(create_model(spec3), d / "lying" / "model.onnx", spec,
+                                          size=(64, 64), simplify=False)
+    f["bomb_img"] = f["ds_bomb"] / "images" / "val" / "img0.png"
     f["quick"] = Path(QUICK)
     return {k: str(v) for k, v in f.items()}
 
@@ -434,6 +471,33 @@ ROWS = [
                                "{ds_ok}/images/val", "--out", "{out}", "--device", "cuda", "-q"],
         ("cuda", "GPU")),
     Row("compare-config-missing", ["compare", "-c", "{y_missing}"], ("{y_missing}", "not found")),
+    # ---- trust boundaries and bounded parsing (issue 10)
+    Row("config-alias-bomb", ["train", "-c", "{y_alias_bomb}"], ("{y_alias_bomb}", "aliases")),
+    Row("study-alias", ["compare", "-c", "{y_study_alias}"], ("{y_study_alias}", "aliases")),
+    Row("config-not-utf8", ["train", "-c", "{y_latin1}"], ("{y_latin1}", "UTF-8")),
+    Row("override-malformed-yaml", [*TRAIN, "data.size=[64,64"], ("data.size", "not valid YAML")),
+    Row("override-python-tag", [*TRAIN, "seed=!!python/object/apply:os.system [true]"],
+        ("seed", "not valid YAML")),
+    Row("data-folder-empty-classes", [*TRAIN, "data.kind=folder", "data.root={ds_empty_classes}"],
+        ("classes.txt", "no class names")),
+    Row("data-folder-classes-not-utf8", [*TRAIN, "data.kind=folder",
+                                         "data.root={ds_latin1_classes}"],
+        ("classes.txt", "UTF-8")),
+    Row("eval-decompression-bomb", ["eval", "{good_ckpt}", "--data", "{ds_bomb}", "--kind",
+                                    "folder", "--out", "{out}"], ("{bomb_img}", "pixels")),
+    Row("train-ignore-index-is-a-class", [*TRAIN, "ignore_index=1"],
+        ("ignore_index 1", "'disc'", "void")),
+    Row("train-negative-class-weight", [*TRAIN, "loss.class_weights=[1,-1,1,1,1]"],
+        ("loss.class_weights", ">= 0")),
+    Row("train-class-weights-length", [*TRAIN, "loss.class_weights=[1,1]"],
+        ("loss.class_weights", "2 entries", "5 classes")),
+    Row("eval-nan-checkpoint", [*EVAL, "{nan_ckpt}"], ("{nan_ckpt}", "segmentation_head", "NaN")),
+    Row("export-nan-checkpoint", ["export", "{nan_ckpt}", "--out", "{out}"], ("{nan_ckpt}", "NaN")),
+    Row("distill-nan-teacher", [*DISTILL, "teacher.checkpoint={nan_ckpt}"], ("{nan_ckpt}", "NaN")),
+    Row("bench-latency-nan-checkpoint", ["latency", "{nan_ckpt}", "--runs", "1", "--warmup", "0"],
+        ("{nan_ckpt}", "NaN"), prog="bench"),
+    Row("eval-onnx-other-classes", [*EVAL, "{onnx_wrong_classes}"],
+        ("{onnx_wrong_classes}", "outputs 3 classes", "says 5")),
     Row("compare-unknown-key", ["compare", "-c", "{y_study_typo}"], ("{y_study_typo}", "recipez")),
 ]
 
