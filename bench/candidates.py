@@ -289,7 +289,7 @@ def run_candidates(
     for c in cands:
         for b in backends:
             if b in c.artifacts:
-                rb, prec, dev = BACKENDS[b]
+                rb, _prec, dev = BACKENDS[b]
                 t = Target(f"{c.name}/{b}", c.artifacts[b], rb,
                            "f32" if b == "openvino" else None)
                 by_device.setdefault(dev, []).append((t, c, b))
@@ -378,15 +378,15 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"**{s['note']}.**",
         "",
         f"- Hardware: {result['hardware']['summary']}; {s['threads']} thread(s)",
-        f"- Timing: {s['runs']} interleaved runs after {s['warmup']} warm-up; input: "
-        f"{s['timing_input']}",
+        (f"- Timing: {s['runs']} interleaved runs after {s['warmup']} warm-up; input: "
+        f"{s['timing_input']}"),
         f"- INT8 calibration: {s['calibration']}",
         f"- Pareto: {s['pareto']}",
     ]
     if budget is not None:
         lines.append(f"- Budget: {budget:g} ms per image")
-    lines += ["", "| candidate | backend | params (M) | GMACs | ms (median ± std) | "
-              "x teacher (PyTorch) | fits budget | Pareto |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", ("| candidate | backend | params (M) | GMACs | ms (median ± std) | "
+              "x teacher (PyTorch) | fits budget | Pareto |"), "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         ms = (f"{r['median_ms']:.2f} ± {r['std_ms']:.2f}" if r["median_ms"] is not None
               else f"— ({r['error']})")
