@@ -1,4 +1,4 @@
-"""``bench``: flops | latency | report.
+"""``bench``: flops | latency | report | candidates.
 
 Each command parses its arguments, calls the library and prints a summary. Errors a user
 can fix print one line (no traceback unless ``--debug``).
@@ -247,6 +247,64 @@ def gpu_check_cmd(
         atomic_write_json(json_path, result)
     typer.echo(text)
     typer.echo(f"written: {out}")
+
+
+@app.command()
+def candidates(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="zoo names (see --list) or recipe files (.yaml)"),
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="print the zoo's names and stop")] = False,
+    size: Annotated[str, typer.Option(help="HxW the candidates are exported and timed at")] = "192x256",
+    out: Annotated[Path, typer.Option(help="where candidates.md/.csv/.json/.png go")] = Path(
+        "bench_candidates"
+    ),
+    teacher: Annotated[
+        Path | None, typer.Option(help="teacher checkpoint, timed in PyTorch (speed-ups)")
+    ] = None,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(help="repeatable: torch, onnxruntime, onnxruntime-int8, openvino, "
+                     "openvino-int8, tensorrt-fp16, tensorrt-int8; default: all but "
+                     "onnxruntime-int8"),
+    ] = None,
+    budget_ms: Annotated[
+        float | None, typer.Option(help="mark the rows at or under this many ms/image")
+    ] = None,
+    classes: Annotated[
+        int | None, typer.Option(min=1, help="class count without --teacher (default 11)")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="dataset root: train images calibrate INT8, val images "
+                                  "are timed; default: the synthetic scenes")
+    ] = None,
+    data_kind: KindOpt = DataKind.camvid,
+    calib_images: Annotated[int, typer.Option(min=1, help="INT8 calibration images")] = 8,
+    runs: RunsOpt = 30,
+    warmup: WarmupOpt = 5,
+    threads: ThreadsOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
+) -> None:
+    """Latency before training: build untrained students, export, time them interleaved."""
+    from bench.candidates import DEFAULT_BACKENDS, run_candidates, write_candidates, zoo_names
+
+    if list_:
+        typer.echo("\n".join(zoo_names()))
+        return
+    if not names:
+        raise typer.BadParameter("give zoo names or recipe files (or --list)", param_hint="NAMES")
+    result = run_candidates(
+        names, out, size=_size(size), teacher=teacher,
+        backends=backend or DEFAULT_BACKENDS, classes=classes, data=data,
+        data_kind=data_kind.value, calib_images=calib_images, runs=runs, warmup=warmup,
+        threads=threads, budget_ms=budget_ms,
+        log=None if quiet else (lambda m: typer.echo(m, err=True)),
+    )
+    files = write_candidates(result, out)
+    if not quiet:
+        typer.echo(files["md"].read_text())
+    typer.echo("candidates: " + ", ".join(str(p) for p in files.values()))
 
 
 def main() -> None:

@@ -87,6 +87,9 @@ def eval_(
     encoder: Annotated[str | None, typer.Option(help="encoder of a plain state_dict")] = None,
     classes: Annotated[int | None, typer.Option(help="classes of a plain state_dict")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    score_at: Annotated[str, typer.Option(
+        help="network: score at the input size; source: resize logits back to each "
+             "image's own size (CamVid 360x480)")] = "network",
 ) -> None:
     """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
     from compress.evaluate import evaluate_checkpoint, format_table, parse_size
@@ -97,7 +100,7 @@ def eval_(
 
     result = evaluate_checkpoint(checkpoint, data, split, kind=kind, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
-                                 device=device)
+                                 device=device, score_at=score_at)
     typer.echo(format_table(result))
     typer.echo(f"eval: {result['eval_json']}")
 

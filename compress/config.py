@@ -75,8 +75,15 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A segmentation model by name (smp architecture + encoder) or a custom factory."""
+    """A segmentation model by name (smp architecture + encoder), a zoo student, or a
+    custom factory.
 
+    ``student: NAME`` picks a student of the zoo (``compress.zoo``, ``bench candidates
+    --list``): it sets ``arch``, ``encoder``, ``decoder_channels`` and ``kwargs`` (those
+    keys, if given too, are replaced) and, unless given, ``encoder_weights``.
+    """
+
+    student: str | None = Field(None, description="a zoo student name, e.g. fpn-lite0")
     arch: str = "Unet"
     encoder: str = "tu-efficientnet_lite0"
     encoder_weights: str | None = Field(
@@ -89,6 +96,20 @@ class ModelConfig(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zoo_student(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("student"):
+            return data
+        from compress.zoo.registry import get_student
+
+        if data.get("factory"):
+            raise ValueError("give model.student or model.factory, not both")
+        entry = get_student(str(data["student"]))  # ValueError lists the zoo's names
+        data = {**data, **entry.model_fields()}
+        data.setdefault("encoder_weights", entry.weights)
+        return data
 
 
 class TaskLossConfig(_Strict):

@@ -47,12 +47,45 @@ def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
     return predict, rt.spec
 
 
+SCORE_AT = ("network", "source")
+
+
+class SourceMasks(torch.utils.data.Dataset):
+    """The items of an evaluation ``SegDataset`` (image at network size) with the mask at
+    the image's source size, so logits are resized back and scored there."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.sizes: set[tuple[int, int]] = set()  # the source sizes served (in-process loader)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.dataset[i]
+        image, mask, _ = self.dataset.source.load(i)
+        if mask is None:
+            mask = np.full(image.shape[:2], self.dataset.ignore_index, np.int64)
+        item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        self.sizes.add(tuple(mask.shape))
+        return item
+
+
 def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str = "camvid",
                         size: tuple[int, int] | None = None, flip: bool = False,
                         out: Path | None = None, arch: str | None = None,
                         encoder: str | None = None, classes: int | None = None,
-                        device: str = "cpu", batch_size: int = 4) -> dict:
-    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``."""
+                        device: str = "cpu", batch_size: int = 4,
+                        score_at: str = "network") -> dict:
+    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``.
+
+    ``score_at="network"`` scores at the network's input size (masks resized, nearest);
+    ``"source"`` resizes the logits (bilinear) back to each image's own size and scores
+    against the original masks (CamVid: 360x480), the resolution papers report. One
+    image per batch then, as source sizes may differ.
+    """
+    if score_at not in SCORE_AT:
+        raise ValueError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
     from compress.config import DataConfig
     from compress.models import make_spec
     from compress.train import resolve_device
@@ -71,6 +104,8 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     if len(ds.class_names) != spec["classes"]:
         raise ValueError(f"{path}: model has {spec['classes']} classes but {data} has "
                          f"{len(ds.class_names)}")
+    if score_at == "source":
+        ds, batch_size = SourceMasks(ds), 1
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     result, conf = evaluate(predict, loader, spec["class_names"], spec["ignore_index"], dev,
                             flip=flip, show=True)
@@ -78,7 +113,9 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
         result["hd95"] = _hd95(predict, loader, dev)
     out = Path(out) if out else path.parent / f"eval_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
-                  images=len(ds))
+                  images=len(ds), scored_at=score_at,
+                  score_sizes=sorted([list(v) for v in ds.sizes]) if score_at == "source"
+                  else [list(size)])
     atomic_write_json(out / "eval.json", result)
     names = spec["class_names"]
     rows = ["truth\\pred," + ",".join(names)]
@@ -112,4 +149,7 @@ def format_table(result: dict) -> str:
     lines.append(f"{'mIoU':<16}{result['miou'] * 100:>8.2f}")
     lines.append(f"{'pixel acc':<16}{result['pixel_acc'] * 100:>8.2f}")
     lines.append(f"{'Dice':<16}{result['dice'] * 100:>8.2f}")
+    if "scored_at" in result:
+        sizes = ", ".join(f"{h}x{w}" for h, w in result["score_sizes"])
+        lines.append(f"scored at {result['scored_at']} resolution ({sizes})")
     return "\n".join(lines)

@@ -245,9 +245,14 @@ def create_model(spec: dict[str, Any], encoder_weights: str | None = None, *,
         if not isinstance(model, nn.Module):
             raise ModelError(f"factory {spec['factory']!r} did not return an nn.Module")
         return model
+    from compress.zoo import HEAD_ARCHS, create_head_model
+
+    if spec["arch"] in HEAD_ARCHS:  # the project's own heads (student zoo)
+        return create_head_model(spec, encoder_weights)
     archs = architectures()
     if spec["arch"] not in archs:
-        raise ModelError(f"unknown architecture {spec['arch']!r}; valid: {', '.join(sorted(archs))}")
+        raise ModelError(f"unknown architecture {spec['arch']!r}; valid: "
+                         f"{', '.join(sorted([*archs, *HEAD_ARCHS]))}")
     kwargs = dict(spec.get("kwargs") or {})
     if spec.get("decoder_channels"):
         kwargs["decoder_channels"] = tuple(spec["decoder_channels"])
