@@ -128,6 +128,9 @@ def latency(
         ),
     ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
+    cross_check: Annotated[bool, typer.Option(
+        "--cross-check", help="also time each OpenVINO IR with benchmark_app (CPU) and each "
+        "TensorRT engine with trtexec (GPU), printed beside our figure")] = False,
 ) -> None:
     """ms/image (median ± std, min, p90, max) after warm-up, models interleaved run by run."""
     from bench.latency import format_latency, run_latency
@@ -151,6 +154,13 @@ def latency(
         # nothing ran: a user error, not a table of failures (and no --json written)
         reasons = "; ".join(f"{r['label']}: {r.get('error')}" for r in failed)
         raise ValueError(f"bench latency: no model could run ({reasons})")
+    if cross_check:
+        from bench.crosscheck import cross_check as vendor
+
+        st = result["settings"]
+        for row in result["results"]:
+            if not row.get("error") and row.get("latency_ms"):
+                row["cross_check"] = vendor(row, tuple(st["size"]), st["threads"], runs)
     typer.echo(format_latency(result))
     if json_path:
         from compress.io import atomic_write_json

@@ -968,6 +968,12 @@ def format_latency(result: dict[str, Any]) -> str:
             f"{lat['p90']:>8.2f}{lat['max']:>8.2f}{r['preprocess_ms']['median']:>7.2f}"
             f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_num(mem.get('peak_rss_mb')):>9.0f}"
         )
+        cc = r.get("cross_check")
+        if cc:
+            lines.append(f"{'':<28}cross-check: {cc['tool']}: " + (
+                f"could not run ({cc['error']})" if cc.get("error") else
+                f"median {cc['median_ms']:.2f} ms vs ours {_num(cc['ours_ms']):.2f} ms "
+                f"({cc['compare_with']}, model only)"))
         if r.get("compute_ms"):
             c = r["compute_ms"]
             lines.append(f"{'':<28}GPU compute only (no host copies): {c['median']:.3f} ± "
