@@ -84,8 +84,19 @@ class ModelConfig(_Strict):
     decoder_channels: list[int] | None = None
     factory: str | None = Field(None, description="package.module:function for non-smp models")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    classes: int | None = Field(
+        None, ge=1, description="output classes; default: the data's (teacher.model of a plain "
+        "state_dict: read from its head, else the student's)")
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_classes_kwarg(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "classes" in v:
+            raise ValueError("the class count is not a kwarg: set 'classes' beside 'kwargs' "
+                             "(e.g. teacher.model.classes=8)")
+        return v
 
 
 class TaskLossConfig(_Strict):
