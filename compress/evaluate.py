@@ -74,13 +74,11 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     result, conf = evaluate(predict, loader, spec["class_names"], spec["ignore_index"], dev,
                             flip=flip, show=True)
-    if spec["classes"] == 1 or len(spec["class_names"]) == 2:
-        result["hd95"] = _hd95(predict, loader, dev)
     out = Path(out) if out else path.parent / f"eval_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
                   images=len(ds))
     atomic_write_json(out / "eval.json", result)
-    names = spec["class_names"]
+    names = list(result["per_class_iou"])
     rows = ["truth\\pred," + ",".join(names)]
     rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
     from compress.io import atomic_write_text
@@ -88,20 +86,6 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
     result["eval_json"] = str(out / "eval.json")
     return result
-
-
-@torch.no_grad()
-def _hd95(predict, loader, device) -> float:
-    from compress.metrics import hd95
-
-    values = []
-    for batch in loader:
-        logits = predict(batch["image"].to(device))
-        pred = (logits[:, 0] > 0) if logits.shape[1] == 1 else logits.argmax(1).bool()
-        for p, t in zip(pred.cpu().numpy(), batch["mask"].numpy()):
-            values.append(hd95(p, t == 1))
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
 
 
 def format_table(result: dict) -> str:

@@ -32,7 +32,14 @@ from compress.io import (
     fault_point,
     remove_stale_temps,
 )
-from compress.losses import Distiller, TaskLoss, class_map_tensor, map_classes, tap_levels
+from compress.losses import (
+    Distiller,
+    TaskLoss,
+    class_map_tensor,
+    map_classes,
+    tap_levels,
+    two_way,
+)
 from compress.metrics import scores, update_confusion
 from compress.models import (
     create_model,
@@ -361,25 +368,65 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         flip: average softmax with the horizontally flipped input (test-time augmentation).
 
     Returns:
-        ``(scores dict, confusion [C, C])``
+        ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
+        foreground logit) is scored over ``background`` + that class; binary tasks (one or
+        two classes) also get ``fg_iou``, ``fg_dice`` and ``hd95`` (pixels, mean over the
+        images where both masks have foreground; NaN when none has).
     """
+    from compress.metrics import hd95
+
     if isinstance(predict, nn.Module):
         predict.eval()
-    c = len(class_names)
+    names = ["background", *class_names] if len(class_names) == 1 else list(class_names)
+    c = len(names)
     conf = torch.zeros(c, c, dtype=torch.int64)
+    distances: list[float] = []
     for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
         fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
         x = batch["image"].to(device)
         logits = predict(x)
         if flip:
-            probs = logits.softmax(1) + predict(x.flip(-1)).flip(-1).softmax(1)
-            logits = probs
+            logits = (two_way(logits).softmax(1)
+                      + two_way(predict(x.flip(-1)).flip(-1)).softmax(1))
         if logits.shape[-2:] != batch["mask"].shape[-2:]:
             logits = torch.nn.functional.interpolate(logits, size=batch["mask"].shape[-2:],
                                                      mode="bilinear", align_corners=False)
-        pred = (logits[:, 0] > 0).long() if c == 1 else logits.argmax(1)
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        if pred.max() >= c:  # a model with more classes than the data, without a class map
+            raise ValueError(f"predictions reach class {int(pred.max())} but the data has {c} "
+                             "classes")
         update_confusion(conf, pred.cpu(), batch["mask"], ignore_index)
-    return scores(conf, class_names), conf
+        if c == 2:
+            for p, t in zip(pred.cpu().numpy(), batch["mask"].numpy()):
+                distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
+    result = scores(conf, names)
+    if c == 2:
+        fg = names[1]
+        result["fg_iou"] = result["per_class_iou"][fg] or 0.0
+        result["fg_dice"] = result["per_class_dice"][fg] or 0.0
+        finite = [d for d in distances if math.isfinite(d)]
+        result["hd95"] = sum(finite) / len(finite) if finite else float("nan")
+    return result, conf
+
+
+def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
+    """Why a teacher's validation score is near chance, or None.
+
+    Multi-class: mIoU below half of 1 / classes. Binary: foreground IoU below half of what
+    calling every pixel foreground would score (an all-background teacher scores 0 there,
+    while its mIoU looks fine thanks to the background).
+    """
+    if conf.shape[0] == 2:
+        total = int(conf.sum())
+        guess = float(conf[1].sum()) / total if total else 0.0
+        if score["fg_iou"] < 0.5 * guess:
+            return (f"foreground IoU {score['fg_iou']:.3f}, below half of the {guess:.3f} that "
+                    "calling every pixel foreground scores")
+        return None
+    chance = 1.0 / max(conf.shape[0], 2)
+    if score["miou"] < chance * 0.5:
+        return f"val mIoU {score['miou']:.3f}, near chance"
+    return None
 
 
 # ---------------------------------------------------------------- fit
@@ -690,14 +737,15 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
                  + ("" if k in RESUME_FREE_KEYS else " (--resume-changed)"))
 
     if teacher is not None and rank == 0:
-        teacher_score, _ = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index,
-                                    device)
+        teacher_score, t_conf = evaluate(teacher.predict, val_loader, class_names,
+                                         cfg.ignore_index, device)
         log.info(f"teacher val mIoU {teacher_score['miou'] * 100:.2f}")
-        chance = 1.0 / max(len(class_names), 2)
-        if teacher_score["miou"] < chance * 0.5 and not cfg.teacher.allow_weak:
-            raise ValueError(f"teacher {cfg.teacher.checkpoint} scores {teacher_score['miou']:.3f} "
-                             "val mIoU, near chance: refusing to distil from it "
-                             "(teacher.allow_weak=true to override)")
+        weak = weak_teacher(teacher_score, t_conf)
+        if weak and not cfg.teacher.allow_weak:
+            raise ValueError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
+                             "distil from it (teacher.allow_weak=true to override)")
+        if weak:
+            log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
     if teacher is not None and kd.cache:
         from compress.cache import CachedTeacher
 
@@ -743,6 +791,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             metrics, _ = evaluate(student, val_loader, class_names, cfg.ignore_index, device)
             row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
                        val_dice=round(metrics["dice"], 6))
+            for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
+                if k in metrics:
+                    row[f"val_{k}"] = round(metrics[k], 4)
             vis = cfg.train.vis_every
             if vis and ((epoch + 1) % vis == 0 or epoch + 1 == cfg.train.epochs):
                 from compress.viz import save_epoch_visual

@@ -52,5 +52,5 @@ def run(prog: str, *args: str, cwd: Path | None = None, timeout: float = 300) ->
     """Run ``compress`` or ``bench`` as a user would (a child process, one thread)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-m", f"{prog}.cli", *args], capture_output=True,
-                       text=True, timeout=timeout, env=env, cwd=cwd or REPO)
+                       text=True, timeout=timeout, env=env, cwd=cwd or REPO, check=False)
     return Result(p.returncode, p.stdout, p.stderr)
