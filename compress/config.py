@@ -213,18 +213,56 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of a recipe (sections and leaves), e.g. ``kd.response.temperature``."""
+    model = model or RunConfig
+    out = []
+    for name, f in model.model_fields.items():
+        out.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += config_keys(ann, f"{prefix}{name}.")
+        else:  # Optional[Section]
+            for a in getattr(ann, "__args__", ()):
+                if isinstance(a, type) and issubclass(a, BaseModel):
+                    out += config_keys(a, f"{prefix}{name}.")
+    return out
+
+
+def suggest_key(key: str) -> str:
+    """" (did you mean ...?)" for an unknown dotted key: close spellings, or keys that end
+    the same way (Hydra-style ``distillation.temperature``, argparse-style ``epochs``)."""
+    import difflib
+
+    keys = config_keys()
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    if not near:
+        leaf = key.lstrip("-").split(".")[-1].replace("-", "_")
+        near = [k for k in keys if k.split(".")[-1] == leaf][:3]
+    if not near:
+        near = difflib.get_close_matches(key.split(".")[-1], keys, n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(k) for k in near)}?)" if near else ""
+
+
+def _format_error(err: ValidationError, source: str, cli_keys: dict[str, str] | None = None) -> str:
+    """One ``source: ...`` line per error; keys set on the command line name it instead."""
     lines = []
+    cli_keys = cli_keys or {}
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
         got = repr(e.get("input"))
+        src, typed = source, key
+        for k, item in cli_keys.items():
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                src, typed = f"command-line override {item!r}", k
+                break
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{src}: unknown key '{key}'{suggest_key(typed)}")
         elif key == "<root>" or len(got) > 80:  # a whole section: the message says it all
-            lines.append(f"{source}: {'' if key == '<root>' else f'key {key!r}: '}{msg}")
+            lines.append(f"{src}: {'' if key == '<root>' else f'key {key!r}: '}{msg}")
         else:
-            lines.append(f"{source}: key '{key}': {msg} (got {got})")
+            lines.append(f"{src}: key '{key}': {msg} (got {got})")
     return "; ".join(lines)
 
 
@@ -268,12 +306,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     source = str(path) if path else "<defaults>"
     raw: dict = _read_yaml(Path(path)) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
+    cli_keys = {}
+    for (key, value), item in zip(parse_overrides(overrides or []), overrides or []):
         _set_dotted(raw, key, value)
+        cli_keys[key] = item
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+        raise ConfigError(_format_error(e, source, cli_keys)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

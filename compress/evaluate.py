@@ -52,7 +52,12 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                         out: Path | None = None, arch: str | None = None,
                         encoder: str | None = None, classes: int | None = None,
                         device: str = "cpu", batch_size: int = 4) -> dict:
-    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``."""
+    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``
+    into ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
+    checkpoints in one folder keep their own results).
+
+    A plain state_dict needs ``arch``, ``encoder`` and ``classes``; its input size is
+    ``size`` (required) and its class names come from the data."""
     from compress.config import DataConfig
     from compress.models import make_spec
     from compress.train import resolve_device
@@ -63,7 +68,11 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     if arch or encoder or classes:
         if not (arch and encoder and classes):
             raise ValueError("a plain state_dict needs all of --arch, --encoder and --classes")
-        spec = make_spec(arch=arch, encoder=encoder, classes=classes)
+        if size is None:
+            raise ValueError(f"{path}: a plain state_dict does not record the size it was "
+                             "trained at: give --size HxW (scores change with it)")
+        spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
+                         class_names=_data_class_names(kind, data, split))
     predict, spec = load_predictor(path, str(dev), spec)
     size = size or tuple(spec["input_size"])
     dcfg = DataConfig(kind=kind, root=str(data), size=size, batch_size=batch_size)
@@ -74,7 +83,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     result, conf = evaluate(predict, loader, spec["class_names"], spec["ignore_index"], dev,
                             flip=flip, show=True)
-    out = Path(out) if out else path.parent / f"eval_{split}"
+    out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
                   images=len(ds))
     atomic_write_json(out / "eval.json", result)
@@ -86,6 +95,17 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
     result["eval_json"] = str(out / "eval.json")
     return result
+
+
+def _data_class_names(kind: str, data: Path, split: str) -> list[str] | None:
+    """The dataset's class names (classes.txt, CamVid's list, synthetic's), or None."""
+    from compress.config import DataConfig
+    from compress.data import dataset_classes
+
+    try:
+        return dataset_classes(DataConfig(kind=kind, root=str(data), val_split=split), 255)
+    except (ValueError, OSError):
+        return None
 
 
 def format_table(result: dict) -> str:
