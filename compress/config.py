@@ -161,6 +161,13 @@ class TrainConfig(_Strict):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    save_every: int = Field(0, ge=0, description="also keep checkpoints/epoch_NNN.pt every N "
+                            "epochs (0: only best.pt and last.pt)")
+    save_untrained: bool = Field(False, description="write checkpoints/untrained.pt (the "
+                                 "initial weights) before the first step")
+    test_split: str | None = Field(
+        "test", description="score best.pt on this split at the end (test/eval.json and a "
+        "figure) when the data has it (folder / camvid); null: never")
 
 
 class RunConfig(_Strict):

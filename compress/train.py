@@ -764,6 +764,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             _write_metrics_csv(run_dir / "metrics.csv", history)
     _commit_log(run_dir, rank)
 
+    if rank == 0 and cfg.train.save_untrained and last_state is None:
+        save_checkpoint(run_dir / "checkpoints" / "untrained.pt", student, spec, metrics=None,
+                        config=cfg.model_dump(mode="json"), epoch=0)
     writer = _tensorboard(run_dir) if rank == 0 else None
     log.info(f"run dir {run_dir}: {cfg.name}, {len(train_set)} train / {len(val_set)} val "
              f"images, {spec['arch']}/{spec['encoder']}, {len(class_names)} classes, "
@@ -811,6 +814,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             if metrics is not None and metrics["miou"] > best:
                 best = metrics["miou"]
                 save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)
+            if cfg.train.save_every and (epoch + 1) % cfg.train.save_every == 0:
+                save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:03d}.pt", student, spec,
+                                metrics=metrics, **common)
             save_checkpoint(
                 ckpt_dir / "last.pt", student, spec, metrics=metrics, **common, step=step,
                 best_miou=best, history=history, optimizer=optimizer.state_dict(),
@@ -827,11 +833,43 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             dist.barrier()
     if writer is not None:
         writer.close()
+    test = None
     if rank == 0:
-        _write_summary(run_dir, history, spec, best)
+        test = _test_split_pass(cfg, run_dir, student, teacher, spec, class_names, device)
+        _write_summary(run_dir, history, spec, best, test)
     if world > 1:
         dist.barrier()
     return run_dir
+
+
+def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: dict,
+                     class_names: list[str], device) -> dict | None:
+    """Score best.pt on the data's test split (when it has one): ``test/eval.json`` and
+    ``visualizations/test.png``. Synthetic data has no held-out test split."""
+    from compress.data import DataError
+
+    split = cfg.train.test_split
+    best = run_dir / "checkpoints" / "best.pt"
+    if not split or cfg.data.kind == "synthetic" or not best.is_file():
+        return None
+    try:
+        test_set = build_split(cfg.data, split, spec["mean"], spec["std"], cfg.ignore_index,
+                               False, cfg.seed)
+    except DataError:
+        return None  # no such split: nothing to report
+    student.load_state_dict(read_checkpoint(best)["state_dict"])
+    loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.batch_size,
+                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    metrics, _ = evaluate(student, loader, class_names, cfg.ignore_index, device)
+    metrics.update(checkpoint=str(best), split=split, images=len(test_set))
+    atomic_write_json(run_dir / "test" / "eval.json", metrics)
+    from compress.viz import save_epoch_visual
+
+    save_epoch_visual(run_dir / "visualizations" / "test.png", student, teacher, test_set, spec,
+                      device)
+    log.info(f"test split {split!r} ({len(test_set)} images): mIoU {metrics['miou'] * 100:.2f} "
+             f"with best.pt")
+    return metrics
 
 
 def _tensorboard(run_dir: Path):
@@ -843,11 +881,13 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _write_summary(run_dir: Path, history: list[dict], spec: dict, best: float) -> None:
+def _write_summary(run_dir: Path, history: list[dict], spec: dict, best: float,
+                   test: dict | None = None) -> None:
     total = sum(r.get("epoch_seconds", 0) for r in history)
     atomic_write_json(run_dir / "summary.json", {
         "best_val_miou": best, "epochs": len(history), "train_seconds": round(total, 1),
         "spec": spec, "final": history[-1] if history else None,
+        "test_miou": test["miou"] if test else None,
     })
 
 

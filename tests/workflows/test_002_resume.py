@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import torch
 import yaml
 
 from tests.workflows.helpers import REPO, run
@@ -23,6 +24,8 @@ def test_teacher_student_resume_and_compare(tmp_path):
             "train.epochs=1")
     assert r.code == 0, r.text
     student = next((out / "wf002-student").iterdir())
+    untrained = torch.load(student / "checkpoints" / "untrained.pt", weights_only=True)
+    assert untrained["epoch"] == 0
     # continue to 2 epochs: the run's own recipe, only the new epoch count typed
     r = run("compress", "distill", "--resume", str(student), "train.epochs=2", "-q")
     assert r.code == 0, r.text
