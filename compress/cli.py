@@ -106,6 +106,20 @@ def eval_(
     typer.echo(f"eval: {result['eval_json']}")
 
 
+@app.command("config")
+def config_(
+    recipe: Annotated[Path | None, typer.Argument(help="recipe to show (default: the defaults)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides")] = None,
+    show: Annotated[bool, typer.Option("--show", help="list every key: type, value, help")] = True,
+) -> None:
+    """Every recipe key with its type, value (default, or the recipe's) and help."""
+    from compress.config import describe_keys, load_config
+
+    cfg = load_config(recipe, overrides) if recipe or overrides else None
+    for key, kind, value, text in describe_keys(cfg):
+        typer.echo(f"{key:<32} {kind:<28} {value!s:<24} {text}".rstrip())
+
+
 def _register_optional() -> None:
     """Commands owned by other modules register themselves here (export, pseudo-label,
     compare); each imports its heavy dependencies only when run."""

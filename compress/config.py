@@ -110,10 +110,27 @@ class ResponseKDConfig(_Strict):
     temperature: float = Field(4.0, gt=0)
 
 
+# the feature levels every model taps (compress.models.LEVEL_STRIDES)
+FEATURE_LEVELS = ("stride4", "stride8", "stride16", "stride32", "decoder")
+
+
+def _check_levels(levels: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    bad = [lv for lv in levels if lv not in FEATURE_LEVELS + extra]
+    if bad:  # refused even when the term's weight is 0: a typo should not wait for a run
+        raise ValueError(f"unknown level(s) {bad}; valid: {', '.join(FEATURE_LEVELS + extra)}")
+    return levels
+
+
 class FeatureKDConfig(_Strict):
     weight: float = Field(0.0, ge=0)
-    levels: list[str] = Field(default_factory=lambda: ["stride8", "stride16", "decoder"])
+    levels: list[str] = Field(default_factory=lambda: ["stride8", "stride16", "decoder"],
+                              description="stride4, stride8, stride16, stride32, decoder")
     kind: Literal["cosine", "mse"] = "cosine"
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        return _check_levels(v)
 
 
 class CWDConfig(_Strict):
@@ -122,6 +139,11 @@ class CWDConfig(_Strict):
     levels: list[str] = Field(
         default_factory=lambda: ["logits"],
         description="'logits' and/or feature levels (through adapters)")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        return _check_levels(v, ("logits",))
 
 
 class KDConfig(_Strict):
@@ -234,6 +256,39 @@ def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[
                 if isinstance(a, type) and issubclass(a, BaseModel):
                     out += config_keys(a, f"{prefix}{name}.")
     return out
+
+
+def describe_keys(cfg: RunConfig | None = None) -> list[tuple[str, str, Any, str]]:
+    """``(dotted key, type, value, help)`` for every leaf key of a recipe: the defaults, or
+    the values of ``cfg``. Help comes from the field descriptions of the models."""
+    import typing
+
+    def walk(model: BaseModel, prefix: str) -> list[tuple[str, str, Any, str]]:
+        rows = []
+        for name, f in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                rows += walk(value, f"{prefix}{name}.")
+                continue
+            ann = f.annotation
+            kind = (getattr(ann, "__name__", None) if typing.get_origin(ann) is None
+                    else None) or str(ann).replace("typing.", "")
+            if isinstance(value, BaseModel | list | tuple | dict):
+                value = yaml.safe_dump(_jsonable(value), default_flow_style=True).strip()
+            rows.append((prefix + name, kind, value, f.description or ""))
+        return rows
+
+    return walk(cfg or RunConfig(), "")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
 
 
 def suggest_key(key: str) -> str:

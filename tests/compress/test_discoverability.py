@@ -38,3 +38,24 @@ def test_argparse_style_option_gets_the_override_spelling():
     r = run("compress", "train", "-c", str(QUICK), "--epochs", "5")
     assert r.code != 0
     assert "No such option: --epochs" in r.err and "train.epochs=VALUE" in r.err
+
+
+def test_unknown_feature_level_is_refused_even_at_weight_zero():
+    """Before: kd.feature.levels=[stride7] passed while kd.feature.weight was 0."""
+    with pytest.raises(ConfigError, match=r"kd\.feature\.levels.*stride7.*valid: stride4"):
+        load_config(None, ["kd.feature.levels=[stride7]"])
+    with pytest.raises(ConfigError, match=r"kd\.cwd\.levels.*logit"):
+        load_config(None, ["kd.cwd.levels=[logit]"])
+
+
+def test_config_show_lists_every_key_with_type_value_and_help():
+    r = run("compress", "config", "--show", str(QUICK), "train.epochs=3")
+    assert r.code == 0, r.text
+    lines = {ln.split()[0]: ln for ln in r.out.splitlines()}
+    for key in ("name", "data.size", "model.encoder", "loss.dice", "w_task", "kd.class_map",
+                "kd.feature.levels", "kd.cwd.weight", "teacher.checkpoint", "train.lr",
+                "train.save_every", "train.test_split"):
+        assert key in lines, key
+    assert lines["train.epochs"].split()[1:3] == ["int", "3"]
+    assert "start even if the teacher is at chance" in lines["teacher.allow_weak"]
+    assert lines["kd.response.temperature"].split()[1:3] == ["float", "2.0"]
