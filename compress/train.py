@@ -225,7 +225,21 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
     report = model.load_report
     if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
         raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
+    total = len(model.state_dict())
+    if report["missing"]:  # allowed by teacher.allow_missing_keys, never silently
+        log.warning(f"teacher {tc.checkpoint}: {len(report['missing'])} of {total} weights "
+                    f"missing from the file (e.g. {report['missing'][0]}) run on their random "
+                    "initial values (teacher.allow_missing_keys=true)")
+    if report["unexpected"]:
+        log.warning(f"teacher {tc.checkpoint}: {len(report['unexpected'])} tensors in the file "
+                    f"fit no weight of the model (e.g. {report['unexpected'][0]}) and were "
+                    "ignored")
     return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+
+
+def model_label(spec: dict) -> str:
+    """How a model is named to the user: its factory when it has one, else arch/encoder."""
+    return f"factory {spec['factory']}" if spec.get("factory") else f"{spec['arch']}/{spec['encoder']}"
 
 
 def _head_classes(state: dict) -> int | None:
@@ -769,7 +783,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
                         config=cfg.model_dump(mode="json"), epoch=0)
     writer = _tensorboard(run_dir) if rank == 0 else None
     log.info(f"run dir {run_dir}: {cfg.name}, {len(train_set)} train / {len(val_set)} val "
-             f"images, {spec['arch']}/{spec['encoder']}, {len(class_names)} classes, "
+             f"images, {model_label(spec)}, {len(class_names)} classes, "
              f"device {device}, world {world}")
     ckpt_dir = run_dir / "checkpoints"
     resolved = cfg.model_dump(mode="json")

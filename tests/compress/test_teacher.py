@@ -91,3 +91,28 @@ def test_classes_in_kwargs_points_to_the_classes_key():
 def test_student_model_classes_must_match_the_data(tmp_path):
     with pytest.raises(ValueError, match="model.classes=3 but the data has 5 classes"):
         fit(tiny_config(tmp_path, ["model.classes=3"]), show_progress=False)
+
+
+def test_missing_teacher_weights_allowed_are_warned_with_the_count(tmp_path, data6):
+    """Before: allow_missing_keys=true ran a LoRA-only file on random base weights silently."""
+    t = _teacher8(tmp_path / "t8.pt")
+    ck = torch.load(t, weights_only=True)
+    ck["state_dict"] = {k: v for k, v in ck["state_dict"].items()
+                        if k.startswith("segmentation_head")}  # "adapter only"
+    torch.save(ck, t)
+    extra = [f"kd.class_map={MAP_8_TO_6}"]
+    with pytest.raises(ValueError, match="348 missing"):
+        fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False)
+    run = fit(_cfg(tmp_path / "b", data6, t, [*extra, "teacher.allow_missing_keys=true"]),
+              show_progress=False)
+    log = (run / "train.log").read_text()
+    line = next(ln for ln in log.splitlines() if "weights missing from the file" in ln)
+    n, total = (int(v) for v in line.split("t8.pt: ")[1].split(" weights")[0].split(" of "))
+    assert 0 < n < total
+
+
+def test_factory_student_is_named_by_its_factory(tmp_path, data6):
+    run = fit(tiny_config(tmp_path, ["model.factory=tests.compress.custom_teacher:build",
+                                     "train.epochs=1"]), show_progress=False)
+    assert "factory tests.compress.custom_teacher:build, 5 classes" in \
+        (run / "train.log").read_text()
