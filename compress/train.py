@@ -604,6 +604,21 @@ def _resumed_config_text(run_dir: Path, cfg: RunConfig, note: str | None) -> str
     return "".join(f"{h}\n" for h in head) + dump_config(cfg)
 
 
+def drawn_mixture(train_set, sampler) -> dict[str, int]:
+    """Samples this epoch drew from each source of a mixture (``drawn_0`` = the labelled
+    split, ``drawn_k`` = ``data.extra_train[k-1]``); empty for a single source. The draw
+    depends only on (seed, epoch), so it can be counted without loading an image."""
+    import bisect
+
+    bounds = getattr(train_set, "cumulative_sizes", None)
+    if not bounds or len(bounds) < 2:
+        return {}
+    counts = [0] * len(bounds)
+    for i in sampler:
+        counts[bisect.bisect_right(bounds, i)] += 1
+    return {f"drawn_{k}": n for k, n in enumerate(counts)}
+
+
 def _check_finite(model: nn.Module, epoch: int, step: int, good: Path) -> None:
     """Refuse to checkpoint weights or BatchNorm statistics that became NaN/inf."""
     bad = [k for k, v in unwrap(model).state_dict().items()
@@ -801,6 +816,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         _check_finite(student, epoch, step, ckpt_dir / "last.pt")
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6)
                                                       for k, v in res.terms.items()},
+                               **drawn_mixture(train_set, sampler),
                                "lr": res.lr, "epoch_seconds": round(res.seconds, 2),
                                "step_ms_median": round(sorted(res.step_seconds)[len(res.step_seconds) // 2] * 1000, 2)}
         metrics = None
@@ -841,8 +857,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             _write_metrics_csv(run_dir / "metrics.csv", history)
             msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
             val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
+            drawn = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("drawn_"))
             log.info(f"epoch {epoch + 1}/{cfg.train.epochs} {msg} lr={res.lr:.2e}{val} "
-                     f"({res.seconds:.1f}s)")
+                     f"({res.seconds:.1f}s){' ' + drawn if drawn else ''}")
         if world > 1:
             dist.barrier()
     if writer is not None:
