@@ -558,12 +558,59 @@ class Target:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def default_threads() -> int:
-    """Physical cores this process may use (at least 1)."""
+def default_threads(load: float | None = None) -> int:
+    """Physical cores this process may use, less the cores other work keeps busy (the
+    1-minute load average), at least 1: more threads than free cores spin against each
+    other (627 +- 1570 ms vs 75 +- 10 ms at one thread on a loaded 2-core machine)."""
     import psutil
 
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(psutil.cpu_count(logical=False) or 1, allowed or 1))
+    cores = max(1, min(psutil.cpu_count(logical=False) or 1, allowed or 1))
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, cores - int(load))
+
+
+def timing_warnings(rows: Sequence[dict[str, Any]], load: float | None,
+                    cores: int | None) -> list[str]:
+    """Why the figures may not be trusted: a busy machine, or a spread (std) over half of
+    the median on a row."""
+    out = []
+    if load is not None and cores and load > 0.75 * cores:
+        out.append(f"the machine is busy (load average {load:.2f} on {cores} cores): timings "
+                   "are inflated and noisy; compare ratios from one interleaved run")
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        if lat.get("median") and lat.get("std", 0) > 0.5 * lat["median"]:
+            out.append(f"{r['label']}: spread {lat['std']:.2f} ms is over half of the median "
+                       f"{lat['median']:.2f} ms (batch {r['batch']}): rerun on a quiet machine "
+                       "or with more --runs")
+    return out
+
+
+def distinct_labels(targets: Sequence[Target]) -> None:
+    """Rows with the same label (two ``best.pt``) get the shortest path tail that tells
+    them apart, e.g. ``kd-s0/20250101-1200/best.pt`` (``checkpoints/`` left out)."""
+    def tail(p: Path, k: int) -> str:
+        parts = [x for x in p.parts[:-1] if x != "checkpoints"][-k:] if k else []
+        return "/".join([*parts, p.name])
+
+    groups: dict[str, list[Target]] = {}
+    for t in targets:
+        groups.setdefault(t.label, []).append(t)
+    for same in groups.values():
+        if len(same) < 2 or any(t.label != t.path.name for t in same):
+            if len(same) > 1:  # export-dir rows: fall back to the full path
+                for t in same[1:]:
+                    t.label = str(t.path)
+            continue
+        depth = max(len(t.path.parts) for t in same)
+        for k in range(1, depth + 1):
+            labels = [tail(t.path.resolve(), k) for t in same]
+            if len(set(labels)) == len(labels):
+                break
+        for t, lab in zip(same, labels):
+            t.label = lab
 
 
 def pin_threads(threads: int) -> None:
@@ -857,11 +904,7 @@ def resolve_targets(
         if backends and b not in backends:
             raise ValueError(f"{m}: a {m.suffix} file runs on {b}, not on {', '.join(backends)}")
         targets.append(Target(m.name, m, b, precision if b == "openvino" else None))
-    seen: dict[str, int] = {}
-    for t in targets:  # same file name twice: tell the rows apart
-        seen[t.label] = seen.get(t.label, 0) + 1
-        if seen[t.label] > 1:
-            t.label = str(t.path)
+    distinct_labels(targets)  # same file name twice: tell the rows apart
     return targets
 
 
@@ -892,7 +935,8 @@ def run_latency(
     """
     check_device(device)
     targets = resolve_targets(models, backends, precision)
-    threads = threads or default_threads()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before our own
+    threads = threads or default_threads(load_before)
     pin_threads(threads)
     if size is None:
         size = next(
@@ -908,6 +952,8 @@ def run_latency(
         )
     info = hardware_info(device, threads)
     return {
+        "warnings": timing_warnings(rows, load_before, info.get("cpus_allowed")
+                                    or info.get("logical_cores")),
         "settings": {
             "device": device,
             "size": list(size),
@@ -995,4 +1041,5 @@ def format_latency(result: dict[str, Any]) -> str:
                 "default); --precision f32 forces f32"
             )
     lines.append(f"\nprocess RSS with every model loaded: {s['process_rss_mb']:.0f} MB")
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)

@@ -18,7 +18,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe (see configs/)")]
 Overrides = Annotated[list[str] | None, typer.Argument(
     help="dotted overrides after the config, e.g. kd.response.temperature=6 train.epochs=5")]
-ResumeOpt = Annotated[Path | None, typer.Option(help="run dir or last.pt to continue")]
+FitConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML recipe (see configs/); with --resume, default: the run's own "
+    "config.yaml")]
+ResumeOpt = Annotated[Path | None, typer.Option(
+    help="run dir (or its checkpoints/last.pt) to continue, with the run's own config.yaml "
+    "plus any overrides given now")]
+ResumeChangedOpt = Annotated[bool, typer.Option(
+    "--resume-changed", help="let --resume continue with a changed model / loss / data / "
+    "optimiser recipe (each change is logged and recorded in config.yaml)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
 _state = {"debug": False}
@@ -38,11 +46,16 @@ def _main(
         trust_factories(trust_factory)
 
 
-def _run_fit(config: Path, overrides: list[str] | None, resume: Path | None, quiet: bool,
-             distill: bool) -> None:
+def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | None,
+             quiet: bool, distill: bool, resume_changed: bool = False) -> None:
     from compress.config import load_config
-    from compress.train import fit, prepare_teacher
+    from compress.train import find_resume, fit, prepare_teacher
 
+    if config is None and resume is None:
+        raise typer.BadParameter("give a recipe (--config) or a run to continue (--resume)",
+                                 param_hint="'--config'")
+    if config is None:
+        config = find_resume(resume)[0] / "config.yaml"
     cfg = load_config(config, overrides)
     kd = cfg.kd
     has_kd = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
@@ -53,7 +66,7 @@ def _run_fit(config: Path, overrides: list[str] | None, resume: Path | None, qui
         raise typer.BadParameter(f"{config}: sets KD weights: use `compress distill`")
     if distill:
         prepare_teacher(cfg, show_progress=not quiet)
-    run_dir = fit(cfg, resume=resume, show_progress=not quiet)
+    run_dir = fit(cfg, resume=resume, show_progress=not quiet, resume_changed=resume_changed)
     summary = json.loads((run_dir / "summary.json").read_text())
     typer.echo(f"best val mIoU {summary['best_val_miou'] * 100:.2f} after {summary['epochs']} "
                f"epochs ({summary['train_seconds']:.0f}s training)")
@@ -61,17 +74,17 @@ def _run_fit(config: Path, overrides: list[str] | None, resume: Path | None, qui
 
 
 @app.command()
-def train(config: ConfigOpt, overrides: Overrides = None, resume: ResumeOpt = None,
-          quiet: QuietOpt = False) -> None:
+def train(config: FitConfigOpt = None, overrides: Overrides = None, resume: ResumeOpt = None,
+          resume_changed: ResumeChangedOpt = False, quiet: QuietOpt = False) -> None:
     """Train a model without a teacher (a teacher, or a no-KD student baseline)."""
-    _run_fit(config, overrides, resume, quiet, distill=False)
+    _run_fit(config, overrides, resume, quiet, distill=False, resume_changed=resume_changed)
 
 
 @app.command()
-def distill(config: ConfigOpt, overrides: Overrides = None, resume: ResumeOpt = None,
-            quiet: QuietOpt = False) -> None:
+def distill(config: FitConfigOpt = None, overrides: Overrides = None, resume: ResumeOpt = None,
+            resume_changed: ResumeChangedOpt = False, quiet: QuietOpt = False) -> None:
     """Train a student under a frozen teacher (response / feature / CWD KD terms)."""
-    _run_fit(config, overrides, resume, quiet, distill=True)
+    _run_fit(config, overrides, resume, quiet, distill=True, resume_changed=resume_changed)
 
 
 @app.command("eval")
@@ -103,6 +116,20 @@ def eval_(
                                  device=device, score_at=score_at)
     typer.echo(format_table(result))
     typer.echo(f"eval: {result['eval_json']}")
+
+
+@app.command("config")
+def config_(
+    recipe: Annotated[Path | None, typer.Argument(help="recipe to show (default: the defaults)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides")] = None,
+    show: Annotated[bool, typer.Option("--show", help="list every key: type, value, help")] = True,
+) -> None:
+    """Every recipe key with its type, value (default, or the recipe's) and help."""
+    from compress.config import describe_keys, load_config
+
+    cfg = load_config(recipe, overrides) if recipe or overrides else None
+    for key, kind, value, text in describe_keys(cfg):
+        typer.echo(f"{key:<32} {kind:<28} {value!s:<24} {text}".rstrip())
 
 
 def _register_optional() -> None:

@@ -94,6 +94,9 @@ class ModelConfig(_Strict):
     decoder_channels: list[int] | None = None
     factory: str | None = Field(None, description="package.module:function for non-smp models")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    classes: int | None = Field(
+        None, ge=1, description="output classes; default: the data's (teacher.model of a plain "
+        "state_dict: read from its head, else the student's)")
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
@@ -110,6 +113,14 @@ class ModelConfig(_Strict):
         data = {**data, **entry.model_fields()}
         data.setdefault("encoder_weights", entry.weights)
         return data
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_classes_kwarg(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if "classes" in v:
+            raise ValueError("the class count is not a kwarg: set 'classes' beside 'kwargs' "
+                             "(e.g. teacher.model.classes=8)")
+        return v
 
 
 class TaskLossConfig(_Strict):
@@ -133,10 +144,27 @@ class ResponseKDConfig(_Strict):
     temperature: float = Field(4.0, gt=0)
 
 
+# the feature levels every model taps (compress.models.LEVEL_STRIDES)
+FEATURE_LEVELS = ("stride4", "stride8", "stride16", "stride32", "decoder")
+
+
+def _check_levels(levels: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    bad = [lv for lv in levels if lv not in FEATURE_LEVELS + extra]
+    if bad:  # refused even when the term's weight is 0: a typo should not wait for a run
+        raise ValueError(f"unknown level(s) {bad}; valid: {', '.join(FEATURE_LEVELS + extra)}")
+    return levels
+
+
 class FeatureKDConfig(_Strict):
     weight: float = Field(0.0, ge=0)
-    levels: list[str] = Field(default_factory=lambda: ["stride8", "stride16", "decoder"])
+    levels: list[str] = Field(default_factory=lambda: ["stride8", "stride16", "decoder"],
+                              description="stride4, stride8, stride16, stride32, decoder")
     kind: Literal["cosine", "mse"] = "cosine"
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        return _check_levels(v)
 
 
 class CWDConfig(_Strict):
@@ -145,6 +173,11 @@ class CWDConfig(_Strict):
     levels: list[str] = Field(
         default_factory=lambda: ["logits"],
         description="'logits' and/or feature levels (through adapters)")
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[str]) -> list[str]:
+        return _check_levels(v, ("logits",))
 
 
 class KDConfig(_Strict):
@@ -184,6 +217,13 @@ class TrainConfig(_Strict):
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    save_every: int = Field(0, ge=0, description="also keep checkpoints/epoch_NNN.pt every N "
+                            "epochs (0: only best.pt and last.pt)")
+    save_untrained: bool = Field(False, description="write checkpoints/untrained.pt (the "
+                                 "initial weights) before the first step")
+    test_split: str | None = Field(
+        "test", description="score best.pt on this split at the end (test/eval.json and a "
+        "figure) when the data has it (folder / camvid); null: never")
 
 
 class RunConfig(_Strict):
@@ -248,18 +288,89 @@ _SHORT.maxlist = _SHORT.maxdict = 8
 _SHORT.maxlevel = 3
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of a recipe (sections and leaves), e.g. ``kd.response.temperature``."""
+    model = model or RunConfig
+    out = []
+    for name, f in model.model_fields.items():
+        out.append(prefix + name)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out += config_keys(ann, f"{prefix}{name}.")
+        else:  # Optional[Section]
+            for a in getattr(ann, "__args__", ()):
+                if isinstance(a, type) and issubclass(a, BaseModel):
+                    out += config_keys(a, f"{prefix}{name}.")
+    return out
+
+
+def describe_keys(cfg: RunConfig | None = None) -> list[tuple[str, str, Any, str]]:
+    """``(dotted key, type, value, help)`` for every leaf key of a recipe: the defaults, or
+    the values of ``cfg``. Help comes from the field descriptions of the models."""
+    import typing
+
+    def walk(model: BaseModel, prefix: str) -> list[tuple[str, str, Any, str]]:
+        rows = []
+        for name, f in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                rows += walk(value, f"{prefix}{name}.")
+                continue
+            ann = f.annotation
+            kind = (getattr(ann, "__name__", None) if typing.get_origin(ann) is None
+                    else None) or str(ann).replace("typing.", "")
+            if isinstance(value, BaseModel | list | tuple | dict):
+                value = yaml.safe_dump(_jsonable(value), default_flow_style=True).strip()
+            rows.append((prefix + name, kind, value, f.description or ""))
+        return rows
+
+    return walk(cfg or RunConfig(), "")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json")
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    return v
+
+
+def suggest_key(key: str) -> str:
+    """" (did you mean ...?)" for an unknown dotted key: close spellings, or keys that end
+    the same way (Hydra-style ``distillation.temperature``, argparse-style ``epochs``)."""
+    import difflib
+
+    keys = config_keys()
+    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    if not near:
+        leaf = key.lstrip("-").split(".")[-1].replace("-", "_")
+        near = [k for k in keys if k.split(".")[-1] == leaf][:3]
+    if not near:
+        near = difflib.get_close_matches(key.split(".")[-1], keys, n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(k) for k in near)}?)" if near else ""
+
+
+def _format_error(err: ValidationError, source: str, cli_keys: dict[str, str] | None = None) -> str:
+    """One ``source: ...`` line per error; keys set on the command line name it instead."""
     lines = []
+    cli_keys = cli_keys or {}
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
-        got = _SHORT.repr(e.get("input"))  # bounded: never the whole of a large value
+        got = _SHORT.repr(e.get("input"))  # bounded: never a large value whole
+        src, typed = source, key
+        for k, item in cli_keys.items():
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                src, typed = f"command-line override {item!r}", k
+                break
         if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'")
+            lines.append(f"{src}: unknown key '{key}'{suggest_key(typed)}")
         elif key == "<root>" or len(got) > 80:  # a whole section: the message says it all
-            lines.append(f"{source}: {'' if key == '<root>' else f'key {key!r}: '}{msg}")
+            lines.append(f"{src}: {'' if key == '<root>' else f'key {key!r}: '}{msg}")
         else:
-            lines.append(f"{source}: key '{key}': {msg} (got {got})")
+            lines.append(f"{src}: key '{key}': {msg} (got {got})")
     return "; ".join(lines)
 
 
@@ -305,12 +416,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     source = str(path) if path else "<defaults>"
     raw: dict = _read_yaml(Path(path)) if path is not None else {}
-    for key, value in parse_overrides(overrides or []):
+    cli_keys = {}
+    for (key, value), item in zip(parse_overrides(overrides or []), overrides or []):
         _set_dotted(raw, key, value)
+        cli_keys[key] = item
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, source)) from None
+        raise ConfigError(_format_error(e, source, cli_keys)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

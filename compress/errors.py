@@ -31,6 +31,14 @@ def one_line(e: BaseException) -> str:
     and a pointer to ``--help``, others with their text joined onto one line."""
     if isinstance(e, USAGE_ERRORS):
         msg = " ".join(e.format_message().split())
+        option = getattr(e, "option_name", None)
+        if type(e).__name__ == "NoSuchOption" and option:  # argparse habits: --epochs 5
+            from compress.config import suggest_key
+
+            hint = suggest_key(option.lstrip("-"))
+            if hint:
+                msg += (f"; recipe keys are dotted overrides after the options, e.g. "
+                        f"{hint.split(chr(39))[1]}=VALUE{hint}")
         ctx = getattr(e, "ctx", None)
         if ctx is not None:
             msg += f" (see '{ctx.command_path} --help')"

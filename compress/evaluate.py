@@ -77,13 +77,17 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                         encoder: str | None = None, classes: int | None = None,
                         device: str = "cpu", batch_size: int = 4,
                         score_at: str = "network") -> dict:
-    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``.
+    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``
+    into ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
+    checkpoints in one folder keep their own results).
 
     ``score_at="network"`` scores at the network's input size (masks resized, nearest);
     ``"source"`` resizes the logits (bilinear) back to each image's own size and scores
     against the original masks (CamVid: 360x480), the resolution papers report. One
     image per batch then, as source sizes may differ.
-    """
+
+    A plain state_dict needs ``arch``, ``encoder`` and ``classes``; its input size is
+    ``size`` (required) and its class names come from the data."""
     if score_at not in SCORE_AT:
         raise ValueError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
     from compress.config import DataConfig
@@ -96,7 +100,11 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     if arch or encoder or classes:
         if not (arch and encoder and classes):
             raise ValueError("a plain state_dict needs all of --arch, --encoder and --classes")
-        spec = make_spec(arch=arch, encoder=encoder, classes=classes)
+        if size is None:
+            raise ValueError(f"{path}: a plain state_dict does not record the size it was "
+                             "trained at: give --size HxW (scores change with it)")
+        spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
+                         class_names=_data_class_names(kind, data, split))
     predict, spec = load_predictor(path, str(dev), spec)
     size = size or tuple(spec["input_size"])
     dcfg = DataConfig(kind=kind, root=str(data), size=size, batch_size=batch_size)
@@ -109,15 +117,13 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     result, conf = evaluate(predict, loader, spec["class_names"], spec["ignore_index"], dev,
                             flip=flip, show=True)
-    if spec["classes"] == 1 or len(spec["class_names"]) == 2:
-        result["hd95"] = _hd95(predict, loader, dev)
-    out = Path(out) if out else path.parent / f"eval_{split}"
+    out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
                   images=len(ds), scored_at=score_at,
                   score_sizes=sorted([list(v) for v in ds.sizes]) if score_at == "source"
                   else [list(size)])
     atomic_write_json(out / "eval.json", result)
-    names = spec["class_names"]
+    names = list(result["per_class_iou"])
     rows = ["truth\\pred," + ",".join(names)]
     rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
     from compress.io import atomic_write_text
@@ -127,18 +133,15 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     return result
 
 
-@torch.no_grad()
-def _hd95(predict, loader, device) -> float:
-    from compress.metrics import hd95
+def _data_class_names(kind: str, data: Path, split: str) -> list[str] | None:
+    """The dataset's class names (classes.txt, CamVid's list, synthetic's), or None."""
+    from compress.config import DataConfig
+    from compress.data import dataset_classes
 
-    values = []
-    for batch in loader:
-        logits = predict(batch["image"].to(device))
-        pred = (logits[:, 0] > 0) if logits.shape[1] == 1 else logits.argmax(1).bool()
-        for p, t in zip(pred.cpu().numpy(), batch["mask"].numpy()):
-            values.append(hd95(p, t == 1))
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+    try:
+        return dataset_classes(DataConfig(kind=kind, root=str(data), val_split=split), 255)
+    except (ValueError, OSError):
+        return None
 
 
 def format_table(result: dict) -> str:

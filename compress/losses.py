@@ -71,6 +71,14 @@ def map_classes(probs: torch.Tensor, class_map: torch.Tensor | None) -> torch.Te
     return torch.einsum("nthw,ts->nshw", probs, class_map.to(probs.dtype))
 
 
+def two_way(logits: torch.Tensor) -> torch.Tensor:
+    """A single foreground logit ``[N, 1, H, W]`` as two-class logits ``[0, z]`` (softmax of
+    them is ``[1 - sigmoid(z), sigmoid(z)]``); other logits unchanged."""
+    if logits.shape[1] != 1:
+        return logits
+    return torch.cat([torch.zeros_like(logits), logits], 1)
+
+
 def kd_kl(student_logits, teacher_logits, mask, temperature: float = 4.0, class_map=None):
     """Response KD: per-pixel ``KL(p_t^T || p_s^T) * T^2``, mean over valid pixels.
 
@@ -79,9 +87,11 @@ def kd_kl(student_logits, teacher_logits, mask, temperature: float = 4.0, class_
         teacher_logits: ``[N, Ct, h, w]``; resized to the student's size.
         mask: ``[N, 1, H, W]`` valid pixels.
         class_map: optional ``[Ct, Cs]`` applied to teacher probabilities.
+
+    A binary task's single logit is distilled as its two-way softmax (see :func:`two_way`).
     """
-    t = match_size(teacher_logits.float(), student_logits.shape[-2:])
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
+    t = match_size(two_way(teacher_logits.float()), student_logits.shape[-2:])
+    log_p_s = F.log_softmax(two_way(student_logits.float()) / temperature, dim=1)
     if class_map is None:
         log_p_t = F.log_softmax(t / temperature, dim=1)
     else:
@@ -148,13 +158,22 @@ class TaskLoss(nn.Module):
         w = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", w, persistent=False)
 
-    def forward(self, logits, target) -> torch.Tensor:
-        loss = logits.new_zeros(())
+    def parts(self, logits, target) -> dict[str, torch.Tensor]:
+        """The unweighted terms by name: ``ce`` (``bce`` for a binary task) and ``dice``."""
+        out = {}
         if self.ce_w:
-            loss = loss + self.ce_w * cross_entropy(logits, target, self.ignore_index, self.class_weights)
+            name = "bce" if logits.shape[1] == 1 else "ce"
+            out[name] = cross_entropy(logits, target, self.ignore_index, self.class_weights)
         if self.dice_w:
-            loss = loss + self.dice_w * dice_loss(logits, target, self.ignore_index)
-        return loss
+            out["dice"] = dice_loss(logits, target, self.ignore_index)
+        return out
+
+    def combine(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = {"ce": self.ce_w, "bce": self.ce_w, "dice": self.dice_w}
+        return sum((w[k] * v for k, v in parts.items()), torch.zeros(()))
+
+    def forward(self, logits, target) -> torch.Tensor:
+        return self.combine(self.parts(logits, target)).to(logits.dtype)
 
 
 def class_map_tensor(class_map: list[list[float]] | None, teacher_classes: int,
@@ -224,8 +243,10 @@ class Distiller(nn.Module):
     def forward(self, student_logits, target, teacher_logits=None, student_feats=None,
                 teacher_feats=None) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
+        task_parts: dict[str, torch.Tensor] = {}
         if self.w_task:
-            terms["task"] = self.task(student_logits, target)
+            task_parts = self.task.parts(student_logits, target)
+            terms["task"] = self.task.combine(task_parts).to(student_logits.device)
         mask = valid_mask(target, self.ignore_index, student_logits.shape[-2:])
         if self.w_kd:
             terms["kd"] = kd_kl(student_logits, teacher_logits, mask, self.temperature, self.class_map)
@@ -249,4 +270,6 @@ class Distiller(nn.Module):
             terms["cwd"] = torch.stack(parts).mean()
         weights = {"task": self.w_task, "kd": self.w_kd, "feat": self.w_feat, "cwd": self.w_cwd}
         terms["loss"] = sum(weights[k] * v for k, v in terms.items())
+        # each task term on its own too (logged, not added again): task_ce / task_bce / task_dice
+        terms.update({f"task_{k}": v.detach() for k, v in task_parts.items()})
         return terms

@@ -32,7 +32,14 @@ from compress.io import (
     fault_point,
     remove_stale_temps,
 )
-from compress.losses import Distiller, TaskLoss, class_map_tensor, tap_levels
+from compress.losses import (
+    Distiller,
+    TaskLoss,
+    class_map_tensor,
+    map_classes,
+    tap_levels,
+    two_way,
+)
 from compress.metrics import scores, update_confusion
 from compress.models import (
     create_model,
@@ -95,6 +102,9 @@ def check_task_settings(cfg: RunConfig, class_names: list[str]) -> None:
 
 def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
     m = cfg.model
+    if m.classes is not None and m.classes != len(class_names):
+        raise ValueError(f"model.classes={m.classes} but the data has {len(class_names)} "
+                         f"classes ({', '.join(class_names[:8])})")
     return make_spec(
         arch=m.arch, encoder=m.encoder, classes=len(class_names), class_names=class_names,
         ignore_index=cfg.ignore_index, decoder_channels=m.decoder_channels, factory=m.factory,
@@ -177,8 +187,11 @@ class Teacher:
 
     Calling it with a batch returns ``(logits, {level: feature})``. Images are converted
     from the student's normalisation to the teacher's, and resized when the teacher was
-    trained at another input size.
+    trained at another input size. With ``class_map`` set, :meth:`predict` returns
+    log-probabilities over the student's classes (what preflight scores and figures show).
     """
+
+    class_map: torch.Tensor | None = None
 
     def __init__(self, model: nn.Module, spec: dict, student_spec: dict, levels: list[str],
                  half: bool = False, device: torch.device | str = "cpu") -> None:
@@ -201,7 +214,13 @@ class Teacher:
         return logits.float(), {k: v.float() for k, v in feats.items()}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self(None, images)[0]
+        """Teacher logits ``[N, Ct, H, W]``, or ``[N, Cs, H, W]`` log-probabilities in the
+        student's classes when a class map is set."""
+        logits = self(None, images)[0]
+        if self.class_map is None:
+            return logits
+        return torch.log(map_classes(logits.softmax(1), self.class_map.to(logits.device))
+                         .clamp_min(1e-8))
 
 
 def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tuple[Teacher, dict]:
@@ -220,8 +239,10 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
                          "model spec: set teacher.model (arch, encoder, decoder_channels)")
     if ckpt["spec"] is None:  # a plain state_dict: the architecture comes from teacher.model
         m = tc.model
-        spec = make_spec(arch=m.arch, encoder=m.encoder, classes=s_spec["classes"],
-                         class_names=s_spec["class_names"], ignore_index=s_spec["ignore_index"],
+        classes = m.classes or _head_classes(ckpt["state_dict"]) or s_spec["classes"]
+        names = s_spec["class_names"] if classes == s_spec["classes"] else None
+        spec = make_spec(arch=m.arch, encoder=m.encoder, classes=classes,
+                         class_names=names, ignore_index=s_spec["ignore_index"],
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
                          mean=m.mean, std=m.std, input_size=s_spec["input_size"])
     model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
@@ -229,7 +250,29 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
     report = model.load_report
     if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
         raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
+    total = len(model.state_dict())
+    if report["missing"]:  # allowed by teacher.allow_missing_keys, never silently
+        log.warning(f"teacher {tc.checkpoint}: {len(report['missing'])} of {total} weights "
+                    f"missing from the file (e.g. {report['missing'][0]}) run on their random "
+                    "initial values (teacher.allow_missing_keys=true)")
+    if report["unexpected"]:
+        log.warning(f"teacher {tc.checkpoint}: {len(report['unexpected'])} tensors in the file "
+                    f"fit no weight of the model (e.g. {report['unexpected'][0]}) and were "
+                    "ignored")
     return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+
+
+def model_label(spec: dict) -> str:
+    """How a model is named to the user: its factory when it has one, else arch/encoder."""
+    return f"factory {spec['factory']}" if spec.get("factory") else f"{spec['arch']}/{spec['encoder']}"
+
+
+def _head_classes(state: dict) -> int | None:
+    """The class count of a plain smp state_dict, from its segmentation head's bias."""
+    for key in ("segmentation_head.0.bias", "module.segmentation_head.0.bias"):
+        if key in state and state[key].ndim == 1:
+            return int(state[key].shape[0])
+    return None
 
 
 def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None) -> list[str]:
@@ -364,25 +407,65 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         flip: average softmax with the horizontally flipped input (test-time augmentation).
 
     Returns:
-        ``(scores dict, confusion [C, C])``
+        ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
+        foreground logit) is scored over ``background`` + that class; binary tasks (one or
+        two classes) also get ``fg_iou``, ``fg_dice`` and ``hd95`` (pixels, mean over the
+        images where both masks have foreground; NaN when none has).
     """
+    from compress.metrics import hd95
+
     if isinstance(predict, nn.Module):
         predict.eval()
-    c = len(class_names)
+    names = ["background", *class_names] if len(class_names) == 1 else list(class_names)
+    c = len(names)
     conf = torch.zeros(c, c, dtype=torch.int64)
+    distances: list[float] = []
     for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
         fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
         x = batch["image"].to(device)
         logits = predict(x)
         if flip:
-            probs = logits.softmax(1) + predict(x.flip(-1)).flip(-1).softmax(1)
-            logits = probs
+            logits = (two_way(logits).softmax(1)
+                      + two_way(predict(x.flip(-1)).flip(-1)).softmax(1))
         if logits.shape[-2:] != batch["mask"].shape[-2:]:
             logits = torch.nn.functional.interpolate(logits, size=batch["mask"].shape[-2:],
                                                      mode="bilinear", align_corners=False)
-        pred = (logits[:, 0] > 0).long() if c == 1 else logits.argmax(1)
+        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        if pred.max() >= c:  # a model with more classes than the data, without a class map
+            raise ValueError(f"predictions reach class {int(pred.max())} but the data has {c} "
+                             "classes")
         update_confusion(conf, pred.cpu(), batch["mask"], ignore_index)
-    return scores(conf, class_names), conf
+        if c == 2:
+            for p, t in zip(pred.cpu().numpy(), batch["mask"].numpy()):
+                distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
+    result = scores(conf, names)
+    if c == 2:
+        fg = names[1]
+        result["fg_iou"] = result["per_class_iou"][fg] or 0.0
+        result["fg_dice"] = result["per_class_dice"][fg] or 0.0
+        finite = [d for d in distances if math.isfinite(d)]
+        result["hd95"] = sum(finite) / len(finite) if finite else float("nan")
+    return result, conf
+
+
+def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
+    """Why a teacher's validation score is near chance, or None.
+
+    Multi-class: mIoU below half of 1 / classes. Binary: foreground IoU below half of what
+    calling every pixel foreground would score (an all-background teacher scores 0 there,
+    while its mIoU looks fine thanks to the background).
+    """
+    if conf.shape[0] == 2:
+        total = int(conf.sum())
+        guess = float(conf[1].sum()) / total if total else 0.0
+        if score["fg_iou"] < 0.5 * guess:
+            return (f"foreground IoU {score['fg_iou']:.3f}, below half of the {guess:.3f} that "
+                    "calling every pixel foreground scores")
+        return None
+    chance = 1.0 / max(conf.shape[0], 2)
+    if score["miou"] < chance * 0.5:
+        return f"val mIoU {score['miou']:.3f}, near chance"
+    return None
 
 
 # ---------------------------------------------------------------- fit
@@ -398,19 +481,47 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def _setup_logging(run_dir: Path, rank: int) -> None:
+class _HeldLog(logging.Handler):
+    """Keeps records until a resume passed its checks (then they go to train.log)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _file_handler(run_dir: Path) -> logging.Handler:
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    return fh
+
+
+def _setup_logging(run_dir: Path, rank: int, buffered: bool = False) -> None:
+    """train.log plus the console; ``buffered`` holds the file's records in memory until
+    :func:`_commit_log` (a resume writes nothing before its checks pass)."""
     log.setLevel(logging.INFO)
     for h in list(log.handlers):
         log.removeHandler(h)
         h.close()
     if rank == 0:
-        fh = logging.FileHandler(run_dir / "train.log")
-        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(fh)
+        log.addHandler(_HeldLog() if buffered else _file_handler(run_dir))
         sh = logging.StreamHandler()
         sh.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(sh)
     log.propagate = False
+
+
+def _commit_log(run_dir: Path, rank: int) -> None:
+    """Write the held records to train.log and log there from now on."""
+    for h in list(log.handlers):
+        if isinstance(h, _HeldLog):
+            fh = _file_handler(run_dir)
+            for r in h.records:
+                fh.handle(r)
+            log.removeHandler(h)
+            log.addHandler(fh)
 
 
 def _write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -426,26 +537,111 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _find_last(resume: str | Path) -> tuple[Path, Path | None]:
+def find_resume(resume: str | Path) -> tuple[Path, Path | None]:
     """(run dir, its last.pt) for ``--resume``; last.pt is None when the run was stopped
     before its first epoch ended (then it starts over, in the same run dir).
 
+    Only a run dir (it holds ``config.yaml``) or the ``last.pt`` inside its
+    ``checkpoints/`` is accepted: any other file would make a stranger folder the run dir.
+
     Raises:
-        FileNotFoundError: ``resume`` is neither a run dir nor a checkpoint file.
+        FileNotFoundError: ``resume`` does not exist or is not a run dir.
+        ValueError: a file other than ``<run>/checkpoints/last.pt``.
     """
     p = Path(resume)
     if p.is_dir():
+        if not (p / "config.yaml").is_file():
+            raise FileNotFoundError(f"nothing to resume: {p} is not a run dir (no config.yaml)")
         last = p / "checkpoints" / "last.pt"
-        if last.is_file():
-            return p, last
-        if (p / "config.yaml").is_file():
-            return p, None
-        raise FileNotFoundError(f"nothing to resume: {p} is not a run dir (no config.yaml, "
-                                "no checkpoints/last.pt)")
+        return p, (last if last.is_file() else None)
     if not p.is_file():
         raise FileNotFoundError(f"nothing to resume: {p} not found (give a run dir or its "
                                 "checkpoints/last.pt)")
-    return p.parent.parent, p
+    run = p.parent.parent
+    if p.name != "last.pt" or p.parent.name != "checkpoints" or not (run / "config.yaml").is_file():
+        raise ValueError(f"--resume {p}: not a run's checkpoints/last.pt (give the run dir, "
+                         "the folder holding config.yaml and checkpoints/)")
+    return run, p
+
+
+# a change to these keys does not change what is trained: allowed on resume, logged
+RESUME_FREE_KEYS = ("name", "output_dir", "train.epochs", "train.device", "train.threads",
+                    "train.val_every", "train.vis_every", "train.save_every",
+                    "train.save_untrained", "train.test_split", "data.num_workers")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """Every dotted key whose value differs: ``{key: (old, new)}``."""
+    a, b = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume(run_dir: Path, cfg: RunConfig, done_epochs: int,
+                 allow_changed: bool) -> dict[str, tuple[Any, Any]]:
+    """Compare the recipe of a resume with the run's own ``config.yaml``; nothing is written.
+
+    Returns the changes (to be logged). Raises ValueError for a changed model / loss /
+    data / optimiser recipe unless ``allow_changed`` (``--resume-changed``), and for
+    ``train.epochs`` below the epochs already done.
+    """
+    from compress.config import ConfigError, load_config
+
+    try:
+        stored = load_config(run_dir / "config.yaml")
+    except ConfigError as e:
+        raise ValueError(f"cannot resume {run_dir}: its config.yaml is not a valid recipe "
+                         f"({e})") from None
+    changes = config_changes(stored, cfg)
+    recipe = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
+    if recipe and not allow_changed:
+        shown = ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(recipe.items())[:5])
+        more = f" (+{len(recipe) - 5} more)" if len(recipe) > 5 else ""
+        raise ValueError(f"cannot resume {run_dir}: the recipe differs from its config.yaml "
+                         f"({shown}{more}); resume without -c to use the run's own recipe, or "
+                         "pass --resume-changed to continue with the change (it is logged)")
+    if cfg.train.epochs < done_epochs:
+        raise ValueError(f"cannot resume {run_dir}: it has run {done_epochs} epochs already, "
+                         f"more than train.epochs={cfg.train.epochs}")
+    return changes
+
+
+def _resumed_config_text(run_dir: Path, cfg: RunConfig, note: str | None) -> str:
+    """The resolved config, under the comment lines that record earlier resumes."""
+    path = run_dir / "config.yaml"
+    head = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            head.append(line)
+    if note:
+        head.append(f"# {note}")
+    return "".join(f"{h}\n" for h in head) + dump_config(cfg)
+
+
+def drawn_mixture(train_set, sampler) -> dict[str, int]:
+    """Samples this epoch drew from each source of a mixture (``drawn_0`` = the labelled
+    split, ``drawn_k`` = ``data.extra_train[k-1]``); empty for a single source. The draw
+    depends only on (seed, epoch), so it can be counted without loading an image."""
+    import bisect
+
+    bounds = getattr(train_set, "cumulative_sizes", None)
+    if not bounds or len(bounds) < 2:
+        return {}
+    counts = [0] * len(bounds)
+    for i in sampler:
+        counts[bisect.bisect_right(bounds, i)] += 1
+    return {f"drawn_{k}": n for k, n in enumerate(counts)}
 
 
 def _check_finite(model: nn.Module, epoch: int, step: int, good: Path) -> None:
@@ -459,7 +655,7 @@ def _check_finite(model: nn.Module, epoch: int, step: int, good: Path) -> None:
 
 
 def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
-        show_progress: bool = True, nan_hook=None) -> Path:
+        show_progress: bool = True, nan_hook=None, resume_changed: bool = False) -> Path:
     """Train (or distil, when any kd weight is set) and return the run dir.
 
     Args:
@@ -467,6 +663,8 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         resume: a run dir or ``last.pt``; continues exactly (weights, optimizer, schedule,
             epoch, RNG, metrics history) in the same run dir.
         run_dir: where to write; default ``output_dir/name/timestamp``.
+        resume_changed: continue a resumed run whose model / loss / data / optimiser recipe
+            differs from its ``config.yaml`` (the change is logged and recorded).
         nan_hook: test hook ``f(loss, epoch, step) -> loss``.
 
     Raises:
@@ -484,25 +682,25 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     # denormal floats (tiny gradients late in training) slow CPU kernels by 10x or more
     torch.set_flush_denormal(True)
 
-    last_state = None
-    if resume is not None:
-        run_dir, last_path = _find_last(resume)
+    last_state, changes = None, {}
+    if resume is not None:  # every check first: nothing is written until the state loaded
+        run_dir, last_path = find_resume(resume)
         if last_path is not None:
             last_state = read_checkpoint(last_path)
             if "optimizer" not in last_state or "history" not in last_state:
                 raise ValueError(f"nothing to resume: {last_path} holds weights only (no "
                                  "optimizer state); give a run's checkpoints/last.pt")
-        if rank == 0:  # temp files of writes a kill interrupted
-            for folder in (run_dir, run_dir / "checkpoints"):
-                remove_stale_temps(folder)
+        changes = check_resume(run_dir, cfg, last_state["epoch"] if last_state else 0,
+                               resume_changed)
     run_dir = Path(run_dir) if run_dir else make_run_dir(cfg)
     if world > 1:  # every rank must agree on rank 0's run dir
         obj = [str(run_dir)]
         dist.broadcast_object_list(obj, src=0)
         run_dir = Path(obj[0])
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    _setup_logging(run_dir, rank)
-    if rank == 0:
+    if resume is None:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir, rank, buffered=resume is not None)
+    if rank == 0 and resume is None:
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
     torch.manual_seed(cfg.seed)
@@ -534,12 +732,8 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             raise ValueError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):
             log.info(line)
+        teacher.class_map = class_map  # preflight and figures score it in student classes
         t_channels = feature_channels(teacher.model, t_spec, taps, device)
-        if kd.cache:
-            from compress.cache import CachedTeacher
-
-            teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
-                                          batch_size=cfg.data.batch_size, show=show_progress)
     s_channels = feature_channels(student, spec, taps, device)
     distiller = Distiller(
         task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
@@ -574,31 +768,64 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     start_epoch, step, best, history = 0, 0, -1.0, []
     if last_state is not None:
         student.load_state_dict(last_state["state_dict"])
+        recipe_hp = [(g["base_lr"], g["weight_decay"]) for g in optimizer.param_groups]
         optimizer.load_state_dict(last_state["optimizer"])
+        for g, (base_lr, wd) in zip(optimizer.param_groups, recipe_hp):  # today's recipe rules
+            g["base_lr"], g["weight_decay"] = base_lr, wd
         distiller.load_state_dict(last_state.get("distiller_state", {}), strict=False)
         start_epoch, step = last_state["epoch"], last_state["step"]
         best, history = last_state["best_miou"], list(last_state["history"])
         torch.set_rng_state(last_state["rng"]["torch"])
         log.info(f"resumed from {run_dir} at epoch {start_epoch}")
-        if rank == 0:  # a kill between last.pt and metrics.csv left the csv a row behind
-            _write_metrics_csv(run_dir / "metrics.csv", history)
+        old_total = (last_state.get("scheduler") or {}).get("total_steps", total_steps)
+        if old_total != total_steps:
+            lr0 = cfg.train.lr
+            log.info(f"lr schedule recomputed for {cfg.train.epochs} epochs ({old_total} -> "
+                     f"{total_steps} steps): lr at step {step} goes from "
+                     f"{lr0 * lr_factor(step, old_total, warmup_steps, cfg.train.schedule):.3g} "
+                     f"to {lr0 * lr_factor(step, total_steps, warmup_steps, cfg.train.schedule):.3g}")
     elif resume is not None:
         log.info(f"{run_dir} has no checkpoints/last.pt yet (stopped in its first epoch): "
                  "starting over in the same run dir")
 
-    if teacher is not None and rank == 0:
-        teacher_score, _ = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index,
-                                    device)
-        log.info(f"teacher val mIoU {teacher_score['miou'] * 100:.2f}")
-        chance = 1.0 / max(len(class_names), 2)
-        if teacher_score["miou"] < chance * 0.5 and not cfg.teacher.allow_weak:
-            raise ValueError(f"teacher {cfg.teacher.checkpoint} scores {teacher_score['miou']:.3f} "
-                             "val mIoU, near chance: refusing to distil from it "
-                             "(teacher.allow_weak=true to override)")
+    for k, (old, new) in changes.items():
+        log.info(f"resume: {k} changed from {old!r} to {new!r}"
+                 + ("" if k in RESUME_FREE_KEYS else " (--resume-changed)"))
 
+    if teacher is not None and rank == 0:
+        teacher_score, t_conf = evaluate(teacher.predict, val_loader, class_names,
+                                         cfg.ignore_index, device)
+        log.info(f"teacher val mIoU {teacher_score['miou'] * 100:.2f}")
+        weak = weak_teacher(teacher_score, t_conf)
+        if weak and not cfg.teacher.allow_weak:
+            raise ValueError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
+                             "distil from it (teacher.allow_weak=true to override)")
+        if weak:
+            log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
+    if teacher is not None and kd.cache:
+        from compress.cache import CachedTeacher
+
+        teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
+                                      batch_size=cfg.data.batch_size, show=show_progress)
+    if resume is not None and rank == 0:  # every check passed: now the run dir may change
+        for folder in (run_dir, run_dir / "checkpoints"):  # temp files of interrupted writes
+            remove_stale_temps(folder)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        note = None
+        if changes:
+            note = (f"resumed {datetime.now():%Y-%m-%d %H:%M:%S} at epoch {start_epoch}: "
+                    + ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()))
+        atomic_write_text(run_dir / "config.yaml", _resumed_config_text(run_dir, cfg, note))
+        if last_state is not None:  # a kill between last.pt and metrics.csv left it a row behind
+            _write_metrics_csv(run_dir / "metrics.csv", history)
+    _commit_log(run_dir, rank)
+
+    if rank == 0 and cfg.train.save_untrained and last_state is None:
+        save_checkpoint(run_dir / "checkpoints" / "untrained.pt", student, spec, metrics=None,
+                        config=cfg.model_dump(mode="json"), epoch=0)
     writer = _tensorboard(run_dir) if rank == 0 else None
     log.info(f"run dir {run_dir}: {cfg.name}, {len(train_set)} train / {len(val_set)} val "
-             f"images, {spec['arch']}/{spec['encoder']}, {len(class_names)} classes, "
+             f"images, {model_label(spec)}, {len(class_names)} classes, "
              f"device {device}, world {world}")
     ckpt_dir = run_dir / "checkpoints"
     resolved = cfg.model_dump(mode="json")
@@ -616,6 +843,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         _check_finite(student, epoch, step, ckpt_dir / "last.pt")
         row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6)
                                                       for k, v in res.terms.items()},
+                               **drawn_mixture(train_set, sampler),
                                "lr": res.lr, "epoch_seconds": round(res.seconds, 2),
                                "step_ms_median": round(sorted(res.step_seconds)[len(res.step_seconds) // 2] * 1000, 2)}
         metrics = None
@@ -623,6 +851,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             metrics, _ = evaluate(student, val_loader, class_names, cfg.ignore_index, device)
             row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
                        val_dice=round(metrics["dice"], 6))
+            for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
+                if k in metrics:
+                    row[f"val_{k}"] = round(metrics[k], 4)
             vis = cfg.train.vis_every
             if vis and ((epoch + 1) % vis == 0 or epoch + 1 == cfg.train.epochs):
                 from compress.viz import save_epoch_visual
@@ -640,6 +871,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             if metrics is not None and metrics["miou"] > best:
                 best = metrics["miou"]
                 save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)
+            if cfg.train.save_every and (epoch + 1) % cfg.train.save_every == 0:
+                save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:03d}.pt", student, spec,
+                                metrics=metrics, **common)
             save_checkpoint(
                 ckpt_dir / "last.pt", student, spec, metrics=metrics, **common, step=step,
                 best_miou=best, history=history, optimizer=optimizer.state_dict(),
@@ -650,17 +884,50 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
             _write_metrics_csv(run_dir / "metrics.csv", history)
             msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
             val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
+            drawn = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("drawn_"))
             log.info(f"epoch {epoch + 1}/{cfg.train.epochs} {msg} lr={res.lr:.2e}{val} "
-                     f"({res.seconds:.1f}s)")
+                     f"({res.seconds:.1f}s){' ' + drawn if drawn else ''}")
         if world > 1:
             dist.barrier()
     if writer is not None:
         writer.close()
+    test = None
     if rank == 0:
-        _write_summary(run_dir, history, spec, best)
+        test = _test_split_pass(cfg, run_dir, student, teacher, spec, class_names, device)
+        _write_summary(run_dir, history, spec, best, test)
     if world > 1:
         dist.barrier()
     return run_dir
+
+
+def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: dict,
+                     class_names: list[str], device) -> dict | None:
+    """Score best.pt on the data's test split (when it has one): ``test/eval.json`` and
+    ``visualizations/test.png``. Synthetic data has no held-out test split."""
+    from compress.data import DataError
+
+    split = cfg.train.test_split
+    best = run_dir / "checkpoints" / "best.pt"
+    if not split or cfg.data.kind == "synthetic" or not best.is_file():
+        return None
+    try:
+        test_set = build_split(cfg.data, split, spec["mean"], spec["std"], cfg.ignore_index,
+                               False, cfg.seed)
+    except DataError:
+        return None  # no such split: nothing to report
+    student.load_state_dict(read_checkpoint(best)["state_dict"])
+    loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.batch_size,
+                                         num_workers=cfg.data.num_workers, collate_fn=collate)
+    metrics, _ = evaluate(student, loader, class_names, cfg.ignore_index, device)
+    metrics.update(checkpoint=str(best), split=split, images=len(test_set))
+    atomic_write_json(run_dir / "test" / "eval.json", metrics)
+    from compress.viz import save_epoch_visual
+
+    save_epoch_visual(run_dir / "visualizations" / "test.png", student, teacher, test_set, spec,
+                      device)
+    log.info(f"test split {split!r} ({len(test_set)} images): mIoU {metrics['miou'] * 100:.2f} "
+             f"with best.pt")
+    return metrics
 
 
 def _tensorboard(run_dir: Path):
@@ -672,11 +939,13 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _write_summary(run_dir: Path, history: list[dict], spec: dict, best: float) -> None:
+def _write_summary(run_dir: Path, history: list[dict], spec: dict, best: float,
+                   test: dict | None = None) -> None:
     total = sum(r.get("epoch_seconds", 0) for r in history)
     atomic_write_json(run_dir / "summary.json", {
         "best_val_miou": best, "epochs": len(history), "train_seconds": round(total, 1),
         "spec": spec, "final": history[-1] if history else None,
+        "test_miou": test["miou"] if test else None,
     })
 
 

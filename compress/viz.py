@@ -29,6 +29,12 @@ def colorize(mask: np.ndarray, classes: int) -> np.ndarray:
     return out
 
 
+def labels(logits: torch.Tensor) -> np.ndarray:
+    """Class ids ``[H, W]`` of the first image; a single logit means foreground where > 0."""
+    ids = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+    return ids[0].cpu().numpy()
+
+
 @torch.no_grad()
 def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device, n: int = 3) -> Path:
     """Grid: input | ground truth | teacher | student | overlay | teacher-student difference."""
@@ -38,7 +44,7 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device,
     import matplotlib.pyplot as plt
 
     student.eval()
-    classes = spec["classes"]
+    classes = max(2, spec["classes"])  # a binary task: background + its one class
     n = min(n, len(dataset))
     cols = ["input", "ground truth", "teacher", "student", "overlay", "teacher != student"]
     if teacher is None:
@@ -51,10 +57,10 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device,
         x = item["image"][None].to(device)
         img = denormalize(item["image"], spec["mean"], spec["std"])
         gt = item["mask"].numpy()
-        s = student(x).argmax(1)[0].cpu().numpy()
+        s = labels(student(x))
         panels = [img, colorize(gt, classes)]
         if teacher is not None:
-            t = teacher.predict(x).argmax(1)[0].cpu().numpy()
+            t = labels(teacher.predict(x))
             panels.append(colorize(t, classes))
         panels.append(colorize(s, classes))
         panels.append((0.55 * img + 0.45 * colorize(s, classes)).astype(np.uint8))

@@ -120,7 +120,8 @@ class PairSource:
                 f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} != image size "
                 f"{image.shape[1]}x{image.shape[0]} ({img_path.name})"
             )
-        check_mask(mask, len(self.class_names), self.ignore_index, str(mask_path))
+        # one class name: a binary (foreground) dataset, masks 0 = background, 1 = the class
+        check_mask(mask, max(2, len(self.class_names)), self.ignore_index, str(mask_path))
         return image, mask, img_path.stem
 
 

@@ -139,3 +139,38 @@ def test_cuda_without_gpu_is_one_clear_error():
         pytest.skip("a GPU is visible here")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         check_device("cuda")
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    """Before: all cores, even with the machine loaded (627 +- 1570 ms vs 75 +- 10 ms)."""
+    from bench.latency import default_threads
+
+    idle = default_threads(load=0.0)
+    assert idle >= 1
+    assert default_threads(load=float(idle)) == 1
+    assert default_threads(load=99.0) == 1
+
+
+def test_busy_machine_and_large_spread_are_warned():
+    from bench.latency import timing_warnings
+
+    rows = [{"label": "a", "batch": 1, "latency_ms": {"median": 75.0, "std": 10.0}},
+            {"label": "b", "batch": 1, "latency_ms": {"median": 627.0, "std": 1570.0}}]
+    w = timing_warnings(rows, load=3.5, cores=2)
+    assert any("busy (load average 3.50 on 2 cores)" in x for x in w)
+    assert any(x.startswith("b: spread 1570.00 ms") for x in w)
+    assert not any(x.startswith("a:") for x in w)
+    assert timing_warnings(rows[:1], load=0.2, cores=2) == []
+
+
+def test_two_best_pt_rows_are_labelled_by_their_run(tmp_path):
+    """Before: both rows read 'best.pt' (then one the full path)."""
+    from bench.latency import Target, distinct_labels
+
+    a = tmp_path / "runs" / "kd-s0" / "20250101" / "checkpoints" / "best.pt"
+    b = tmp_path / "runs" / "kd-s1" / "20250101" / "checkpoints" / "best.pt"
+    ts = [Target("best.pt", a, "torch"), Target("best.pt", b, "torch"),
+          Target("other.pt", tmp_path / "other.pt", "torch")]
+    distinct_labels(ts)
+    assert [t.label for t in ts] == ["kd-s0/20250101/best.pt", "kd-s1/20250101/best.pt",
+                                     "other.pt"]

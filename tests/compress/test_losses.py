@@ -124,7 +124,8 @@ def test_total_is_weighted_sum_of_named_terms_and_adapters_bridge_channels():
     sf = {"stride8": torch.randn(2, 8, 2, 2, requires_grad=True)}
     tf = {"stride8": torch.randn(2, 24, 4, 4)}  # another stride: resized
     terms = d(s, y, t, sf, tf)
-    assert set(terms) == {"task", "kd", "feat", "loss"}
+    assert set(terms) == {"task", "task_ce", "kd", "feat", "loss"}  # task_ce: logged apart
+    assert terms["task_ce"].item() == pytest.approx(terms["task"].item())
     total = 0.3 * terms["task"] + 0.7 * terms["kd"] + 0.5 * terms["feat"]
     assert terms["loss"].item() == pytest.approx(total.item(), rel=1e-6)
 

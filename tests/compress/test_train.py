@@ -94,10 +94,10 @@ def test_cli_train_distill_eval_end_to_end(tmp_path, trained_teacher):
     r = runner.invoke(app, ["eval", str(run / "checkpoints" / "best.pt"), "--data", "unused",
                             "--kind", "synthetic", "--split", "val", "--flip"])
     assert r.exit_code == 0, r.output
-    result = json.loads((run / "checkpoints" / "eval_val" / "eval.json").read_text())
+    result = json.loads((run / "checkpoints" / "eval_best_val" / "eval.json").read_text())
     assert {"miou", "per_class_iou", "pixel_acc", "dice"} <= set(result)
     assert set(result["per_class_iou"]) == {"background", "disc", "box", "triangle", "ring"}
-    assert (run / "checkpoints" / "eval_val" / "confusion.csv").is_file()
+    assert (run / "checkpoints" / "eval_best_val" / "confusion.csv").is_file()
 
 
 def test_distill_refuses_config_without_kd(tmp_path):

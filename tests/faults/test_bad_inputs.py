@@ -391,7 +391,7 @@ ROWS = [
     Row("resume-corrupt-last", [*TRAIN, "--resume", "{corrupt_run}"], ("last.pt", "truncated")),
     Row("resume-payload-last", [*TRAIN, "--resume", "{payload_run}"], ("last.pt", "refused")),
     Row("resume-weights-only", [*TRAIN, "--resume", "{best_only}"],
-        ("{best_only}", "nothing to resume", "optimizer")),
+        ("{best_only}", "not a run's checkpoints/last.pt")),
     Row("cli-missing-option", ["train"], ("--config", "train --help")),
     Row("cli-option-without-value", ["train", "-c", QUICK, "--resume"], ("--resume", "argument")),
     Row("cli-unknown-command", ["trian"], ("trian",)),

@@ -1,0 +1,138 @@
+"""The teacher side of distillation: class counts of plain state_dicts, and a teacher with
+more classes than the student (8 -> 6 through kd.class_map) scored in student classes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compress.config import ConfigError, load_config
+from compress.models import create_model, make_spec, save_checkpoint
+from compress.train import fit
+from tests.conftest import TINY_DECODER, tiny_config
+from tests.workflows.helpers import make_folder_dataset
+
+S6 = ["Background", "Forest", "Grassland", "Cropland", "Settlement", "SemiNatural"]
+T8 = ["Tree", "Rangeland", "Cropland", "Developed", "Road", "Bareland", "Water", "Background"]
+MAP_8_TO_6 = ("[[0,1,0,0,0,0],[0,0,0.7,0,0,0.3],[0,0,0,1,0,0],[0,0,0,0,1,0],[0,0,0,0,1,0],"
+              "[0,0,0,0,0,1],[1,0,0,0,0,0],[1,0,0,0,0,0]]")
+
+
+def _teacher8(path, plain: bool = False):
+    """An 8-class teacher that says "Background" (its class 7, the student's 0) everywhere."""
+    spec = make_spec(arch="Unet", encoder="tu-efficientnet_lite0", classes=8, class_names=T8,
+                     decoder_channels=TINY_DECODER, input_size=(64, 64))
+    model = create_model(spec)
+    with torch.no_grad():
+        model.segmentation_head[0].bias[7] = 50.0
+    if plain:
+        torch.save(model.state_dict(), path)
+        return path
+    return save_checkpoint(path, model, spec)
+
+
+@pytest.fixture
+def data6(tmp_path):
+    # synthetic class 4 -> 5: the last student class occurs (what made the old preflight crash)
+    return make_folder_dataset(tmp_path / "data6", S6, {"train": 8, "val": 4}, remap={4: 5})
+
+
+def _cfg(tmp_path, data6, teacher, extra=()):
+    return tiny_config(tmp_path, ["data.kind=folder", f"data.root={data6}", "train.epochs=1",
+                                  "w_task=0.3", "kd.response.weight=0.7",
+                                  "teacher.allow_weak=true", f"teacher.checkpoint={teacher}",
+                                  *extra])
+
+
+def test_teacher_with_more_classes_is_scored_through_the_class_map(tmp_path, data6):
+    """Before: the preflight scored raw 8-class teacher predictions against 6-class labels
+    and died with "shape '[6, 6]' is invalid"."""
+    t = _teacher8(tmp_path / "t8.pt")
+    run = fit(_cfg(tmp_path, data6, t, [f"kd.class_map={MAP_8_TO_6}", "train.vis_every=1"]),
+              show_progress=False)
+    log = (run / "train.log").read_text()
+    assert "label map: 8 teacher -> 6 student classes" in log
+    assert "Grassland        <- Rangeland 0.70" in log
+    # all "Background" in student classes: the background IoU, over 6 classes, and no crash
+    miou = float(log.split("teacher val mIoU ")[1].split()[0])
+    assert 3.0 < miou < 100 / 6
+    assert (run / "visualizations" / "epoch_001.png").is_file()
+
+
+def test_plain_state_dict_teacher_reads_its_class_count_from_its_head(tmp_path, data6):
+    """Before: a plain state_dict teacher was built with the student's class count."""
+    t = _teacher8(tmp_path / "t8_plain.pt", plain=True)
+    extra = [f"kd.class_map={MAP_8_TO_6}", "teacher.model.decoder_channels=[16,16,8,8,8]"]
+    run = fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False)
+    assert "label map: 8 teacher -> 6 student classes" in (run / "train.log").read_text()
+    run = fit(_cfg(tmp_path / "b", data6, t, [*extra, "teacher.model.classes=8"]),
+              show_progress=False)
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_factory_teacher_takes_its_class_count_from_teacher_model_classes(tmp_path, data6):
+    from tests.compress.custom_teacher import build
+
+    t = tmp_path / "factory8.pt"
+    torch.save(build(8).state_dict(), t)
+    extra = [f"kd.class_map={MAP_8_TO_6}",
+             "teacher.model.factory=tests.compress.custom_teacher:build",
+             "teacher.model.classes=8"]
+    run = fit(_cfg(tmp_path, data6, t, extra), show_progress=False)
+    assert "label map: 8 teacher -> 6 student classes" in (run / "train.log").read_text()
+
+
+def test_classes_in_kwargs_points_to_the_classes_key():
+    """Before: "got multiple values for keyword argument 'classes'" deep in the factory."""
+    with pytest.raises(ConfigError, match=r"teacher\.model\.kwargs.*teacher\.model\.classes=8"):
+        load_config(None, ["teacher.model.kwargs={classes: 8}"])
+
+
+def test_student_model_classes_must_match_the_data(tmp_path):
+    with pytest.raises(ValueError, match="model.classes=3 but the data has 5 classes"):
+        fit(tiny_config(tmp_path, ["model.classes=3"]), show_progress=False)
+
+
+def test_missing_teacher_weights_allowed_are_warned_with_the_count(tmp_path, data6):
+    """Before: allow_missing_keys=true ran a LoRA-only file on random base weights silently."""
+    t = _teacher8(tmp_path / "t8.pt")
+    ck = torch.load(t, weights_only=True)
+    ck["state_dict"] = {k: v for k, v in ck["state_dict"].items()
+                        if k.startswith("segmentation_head")}  # "adapter only"
+    torch.save(ck, t)
+    extra = [f"kd.class_map={MAP_8_TO_6}"]
+    with pytest.raises(ValueError, match=r"\d+ missing"):
+        fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False)
+    run = fit(_cfg(tmp_path / "b", data6, t, [*extra, "teacher.allow_missing_keys=true"]),
+              show_progress=False)
+    log = (run / "train.log").read_text()
+    line = next(ln for ln in log.splitlines() if "weights missing from the file" in ln)
+    n, total = (int(v) for v in line.split("t8.pt: ")[1].split(" weights")[0].split(" of "))
+    assert 0 < n < total
+
+
+def test_factory_student_is_named_by_its_factory(tmp_path, data6):
+    run = fit(tiny_config(tmp_path, ["model.factory=tests.compress.custom_teacher:build",
+                                     "train.epochs=1"]), show_progress=False)
+    assert "factory tests.compress.custom_teacher:build, 5 classes" in \
+        (run / "train.log").read_text()
+
+
+def test_example_custom_teacher_teaches_feature_kd(tmp_path):
+    """The documented contract (examples/custom_teacher.py) end to end: a factory teacher
+    with forward_taps, feature KD at stride 8 and the decoder, weights given as overrides."""
+    from examples.custom_teacher import build
+
+    t = tmp_path / "custom.pt"
+    torch.save(build(5, width=8).state_dict(), t)
+    cfg = tiny_config(tmp_path, ["train.epochs=1", f"teacher.checkpoint={t}",
+                                 "teacher.allow_weak=true", "teacher.model.classes=5",
+                                 "teacher.model.factory=examples.custom_teacher:build",
+                                 "teacher.model.kwargs={width: 8}", "w_task=1.0",
+                                 "kd.response.weight=0.5", "kd.feature.weight=0.3",
+                                 "kd.feature.levels=[stride8,decoder]"])
+    run = fit(cfg, show_progress=False)
+    import csv
+
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert float(row["train_feat"]) > 0 and float(row["train_kd"]) > 0

@@ -1,0 +1,50 @@
+"""Workflow 002: teacher -> student with response KD, stopped and resumed with more epochs
+(the run's own config.yaml, no retyping), then scored next to its teacher."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import torch
+import yaml
+
+from tests.workflows.helpers import REPO, run
+
+RECIPES = REPO / "configs" / "workflows" / "002_resume_export"
+
+
+def test_teacher_student_resume_and_compare(tmp_path):
+    out = tmp_path / "runs"
+    r = run("compress", "train", "-c", str(RECIPES / "teacher.yaml"), "-q", f"output_dir={out}")
+    assert r.code == 0, r.text
+    teacher = next((out / "wf002-teacher").iterdir()) / "checkpoints" / "best.pt"
+    r = run("compress", "distill", "-c", str(RECIPES / "student.yaml"), "-q",
+            f"output_dir={out}", f"teacher.checkpoint={teacher}", "teacher.allow_weak=true",
+            "train.epochs=1")
+    assert r.code == 0, r.text
+    student = next((out / "wf002-student").iterdir())
+    untrained = torch.load(student / "checkpoints" / "untrained.pt", weights_only=True)
+    assert untrained["epoch"] == 0
+    # continue to 2 epochs: the run's own recipe, only the new epoch count typed
+    r = run("compress", "distill", "--resume", str(student), "train.epochs=2", "-q")
+    assert r.code == 0, r.text
+    assert yaml.safe_load((student / "config.yaml").read_text())["train"]["epochs"] == 2
+    log = (student / "train.log").read_text()
+    assert "resume: train.epochs changed from 1 to 2" in log
+    assert "lr schedule recomputed for 2 epochs" in log
+    assert [row["epoch"] for row in csv.DictReader((student / "metrics.csv").open())] == ["1", "2"]
+    # a changed loss recipe is refused and leaves the run as it was
+    before = (student / "config.yaml").read_bytes()
+    r = run("compress", "distill", "--resume", str(student), "train.epochs=3",
+            "kd.response.temperature=9", "-q")
+    assert r.code != 0 and "--resume-changed" in r.err
+    assert (student / "config.yaml").read_bytes() == before
+    # both models scored on one split, written apart
+    scores = {}
+    for name, ckpt in (("teacher", teacher), ("student", student / "checkpoints" / "best.pt")):
+        r = run("compress", "eval", str(ckpt), "--data", "synthetic", "--kind", "synthetic",
+                "--split", "val", "--out", str(tmp_path / f"eval_{name}"))
+        assert r.code == 0, r.text
+        scores[name] = json.loads((tmp_path / f"eval_{name}" / "eval.json").read_text())
+    assert all(0 <= s["miou"] <= 1 for s in scores.values())
