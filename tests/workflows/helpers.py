@@ -54,3 +54,10 @@ def run(prog: str, *args: str, cwd: Path | None = None, timeout: float = 300) ->
     p = subprocess.run([sys.executable, "-m", f"{prog}.cli", *args], capture_output=True,
                        text=True, timeout=timeout, env=env, cwd=cwd or REPO, check=False)
     return Result(p.returncode, p.stdout, p.stderr)
+
+
+def train_teacher(recipe: Path, out: Path, name: str, *overrides: str) -> Path:
+    """``compress train -c recipe`` into ``out`` and the ``best.pt`` of run ``name``."""
+    r = run("compress", "train", "-c", str(recipe), "-q", f"output_dir={out}", *overrides)
+    assert r.code == 0, r.text
+    return next((out / name).iterdir()) / "checkpoints" / "best.pt"

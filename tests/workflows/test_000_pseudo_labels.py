@@ -10,16 +10,14 @@ import json
 from PIL import Image
 
 from compress.data import SyntheticSource
-from tests.workflows.helpers import REPO, run
+from tests.workflows.helpers import REPO, run, train_teacher
 
 RECIPES = REPO / "configs" / "workflows" / "000_pseudo_labels"
 
 
 def test_teacher_pseudo_labels_mixture_student(tmp_path):
     out = tmp_path / "runs"
-    r = run("compress", "train", "-c", str(RECIPES / "teacher.yaml"), "-q", f"output_dir={out}")
-    assert r.code == 0, r.text
-    teacher = next((out / "wf000-teacher").iterdir()) / "checkpoints" / "best.pt"
+    teacher = train_teacher(RECIPES / "teacher.yaml", out, "wf000-teacher")
     unlabelled = tmp_path / "unlabelled"
     unlabelled.mkdir()
     src = SyntheticSource(8, (64, 64), seed=77)

@@ -7,7 +7,7 @@ import csv
 import json
 import math
 
-from tests.workflows.helpers import REPO, make_folder_dataset, run
+from tests.workflows.helpers import REPO, make_folder_dataset, run, train_teacher
 
 RECIPE = REPO / "configs" / "workflows" / "001_binary" / "student.yaml"
 
@@ -16,10 +16,8 @@ def test_binary_bce_dice_teacher_then_student(tmp_path):
     data = make_folder_dataset(tmp_path / "lesions", ["lesion"], {"train": 8, "val": 4, "test": 4},
                                remap={1: 1, 2: 1, 3: 1, 4: 1})
     out = tmp_path / "runs"
-    r = run("compress", "train", "-c", str(RECIPE), "-q", f"data.root={data}",
-            f"output_dir={out}", "name=wf001-teacher", "train.epochs=3")
-    assert r.code == 0, r.text
-    teacher = next((out / "wf001-teacher").iterdir()) / "checkpoints" / "best.pt"
+    teacher = train_teacher(RECIPE, out, "wf001-teacher", f"data.root={data}",
+                            "name=wf001-teacher", "train.epochs=3")
     # alpha (task) / beta (KD) as command-line overrides
     r = run("compress", "distill", "-c", str(RECIPE), "-q", f"data.root={data}",
             f"output_dir={out}", f"teacher.checkpoint={teacher}", "w_task=1.0",

@@ -9,16 +9,14 @@ import json
 import torch
 import yaml
 
-from tests.workflows.helpers import REPO, run
+from tests.workflows.helpers import REPO, run, train_teacher
 
 RECIPES = REPO / "configs" / "workflows" / "002_resume_export"
 
 
 def test_teacher_student_resume_and_compare(tmp_path):
     out = tmp_path / "runs"
-    r = run("compress", "train", "-c", str(RECIPES / "teacher.yaml"), "-q", f"output_dir={out}")
-    assert r.code == 0, r.text
-    teacher = next((out / "wf002-teacher").iterdir()) / "checkpoints" / "best.pt"
+    teacher = train_teacher(RECIPES / "teacher.yaml", out, "wf002-teacher")
     r = run("compress", "distill", "-c", str(RECIPES / "student.yaml"), "-q",
             f"output_dir={out}", f"teacher.checkpoint={teacher}", "teacher.allow_weak=true",
             "train.epochs=1")

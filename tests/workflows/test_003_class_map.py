@@ -8,7 +8,7 @@ import csv
 import pytest
 import torch
 
-from tests.workflows.helpers import REPO, make_folder_dataset, run
+from tests.workflows.helpers import REPO, make_folder_dataset, run, train_teacher
 
 RECIPES = REPO / "configs" / "workflows" / "003_class_map"
 T8 = ["Tree", "Rangeland", "Cropland", "Developed", "Road", "Bareland", "Water", "Background"]
@@ -22,10 +22,7 @@ def test_8_to_6_classes_with_a_soft_split(tmp_path):
     d6 = make_folder_dataset(tmp_path / "d6", S6, {"train": 8, "val": 4},
                              remap={0: 0, 1: 1, 2: 2, 3: 3, 4: 5})
     out = tmp_path / "runs"
-    r = run("compress", "train", "-c", str(RECIPES / "teacher.yaml"), "-q",
-            f"data.root={d8}", f"output_dir={out}")
-    assert r.code == 0, r.text
-    teacher = next((out / "wf003-teacher").iterdir()) / "checkpoints" / "best.pt"
+    teacher = train_teacher(RECIPES / "teacher.yaml", out, "wf003-teacher", f"data.root={d8}")
     r = run("compress", "distill", "-c", str(RECIPES / "student.yaml"), "-q",
             f"data.root={d6}", f"output_dir={out}", f"teacher.checkpoint={teacher}",
             "teacher.allow_weak=true")
