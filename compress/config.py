@@ -66,6 +66,13 @@ class DataConfig(_Strict):
             raise ValueError(f"size {list(v)} must be positive multiples of 32 (H, W)")
         return v
 
+    @model_validator(mode="after")
+    def _epoch_samples(self) -> DataConfig:
+        if self.epoch_samples is not None and self.epoch_samples < self.batch_size:
+            raise ValueError(f"data.epoch_samples={self.epoch_samples} is fewer than one batch "
+                             f"(data.batch_size={self.batch_size}): no step could run")
+        return self
+
     @field_validator("scale_range")
     @classmethod
     def _scale(cls, v: tuple[float, float]) -> tuple[float, float]:
@@ -233,7 +240,7 @@ class RunConfig(_Strict):
 
     base: str | None = Field(None, description="YAML recipe this one extends (relative path)")
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     output_dir: str = "artifacts/runs"
     class_names: list[str] | None = None
     ignore_index: int = 255
@@ -252,6 +259,9 @@ class RunConfig(_Strict):
             kd.cwd.weight == 0
         ):
             raise ValueError("w_task and every kd.*.weight are 0: nothing to train on")
+        if self.w_task > 0 and self.loss.ce == 0 and self.loss.dice == 0:
+            raise ValueError(f"loss.ce and loss.dice are both 0 while w_task={self.w_task:g}: "
+                             "the task loss is empty (set w_task=0 to train on KD alone)")
         return self
 
 
