@@ -118,6 +118,20 @@ def eval_(
     typer.echo(f"eval: {result['eval_json']}")
 
 
+@app.command("pack")
+def pack(
+    checkpoint: Annotated[Path, typer.Argument(help="a segcompress checkpoint (best.pt)")],
+    out: Annotated[Path, typer.Option(help="where the packed checkpoint goes (must not exist)")],
+    half: Annotated[bool, typer.Option(help="store floating-point weights as float16")] = True,
+) -> None:
+    """A shippable checkpoint: spec + weights (float16) + metrics, no optimizer state."""
+    from compress.models import pack_checkpoint
+
+    info = pack_checkpoint(checkpoint, out, half=half)
+    typer.echo(f"packed {checkpoint} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB, "
+               f"{info['tensors']} tensors) sha256 {info['sha256']}")
+
+
 @app.command("config")
 def config_(
     recipe: Annotated[Path | None, typer.Argument(help="recipe to show (default: the defaults)")] = None,

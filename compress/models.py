@@ -397,6 +397,46 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **extra: Any
     return atomic_torch_save(payload, path)
 
 
+def pack_checkpoint(src: str | Path, out: str | Path, half: bool = True) -> dict[str, Any]:
+    """Write a shippable copy of a checkpoint: spec, weights and metrics, no optimizer or
+    RNG state, floating-point weights in float16 when ``half`` (half the size; the model
+    is rebuilt in float32 by :func:`load_model`). ``out`` must not exist.
+
+    Returns:
+        ``{"path", "bytes", "sha256", "tensors"}``.
+
+    Raises:
+        ModelError: ``src`` is not a self-describing checkpoint, holds non-finite weights,
+            or a weight overflows float16; ``out`` exists.
+    """
+    import hashlib
+
+    ckpt = read_checkpoint(src)
+    if ckpt["spec"] is None:
+        raise ModelError(f"{src}: a plain state_dict has no spec to ship with it")
+    check_finite(ckpt["state_dict"], src)
+    out = Path(out)
+    if out.exists():
+        raise ModelError(f"{out} exists: refusing to overwrite it")
+    state = {}
+    for k, v in ckpt["state_dict"].items():
+        if half and v.is_floating_point():
+            v16 = v.half()
+            if not bool(torch.isfinite(v16).all()):
+                raise ModelError(f"{src}: tensor {k!r} does not fit in float16")
+            v = v16
+        state[k] = v.contiguous().clone()
+    keep = {k: ckpt[k] for k in ("format", "metrics", "epoch") if k in ckpt}
+    payload = {**keep, "format": ckpt.get("format", "segcompress-checkpoint/1"),
+               "spec": ckpt["spec"], "state_dict": state,
+               "packed": {"from": Path(src).name, "dtype": "float16" if half else "as saved"}}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(payload, out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    return {"path": str(out), "bytes": out.stat().st_size, "sha256": digest,
+            "tensors": len(state)}
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The bare model under DDP / compile wrappers."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):

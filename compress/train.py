@@ -464,7 +464,8 @@ def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
         return None
     chance = 1.0 / max(conf.shape[0], 2)
     if score["miou"] < chance * 0.5:
-        return f"val mIoU {score['miou']:.3f}, near chance"
+        return (f"val mIoU {100 * score['miou']:.2f}, near chance ({100 * chance:.1f} for "
+                f"{conf.shape[0]} classes)")
     return None
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The README's CamVid Pareto front: the front teacher (configs/camvid/front/teacher.yaml),
+# then every student distilled with CWD (configs/camvid/front/student.yaml) for each seed.
+# On a GPU the students train JOBS at a time; on 2 CPU cores this takes many hours.
+#
+#   bash scripts/camvid_front.sh [student ...]     (default: the four students of the README)
+#
+# Env: PY (default .venv/bin/python), DATA (../shared/data/camvid), DEVICE (auto),
+#      SEEDS ("0 1"), JOBS (8 on a GPU, 1 otherwise), EXTRA / TEACHER_EXTRA / STUDENT_EXTRA
+#      (more dotted overrides for both / the teacher / the students). Runs land in artifacts/runs/<name>/<stamp>/;
+#      the teacher is copied to artifacts/camvid/front-teacher.pt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-../shared/data/camvid}
+DEVICE=${DEVICE:-auto}
+SEEDS=${SEEDS:-"0 1"}
+STUDENTS=${*:-"unet-lite0 ppliteseg-lite0 segformer-lite0-w64 lraspp-lite0"}
+if [ -z "${JOBS:-}" ]; then
+  JOBS=1; "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && JOBS=8
+fi
+C=("$PY" -m compress.cli)
+TEACHER=artifacts/camvid/front-teacher.pt
+if [ ! -f "$TEACHER" ]; then
+  "${C[@]}" train -q -c configs/camvid/front/teacher.yaml data.root="$DATA" train.device="$DEVICE" \
+      ${EXTRA:-} ${TEACHER_EXTRA:-} | tee artifacts/front-teacher.out
+  run=$(tail -n 1 artifacts/front-teacher.out | sed 's/^run dir: //')
+  mkdir -p artifacts/camvid && cp "$run/checkpoints/best.pt" "$TEACHER"
+fi
+mkdir -p artifacts/front-logs
+pids=()
+for seed in $SEEDS; do
+  for s in $STUDENTS; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 2; done
+    "${C[@]}" distill -q -c configs/camvid/front/student.yaml model.student="$s" seed="$seed" \
+        name="camvid-front-$s-s$seed" data.root="$DATA" train.device="$DEVICE" \
+        teacher.checkpoint="$TEACHER" ${EXTRA:-} ${STUDENT_EXTRA:-} > "artifacts/front-logs/$s-s$seed.out" 2>&1 &
+    pids+=($!)
+  done
+done
+fail=0
+for p in "${pids[@]}"; do wait "$p" || fail=1; done
+grep -h "^run dir" artifacts/front-logs/*.out || true
+exit $fail
