@@ -193,7 +193,6 @@ def _fill(teacher, parts: list, cache_dir: Path, key: dict, scale: float, batch_
         del arr
         os.replace(tmp, cache_dir / "logits.npy")
     except BaseException:  # a failed build leaves no half-written logits in the run dir
-        arr = None
         tmp.unlink(missing_ok=True)
         raise
     atomic_write_json(cache_dir / "meta.json", {"key": key, "shape": shape, "dtype": "float16"})

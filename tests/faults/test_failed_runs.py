@@ -102,8 +102,8 @@ def test_a_failed_run_writes_failed_with_its_reason(row: FailedRow, tmp_path, mo
     assert reason is not None and reason.split(": ", 1)[1] in line, (line, text)
     missing = [w for w in row.reason if w.lower() not in reason.lower()]
     assert not missing, f"FAILED does not name {missing}:\n{text}"
-    assert re.search(rf"^at: {row.at}", text, re.M), text
-    assert re.search(r"^time: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", text, re.M), text
+    assert re.search(rf"^at: {row.at}", text, re.MULTILINE), text
+    assert re.search(r"^time: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", text, re.MULTILINE), text
     assert not (run / "summary.json").exists() and not list(run.rglob("*.tmp"))
     record("failed_marked", row.id)
 
@@ -114,7 +114,7 @@ def test_compare_skips_a_failed_run_and_a_finished_resume_clears_it(tmp_path, mo
     assert ok.code == 0, ok.text[-2000:]
     good = the_run_dir(out, "good")
     r = train_inprocess(monkeypatch, train_argv(out, "nan"), fault="loss@6:nan")
-    line = error_line(r)
+    assert "loss became nan" in error_line(r)
     failed = the_run_dir(out, "nan")
     assert (failed / FAILED_NAME).is_file()
 
