@@ -172,23 +172,27 @@ def _fill(teacher, parts: list, cache_dir: Path, key: dict, scale: float, batch_
     arr = None
     bar = tqdm(total=total, desc="teacher cache", disable=not show, leave=False)
     g = 0
-    for p in parts:
-        for start in range(0, len(p), batch_size):
-            idx = range(start, min(start + batch_size, len(p)))
-            imgs = [resize_pair(p.source.load(i)[0], None, size)[0] for i in idx]
-            x = torch.from_numpy(normalize(np.stack(imgs), p.mean, p.std)).to(teacher.device)
-            logits = teacher(None, x)[0].float()
-            logits = F.interpolate(logits, size=small, mode="bilinear", align_corners=False,
-                                   antialias=True)
-            if arr is None:
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                                shape=(total, logits.shape[1], *small))
-            arr[g : g + len(idx)] = logits.cpu().numpy().astype(np.float16)
-            g += len(idx)
-            bar.update(len(idx))
-    bar.close()
-    arr.flush()
-    shape = list(arr.shape)
-    del arr
-    os.replace(tmp, cache_dir / "logits.npy")
+    try:
+        for p in parts:
+            for start in range(0, len(p), batch_size):
+                idx = range(start, min(start + batch_size, len(p)))
+                imgs = [resize_pair(p.source.load(i)[0], None, size)[0] for i in idx]
+                x = torch.from_numpy(normalize(np.stack(imgs), p.mean, p.std)).to(teacher.device)
+                logits = teacher(None, x)[0].float()
+                logits = F.interpolate(logits, size=small, mode="bilinear", align_corners=False,
+                                       antialias=True)
+                if arr is None:
+                    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                    shape=(total, logits.shape[1], *small))
+                arr[g : g + len(idx)] = logits.cpu().numpy().astype(np.float16)
+                g += len(idx)
+                bar.update(len(idx))
+        bar.close()
+        arr.flush()
+        shape = list(arr.shape)
+        del arr
+        os.replace(tmp, cache_dir / "logits.npy")
+    except BaseException:  # a failed build leaves no half-written logits in the run dir
+        tmp.unlink(missing_ok=True)
+        raise
     atomic_write_json(cache_dir / "meta.json", {"key": key, "shape": shape, "dtype": "float16"})

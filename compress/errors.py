@@ -57,7 +57,7 @@ def run_cli(app) -> None:
 
     debug = "--debug" in sys.argv
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -73,3 +73,9 @@ def run_cli(app) -> None:
         if isinstance(e, KeyboardInterrupt):
             sys.exit(130)
         sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)
+    # typer >= 0.2x turns Ctrl-C (and a typer.Exit) into a returned exit code instead of
+    # raising it: without this, an interrupted command exited 0
+    if isinstance(code, int) and code:
+        if code == 130:
+            typer.echo(f"error: {one_line(KeyboardInterrupt())}", err=True)
+        sys.exit(code)

@@ -52,7 +52,9 @@ def fault_point(name: str) -> bool:
     return True
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it): files we create with
+    ``mkstemp``/``mkdtemp`` (private by default) get the permissions the user asked for."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -84,7 +86,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
                           f"cannot write {path} ({why}); the previous file, if any, is "
                           "untouched") from e
         fault_point(f"write:{path.name}")
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600: honour the umask
+        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes it 0600: honour the umask
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)

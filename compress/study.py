@@ -14,7 +14,8 @@ them the baseline::
 
 :func:`run_study` trains what is missing (resuming interrupted runs) under
 ``output_dir/name/runs/<recipe>/seed<k>/`` and writes ``comparison.md``, ``comparison.csv``,
-``comparison.json``, ``curves.png`` and ``miou.png`` beside them.
+``comparison.json``, ``curves.png`` and ``miou.png`` beside them. A run that stopped with
+an error (its ``FAILED`` file) is never compared: it is listed as skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -154,22 +155,32 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
         overrides: dotted overrides for every recipe's run config (after the study's and
             the recipe's own), e.g. ``["train.epochs=1"]`` for a smoke test.
         collect_only: train nothing; compare the runs that are finished.
+            A run dir holding ``FAILED`` (it stopped with an error) is skipped when
+            collected, with ``skipped: <run dir>: <reason>`` in the log and in
+            ``comparison.md``; when training, it is trained again (resumed).
         log: where progress lines go.
 
     Returns:
         The study dir (``output_dir/name``) holding ``comparison.md`` and friends.
     """
-    from compress.train import fit, prepare_teacher
+    from compress.train import failed_reason, fit, prepare_teacher
 
     out = Path(study.output_dir) / study.name
-    runs, missing = [], []
+    runs, missing, skipped = [], [], []
+
+    def skip(run_dir: Path, reason: str) -> None:
+        skipped.append(f"skipped: {run_dir}: {reason}")
+        log(skipped[-1])
+
     for recipe in study.recipes:
         if recipe.runs:
             dirs = sorted({Path(d) for pat in recipe.runs for d in glob.glob(pat)})
             if not dirs:
                 raise FileNotFoundError(f"recipe {recipe.name}: no run dir matches {recipe.runs}")
             for d in dirs:
-                if (d / "summary.json").is_file():
+                if (reason := failed_reason(d)) is not None:
+                    skip(d, reason)
+                elif (d / "summary.json").is_file():
                     runs.append((recipe.name, d, False))
                 else:
                     missing.append(f"{recipe.name}: {d} (not finished: no summary.json)")
@@ -181,13 +192,18 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
             run_dir = out / "runs" / recipe.name / f"seed{seed}"
             if (run_dir / "config.yaml").is_file():
                 _check_same_config(run_dir, dump_config(cfg))
-            if (run_dir / "summary.json").is_file():
+            reason = failed_reason(run_dir)
+            if reason is None and (run_dir / "summary.json").is_file():
                 runs.append((recipe.name, run_dir, True))
                 continue
             if collect_only:
-                missing.append(f"{recipe.name} seed {seed}: {run_dir} (not trained)")
+                if reason is not None:
+                    skip(run_dir, reason)
+                else:
+                    missing.append(f"{recipe.name} seed {seed}: {run_dir} (not trained)")
                 continue
-            log(f"[{recipe.name} seed {seed}] training -> {run_dir}")
+            log(f"[{recipe.name} seed {seed}] training -> {run_dir}"
+                + (f" (again: it stopped with {reason})" if reason else ""))
             if _has_kd(cfg):
                 prepare_teacher(cfg, show_progress=show)
             resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
@@ -195,8 +211,8 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
             runs.append((recipe.name, run_dir, True))
     if not runs:
         raise FileNotFoundError(f"study {study.name}: no finished run to compare "
-                                f"({'; '.join(missing)})")
-    result = compare_runs(runs, study, missing)
+                                f"({'; '.join(missing + skipped)})")
+    result = compare_runs(runs, study, missing, skipped)
     write_comparison(out, result)
     return out
 
@@ -321,7 +337,7 @@ def verdict(delta: float, std_recipe: float | None, std_base: float | None) -> s
 
 
 def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
-                 missing: list[str] | None = None) -> dict:
+                 missing: list[str] | None = None, skipped: list[str] | None = None) -> dict:
     """Everything the comparison files show, as one dict (also ``comparison.json``)."""
     from compress.models import load_model
 
@@ -385,7 +401,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             row["delta_pct"] = (row["miou"] / base_mean - 1) * 100 if base_mean else None
     return {"study": study.name, "baseline": study.baseline, "hardware": hardware(),
             "latency": lat.model_dump(), "recipes": recipes, "runs": rows,
-            "missing": list(missing or [])}
+            "missing": list(missing or []), "skipped": list(skipped or [])}
 
 
 # ---------------------------------------------------------------- writing
@@ -453,6 +469,9 @@ def comparison_markdown(res: dict) -> str:
               "", "![training curves](curves.png)", "", "![mIoU per run](miou.png)"]
     if res["missing"]:
         lines += ["", "## Missing", ""] + [f"- {m}" for m in res["missing"]]
+    if res.get("skipped"):
+        lines += ["", "## Skipped (stopped with an error: their FAILED file)", ""]
+        lines += [f"- {m}" for m in res["skipped"]]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -655,6 +655,70 @@ def _check_finite(model: nn.Module, epoch: int, step: int, good: Path) -> None:
                                f"{step}; {where}")
 
 
+FAILED_NAME = "FAILED"
+_FAILED_HEAD = "# segcompress: this run stopped with an error"
+
+
+@dataclass
+class RunProgress:
+    """Where a run is, for its FAILED file: ``run_dir`` is set (on rank 0) once the run
+    dir is ours to write (a new run dir, or a resume whose checks passed)."""
+
+    run_dir: Path | None = None
+    epoch: int | None = None
+    epochs: int | None = None
+
+
+def mark_failed(run_dir: Path, error: BaseException, progress: RunProgress) -> None:
+    """Write ``<run>/FAILED``: the error class and message, the epoch, the UTC time.
+
+    ``compress compare`` skips a run holding it (saying why); the run's next successful
+    finish (``--resume``) removes it. A SIGKILL cannot write it. A failing write (disk
+    full) is logged, never raised over the error that stopped the run.
+    """
+    from compress.errors import one_line
+
+    at = (f"epoch {progress.epoch} of {progress.epochs}" if progress.epoch
+          else "set-up, before the first epoch")
+    text = (f"{_FAILED_HEAD}; `--resume {run_dir}` continues it and removes this file\n"
+            f"error: {type(error).__name__}: {one_line(error)}\n"
+            f"at: {at}\n"
+            f"time: {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}\n")
+    try:
+        atomic_write_text(run_dir / FAILED_NAME, text)
+    except OSError as e:
+        log.warning(f"could not mark {run_dir} as failed: {e}")
+
+
+def failed_reason(run_dir: Path) -> str | None:
+    """Why a run stopped, from its ``FAILED`` file (the ``error:`` line); None without one."""
+    path = Path(run_dir) / FAILED_NAME
+    if not (path.is_file() or path.is_symlink()):
+        return None
+    try:
+        with open(path, "rb") as f:  # bounded: a FAILED file is a few lines
+            text = f.read(4096).decode("utf-8", "replace")
+    except OSError as e:
+        return f"{FAILED_NAME} present but unreadable ({e.strerror})"
+    for line in text.splitlines():
+        if line.startswith("error: "):
+            return line.removeprefix("error: ")[:500]
+    return f"{FAILED_NAME} present (no reason given)"
+
+
+def clear_failed(run_dir: Path) -> None:
+    """Remove the ``FAILED`` file a previous attempt wrote, now that the run finished;
+    a file of that name we did not write is left alone."""
+    path = run_dir / FAILED_NAME
+    if path.is_symlink() or not path.is_file():
+        return
+    with open(path, "rb") as f:
+        ours = f.read(len(_FAILED_HEAD)).decode("utf-8", "replace") == _FAILED_HEAD
+    if ours:
+        path.unlink()
+        log.info(f"{path} removed: the run has finished")
+
+
 def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
         show_progress: bool = True, nan_hook=None, resume_changed: bool = False) -> Path:
     """Train (or distil, when any kd weight is set) and return the run dir.
@@ -670,7 +734,27 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
 
     Raises:
         TrainingDiverged: a NaN/inf loss (the last good checkpoint is kept).
+
+    Any error (or Ctrl-C) once the run dir is ours writes ``<run>/FAILED`` with the
+    reason (:func:`mark_failed`); finishing removes it (:func:`clear_failed`).
     """
+    progress = RunProgress()
+    try:
+        done = _fit(cfg, progress, resume=resume, run_dir=run_dir, show_progress=show_progress,
+                    nan_hook=nan_hook, resume_changed=resume_changed)
+    except (Exception, KeyboardInterrupt) as e:
+        if progress.run_dir is not None:
+            mark_failed(progress.run_dir, e, progress)
+        raise
+    if progress.run_dir is not None:
+        clear_failed(done)
+    return done
+
+
+def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
+         run_dir: str | Path | None, show_progress: bool, nan_hook,
+         resume_changed: bool) -> Path:
+    """The body of :func:`fit`; records in ``progress`` where it is."""
     rank, world = distributed_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -702,6 +786,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     _setup_logging(run_dir, rank, buffered=resume is not None)
     if rank == 0 and resume is None:
+        progress.run_dir = run_dir  # a new run dir: an error from here on marks it FAILED
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
     torch.manual_seed(cfg.seed)
@@ -803,12 +888,8 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
                              "distil from it (teacher.allow_weak=true to override)")
         if weak:
             log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
-    if teacher is not None and kd.cache:
-        from compress.cache import CachedTeacher
-
-        teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
-                                      batch_size=cfg.data.batch_size, show=show_progress)
     if resume is not None and rank == 0:  # every check passed: now the run dir may change
+        progress.run_dir = run_dir
         for folder in (run_dir, run_dir / "checkpoints"):  # temp files of interrupted writes
             remove_stale_temps(folder)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -820,6 +901,11 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         if last_state is not None:  # a kill between last.pt and metrics.csv left it a row behind
             _write_metrics_csv(run_dir / "metrics.csv", history)
     _commit_log(run_dir, rank)
+    if teacher is not None and kd.cache:  # writes into the run dir: after the checks
+        from compress.cache import CachedTeacher
+
+        teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
+                                      batch_size=cfg.data.batch_size, show=show_progress)
 
     if rank == 0 and cfg.train.save_untrained and last_state is None:
         save_checkpoint(run_dir / "checkpoints" / "untrained.pt", student, spec, metrics=None,
@@ -830,7 +916,9 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
              f"device {device}, world {world}")
     ckpt_dir = run_dir / "checkpoints"
     resolved = cfg.model_dump(mode="json")
+    progress.epochs = cfg.train.epochs
     for epoch in range(start_epoch, cfg.train.epochs):
+        progress.epoch = epoch + 1
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         try:

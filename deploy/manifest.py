@@ -155,17 +155,12 @@ def member(directory: Path, name: Any, manifest_path: Path) -> Path:
 
 
 def write_manifest(directory: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write ``directory/manifest.json`` atomically, with its own digest."""
-    import os
-
+    """Write ``directory/manifest.json`` atomically (with the user's umask), with its own
+    digest."""
     from compress.io import atomic_write_json
 
     manifest[DIGEST_KEY] = manifest_digest(manifest)
-    path = atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)  # the temp file it was written through is private
-    return path
+    return atomic_write_json(Path(directory) / MANIFEST_NAME, manifest)
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:

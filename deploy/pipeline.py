@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.io import current_umask
 from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
 
 Log = Callable[[str], None]
@@ -301,12 +302,6 @@ def _prepare_out(out: Path, overwrite: bool) -> tuple:
     return _snapshot(out)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class _Lock:
     """``.<out>.lock`` beside ``--out`` while an export writes it: a second export to the
     same ``--out`` stops at once instead of silently replacing the first."""
@@ -467,7 +462,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     with _Lock(out):
         remove_stale_exports(out.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is not
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is not
         (tmp / TMP_MARK).write_text(f"{os.getpid()}\n")
         try:
             _build(model, spec, size, cfg, preset, val, calib, class_names, manifest, tmp, log)

@@ -79,6 +79,23 @@ def test_cache_is_reused_only_when_it_matches(tmp_path):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
+def test_a_failed_cache_build_leaves_no_temp_file(tmp_path):
+    """An error (or Ctrl-C) part-way through the teacher pass removes the half-written
+    logits: a failed run does not litter its run dir."""
+    teacher, model, train_set = _setup(tmp_path)
+
+    def fail_on_second_batch(x):
+        if model.calls:
+            raise KeyboardInterrupt
+        model.calls += 1
+        return model.conv(x)
+
+    model.forward = fail_on_second_batch
+    with pytest.raises(KeyboardInterrupt):
+        CachedTeacher.build(teacher, train_set, tmp_path / "cache", batch_size=4, show=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_feature_kd_with_cache_is_refused(tmp_path):
     teacher, _, train_set = _setup(tmp_path, levels=["decoder"])
     with pytest.raises(ValueError, match="kd.cache stores teacher logits only"):

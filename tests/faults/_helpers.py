@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ FIGURES: dict[str, list] = {
     "files_kept": [],        # user files that survived an export byte-identical
     "failed_writes": [],     # simulated disk-full / killed writes that left old files intact
     "divergence": [],        # NaN / divergence cases stopped with epoch, step, checkpoint
+    "failed_marked": [],     # failed runs whose run dir got FAILED with the reason
 }
 
 
@@ -88,6 +91,35 @@ def run_inprocess(prog: str, argv: list[str]) -> Result:
     finally:
         sys.argv = old_argv
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_and_kill(argv: list[str], point: str, marker: Path, timeout: float = 600,
+                 sig: signal.Signals = signal.SIGKILL) -> Result:
+    """Start ``argv`` with the fault hook armed, wait until it stops at ``point``, send
+    ``sig`` (SIGKILL: nothing runs after it; SIGINT: Ctrl-C, the run handles it)."""
+    marker.unlink(missing_ok=True)
+    env = child_env(SEGCOMPRESS_FAULT=point, SEGCOMPRESS_FAULT_MARKER=str(marker))
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"run ended (rc {proc.returncode}) before reaching "
+                                     f"{point}:\n{proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run did not reach {point} in {timeout}s")
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        if sig == signal.SIGKILL:
+            assert proc.returncode == -signal.SIGKILL
+        return Result(proc.returncode, "", err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
 
 
 _available: dict[tuple[str, str], bool] = {}

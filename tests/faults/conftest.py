@@ -28,6 +28,8 @@ def summary_line() -> str | None:
         f"{len(f['failed_writes'])} failed writes left the previous files intact",
         (f"{len(f['divergence'])} divergences stopped naming epoch, step and last good "
          "checkpoint"),
+        (f"{len(f['failed_marked'])} failed runs marked FAILED with their reason (skipped by "
+         "compare, cleared by a finished resume)"),
     ]
     return "faults: " + "; ".join(parts)
 

@@ -39,7 +39,7 @@ import torch
 from compress.io import UnsafeFileError, load_torch_file
 from compress.models import load_model, read_checkpoint
 from tests.conftest import REPO
-from tests.faults._helpers import child_env, record
+from tests.faults._helpers import child_env, record, run_and_kill
 
 SEED = int(os.environ.get("FAULTS_SEED", "0"))
 EPOCHS = 3
@@ -69,31 +69,6 @@ def run_to_end(argv: list[str], timeout: float = 600) -> subprocess.CompletedPro
                        timeout=timeout, check=False)
     assert p.returncode == 0, p.stderr[-3000:]
     return p
-
-
-def run_and_kill(argv: list[str], point: str, marker: Path, timeout: float = 600) -> None:
-    """Start ``argv`` with the fault hook armed, wait until it stops at ``point``, SIGKILL."""
-    marker.unlink(missing_ok=True)
-    env = child_env(SEGCOMPRESS_FAULT=point, SEGCOMPRESS_FAULT_MARKER=str(marker))
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while not marker.exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"run ended (rc {proc.returncode}) before reaching "
-                                     f"{point}:\n{proc.stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"run did not reach {point} in {timeout}s")
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        assert proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
 
 
 def snapshot(run_dir: Path) -> dict:
