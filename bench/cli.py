@@ -172,12 +172,15 @@ def latency(
 @app.command()
 def report(
     teacher: Annotated[Path, typer.Option(help="teacher checkpoint (.pt)")],
-    student: Annotated[Path, typer.Option(help="student checkpoint (.pt)")],
+    student: Annotated[list[Path], typer.Option(
+        help="student checkpoint (.pt); repeat for several students timed in one run")],
     data: DataOpt = None,
     split: SplitOpt = "val",
     data_kind: KindOpt = DataKind.camvid,
     artifacts: Annotated[
-        Path | None, typer.Option(help="the student's export dir (manifest.json)")
+        list[Path] | None, typer.Option(
+            help="the student's export dir (manifest.json); with several --student, one "
+            "per student in the same order")
     ] = None,
     teacher_artifacts: Annotated[
         Path | None,

@@ -13,6 +13,7 @@ import csv
 import io
 import math
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -117,7 +118,26 @@ def _read_spec(path: Path) -> dict:
     return spec
 
 
-def _artifact_targets(directory: Path, role: str) -> list[Target]:
+def _student_name(path: Path) -> str:
+    """A student's label in a report of several: the file's stem, or its run's name for a
+    run's ``checkpoints/best.pt`` / ``last.pt``."""
+    if path.stem in ("best", "last") and path.parent.name == "checkpoints":
+        run = path.parent.parent
+        return run.parent.name if run.parent.name not in ("", ".") else run.name
+    return path.stem
+
+
+def _as_paths(value: Path | str | Sequence[Path | str] | None) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (str, Path)):
+        return [Path(value)]
+    return [Path(v) for v in value]
+
+
+def _artifact_targets(directory: Path, role: str, name: str | None = None) -> list[Target]:
+    """One target per artifact of an export dir; ``name`` labels a student among several
+    (default: its role)."""
     from deploy.manifest import read_manifest
 
     manifest = read_manifest(directory)
@@ -127,7 +147,7 @@ def _artifact_targets(directory: Path, role: str) -> list[Target]:
         # OpenVINO runs FP32 IR in bf16 by default on CPUs with BF16/AMX: force f32 so the
         # FP32 row is FP32 (the precision column shows what ran)
         ask = "f32" if backend == "openvino" and prec in ("f32", "fp32") else None
-        label = f"{role} {FORMAT_NAMES.get(backend, backend)} {prec}"
+        label = f"{name or role} {FORMAT_NAMES.get(backend, backend)} {prec}"
         targets.append(
             Target(
                 label,
@@ -139,6 +159,7 @@ def _artifact_targets(directory: Path, role: str) -> list[Target]:
                     "format": FORMAT_NAMES.get(backend, backend),
                     "artifact_precision": prec,
                     "file": art["file"],
+                    "cost_key": name or role,
                 },
             )
         )
@@ -157,11 +178,11 @@ def _dedupe_labels(targets: list[Target]) -> None:
 def build_report(
     *,
     teacher: Path,
-    student: Path,
+    student: Path | Sequence[Path],
     data: Path | None,
     split: str = "val",
     kind: str = "camvid",
-    artifacts: Path | None = None,
+    artifacts: Path | Sequence[Path] | None = None,
     teacher_artifacts: Path | None = None,
     size: tuple[int, int] | None = None,
     runs: int = 20,
@@ -174,11 +195,13 @@ def build_report(
     """Measure every model and format and return the report as a plain dict.
 
     Args:
-        teacher, student: segcompress checkpoints.
+        teacher, student: segcompress checkpoints; ``student`` may be several, all timed
+            in the same interleaved run (each labelled by its file or run name).
         data, split, kind: where accuracy and the timing frames come from
             (``kind="synthetic"`` needs no data).
-        artifacts: the student's export dir (``manifest.json``); ``teacher_artifacts`` the
-            teacher's, for speed-ups on the same backend.
+        artifacts: the student's export dir (``manifest.json``), or one per student in
+            the students' order; ``teacher_artifacts`` the teacher's, for speed-ups on the
+            same backend.
         size: ``(H, W)``; default the student's input size.
         runs, warmup: timed and untimed interleaved rounds per device.
         threads: CPU threads (pinned); default the physical cores.
@@ -195,9 +218,20 @@ def build_report(
 
     from compress.models import create_model
 
-    teacher, student = Path(teacher), Path(student)
-    t_spec, s_spec = _read_spec(teacher), _read_spec(student)
-    size = tuple(size or s_spec["input_size"])
+    teacher = Path(teacher)
+    students, exports = _as_paths(student), _as_paths(artifacts)
+    if not students:
+        raise ValueError("--student: give at least one student checkpoint")
+    if len(exports) > len(students):
+        raise ValueError(f"--artifacts: {len(exports)} export dirs for {len(students)} "
+                         "student(s); give one per student, in the order of --student")
+    names = ["student"] if len(students) == 1 else [_student_name(p) for p in students]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--student: two students share a name ({', '.join(names)}); "
+                         "give files with different names")
+    t_spec = _read_spec(teacher)
+    s_specs = [_read_spec(p) for p in students]
+    size = tuple(size or s_specs[0]["input_size"])
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     gpu_needed = [d for d in devices if d.startswith("cuda")]
@@ -212,9 +246,9 @@ def build_report(
 
     log(f"counting MACs at {size[0]}x{size[1]}")
     cost = {}
-    for role, spec in (("teacher", t_spec), ("student", s_spec)):
+    for key, spec in (("teacher", t_spec), *zip(names, s_specs)):
         fl = count_flops(create_model(spec), size, breakdown=False)
-        cost[role] = {
+        cost[key] = {
             "params": fl.params["total"],
             "gmacs": fl.gmacs,
             "dense_gmacs": fl.dense_macs / 1e9,
@@ -234,23 +268,27 @@ def build_report(
                 "file": teacher.name,
             },
         ),
+    ]
+    targets += [
         Target(
-            "student PyTorch f32",
-            student,
+            f"{name} PyTorch f32",
+            path,
             "torch",
             None,
             {
                 "role": "student",
                 "format": "PyTorch",
                 "artifact_precision": "f32",
-                "file": student.name,
+                "file": path.name,
+                "cost_key": name,
             },
-        ),
+        )
+        for name, path in zip(names, students)
     ]
     if teacher_artifacts:
         targets += _artifact_targets(Path(teacher_artifacts), "teacher")
-    if artifacts:
-        targets += _artifact_targets(Path(artifacts), "student")
+    for name, directory in zip(names, exports):
+        targets += _artifact_targets(directory, "student", None if len(names) == 1 else name)
     _dedupe_labels(targets)
 
     frames, input_note = load_images(data, split, kind, count=8, size=size)
@@ -315,8 +353,8 @@ def build_report(
     return {
         "settings": {
             "teacher": str(teacher),
-            "student": str(student),
-            "artifacts": str(artifacts) if artifacts else None,
+            "student": ", ".join(str(p) for p in students),
+            "artifacts": ", ".join(str(p) for p in exports) if exports else None,
             "teacher_artifacts": str(teacher_artifacts) if teacher_artifacts else None,
             "data": str(data) if data else None,
             "split": split,
@@ -378,8 +416,8 @@ def _row(
         "precision": (timing or {}).get("precision") or t.precision,
         "device": device,
         "path": str(t.path),
-        "params": cost[role]["params"],
-        "gmacs": cost[role]["gmacs"],
+        "params": cost[t.info.get("cost_key", role)]["params"],
+        "gmacs": cost[t.info.get("cost_key", role)]["gmacs"],
         "size_mb": disk,
         "miou": None,
         "delta_miou": None,

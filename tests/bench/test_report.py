@@ -227,3 +227,30 @@ def test_end_to_end_report_cli(tmp_path, checkpoints, export_dir):
     md = (out / "report.md").read_text()
     assert "## Summary" in md and "could not run: TensorRT" in md and "pareto.png" in md
     assert (out / "pareto.png").is_file() and (out / "per_class.png").is_file()
+
+
+def test_several_students_in_one_report(tmp_path, checkpoints, export_dir):
+    """Two students (one with its export dir) timed in one run: rows labelled by file name,
+    each with its own params/GMACs; an extra export dir is refused naming the counts."""
+    import shutil
+
+    from bench.report import build_report
+
+    teacher, student = checkpoints
+    other = tmp_path / "slim.pt"
+    shutil.copy(student, other)
+    common = dict(teacher=teacher, data=None, kind="synthetic", size=(64, 64), runs=2,
+                  warmup=0, threads=1, devices=["cpu"], max_images=2)
+    rep = build_report(student=[student, other], artifacts=[export_dir], **common)
+    by_model = {r["model"]: r for r in rep["rows"]}
+    assert list(by_model)[:4] == ["teacher PyTorch f32", "student PyTorch f32",
+                                  "slim PyTorch f32", "student ONNX f32"]
+    assert by_model["slim PyTorch f32"]["status"] == "ok"
+    assert by_model["slim PyTorch f32"]["params"] == by_model["student PyTorch f32"]["params"]
+    assert by_model["slim PyTorch f32"]["params"] < by_model["teacher PyTorch f32"]["params"]
+    assert by_model["slim PyTorch f32"]["miou"] == pytest.approx(
+        by_model["student PyTorch f32"]["miou"])
+    with pytest.raises(ValueError, match="2 export dirs for 1 student"):
+        build_report(student=[student], artifacts=[export_dir, export_dir], **common)
+    with pytest.raises(ValueError, match="share a name"):
+        build_report(student=[student, student], **common)

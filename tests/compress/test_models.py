@@ -121,3 +121,40 @@ def test_truncated_checkpoint_refused(tiny_checkpoint):
     tiny_checkpoint.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnsafeFileError, match=str(tiny_checkpoint.name)):
         load_model(tiny_checkpoint)
+
+
+def test_pack_half_checkpoint(tmp_path):
+    """`compress pack`: float16 weights, no optimizer state, same predictions to fp16
+    precision; refuses to overwrite and refuses weights float16 cannot hold."""
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+    from compress.models import pack_checkpoint
+
+    spec = tiny_spec(class_names=["a", "b", "c", "d", "e"], ignore_index=11)
+    model = create_model(spec).eval()
+    src = save_checkpoint(tmp_path / "m.pt", model, spec, metrics={"miou": 0.5}, epoch=3,
+                          optimizer={"junk": torch.zeros(1000)})
+    out = tmp_path / "zoo" / "m16.pt"
+    res = CliRunner().invoke(app, ["pack", str(src), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "sha256" in res.output
+    raw = torch.load(out, weights_only=True)
+    assert "optimizer" not in raw and raw["metrics"] == {"miou": 0.5} and raw["epoch"] == 3
+    floats = [v for v in raw["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert out.stat().st_size < 0.6 * src.stat().st_size
+    packed = load_model(out)
+    assert next(packed.parameters()).dtype == torch.float32
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x), model(x), atol=5e-2, rtol=5e-2)
+    with pytest.raises(ModelError, match="exists"):
+        pack_checkpoint(src, out)
+    big = {k: v.clone() for k, v in model.state_dict().items()}
+    key = next(k for k, v in big.items() if v.is_floating_point())
+    big[key].fill_(1e6)
+    bad = tmp_path / "big.pt"
+    torch.save({"format": "segcompress-checkpoint/1", "spec": spec, "state_dict": big}, bad)
+    with pytest.raises(ModelError, match="float16"):
+        pack_checkpoint(bad, tmp_path / "big16.pt")
