@@ -202,10 +202,15 @@ class KDConfig(_Strict):
 
 class TeacherConfig(_Strict):
     checkpoint: str | None = None
+    adapter: str | None = Field(
+        None, description="a file of tensors (LoRA weights, or any subset of the state_dict) "
+        "loaded over teacher.checkpoint's weights; every key must exist in the model")
     model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
     train_epochs: int = Field(0, ge=0, description="train the teacher first when missing")
     half: bool = False
-    allow_missing_keys: bool = False
+    allow_missing_keys: bool = Field(
+        False, description="run weights that neither teacher.checkpoint nor teacher.adapter "
+        "holds on their initial values (warned with their count) instead of refusing")
     allow_weak: bool = Field(False, description="start even if the teacher is at chance")
 
 

@@ -44,6 +44,7 @@ from compress.metrics import scores, update_confusion
 from compress.models import (
     create_model,
     forward_with_features,
+    load_adapter,
     load_model,
     make_spec,
     read_checkpoint,
@@ -245,21 +246,42 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
                          class_names=names, ignore_index=s_spec["ignore_index"],
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
                          mean=m.mean, std=m.std, input_size=s_spec["input_size"])
-    model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
+    model, spec = load_model(tc.checkpoint, spec=spec,
+                             strict=not (tc.allow_missing_keys or tc.adapter),
                              return_spec=True, trusted=recipe_factories(cfg))
-    report = model.load_report
-    if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
-        raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
-    total = len(model.state_dict())
-    if report["missing"]:  # allowed by teacher.allow_missing_keys, never silently
-        log.warning(f"teacher {tc.checkpoint}: {len(report['missing'])} of {total} weights "
-                    f"missing from the file (e.g. {report['missing'][0]}) run on their random "
-                    "initial values (teacher.allow_missing_keys=true)")
-    if report["unexpected"]:
-        log.warning(f"teacher {tc.checkpoint}: {len(report['unexpected'])} tensors in the file "
-                    f"fit no weight of the model (e.g. {report['unexpected'][0]}) and were "
-                    "ignored")
+    _check_teacher_weights(model, tc)
     return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+
+
+def _check_teacher_weights(model: nn.Module, tc) -> None:
+    """Load ``teacher.adapter`` over the base weights, then refuse (or, with
+    ``teacher.allow_missing_keys``, warn with the count) the weights neither file held."""
+    report, total = dict(model.load_report), len(model.state_dict())
+    source = tc.checkpoint
+    if tc.adapter:
+        if not Path(tc.adapter).is_file():
+            raise FileNotFoundError(f"teacher.adapter not found: {tc.adapter}")
+        from_adapter = load_adapter(model, tc.adapter)
+        base = total - len(report["missing"])
+        replaced = len(set(from_adapter) - set(report["missing"]))  # the base had them too
+        report["missing"] = [k for k in report["missing"] if k not in set(from_adapter)]
+        log.info(f"teacher weights: {base} tensors from the base {tc.checkpoint}, "
+                 f"{len(from_adapter)} from the adapter {tc.adapter}"
+                 + (f" ({replaced} of them replace base tensors)" if replaced else ""))
+        source = f"{tc.checkpoint} + adapter {tc.adapter}"
+    missing, unexpected = report["missing"], report["unexpected"]
+    if (missing or unexpected) and not tc.allow_missing_keys:
+        parts = [f"{len(missing)} of {total} weights missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise ValueError(f"teacher {source}: {'; '.join(parts)}: refusing to run weights on "
+                         "their initial values (teacher.allow_missing_keys=true to allow it)")
+    if missing:  # allowed by teacher.allow_missing_keys, never silently
+        log.warning(f"teacher {source}: {len(missing)} of {total} weights missing from "
+                    f"{'both files' if tc.adapter else 'the file'} (e.g. {missing[0]}) run on "
+                    "their random initial values (teacher.allow_missing_keys=true)")
+    if unexpected:
+        log.warning(f"teacher {tc.checkpoint}: {len(unexpected)} tensors in the file "
+                    f"fit no weight of the model (e.g. {unexpected[0]}) and were ignored")
 
 
 def model_label(spec: dict) -> str:
