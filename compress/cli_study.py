@@ -37,7 +37,7 @@ def pseudo_label_cmd(
         "--class-threshold", help="NAME=VALUE per-class threshold; repeatable")] = None,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="also average the flipped image")] = False,
     scales: Annotated[str, typer.Option(help="input scales to average, e.g. 0.75,1,1.25")] = "1",
-    class_map: Annotated[Path | None, typer.Option(help="YAML: student classes + teacher->student map")] = None,
+    class_map: Annotated[Path | None, typer.Option(help="YAML: classes (output names, in order) + map (teacher class -> student class, {class: fraction} or ignore)")] = None,
     size: Annotated[str | None, typer.Option(help="HxW the teachers see; default their input size")] = None,
     ignore_index: Annotated[int | None, typer.Option(help="value of unsure pixels; default the teacher's")] = None,
     truth: Annotated[Path | None, typer.Option(help="ground-truth masks to score kept pixels against")] = None,

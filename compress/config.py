@@ -193,8 +193,10 @@ class KDConfig(_Strict):
     response: ResponseKDConfig = Field(default_factory=ResponseKDConfig)
     feature: FeatureKDConfig = Field(default_factory=FeatureKDConfig)
     cwd: CWDConfig = Field(default_factory=CWDConfig)
-    class_map: list[list[float]] | None = Field(
-        None, description="teacher-to-student matrix [teacher_classes][student_classes]"
+    class_map: dict[str, Any] | str | list[list[float]] | None = Field(
+        None, description="teacher class name -> student class name, {student: fraction, "
+        "...} (a soft split summing to 1) or ignore; or the path of a YAML file holding that "
+        "map (compress/classmap.py); a [teacher][student] matrix is still accepted"
     )
     cache: bool = Field(False, description="run the teacher once and reuse its logits")
     cache_scale: float = Field(0.5, gt=0, le=1)

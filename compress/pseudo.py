@@ -22,58 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from compress.classmap import parse_class_map
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
-from compress.io import atomic_write, atomic_write_json, atomic_write_text, read_text, safe_yaml
-
-
-def load_class_map(path: str | Path, teacher_names: list[str]) -> tuple[list[str], torch.Tensor]:
-    """Read a teacher-to-student label map.
-
-    The YAML file names the student's classes in order and, for every teacher class, the
-    student class it becomes, or ``null`` to leave its pixels unlabelled::
-
-        classes: [road, vehicle, other]
-        map: {Road: road, Sidewalk: road, Car: vehicle, Sky: other, Pedestrian: null}
-
-    Returns:
-        ``(student class names, [Ct, Cs + 1] matrix)``; the last column collects the
-        probability of teacher classes mapped to ``null``.
-
-    Raises:
-        ValueError: a teacher class left out, an unknown name on either side.
-    """
-    path = Path(path)
-    try:
-        raw = safe_yaml(read_text(path)) or {}
-    except (OSError, yaml.YAMLError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the class map ({e})") from None
-    if not isinstance(raw, dict) or set(raw) != {"classes", "map"}:
-        raise ValueError(f"{path}: expected exactly the keys 'classes' (student names) and "
-                         "'map' (teacher name -> student name or null)")
-    student = [str(c) for c in raw["classes"]]
-    mapping = {str(k): v for k, v in (raw["map"] or {}).items()}
-    unknown_t = [k for k in mapping if k not in teacher_names]
-    missing = [t for t in teacher_names if t not in mapping]
-    unknown_s = sorted({str(v) for v in mapping.values() if v is not None} - set(student))
-    if unknown_t or missing or unknown_s:
-        parts = []
-        if missing:
-            parts.append(f"teacher classes not mapped: {missing} (map them, or to null)")
-        if unknown_t:
-            parts.append(f"not teacher classes: {unknown_t} (teacher has {teacher_names})")
-        if unknown_s:
-            parts.append(f"targets not in 'classes': {unknown_s}")
-        raise ValueError(f"{path}: " + "; ".join(parts))
-    m = torch.zeros(len(teacher_names), len(student) + 1)
-    for i, t in enumerate(teacher_names):
-        v = mapping[t]
-        m[i, len(student) if v is None else student.index(str(v))] = 1.0
-    return student, m
+from compress.io import atomic_write, atomic_write_json, atomic_write_text
 
 
 def _round32(v: float) -> int:
@@ -186,8 +141,9 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         class_thresholds: per-class overrides, by (student) class name.
         tta_flip: also average the horizontally flipped input.
         scales: input scales, relative to ``size``, averaged.
-        class_map: YAML file mapping teacher classes onto the student's (see
-            :func:`load_class_map`).
+        class_map: YAML file naming the output classes and mapping teacher classes onto
+            them, hard or split (see :mod:`compress.classmap`); a pixel takes the argmax of
+            the mapped probabilities.
         size: ``(H, W)`` the teachers see at scale 1; default each teacher's input size.
         ignore_index: value of unsure pixels; default the first teacher's ignore index
             (255 when that is a class id of the output label set).
@@ -218,8 +174,9 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     dev = resolve_device(device)
     ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip)
     t_names = ens.class_names
-    if class_map is not None:
-        names, cmap = load_class_map(class_map, t_names)
+    if class_map is not None:  # a last column collects the classes mapped to ignore
+        names, m = parse_class_map(Path(class_map), t_names)
+        cmap = torch.cat([m, (1 - m.sum(1, keepdim=True)).clamp_min(0)], 1)
     else:
         names, cmap = t_names, None
     c = len(names)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from compress.classmap import kd_class_map
 from compress.config import RunConfig, dump_config
 from compress.data import build_split, build_train_set, dataset_classes
 from compress.io import (
@@ -35,7 +36,6 @@ from compress.io import (
 from compress.losses import (
     Distiller,
     TaskLoss,
-    class_map_tensor,
     map_classes,
     tap_levels,
     two_way,
@@ -308,7 +308,8 @@ def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None)
         if diff and not generic:
             shown = ", ".join(f"{i}: teacher {t!r} / student {s!r}" for i, t, s in diff[:6])
             raise ValueError(f"teacher and student class names differ ({shown}): give "
-                             "kd.class_map ([teacher][student] matrix) or fix class_names")
+                             "kd.class_map (teacher class name -> student class name) or fix "
+                             "class_names")
         return [f"label map: identity, {len(s_names)} classes"
                 + (" (teacher names unknown, assumed the same order)" if generic else "")]
     lines = [f"label map: {len(t_names)} teacher -> {len(s_names)} student classes"]
@@ -316,6 +317,9 @@ def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None)
         src = [f"{t_names[i]} {class_map[i, j]:.2f}" for i in range(len(t_names)) if class_map[i, j] > 0]
         lines.append(f"  {s:<16} <- " + (", ".join(src) if src else
                      "nothing: KD pushes this class towards 0 (check kd.class_map)"))
+    ignored = [t for i, t in enumerate(t_names) if not class_map[i].any()]
+    if ignored:
+        lines.append(f"  {'(ignored)':<16} <- {', '.join(ignored)}")
     return lines
 
 
@@ -749,7 +753,7 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     if needs_teacher:
         teacher, t_spec = load_teacher(cfg, spec, taps, device)
         try:
-            class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
+            class_map = kd_class_map(kd.class_map, t_spec["class_names"], spec["class_names"])
         except ValueError as e:
             raise ValueError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):

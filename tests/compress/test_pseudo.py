@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from compress.classmap import parse_class_map
 from compress.cli import app
 from compress.data import SyntheticSource, build_train_set, folder_source
 from compress.data.datasets import SYNTHETIC_CLASSES
-from compress.pseudo import Ensemble, load_class_map, pseudo_label
+from compress.pseudo import Ensemble, pseudo_label
 from compress.train import fit
 from tests.conftest import tiny_config
 
@@ -85,8 +86,8 @@ def test_class_map(trained_teacher, image_dir, tmp_path):
     cmap = tmp_path / "map.yaml"
     cmap.write_text("classes: [bg, shape]\n"
                     "map: {background: bg, disc: shape, box: shape, triangle: shape, ring: null}\n")
-    names, m = load_class_map(cmap, SYNTHETIC_CLASSES)
-    assert names == ["bg", "shape"] and m.shape == (5, 3) and m[4, 2] == 1
+    names, m = parse_class_map(cmap, SYNTHETIC_CLASSES)
+    assert names == ["bg", "shape"] and m.shape == (5, 2) and not m[4].any()
     stats = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "o", threshold=0.3,
                          class_map=cmap, show=False, previews=0)
     assert stats["classes"] == ["bg", "shape"]
@@ -97,7 +98,32 @@ def test_class_map(trained_teacher, image_dir, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("classes: [bg]\nmap: {background: bg, disc: bg}\n")
     with pytest.raises(ValueError, match="not mapped"):
-        load_class_map(bad, SYNTHETIC_CLASSES)
+        parse_class_map(bad, SYNTHETIC_CLASSES)
+
+
+def test_class_map_soft_split_takes_the_argmax_of_mapped_probabilities(trained_teacher,
+                                                                        image_dir, tmp_path):
+    """Before: pseudo-label refused a split ({name: fraction}); KD took it only as a matrix."""
+    cmap = tmp_path / "split.yaml"
+    cmap.write_text("classes: [bg, round, angular]\n"
+                    "map: {background: bg, disc: round, ring: ignore, box: angular,\n"
+                    "      triangle: {round: 0.4, angular: 0.6}}\n")
+    stats = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "o", threshold=0.0001,
+                         class_map=cmap, show=False, previews=0)
+    assert stats["classes"] == ["bg", "round", "angular"]
+    first = min((image_dir / "images").glob("synthetic_*.png"))
+    p = Ensemble([trained_teacher], torch.device("cpu")).probs(
+        np.asarray(Image.open(first).convert("RGB")))
+    mapped = torch.stack([p[0], p[1] + 0.4 * p[3], p[2] + 0.6 * p[3], p[4]])  # last: ignored
+    lab = mapped.argmax(0)
+    want = torch.where(lab < 3, lab, torch.tensor(255)).numpy()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "masks" / f"{first.stem}.png")), want)
+    cmap.write_text("classes: [bg, round]\nmap: {background: bg, disc: round, ring: round, "
+                    "box: round, triangel: round}\n")
+    with pytest.raises(ValueError, match=rf"{cmap}: 'triangel' is not a teacher class \(did you "
+                       r"mean 'triangle'\?\)"):
+        pseudo_label([trained_teacher], image_dir / "images", tmp_path / "x", class_map=cmap,
+                     show=False, previews=0)
 
 
 def test_cli_and_mixture_training(trained_teacher, image_dir, tmp_path):
@@ -138,3 +164,4 @@ def test_rerun_drops_stale_labels_and_foreign_out_is_refused(trained_teacher, tm
     (foreign / "masks").mkdir(parents=True)
     with pytest.raises(ValueError, match="not empty"):
         pseudo_label([trained_teacher], imgs, foreign, show=False)
+
