@@ -475,7 +475,9 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
 
 
 def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
-    """Why a teacher's validation score is near chance, or None.
+    """Why a teacher's score (``metrics.scores`` or :func:`evaluate` of its predictions,
+    with their confusion matrix) is near chance, or None. Used by the distill preflight
+    and by ``pseudo-label``'s weak-member check.
 
     Multi-class: mIoU below half of 1 / classes. Binary: foreground IoU below half of what
     calling every pixel foreground would score (an all-background teacher scores 0 there,
@@ -484,13 +486,14 @@ def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
     if conf.shape[0] == 2:
         total = int(conf.sum())
         guess = float(conf[1].sum()) / total if total else 0.0
-        if score["fg_iou"] < 0.5 * guess:
-            return (f"foreground IoU {score['fg_iou']:.3f}, below half of the {guess:.3f} that "
+        fg_iou = score.get("fg_iou", list(score["per_class_iou"].values())[1]) or 0.0
+        if fg_iou < 0.5 * guess:
+            return (f"foreground IoU {fg_iou:.3f}, below half of the {guess:.3f} that "
                     "calling every pixel foreground scores")
         return None
     chance = 1.0 / max(conf.shape[0], 2)
     if score["miou"] < chance * 0.5:
-        return f"val mIoU {score['miou']:.3f}, near chance"
+        return f"mIoU {score['miou']:.3f}, near chance"
     return None
 
 
