@@ -32,15 +32,18 @@ def pseudo_label_cmd(
     teacher: Annotated[list[Path], typer.Option("--teacher", help="teacher checkpoint; repeat for an ensemble")],
     images: Annotated[Path, typer.Option(help="folder of images (labelled or not)")],
     out: Annotated[Path, typer.Option(help="output dataset folder (folder layout)")],
+    teacher_weight: Annotated[list[float] | None, typer.Option(
+        "--teacher-weight", help="weight of each --teacher, in order (normalised); default equal")] = None,
     threshold: Annotated[float, typer.Option(help="keep pixels whose averaged probability is at least this")] = 0.7,
     class_threshold: Annotated[list[str] | None, typer.Option(
         "--class-threshold", help="NAME=VALUE per-class threshold; repeatable")] = None,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="also average the flipped image")] = False,
     scales: Annotated[str, typer.Option(help="input scales to average, e.g. 0.75,1,1.25")] = "1",
-    class_map: Annotated[Path | None, typer.Option(help="YAML: student classes + teacher->student map")] = None,
+    class_map: Annotated[Path | None, typer.Option(help="YAML: classes (output names, in order) + map (teacher class -> student class, {class: fraction} or ignore)")] = None,
     size: Annotated[str | None, typer.Option(help="HxW the teachers see; default their input size")] = None,
     ignore_index: Annotated[int | None, typer.Option(help="value of unsure pixels; default the teacher's")] = None,
-    truth: Annotated[Path | None, typer.Option(help="ground-truth masks to score kept pixels against")] = None,
+    truth: Annotated[Path | None, typer.Option(
+        help="ground-truth masks to score kept pixels and each teacher against (weak members are warned about)")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="copy images instead of linking them")] = False,
     previews: Annotated[int, typer.Option(help="preview pictures to write")] = 4,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -54,7 +57,8 @@ def pseudo_label_cmd(
                          class_thresholds=_parse_class_thresholds(class_threshold),
                          tta_flip=tta_flip, scales=_parse_scales(scales), class_map=class_map,
                          size=parse_size(size), ignore_index=ignore_index, truth=truth,
-                         copy_images=copy, previews=previews, device=device, show=not quiet)
+                         copy_images=copy, previews=previews, device=device, show=not quiet,
+                         teacher_weights=teacher_weight)
     typer.echo(format_summary(stats))
     typer.echo(f"dataset: {out} (use as data.extra_train: [{{kind: folder, root: {out}}}])")
 

@@ -193,8 +193,10 @@ class KDConfig(_Strict):
     response: ResponseKDConfig = Field(default_factory=ResponseKDConfig)
     feature: FeatureKDConfig = Field(default_factory=FeatureKDConfig)
     cwd: CWDConfig = Field(default_factory=CWDConfig)
-    class_map: list[list[float]] | None = Field(
-        None, description="teacher-to-student matrix [teacher_classes][student_classes]"
+    class_map: dict[str, Any] | str | list[list[float]] | None = Field(
+        None, description="teacher class name -> student class name, {student: fraction, "
+        "...} (a soft split summing to 1) or ignore; or the path of a YAML file holding that "
+        "map (compress/classmap.py); a [teacher][student] matrix is still accepted"
     )
     cache: bool = Field(False, description="run the teacher once and reuse its logits")
     cache_scale: float = Field(0.5, gt=0, le=1)
@@ -202,10 +204,15 @@ class KDConfig(_Strict):
 
 class TeacherConfig(_Strict):
     checkpoint: str | None = None
+    adapter: str | None = Field(
+        None, description="a file of tensors (LoRA weights, or any subset of the state_dict) "
+        "loaded over teacher.checkpoint's weights; every key must exist in the model")
     model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
     train_epochs: int = Field(0, ge=0, description="train the teacher first when missing")
     half: bool = False
-    allow_missing_keys: bool = False
+    allow_missing_keys: bool = Field(
+        False, description="run weights that neither teacher.checkpoint nor teacher.adapter "
+        "holds on their initial values (warned with their count) instead of refusing")
     allow_weak: bool = Field(False, description="start even if the teacher is at chance")
 
 

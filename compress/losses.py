@@ -65,10 +65,13 @@ def match_size(x: torch.Tensor, size) -> torch.Tensor:
 
 def map_classes(probs: torch.Tensor, class_map: torch.Tensor | None) -> torch.Tensor:
     """Teacher probabilities ``[N, Ct, H, W]`` onto the student's label set with a
-    ``[Ct, Cs]`` matrix whose rows sum to 1 (hard: one-hot rows; soft: splits)."""
+    ``[Ct, Cs]`` matrix whose rows sum to 1 (hard: one-hot rows; soft: splits) or are all
+    zero (a teacher class mapped to ``ignore``: its probability is dropped and the rest
+    renormalised; see :mod:`compress.classmap`)."""
     if class_map is None:
         return probs
-    return torch.einsum("nthw,ts->nshw", probs, class_map.to(probs.dtype))
+    mapped = torch.einsum("nthw,ts->nshw", probs, class_map.to(probs.dtype))
+    return mapped / mapped.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 def two_way(logits: torch.Tensor) -> torch.Tensor:
@@ -174,31 +177,6 @@ class TaskLoss(nn.Module):
 
     def forward(self, logits, target) -> torch.Tensor:
         return self.combine(self.parts(logits, target)).to(logits.dtype)
-
-
-def class_map_tensor(class_map: list[list[float]] | None, teacher_classes: int,
-                     student_classes: int) -> torch.Tensor | None:
-    """Validate a teacher-to-student class matrix; None means identity (same label set).
-
-    Raises:
-        ValueError: wrong shape or rows that do not sum to 1, or different class counts
-            without a mapping.
-    """
-    if class_map is None:
-        if teacher_classes != student_classes:
-            raise ValueError(
-                f"teacher has {teacher_classes} classes and student {student_classes}: "
-                "give kd.class_map ([teacher][student] matrix)"
-            )
-        return None
-    m = torch.tensor(class_map, dtype=torch.float32)
-    if m.shape != (teacher_classes, student_classes):
-        raise ValueError(
-            f"kd.class_map has shape {list(m.shape)}, expected [{teacher_classes}, {student_classes}]"
-        )
-    if (m < 0).any() or not torch.allclose(m.sum(1), torch.ones(teacher_classes), atol=1e-4):
-        raise ValueError("kd.class_map rows must be non-negative and sum to 1")
-    return m
 
 
 def tap_levels(feat_levels, cwd_levels) -> list[str]:

@@ -478,6 +478,46 @@ def check_finite(state: dict[str, Any], source: str | Path) -> None:
                          + ": refusing to use these weights")
 
 
+def _strip_module(state: dict[str, Any]) -> dict[str, Any]:
+    """A DDP-saved state_dict (every key ``module.*``) with its keys as the bare model's."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_adapter(model: nn.Module, path: str | Path) -> list[str]:
+    """Load an adapter file's tensors over a model's weights (LoRA weights, or any subset
+    of its state_dict: a fine-tuned head, a few layers).
+
+    Args:
+        model: the model, already holding its base weights.
+        path: a plain state_dict or a segcompress checkpoint, read with
+            ``torch.load(weights_only=True)``.
+
+    Returns:
+        The names of the tensors the adapter set.
+
+    Raises:
+        ModelError: a NaN/inf tensor, keys that match nothing in the model, or tensors of
+            another shape (named).
+    """
+    state = _strip_module(read_checkpoint(path)["state_dict"])
+    check_finite(state, path)
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ModelError(f"{path}: {len(unknown)} adapter tensor(s) match nothing in the model: "
+                         + ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""))
+    shapes = [(k, list(v.shape), list(own[k].shape)) for k, v in state.items()
+              if tuple(v.shape) != tuple(own[k].shape)]
+    if shapes:
+        k, got, want = shapes[0]
+        raise ModelError(f"{path}: adapter tensor {k!r} has shape {got}, the model's is {want}"
+                         + (f" ({len(shapes)} tensors differ)" if len(shapes) > 1 else ""))
+    model.load_state_dict(state, strict=False)
+    return list(state)
+
+
 def load_model(
     path: str | Path,
     spec: dict[str, Any] | None = None,
@@ -514,8 +554,7 @@ def load_model(
     state = ckpt["state_dict"]
     check_finite(state, path)
     model = create_model(spec, trusted=trusted, source=path)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = _strip_module(state)
     own = model.state_dict()
     shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
               if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]

@@ -22,74 +22,55 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from compress.classmap import parse_class_map
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
-from compress.io import atomic_write, atomic_write_json, atomic_write_text, read_text, safe_yaml
-
-
-def load_class_map(path: str | Path, teacher_names: list[str]) -> tuple[list[str], torch.Tensor]:
-    """Read a teacher-to-student label map.
-
-    The YAML file names the student's classes in order and, for every teacher class, the
-    student class it becomes, or ``null`` to leave its pixels unlabelled::
-
-        classes: [road, vehicle, other]
-        map: {Road: road, Sidewalk: road, Car: vehicle, Sky: other, Pedestrian: null}
-
-    Returns:
-        ``(student class names, [Ct, Cs + 1] matrix)``; the last column collects the
-        probability of teacher classes mapped to ``null``.
-
-    Raises:
-        ValueError: a teacher class left out, an unknown name on either side.
-    """
-    path = Path(path)
-    try:
-        raw = safe_yaml(read_text(path)) or {}
-    except (OSError, yaml.YAMLError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the class map ({e})") from None
-    if not isinstance(raw, dict) or set(raw) != {"classes", "map"}:
-        raise ValueError(f"{path}: expected exactly the keys 'classes' (student names) and "
-                         "'map' (teacher name -> student name or null)")
-    student = [str(c) for c in raw["classes"]]
-    mapping = {str(k): v for k, v in (raw["map"] or {}).items()}
-    unknown_t = [k for k in mapping if k not in teacher_names]
-    missing = [t for t in teacher_names if t not in mapping]
-    unknown_s = sorted({str(v) for v in mapping.values() if v is not None} - set(student))
-    if unknown_t or missing or unknown_s:
-        parts = []
-        if missing:
-            parts.append(f"teacher classes not mapped: {missing} (map them, or to null)")
-        if unknown_t:
-            parts.append(f"not teacher classes: {unknown_t} (teacher has {teacher_names})")
-        if unknown_s:
-            parts.append(f"targets not in 'classes': {unknown_s}")
-        raise ValueError(f"{path}: " + "; ".join(parts))
-    m = torch.zeros(len(teacher_names), len(student) + 1)
-    for i, t in enumerate(teacher_names):
-        v = mapping[t]
-        m[i, len(student) if v is None else student.index(str(v))] = 1.0
-    return student, m
+from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from compress.metrics import update_confusion
 
 
 def _round32(v: float) -> int:
     return max(32, round(v / 32) * 32)
 
 
+# an ensemble member whose mIoU on the labelled images is below this share of the best
+# member's is warned about, even when it is above chance
+FAR_BELOW_BEST = 0.5
+
+
+def teacher_weights(weights: list[float] | None, count: int) -> list[float]:
+    """``--teacher-weight`` values normalised to sum to 1; equal weights when not given.
+
+    Raises:
+        ValueError: not one weight per teacher, or a weight that is not a positive number.
+    """
+    if not weights:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(f"--teacher-weight given {len(weights)} times for {count} --teacher "
+                         "checkpoint(s): give one weight per teacher, in the same order")
+    bad = [w for w in weights if not (np.isfinite(w) and w > 0)]
+    if bad:
+        raise ValueError(f"--teacher-weight {bad[0]:g}: weights must be positive numbers")
+    return [w / sum(weights) for w in weights]
+
+
 class Ensemble:
-    """Frozen teachers whose softmax outputs are averaged over teachers, scales and flips."""
+    """Frozen teachers whose softmax outputs are averaged over scales and flips, then
+    combined by their (normalised) weights."""
 
     def __init__(self, checkpoints: list[str | Path], device: torch.device,
                  size: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,),
-                 flip: bool = False) -> None:
+                 flip: bool = False, weights: list[float] | None = None) -> None:
         from compress.models import load_model
 
         if not checkpoints:
             raise ValueError("give at least one --teacher checkpoint")
+        self.weights = teacher_weights(weights, len(checkpoints))
+        self.checkpoints = [str(ck) for ck in checkpoints]
         self.models, self.specs = [], []
         for ck in checkpoints:
             model, spec = load_model(ck, device=device, return_spec=True)
@@ -106,12 +87,14 @@ class Ensemble:
         self.size, self.scales, self.flip = size, tuple(scales), flip
 
     @torch.no_grad()
-    def probs(self, image: np.ndarray) -> torch.Tensor:
-        """Averaged class probabilities ``[Ct, H0, W0]`` for a uint8 ``[H0, W0, 3]`` image."""
+    def member_probs(self, image: np.ndarray) -> list[torch.Tensor]:
+        """Each teacher's class probabilities ``[Ct, H0, W0]`` for a uint8 ``[H0, W0, 3]``
+        image, averaged over its scales and flips."""
         h0, w0 = image.shape[:2]
-        total, n = None, 0
+        out = []
         for model, spec in zip(self.models, self.specs):
             base = self.size or tuple(spec["input_size"])
+            total, n = 0, 0
             for s in self.scales:
                 hw = (_round32(base[0] * s), _round32(base[1] * s))
                 x = normalize(resize_pair(image, None, hw)[0], spec["mean"], spec["std"])
@@ -120,10 +103,47 @@ class Ensemble:
                 if self.flip:
                     p = p + model(x.flip(-1)).float().softmax(1).flip(-1)
                     n += 1
-                p = F.interpolate(p, size=(h0, w0), mode="bilinear", align_corners=False)[0]
-                total = p if total is None else total + p
+                total = total + F.interpolate(p, size=(h0, w0), mode="bilinear",
+                                              align_corners=False)[0]
                 n += 1
-        return (total / n).cpu()
+            out.append((total / n).cpu())
+        return out
+
+    def probs(self, image: np.ndarray, members: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The weighted ensemble's probabilities ``[Ct, H0, W0]`` (from ``members`` when
+        :meth:`member_probs` already ran on this image)."""
+        members = self.member_probs(image) if members is None else members
+        return sum(w * p for w, p in zip(self.weights, members))
+
+
+def _mapped(probs: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
+    """Teacher probabilities ``[Ct, H, W]`` in the output classes (plus an ``ignore``
+    channel last when a class map is set)."""
+    return probs if cmap is None else torch.einsum("thw,ts->shw", probs, cmap)
+
+
+def check_members(ens: Ensemble, confusions: list[torch.Tensor], names: list[str],
+                  images: int) -> list[dict]:
+    """Score each ensemble member on the labelled images; a member at chance level
+    (:func:`compress.train.weak_teacher`, the distill preflight's test) or far below the
+    best member gets a one-line ``warning``. ``images == 0``: nothing to score on."""
+    from compress.metrics import scores
+    from compress.train import weak_teacher
+
+    rows = [{"checkpoint": ck, "weight": w, "miou": None, "warning": None}
+            for ck, w in zip(ens.checkpoints, ens.weights)]
+    if not images:
+        return rows
+    for row, conf in zip(rows, confusions):
+        score = scores(conf, names)
+        row["miou"] = score["miou"]
+        row["warning"] = weak_teacher(score, conf)
+    best = max(r["miou"] for r in rows)
+    for row in rows:
+        if row["warning"] is None and row["miou"] < FAR_BELOW_BEST * best:
+            row["warning"] = (f"mIoU {100 * row['miou']:.2f}, far below the best "
+                              f"member's {100 * best:.2f}")
+    return rows
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[str]]:
@@ -174,7 +194,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
                  class_map: str | Path | None = None, size: tuple[int, int] | None = None,
                  ignore_index: int | None = None, truth: str | Path | None = None,
                  copy_images: bool = False, previews: int = 4, device: str = "cpu",
-                 show: bool = True) -> dict:
+                 show: bool = True, teacher_weights: list[float] | None = None) -> dict:
     """Label every image in ``images`` with the confident pixels of a teacher ensemble.
 
     Args:
@@ -186,15 +206,19 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         class_thresholds: per-class overrides, by (student) class name.
         tta_flip: also average the horizontally flipped input.
         scales: input scales, relative to ``size``, averaged.
-        class_map: YAML file mapping teacher classes onto the student's (see
-            :func:`load_class_map`).
+        class_map: YAML file naming the output classes and mapping teacher classes onto
+            them, hard or split (see :mod:`compress.classmap`); a pixel takes the argmax of
+            the mapped probabilities.
         size: ``(H, W)`` the teachers see at scale 1; default each teacher's input size.
         ignore_index: value of unsure pixels; default the first teacher's ignore index
             (255 when that is a class id of the output label set).
-        truth: optional folder of ground-truth masks (``<stem>.png``) to score the kept
+        truth: optional folder of ground-truth masks (``<stem>.png``, output classes) to
+            score the kept pixels and each teacher against (a teacher at chance level or
+            far below the best one is warned about; without it that check is skipped).
             pixels against.
         copy_images: copy the images into ``out/images`` instead of linking them.
         previews: how many preview pictures to write.
+        teacher_weights: one positive weight per teacher (normalised); default equal.
 
     Returns:
         The statistics also written to ``out/stats.json``.
@@ -216,10 +240,11 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     if not scales or any(s <= 0 for s in scales):
         raise ValueError(f"scales {list(scales)} must be positive")
     dev = resolve_device(device)
-    ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip)
+    ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip, teacher_weights)
     t_names = ens.class_names
-    if class_map is not None:
-        names, cmap = load_class_map(class_map, t_names)
+    if class_map is not None:  # a last column collects the classes mapped to ignore
+        names, m = parse_class_map(Path(class_map), t_names)
+        cmap = torch.cat([m, (1 - m.sum(1, keepdim=True)).clamp_min(0)], 1)
     else:
         names, cmap = t_names, None
     c = len(names)
@@ -249,7 +274,8 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     predicted = np.zeros(c, np.int64)
     kept = np.zeros(c, np.int64)
     pixels, done, skipped, seen = 0, 0, [], {}
-    right_kept = right_all = scored_kept = scored_all = 0
+    right_kept = right_all = scored_kept = scored_all = truth_images = 0
+    member_conf = [torch.zeros(c, c, dtype=torch.int64) for _ in ens.models]
     truth_dir = Path(truth) if truth else None
     for path in tqdm(files, desc="pseudo-label", disable=not show):
         if path.stem in seen:
@@ -263,9 +289,8 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
             skipped.append({"name": path.name, "reason": str(e)})
             seen[path.stem] = None
             continue
-        p = ens.probs(image)
-        if cmap is not None:
-            p = torch.einsum("thw,ts->shw", p, cmap)
+        members = ens.member_probs(image)
+        p = _mapped(ens.probs(image, members), cmap)
         conf, label = p.max(0)
         keep = (conf >= thr[label]) & (label < c)
         mask = torch.where(keep, label, torch.full_like(label, ignore_index)).numpy()
@@ -284,6 +309,11 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
                 scored_kept += int(k.sum())
                 right_all += int((lab[valid] == gt[valid]).sum())
                 scored_all += int(valid.sum())
+                truth_images += 1
+                target = torch.from_numpy(np.where(valid, gt, -1))
+                for m_conf, m_probs in zip(member_conf, members):  # each teacher on its own
+                    pred = _mapped(m_probs, cmap)[:c].argmax(0)
+                    update_confusion(m_conf, pred, target, -1)
         if done < previews:
             _preview(out / "previews" / f"{path.stem}.png", image, mask, conf.numpy(), c)
         done += 1
@@ -295,6 +325,10 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         p.unlink()
     stats = {
         "teachers": [str(t) for t in teachers],
+        "teacher_weights": ens.weights,
+        "members": check_members(ens, member_conf, names, truth_images),
+        "member_check": (f"scored on {truth_images} labelled image(s) (--truth)" if truth_images
+                         else "skipped: no labelled data (--truth masks) to score the teachers on"),
         "images_dir": str(images),
         "threshold": threshold,
         "class_thresholds": dict(class_thresholds or {}),
@@ -341,6 +375,7 @@ def format_summary(stats: dict) -> str:
         t = stats["truth"]
         lines.append(f"  vs truth: {t['accuracy_kept'] * 100:.1f}% of kept pixels right "
                      f"({t['accuracy_all'] * 100:.1f}% without the threshold)")
+    lines += _member_lines(stats)
     for s in stats["skipped_files"]:
         lines.append(f"  skipped {s['name']}: {s['reason']}")
     if stats["removed_stale"]:
@@ -350,3 +385,17 @@ def format_summary(stats: dict) -> str:
         lines.append(f"  not images, left alone: {', '.join(stats['other_files'][:10])}"
                      + (" ..." if len(stats["other_files"]) > 10 else ""))
     return "\n".join(lines)
+
+
+def _member_lines(stats: dict) -> list[str]:
+    """The ensemble's weights and scores, a warning line per weak member, or why the
+    weak-member check was skipped."""
+    members, lines = stats["members"], []
+    for m in members if len(members) > 1 else []:
+        score = "" if m["miou"] is None else f": mIoU {m['miou']:.3f} on the --truth masks"
+        lines.append(f"  teacher {m['checkpoint']} (weight {m['weight']:.2f}){score}")
+    if len(members) > 1 and all(m["miou"] is None for m in members):
+        lines.append(f"  weak-member check {stats['member_check']}")
+    lines += [f"warning: teacher {m['checkpoint']} scores {m['warning']} on the --truth masks"
+              for m in members if m["warning"]]
+    return lines

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from compress.classmap import kd_class_map
 from compress.config import RunConfig, dump_config
 from compress.data import build_split, build_train_set, dataset_classes
 from compress.io import (
@@ -35,7 +36,6 @@ from compress.io import (
 from compress.losses import (
     Distiller,
     TaskLoss,
-    class_map_tensor,
     map_classes,
     tap_levels,
     two_way,
@@ -44,6 +44,7 @@ from compress.metrics import scores, update_confusion
 from compress.models import (
     create_model,
     forward_with_features,
+    load_adapter,
     load_model,
     make_spec,
     read_checkpoint,
@@ -245,21 +246,42 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
                          class_names=names, ignore_index=s_spec["ignore_index"],
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
                          mean=m.mean, std=m.std, input_size=s_spec["input_size"])
-    model, spec = load_model(tc.checkpoint, spec=spec, strict=not tc.allow_missing_keys,
+    model, spec = load_model(tc.checkpoint, spec=spec,
+                             strict=not (tc.allow_missing_keys or tc.adapter),
                              return_spec=True, trusted=recipe_factories(cfg))
-    report = model.load_report
-    if (report["missing"] or report["unexpected"]) and not tc.allow_missing_keys:
-        raise ValueError(f"{tc.checkpoint}: teacher weights did not load fully: {report}")
-    total = len(model.state_dict())
-    if report["missing"]:  # allowed by teacher.allow_missing_keys, never silently
-        log.warning(f"teacher {tc.checkpoint}: {len(report['missing'])} of {total} weights "
-                    f"missing from the file (e.g. {report['missing'][0]}) run on their random "
-                    "initial values (teacher.allow_missing_keys=true)")
-    if report["unexpected"]:
-        log.warning(f"teacher {tc.checkpoint}: {len(report['unexpected'])} tensors in the file "
-                    f"fit no weight of the model (e.g. {report['unexpected'][0]}) and were "
-                    "ignored")
+    _check_teacher_weights(model, tc)
     return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+
+
+def _check_teacher_weights(model: nn.Module, tc) -> None:
+    """Load ``teacher.adapter`` over the base weights, then refuse (or, with
+    ``teacher.allow_missing_keys``, warn with the count) the weights neither file held."""
+    report, total = dict(model.load_report), len(model.state_dict())
+    source = tc.checkpoint
+    if tc.adapter:
+        if not Path(tc.adapter).is_file():
+            raise FileNotFoundError(f"teacher.adapter not found: {tc.adapter}")
+        from_adapter = load_adapter(model, tc.adapter)
+        base = total - len(report["missing"])
+        replaced = len(set(from_adapter) - set(report["missing"]))  # the base had them too
+        report["missing"] = [k for k in report["missing"] if k not in set(from_adapter)]
+        log.info(f"teacher weights: {base} tensors from the base {tc.checkpoint}, "
+                 f"{len(from_adapter)} from the adapter {tc.adapter}"
+                 + (f" ({replaced} of them replace base tensors)" if replaced else ""))
+        source = f"{tc.checkpoint} + adapter {tc.adapter}"
+    missing, unexpected = report["missing"], report["unexpected"]
+    if (missing or unexpected) and not tc.allow_missing_keys:
+        parts = [f"{len(missing)} of {total} weights missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
+        raise ValueError(f"teacher {source}: {'; '.join(parts)}: refusing to run weights on "
+                         "their initial values (teacher.allow_missing_keys=true to allow it)")
+    if missing:  # allowed by teacher.allow_missing_keys, never silently
+        log.warning(f"teacher {source}: {len(missing)} of {total} weights missing from "
+                    f"{'both files' if tc.adapter else 'the file'} (e.g. {missing[0]}) run on "
+                    "their random initial values (teacher.allow_missing_keys=true)")
+    if unexpected:
+        log.warning(f"teacher {tc.checkpoint}: {len(unexpected)} tensors in the file "
+                    f"fit no weight of the model (e.g. {unexpected[0]}) and were ignored")
 
 
 def model_label(spec: dict) -> str:
@@ -286,7 +308,8 @@ def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None)
         if diff and not generic:
             shown = ", ".join(f"{i}: teacher {t!r} / student {s!r}" for i, t, s in diff[:6])
             raise ValueError(f"teacher and student class names differ ({shown}): give "
-                             "kd.class_map ([teacher][student] matrix) or fix class_names")
+                             "kd.class_map (teacher class name -> student class name) or fix "
+                             "class_names")
         return [f"label map: identity, {len(s_names)} classes"
                 + (" (teacher names unknown, assumed the same order)" if generic else "")]
     lines = [f"label map: {len(t_names)} teacher -> {len(s_names)} student classes"]
@@ -294,6 +317,9 @@ def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None)
         src = [f"{t_names[i]} {class_map[i, j]:.2f}" for i in range(len(t_names)) if class_map[i, j] > 0]
         lines.append(f"  {s:<16} <- " + (", ".join(src) if src else
                      "nothing: KD pushes this class towards 0 (check kd.class_map)"))
+    ignored = [t for i, t in enumerate(t_names) if not class_map[i].any()]
+    if ignored:
+        lines.append(f"  {'(ignored)':<16} <- {', '.join(ignored)}")
     return lines
 
 
@@ -449,7 +475,9 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
 
 
 def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
-    """Why a teacher's validation score is near chance, or None.
+    """Why a teacher's score (``metrics.scores`` or :func:`evaluate` of its predictions,
+    with their confusion matrix) is near chance, or None. Used by the distill preflight
+    and by ``pseudo-label``'s weak-member check.
 
     Multi-class: mIoU below half of 1 / classes. Binary: foreground IoU below half of what
     calling every pixel foreground would score (an all-background teacher scores 0 there,
@@ -458,13 +486,14 @@ def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
     if conf.shape[0] == 2:
         total = int(conf.sum())
         guess = float(conf[1].sum()) / total if total else 0.0
-        if score["fg_iou"] < 0.5 * guess:
-            return (f"foreground IoU {score['fg_iou']:.3f}, below half of the {guess:.3f} that "
+        fg_iou = score.get("fg_iou", list(score["per_class_iou"].values())[1]) or 0.0
+        if fg_iou < 0.5 * guess:
+            return (f"foreground IoU {fg_iou:.3f}, below half of the {guess:.3f} that "
                     "calling every pixel foreground scores")
         return None
     chance = 1.0 / max(conf.shape[0], 2)
     if score["miou"] < chance * 0.5:
-        return (f"val mIoU {100 * score['miou']:.2f}, near chance ({100 * chance:.1f} for "
+        return (f"mIoU {100 * score['miou']:.2f}, near chance ({100 * chance:.1f} for "
                 f"{conf.shape[0]} classes)")
     return None
 
@@ -813,7 +842,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     if needs_teacher:
         teacher, t_spec = load_teacher(cfg, spec, taps, device)
         try:
-            class_map = class_map_tensor(kd.class_map, t_spec["classes"], spec["classes"])
+            class_map = kd_class_map(kd.class_map, t_spec["class_names"], spec["class_names"])
         except ValueError as e:
             raise ValueError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):

@@ -135,7 +135,7 @@ def test_distill_checkpoint_holds_the_student_alone(trained_teacher, tmp_path):
 
 
 def test_label_map_preflight():
-    from compress.losses import class_map_tensor
+    from compress.classmap import kd_class_map
     from compress.train import check_label_maps
 
     same = {"class_names": ["Sky", "Road"]}
@@ -144,10 +144,10 @@ def test_label_map_preflight():
         check_label_maps(same, {"class_names": ["Road", "Sky"]}, None)
     generic = check_label_maps({"class_names": ["class_0", "class_1"]}, same, None)
     assert "assumed the same order" in generic[0]
-    cm = class_map_tensor([[1, 0, 0], [0, 0.7, 0.3], [1, 0, 0]], 3, 3)
+    cm = kd_class_map([[1, 0, 0], [0, 0.7, 0.3], [1, 0, 0]], ["a", "b", "c"], ["x", "y", "z"])
     lines = check_label_maps({"class_names": ["a", "b", "c"]}, {"class_names": ["x", "y", "z"]}, cm)
     assert lines[1].split() == ["x", "<-", "a", "1.00,", "c", "1.00"]
     assert "y" in lines[2] and "b 0.70" in lines[2] and "b 0.30" in lines[3]
-    cm2 = class_map_tensor([[1, 0], [1, 0]], 2, 2)
+    cm2 = kd_class_map([[1, 0], [1, 0]], ["a", "b"], ["x", "y"])
     assert "nothing" in check_label_maps({"class_names": ["a", "b"]},
                                          {"class_names": ["x", "y"]}, cm2)[2]

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compress.classmap import kd_class_map
 from compress.losses import (
     Distiller,
     TaskLoss,
-    class_map_tensor,
     cross_entropy,
     dice_loss,
     feature_distance,
@@ -62,7 +62,7 @@ def test_class_map_hard_and_soft():
         m[i][i] = 1.0
     m[6][0] = 1.0
     m[7][4], m[7][5] = 0.7, 0.3
-    cm = class_map_tensor(m, 8, 6)
+    cm = kd_class_map(m, [f"t{i}" for i in range(8)], [f"s{j}" for j in range(6)])
     probs = torch.zeros(1, 8, 1, 1)
     probs[0, 7] = 0.5
     probs[0, 6] = 0.25
@@ -75,12 +75,12 @@ def test_class_map_hard_and_soft():
 @pytest.mark.parametrize("bad", [[[1.0, 0.0]] * 3, [[0.5, 0.4]] * 2])
 def test_class_map_validation(bad):
     with pytest.raises(ValueError, match="class_map"):
-        class_map_tensor(bad, 2, 2)
+        kd_class_map(bad, ["a", "b"], ["x", "y"])
 
 
 def test_different_class_counts_need_a_map():
     with pytest.raises(ValueError, match="give kd.class_map"):
-        class_map_tensor(None, 8, 6)
+        kd_class_map(None, list("abcdefgh"), list("uvwxyz"))
 
 
 def test_cross_entropy_ignores_and_weights():

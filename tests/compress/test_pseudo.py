@@ -1,6 +1,7 @@
 """Pseudo-labelling: thresholds, ensembles, class maps, the folder layout, mixtures."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -8,12 +9,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from compress.classmap import parse_class_map
 from compress.cli import app
 from compress.data import SyntheticSource, build_train_set, folder_source
 from compress.data.datasets import SYNTHETIC_CLASSES
-from compress.pseudo import Ensemble, load_class_map, pseudo_label
+from compress.models import create_model, save_checkpoint
+from compress.pseudo import Ensemble, check_members, pseudo_label, teacher_weights
 from compress.train import fit
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_spec
 
 runner = CliRunner()
 
@@ -85,8 +88,8 @@ def test_class_map(trained_teacher, image_dir, tmp_path):
     cmap = tmp_path / "map.yaml"
     cmap.write_text("classes: [bg, shape]\n"
                     "map: {background: bg, disc: shape, box: shape, triangle: shape, ring: null}\n")
-    names, m = load_class_map(cmap, SYNTHETIC_CLASSES)
-    assert names == ["bg", "shape"] and m.shape == (5, 3) and m[4, 2] == 1
+    names, m = parse_class_map(cmap, SYNTHETIC_CLASSES)
+    assert names == ["bg", "shape"] and m.shape == (5, 2) and not m[4].any()
     stats = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "o", threshold=0.3,
                          class_map=cmap, show=False, previews=0)
     assert stats["classes"] == ["bg", "shape"]
@@ -97,7 +100,32 @@ def test_class_map(trained_teacher, image_dir, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("classes: [bg]\nmap: {background: bg, disc: bg}\n")
     with pytest.raises(ValueError, match="not mapped"):
-        load_class_map(bad, SYNTHETIC_CLASSES)
+        parse_class_map(bad, SYNTHETIC_CLASSES)
+
+
+def test_class_map_soft_split_takes_the_argmax_of_mapped_probabilities(trained_teacher,
+                                                                        image_dir, tmp_path):
+    """Before: pseudo-label refused a split ({name: fraction}); KD took it only as a matrix."""
+    cmap = tmp_path / "split.yaml"
+    cmap.write_text("classes: [bg, round, angular]\n"
+                    "map: {background: bg, disc: round, ring: ignore, box: angular,\n"
+                    "      triangle: {round: 0.4, angular: 0.6}}\n")
+    stats = pseudo_label([trained_teacher], image_dir / "images", tmp_path / "o", threshold=0.0001,
+                         class_map=cmap, show=False, previews=0)
+    assert stats["classes"] == ["bg", "round", "angular"]
+    first = min((image_dir / "images").glob("synthetic_*.png"))
+    p = Ensemble([trained_teacher], torch.device("cpu")).probs(
+        np.asarray(Image.open(first).convert("RGB")))
+    mapped = torch.stack([p[0], p[1] + 0.4 * p[3], p[2] + 0.6 * p[3], p[4]])  # last: ignored
+    lab = mapped.argmax(0)
+    want = torch.where(lab < 3, lab, torch.tensor(255)).numpy()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o" / "masks" / f"{first.stem}.png")), want)
+    cmap.write_text("classes: [bg, round]\nmap: {background: bg, disc: round, ring: round, "
+                    "box: round, triangel: round}\n")
+    with pytest.raises(ValueError, match=rf"{cmap}: 'triangel' is not a teacher class \(did you "
+                       r"mean 'triangle'\?\)"):
+        pseudo_label([trained_teacher], image_dir / "images", tmp_path / "x", class_map=cmap,
+                     show=False, previews=0)
 
 
 def test_cli_and_mixture_training(trained_teacher, image_dir, tmp_path):
@@ -138,3 +166,69 @@ def test_rerun_drops_stale_labels_and_foreign_out_is_refused(trained_teacher, tm
     (foreign / "masks").mkdir(parents=True)
     with pytest.raises(ValueError, match="not empty"):
         pseudo_label([trained_teacher], imgs, foreign, show=False)
+
+
+# ---------------------------------------------------------------- weighted ensembles
+
+
+def _chance_teacher(path):
+    """A teacher that calls every pixel "ring" (a rare class): chance level."""
+    spec = tiny_spec(class_names=SYNTHETIC_CLASSES)
+    model = create_model(spec)
+    with torch.no_grad():
+        model.segmentation_head[0].bias[4] = 50.0
+    return save_checkpoint(path, model, spec)
+
+
+def test_teacher_weights_are_normalised_and_combine_the_members(trained_teacher, image_dir,
+                                                                 tmp_path):
+    """Before: teachers were averaged with equal weights only."""
+    weak = _chance_teacher(tmp_path / "weak.pt")
+    ens = Ensemble([trained_teacher, weak], torch.device("cpu"), weights=[7, 3])
+    assert ens.weights == pytest.approx([0.7, 0.3])
+    image = np.asarray(Image.open(min((image_dir / "images").glob("synthetic_*.png"))).convert("RGB"))
+    a, b = ens.member_probs(image)
+    torch.testing.assert_close(ens.probs(image), 0.7 * a + 0.3 * b)
+    torch.testing.assert_close(a, Ensemble([trained_teacher], torch.device("cpu")).probs(image))
+    with pytest.raises(ValueError, match=r"--teacher-weight given 1 times for 2 --teacher"):
+        teacher_weights([1.0], 2)
+    with pytest.raises(ValueError, match=r"--teacher-weight 0: weights must be positive"):
+        teacher_weights([1.0, 0.0], 2)
+
+
+def test_weak_member_is_warned_with_its_checkpoint_and_score(trained_teacher, image_dir,
+                                                             tmp_path):
+    """Before: a chance-level second teacher was averaged in without a word."""
+    weak = _chance_teacher(tmp_path / "weak.pt")
+    args = ["pseudo-label", "--teacher", str(trained_teacher), "--teacher", str(weak),
+            "--teacher-weight", "0.7", "--teacher-weight", "0.3", "--images",
+            str(image_dir / "images"), "--device", "cpu", "-q"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "o"), "--truth",
+                              str(image_dir / "truth")])
+    assert res.exit_code == 0, res.output
+    warnings = [ln for ln in res.output.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1, res.output
+    assert re.match(rf"warning: teacher {re.escape(str(weak))} scores mIoU \d+\.\d\d, near "
+                    r"chance \(20\.0 for 5 classes\) on the --truth masks$", warnings[0])
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["teacher_weights"] == pytest.approx([0.7, 0.3])
+    good, bad = stats["members"]
+    assert good["warning"] is None and good["miou"] > 2 * bad["miou"]
+    assert stats["member_check"] == "scored on 6 labelled image(s) (--truth)"
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "p")])  # no labelled data
+    assert res.exit_code == 0, res.output
+    assert "weak-member check skipped: no labelled data (--truth masks)" in res.output
+    assert "warning:" not in res.output
+
+
+def test_member_far_below_the_best_is_warned_even_above_chance():
+    from types import SimpleNamespace
+
+    ens = SimpleNamespace(checkpoints=["a.pt", "b.pt"], weights=[0.5, 0.5])
+    best = torch.eye(5, dtype=torch.int64) * 10
+    poor = torch.eye(5, dtype=torch.int64) * 3 + torch.roll(torch.eye(5, dtype=torch.int64) * 7, 1, 1)
+    rows = check_members(ens, [best, poor], SYNTHETIC_CLASSES, images=2)
+    assert rows[0]["warning"] is None
+    assert rows[1]["miou"] > 0.1  # above chance (half of 1/5)
+    assert rows[1]["warning"] == "mIoU 17.65, far below the best member's 100.00"
+    assert check_members(ens, [best, poor], SYNTHETIC_CLASSES, images=0)[1]["warning"] is None

@@ -3,13 +3,17 @@ more classes than the student (8 -> 6 through kd.class_map) scored in student cl
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
+
 import pytest
 import torch
 
 from compress.config import ConfigError, load_config
-from compress.models import create_model, make_spec, save_checkpoint
-from compress.train import fit
-from tests.conftest import TINY_DECODER, tiny_config
+from compress.data import SYNTHETIC_CLASSES
+from compress.models import ModelError, create_model, make_spec, save_checkpoint
+from compress.train import fit, load_teacher
+from tests.conftest import TINY_DECODER, tiny_config, tiny_spec
 from tests.workflows.helpers import make_folder_dataset
 
 S6 = ["Background", "Forest", "Grassland", "Cropland", "Settlement", "SemiNatural"]
@@ -136,3 +140,98 @@ def test_example_custom_teacher_teaches_feature_kd(tmp_path):
 
     row = next(csv.DictReader((run / "metrics.csv").open()))
     assert float(row["train_feat"]) > 0 and float(row["train_kd"]) > 0
+
+
+# ---------------------------------------------------------------- base + adapter
+
+
+@contextmanager
+def _log_lines():
+    """Messages of the 'compress' logger (fit() turns its propagation off)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("compress")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _lora_files(tmp_path, **adapter_tensors):
+    """A base checkpoint of the example teacher (no LoRA) and an adapter file holding the
+    LoRA tensors of ``build(5, width=8, lora_rank=2)`` (or ``adapter_tensors``)."""
+    from examples.custom_teacher import build
+
+    base = tmp_path / "base.pt"
+    torch.save(build(5, width=8).state_dict(), base)
+    lora = build(5, width=8, lora_rank=2)
+    torch.nn.init.normal_(lora.lora_b.weight)
+    tensors = adapter_tensors or {k: v for k, v in lora.state_dict().items()
+                                  if k.startswith("lora_")}
+    torch.save(tensors, tmp_path / "adapter.pt")
+    return base, tmp_path / "adapter.pt", tensors
+
+
+def _lora_teacher(tmp_path, base, adapter=None, extra=()):
+    cfg = tiny_config(tmp_path, [f"teacher.checkpoint={base}",
+                                 "teacher.model.factory=examples.custom_teacher:build",
+                                 "teacher.model.classes=5",
+                                 "teacher.model.kwargs={width: 8, lora_rank: 2}",
+                                 *([f"teacher.adapter={adapter}"] if adapter else []), *extra])
+    return load_teacher(cfg, tiny_spec(class_names=SYNTHETIC_CLASSES), [], "cpu")[0]
+
+
+def test_base_plus_adapter_teacher_loads_the_adapter_over_the_base(tmp_path):
+    """Before: no teacher.adapter; a LoRA teacher needed one merged file, or ran its LoRA
+    weights on their initial values with allow_missing_keys."""
+    from examples.custom_teacher import build
+
+    base, _, lora = _lora_files(tmp_path)
+    with pytest.raises(ModelError, match=r"2 missing \(e\.g\. lora_a\.weight\)"):
+        _lora_teacher(tmp_path, base)
+    head_bias = torch.full((5,), 0.5)
+    adapter = tmp_path / "lora_and_head.pt"
+    torch.save({**lora, "head.bias": head_bias}, adapter)
+    with _log_lines() as lines:
+        teacher = _lora_teacher(tmp_path, base, adapter)
+    state = teacher.model.state_dict()
+    for k, v in {**lora, "head.bias": head_bias}.items():
+        assert torch.equal(state[k], v), k
+    base_state = torch.load(base, weights_only=True)
+    assert torch.equal(state["head.weight"], base_state["head.weight"])
+    total = len(build(5, width=8, lora_rank=2).state_dict())
+    assert (f"teacher weights: {total - 2} tensors from the base {base}, 3 from the adapter "
+            f"{adapter} (1 of them replace base tensors)") in lines
+    assert not [ln for ln in lines if "missing" in ln]
+
+
+@pytest.mark.parametrize("tensors,match", [
+    ({"lora_a.weight": torch.zeros(2, 16, 1, 1), "lora_b.weight": torch.full((5, 2, 1, 1), float("nan"))},
+     r"adapter\.pt: tensor 'lora_b\.weight' holds NaN or inf"),
+    ({"lora_a.weight": torch.zeros(2, 16, 1, 1), "lora_c.weight": torch.zeros(1)},
+     r"adapter\.pt: 1 adapter tensor\(s\) match nothing in the model: lora_c\.weight"),
+    ({"lora_a.weight": torch.zeros(3, 16, 1, 1)},
+     (r"adapter\.pt: adapter tensor 'lora_a\.weight' has shape \[3, 16, 1, 1\], the model's "
+      r"is \[2, 16, 1, 1\]")),
+])
+def test_adapter_refuses_bad_tensors_by_name(tmp_path, tensors, match):
+    base, adapter, _ = _lora_files(tmp_path, **tensors)
+    with pytest.raises(ModelError, match=match):
+        _lora_teacher(tmp_path, base, adapter)
+
+
+def test_weights_missing_after_base_and_adapter_follow_allow_missing_keys(tmp_path):
+    base, adapter, _ = _lora_files(tmp_path, **{"lora_a.weight": torch.ones(2, 16, 1, 1)})
+    with pytest.raises(ValueError, match=r"adapter\.pt: 1 of \d+ weights missing \(e\.g\. "
+                       r"lora_b\.weight\).*teacher\.allow_missing_keys=true"):
+        _lora_teacher(tmp_path, base, adapter)
+    with _log_lines() as lines:
+        _lora_teacher(tmp_path, base, adapter, ["teacher.allow_missing_keys=true"])
+    assert any("adapter.pt: 1 of" in ln and "weights missing" in ln for ln in lines)
+    with pytest.raises(FileNotFoundError, match="teacher.adapter not found: .*nope.pt"):
+        _lora_teacher(tmp_path, base, tmp_path / "nope.pt")

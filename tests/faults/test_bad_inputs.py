@@ -230,6 +230,8 @@ def bad(tmp_path_factory) -> dict[str, str]:
         "alias_bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a]\n"
                        "train: {epochs: 1}\nc: [*b, *b, *b, *b, *b, *b]\n"),
         "study_alias": "name: s\nbaseline: &b x\nrecipes: [{name: *b, runs: [r]}]\n",
+        "cmap_typo": ("classes: [bg, fg]\n"
+                      "map: {class_0: bg, class_1: fg, class_2: fg, class_3: fg, class_4: fgg}\n"),
     }
     for name, text in texts.items():
         f[f"y_{name}"] = y / f"{name}.yaml"
@@ -380,6 +382,18 @@ ROWS = [
         ("{payload_ckpt}", "refused")),
     Row("distill-teacher-other-classes", [*DISTILL, "teacher.checkpoint={teacher3}"],
         ("{teacher3}", "3 classes", "kd.class_map")),
+    Row("distill-adapter-missing", [*DISTILL, "teacher.adapter={missing}"],
+        ("teacher.adapter", "{missing}", "not found")),
+    Row("distill-adapter-payload", [*DISTILL, "teacher.adapter={payload_ckpt}"],
+        ("{payload_ckpt}", "refused")),
+    Row("distill-adapter-nan", [*DISTILL, "teacher.adapter={nan_ckpt}"],
+        ("{nan_ckpt}", "segmentation_head", "NaN")),
+    Row("distill-adapter-other-shapes", [*DISTILL, "teacher.adapter={teacher3}"],
+        ("{teacher3}", "segmentation_head", "shape")),
+    Row("distill-class-map-typo", [*DISTILL, ("kd.class_map={{class_0: background, class_1: disc, "
+                                              "class_2: box, class_3: triangle, "
+                                              "class_4: {{ring: 0.5, rnig: 0.5}}}}")],
+        ("kd.class_map", "'rnig'", "did you mean 'ring'")),
     Row("distill-teacher-plain-state-dict", [*DISTILL, "teacher.checkpoint={plain_sd}",
                                              "teacher.model=null"],
         ("{plain_sd}", "plain state_dict", "teacher.model")),
@@ -470,6 +484,17 @@ ROWS = [
     Row("pseudo-device-cuda", ["pseudo-label", "--teacher", "{good_ckpt}", "--images",
                                "{ds_ok}/images/val", "--out", "{out}", "--device", "cuda", "-q"],
         ("cuda", "GPU")),
+    Row("pseudo-teacher-weight-count", ["pseudo-label", "--teacher", "{good_ckpt}",
+                                        "--teacher-weight", "0.7", "--teacher-weight", "0.3",
+                                        "--images", "{ds_ok}/images/val", "--out", "{out}", "-q"],
+        ("--teacher-weight", "2 times", "1 --teacher")),
+    Row("pseudo-teacher-weight-zero", ["pseudo-label", "--teacher", "{good_ckpt}", "--teacher",
+                                       "{good_ckpt}", "--teacher-weight", "1", "--teacher-weight",
+                                       "0", "--images", "{ds_ok}/images/val", "--out", "{out}"],
+        ("--teacher-weight 0", "positive")),
+    Row("pseudo-class-map-typo", ["pseudo-label", "--teacher", "{good_ckpt}", "--class-map",
+                                  "{y_cmap_typo}", "--images", "{ds_ok}/images/val", "--out",
+                                  "{out}", "-q"], ("{y_cmap_typo}", "'fgg'", "did you mean 'fg'")),
     Row("compare-config-missing", ["compare", "-c", "{y_missing}"], ("{y_missing}", "not found")),
     # ---- trust boundaries and bounded parsing (issue 10)
     Row("config-alias-bomb", ["train", "-c", "{y_alias_bomb}"], ("{y_alias_bomb}", "aliases")),
