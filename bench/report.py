@@ -409,6 +409,7 @@ def _row(
         disk, error = None, error or f"file not found: {t.path}"
     row = {
         "model": t.label,
+        "name": t.info.get("cost_key", role),
         "role": role,
         "format": t.info.get("format"),
         "backend": t.backend,
@@ -518,6 +519,7 @@ def _notes(rows: list[dict]) -> list[str]:
                 f
                 for f in rows
                 if f["role"] == r["role"]
+                and f.get("name") == r.get("name")
                 and f["backend"] == r["backend"]
                 and f["device"] == r["device"]
                 and f["artifact_precision"] in FP_PRECISIONS
@@ -750,13 +752,29 @@ def _csv(v) -> str:
     return str(v)
 
 
+FORMAT_MARKERS = {"torch": "o", "onnxruntime": "s", "openvino": "^", "tensorrt": "D"}
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats: none at least as fast with at least the mIoU (strictly
+    better in one), sorted by latency."""
+    front, best = [], -1.0
+    for r in sorted(rows, key=lambda r: (_median(r), -r["miou"])):
+        if r["miou"] > best:
+            front.append(r)
+            best = r["miou"]
+    return front
+
+
 def plot_pareto(report: dict, path: Path) -> Path | None:
-    """mIoU vs ms/image, one panel per device, the Pareto front drawn; None if nothing
-    was both timed and scored."""
+    """mIoU vs ms/image, one panel per device: a colour per model (teacher red), a marker
+    per format, the Pareto front drawn and labelled; None if nothing was both timed and
+    scored."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     devices = [
         d
@@ -765,49 +783,46 @@ def plot_pareto(report: dict, path: Path) -> Path | None:
     ]
     if not devices:
         return None
-    fig, axes = plt.subplots(1, len(devices), figsize=(6.5 * len(devices), 4.8), squeeze=False)
+    names = list(dict.fromkeys(r.get("name", r["role"]) for r in report["rows"]))
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 3]  # red: teacher
+    students = [n for n in names if n != "teacher"]
+    colour = {n: palette[i % len(palette)] for i, n in enumerate(students)}
+    colour["teacher"] = "tab:red"
+    fig, axes = plt.subplots(1, len(devices), figsize=(7 * len(devices), 5), squeeze=False)
     for ax, dev in zip(axes[0], devices):
         pts = [
             r for r in report["rows"] if r["device"] == dev and r["miou"] is not None and _median(r)
         ]
-        for k, r in enumerate(sorted(pts, key=_median)):
+        for r in pts:
             std = r["latency_ms"]["std"]
-            ax.errorbar(
-                _median(r),
-                r["miou"] * 100,
-                xerr=[[min(std, _median(r))], [std]],
-                fmt="o",
-                color="tab:red" if r["role"] == "teacher" else "tab:blue",
-                capsize=3,
-            )
-            # stagger labels so models with near-equal figures stay readable
-            ax.annotate(
-                r["model"],
-                (_median(r), r["miou"] * 100),
-                fontsize=7,
-                xytext=(4, 4 + 9 * (k % 3)),
-                textcoords="offset points",
-            )
-        front, best = [], -1.0
-        for r in sorted(pts, key=lambda r: (_median(r), -r["miou"])):
-            if r["miou"] > best:
-                front.append(r)
-                best = r["miou"]
-        ax.step(
-            [_median(r) for r in front],
-            [r["miou"] * 100 for r in front],
-            where="post",
-            color="gray",
-            linestyle="--",
-            linewidth=1,
-            label="Pareto front",
-        )
-        ax.margins(x=0.15, y=0.25)  # room for the labels
+            int8 = norm_precision(r["artifact_precision"]) == "int8"
+            ax.errorbar(_median(r), r["miou"] * 100,
+                        xerr=[[min(std, _median(r))], [std]],
+                        fmt=FORMAT_MARKERS.get(r["backend"], "o"),
+                        color=colour[r.get("name", r["role"])],
+                        mfc=colour[r.get("name", r["role"])] if int8 or r["role"] == "teacher"
+                        else "white",
+                        capsize=2, elinewidth=0.8, alpha=0.9)
+        front = pareto_front(pts)
+        ax.step([_median(r) for r in front], [r["miou"] * 100 for r in front], where="post",
+                color="gray", linestyle="--", linewidth=1)
+        labelled = {id(r) for r in front} | {id(r) for r in pts if r["role"] == "teacher"}
+        for k, r in enumerate(r for r in sorted(pts, key=_median) if id(r) in labelled):
+            ax.annotate(r["model"], (_median(r), r["miou"] * 100), fontsize=7,
+                        xytext=(5, -12 if k % 2 else 6), textcoords="offset points")
+        handles = [Line2D([], [], color=colour[n], marker="o", linestyle="", label=n)
+                   for n in names]
+        handles += [Line2D([], [], color="black", marker=m, linestyle="", mfc="white",
+                           label=FORMAT_NAMES.get(b, b))
+                    for b, m in FORMAT_MARKERS.items() if any(r["backend"] == b for r in pts)]
+        handles += [Line2D([], [], color="black", marker="o", linestyle="", label="int8: filled"),
+                    Line2D([], [], color="gray", linestyle="--", label="Pareto front (labelled)")]
+        ax.legend(handles=handles, fontsize=7, loc="lower right")
+        ax.margins(x=0.12, y=0.15)
         ax.set_xlabel("ms / image (median ± std, batch 1)")
         ax.set_ylabel("mIoU (%)")
         ax.set_title(f"{dev}: accuracy vs latency")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -254,3 +254,23 @@ def test_several_students_in_one_report(tmp_path, checkpoints, export_dir):
         build_report(student=[student], artifacts=[export_dir, export_dir], **common)
     with pytest.raises(ValueError, match="share a name"):
         build_report(student=[student, student], **common)
+
+
+def test_int8_note_compares_a_student_with_its_own_fp32(tmp_path):
+    """With several students, 'INT8 is not faster' pairs each INT8 row with the FP32 row of
+    the same student, never with another student's."""
+    cost = {**COST, "a": COST["student"], "b": COST["student"]}
+
+    def row(label, name, prec, ms):
+        f = tmp_path / f"{label.replace(' ', '_')}.bin"
+        f.write_bytes(b"x")
+        info = {"role": "student", "artifact_precision": prec, "format": "onnxruntime",
+                "cost_key": name}
+        return _row(Target(label, f, "onnxruntime", None, info), "cpu", cost,
+                    timing={"precision": prec, "latency_ms": _lat(ms)})
+
+    rows = [row("a ONNX f32", "a", "f32", 20.0), row("a ONNX int8", "a", "int8", 10.0),
+            row("b ONNX f32", "b", "f32", 5.0), row("b ONNX int8", "b", "int8", 6.0)]
+    notes = _notes(rows)
+    assert notes == ["b ONNX int8: INT8 is not faster than F32 on onnxruntime/cpu "
+                     "(6.00 vs 5.00 ms/image)"]

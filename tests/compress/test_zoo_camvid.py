@@ -1,0 +1,51 @@
+"""The CamVid checkpoints shipped in zoo/camvid/ (README "Students on CamVid"): each file
+matches its listed sha256, loads with load_model (weights_only) and maps a 192x256 image
+to 11-class logits; with CamVid present (-m slow), each re-scores to its listed val mIoU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compress.models import load_model
+
+ZOO = Path(__file__).resolve().parents[2] / "zoo" / "camvid"
+CAMVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+SUMS = dict(reversed(line.split()) for line in (ZOO / "SHA256SUMS").read_text().splitlines())
+NAMES = sorted(SUMS)
+
+
+def test_every_shipped_file_is_listed():
+    assert sorted(p.name for p in ZOO.glob("*.pt")) == NAMES
+    assert sum((ZOO / n).stat().st_size for n in NAMES) < 60 * 2**20
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zoo_checkpoint_loads_and_matches_its_sha256(name):
+    path = ZOO / name
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SUMS[name]
+    raw = torch.load(path, weights_only=True)
+    assert "optimizer" not in raw
+    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
+               if v.is_floating_point())
+    model, spec = load_model(path, return_spec=True)
+    assert spec["classes"] == 11 and list(spec["input_size"]) == [192, 256]
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 192, 256))
+    assert out.shape == (1, 11, 192, 256) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_zoo_checkpoint_rescores_to_its_listed_miou(name, tmp_path):
+    if not (CAMVID / "val.txt").is_file():
+        pytest.skip(f"CamVid not present at {CAMVID}")
+    from compress.evaluate import evaluate_checkpoint
+
+    listed = json.loads((ZOO / "scores.json").read_text())[name]
+    result = evaluate_checkpoint(ZOO / name, CAMVID, "val", out=tmp_path)
+    assert result["miou"] == pytest.approx(listed, abs=5e-4)
