@@ -20,6 +20,7 @@ available yet" until the command exists.
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,9 +249,67 @@ def bad(tmp_path_factory) -> dict[str, str]:
     (d / "lying").mkdir()
     f["onnx_wrong_classes"] = export_onnx(create_model(spec3), d / "lying" / "model.onnx", spec,
                                           size=(64, 64), simplify=False)
+    _bent_onnx_files(f, d)
     f["bomb_img"] = f["ds_bomb"] / "images" / "val" / "img0.png"
     f["quick"] = Path(QUICK)
     return {k: str(v) for k, v in f.items()}
+
+
+def _bent_onnx_files(f: dict, d: Path) -> None:
+    """ONNX files whose graph contradicts their embedded spec, or that cannot load: a static
+    export at another size, rank-3 and NHWC inputs, weights in a missing external file;
+    and an OpenVINO IR whose graph has another class count than its spec."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploy.export import SPEC_METADATA_KEY
+
+    lying = onnx.load(f["onnx_wrong_classes"])
+    spec_json = next(p.value for p in lying.metadata_props if p.key == SPEC_METADATA_KEY)
+
+    def with_spec(model, path: Path, **save) -> str:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = SPEC_METADATA_KEY, spec_json
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path), **save)
+        return str(path)
+
+    def graph(in_shape, out_shape, op="Identity", **attrs):
+        x = helper.make_tensor_value_info("images", TensorProto.FLOAT, in_shape)
+        y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, out_shape)
+        node = helper.make_node(op, ["images"], ["logits"], **attrs)
+        return helper.make_model(helper.make_graph([node], "bent", [x], [y]),
+                                 opset_imports=[helper.make_opsetid("", 17)])
+
+    # a static export at 96x96 whose embedded spec was edited to say 64x64
+    from compress.models import create_model
+    from deploy.export import export_onnx
+
+    spec = json.loads(spec_json)
+    (d / "other_size").mkdir()
+    static = export_onnx(create_model(spec), d / "other_size" / "tmp.onnx", spec,
+                         size=(96, 96), simplify=False)
+    other = onnx.load(str(static))
+    static.unlink()
+    for p in other.metadata_props:
+        if p.key == SPEC_METADATA_KEY:
+            p.value = json.dumps({**json.loads(p.value), "input_size": [64, 64]})
+    f["onnx_other_size"] = d / "other_size" / "model.onnx"
+    onnx.save(other, str(f["onnx_other_size"]))
+    f["onnx_rank3"] = with_spec(graph([1, 64, 64], [1, 64, 64]), d / "rank3" / "model.onnx")
+    f["onnx_nhwc"] = with_spec(graph([1, 64, 64, 3], [1, 64, 64], "ReduceMax", axes=[3],
+                                     keepdims=0), d / "nhwc" / "model.onnx")
+    ext = onnx.load(f["onnx_wrong_classes"])
+    f["onnx_external"] = d / "external" / "model.onnx"
+    f["onnx_external"].parent.mkdir()
+    onnx.save(ext, str(f["onnx_external"]), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    (d / "external" / "weights.bin").unlink()
+    from deploy.openvino import convert_to_openvino
+
+    f["ov_wrong_classes"] = d / "lying_ov" / "model.xml"
+    f["ov_wrong_classes"].parent.mkdir()
+    convert_to_openvino(f["onnx_wrong_classes"], f["ov_wrong_classes"], spec=json.loads(spec_json))
 
 
 # ---------------------------------------------------------------- the table
@@ -529,6 +588,16 @@ ROWS = [
     Row("eval-onnx-other-classes", [*EVAL, "{onnx_wrong_classes}"],
         ("{onnx_wrong_classes}", "outputs 3 classes", "says 5")),
     Row("compare-unknown-key", ["compare", "-c", "{y_study_typo}"], ("{y_study_typo}", "recipez")),
+    Row("eval-onnx-static-other-size", [*EVAL, "{onnx_other_size}"],
+        ("{onnx_other_size}", "fixed input size 96x96", "64x64")),
+    Row("eval-onnx-rank3-input", [*EVAL, "{onnx_rank3}"],
+        ("{onnx_rank3}", "[1, 64, 64]", "NCHW")),
+    Row("eval-onnx-nhwc-input", [*EVAL, "{onnx_nhwc}"], ("{onnx_nhwc}", "[1, 64, 64, 3]", "NCHW")),
+    Row("eval-onnx-missing-external-data", [*EVAL, "{onnx_external}"], ("{onnx_external}",)),
+    Row("bench-latency-onnx-nhwc", ["latency", "{onnx_nhwc}", "--runs", "1", "--warmup", "0"],
+        ("{onnx_nhwc}", "NCHW"), prog="bench"),
+    Row("eval-openvino-other-classes", [*EVAL, "{ov_wrong_classes}"],
+        ("{ov_wrong_classes}", "outputs 3 classes", "says 5")),
 ]
 
 # Rows known to fail for reasons in another package's code (none now; kept so a gap found
