@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -239,8 +239,8 @@ def test_several_students_in_one_report(tmp_path, checkpoints, export_dir):
     teacher, student = checkpoints
     other = tmp_path / "slim.pt"
     shutil.copy(student, other)
-    common = dict(teacher=teacher, data=None, kind="synthetic", size=(64, 64), runs=2,
-                  warmup=0, threads=1, devices=["cpu"], max_images=2)
+    common = {"teacher": teacher, "data": None, "kind": "synthetic", "size": (64, 64),
+              "runs": 2, "warmup": 0, "threads": 1, "devices": ["cpu"], "max_images": 2}
     rep = build_report(student=[student, other], artifacts=[export_dir], **common)
     by_model = {r["model"]: r for r in rep["rows"]}
     assert list(by_model)[:4] == ["teacher PyTorch f32", "student PyTorch f32",
@@ -272,5 +272,5 @@ def test_int8_note_compares_a_student_with_its_own_fp32(tmp_path):
     rows = [row("a ONNX f32", "a", "f32", 20.0), row("a ONNX int8", "a", "int8", 10.0),
             row("b ONNX f32", "b", "f32", 5.0), row("b ONNX int8", "b", "int8", 6.0)]
     notes = _notes(rows)
-    assert notes == ["b ONNX int8: INT8 is not faster than F32 on onnxruntime/cpu "
-                     "(6.00 vs 5.00 ms/image)"]
+    assert notes == [("b ONNX int8: INT8 is not faster than F32 on onnxruntime/cpu "
+                      "(6.00 vs 5.00 ms/image)")]
