@@ -256,6 +256,8 @@ class QuantConfig(_Strict):
         "(what TensorRT needs)")
     calib_samples: int = Field(64, ge=1, description="train images (no augmentation) that set "
                                "the quantizers' initial ranges")
+    freeze_bn: bool = Field(True, description="keep BatchNorm running statistics as "
+                            "calibrated (BN layers in eval mode while the student trains)")
 
 
 class RunConfig(_Strict):

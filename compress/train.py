@@ -128,7 +128,9 @@ def _init_spec(path: str, cfg: RunConfig, class_names: list[str],
         raise ValueError(f"model.init_from {path} is a plain state_dict: give a segcompress "
                          "checkpoint (its spec rebuilds the student)")
     names = [n.lower() for n in spec["class_names"]]
-    if names != [n.lower() for n in class_names]:
+    generic = names == [f"class_{i}" for i in range(len(names))]  # names unknown: count only
+    if (names != [n.lower() for n in class_names]
+            and not (generic and len(names) == len(class_names))):
         raise ValueError(f"model.init_from {path}: its classes ({', '.join(spec['class_names'][:6])}"
                          f"{' ...' if len(names) > 6 else ''}) are not the data's "
                          f"({', '.join(class_names[:6])}{' ...' if len(class_names) > 6 else ''})")
@@ -413,6 +415,10 @@ def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConf
                     nan_hook=None) -> tuple[EpochResult, int]:
     """One pass over the loader. Returns the mean of every loss term and the new step."""
     student.train()
+    if cfg.quant.qat and cfg.quant.freeze_bn:  # the quantizer ranges were set with these stats
+        for m in student.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     distiller.train()
     tc = cfg.train
     sums: dict[str, float] = {}
