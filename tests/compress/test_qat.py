@@ -76,7 +76,7 @@ def test_qat_int8_agrees_with_fp32_at_least_as_well_as_ptq_and_runs_everywhere(t
     cfg = ExportConfig(int8=True, openvino=True, synthetic_val_length=8, calib_size=16,
                        max_drop=100.0)
     qat_m = export_checkpoint(qat_ckpt, tmp_path / "qat", cfg)
-    ptq_m = export_checkpoint(fp32, tmp_path / "ptq", cfg)
+    export_checkpoint(fp32, tmp_path / "ptq", cfg)
     entry = next(a for a in qat_m["artifacts"] if a["file"] == "model_int8.onnx")
     assert entry["quantization"]["method"].startswith("qat")
     assert entry["quantization"]["quantized_layers"] > 0
@@ -106,7 +106,7 @@ def test_qat_checkpoint_loads_as_float_weights_and_as_quantized(qat_best, fp32):
     best = qat_best
     float_model = load_model(best)  # every consumer of load_model: the fine-tuned weights
     assert not any(k.startswith("__nncf") for k in float_model.state_dict())
-    q, spec, state = load_qat_model(best)
+    q, _, state = load_qat_model(best)
     assert state["preset"] == "mixed" and load_qat_model(fp32) is None
     x = torch.randn(1, 3, 64, 64)
     assert q(x).shape == float_model(x).shape
