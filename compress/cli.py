@@ -1,4 +1,4 @@
-"""``compress``: train | distill | eval | export | pseudo-label | compare.
+"""``compress``: train | distill | eval | prune | export | pseudo-label | compare.
 
 Each command parses its arguments, loads the config, calls the library and prints a
 summary. Errors a user can fix print one line (no traceback unless ``--debug``).
@@ -7,6 +7,7 @@ summary. Errors a user can fix print one line (no traceback unless ``--debug``).
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -130,6 +131,43 @@ def pack(
     info = pack_checkpoint(checkpoint, out, half=half)
     typer.echo(f"packed {checkpoint} -> {info['path']} ({info['bytes'] / 1e6:.1f} MB, "
                f"{info['tensors']} tensors) sha256 {info['sha256']}")
+
+
+class Importance(str, Enum):
+    magnitude = "magnitude"
+    taylor = "taylor"
+
+
+@app.command("prune")
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="a segcompress checkpoint (e.g. the teacher)")],
+    out: Annotated[Path, typer.Option(help="the pruned checkpoint (must not exist)")],
+    macs_ratio: Annotated[float | None, typer.Option(
+        help="target MACs as a fraction of the model's (0.5: half)")] = None,
+    target_gmacs: Annotated[float | None, typer.Option(help="target in GMACs")] = None,
+    importance: Annotated[Importance, typer.Option(
+        help="magnitude (L2 of weights) or taylor (gradients of a few train batches)")]
+    = Importance.magnitude,
+    steps: Annotated[int, typer.Option(help="iterative pruning steps")] = 5,
+    round_to: Annotated[int, typer.Option(help="channel counts rounded to multiples of")] = 8,
+    data: Annotated[Path | None, typer.Option(help="dataset root (Taylor importance)")] = None,
+    data_kind: Annotated[str, typer.Option(help="camvid | folder | synthetic")] = "camvid",
+    batches: Annotated[int, typer.Option(help="train batches per Taylor step")] = 4,
+    size: Annotated[str | None, typer.Option(
+        help="HxW the MACs are counted at; default: the checkpoint's input size")] = None,
+) -> None:
+    """Prune channels (Torch-Pruning) to a MAC target: a smaller checkpoint of the same shape."""
+    from compress.evaluate import parse_size
+    from compress.prune import prune_checkpoint
+
+    r = prune_checkpoint(checkpoint, out, macs_ratio=macs_ratio, target_gmacs=target_gmacs,
+                         importance=importance.value, steps=steps, round_to=round_to, data=data,
+                         data_kind=data_kind, batches=batches, size=parse_size(size))
+    typer.echo(f"pruned {checkpoint}: {r['gmacs_before']:.3f} -> {r['gmacs_after']:.3f} GMACs "
+               f"at {r['size'][0]}x{r['size'][1]} (target {r['target_gmacs']:.3f}), params "
+               f"{r['params_before'] / 1e6:.2f} M -> {r['params_after'] / 1e6:.2f} M, "
+               f"{r['pruned_tensors']} tensors thinner")
+    typer.echo(f"checkpoint: {r['out']}")
 
 
 @app.command("config")

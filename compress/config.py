@@ -106,6 +106,10 @@ class ModelConfig(_Strict):
         "state_dict: read from its head, else the student's)")
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    init_from: str | None = Field(
+        None, description="a segcompress checkpoint whose spec and weights make the student "
+        "(e.g. a teacher pruned by `compress prune`): its architecture, pruned widths and "
+        "normalisation replace arch/encoder/decoder_channels/kwargs/mean/std")
 
     @model_validator(mode="before")
     @classmethod
@@ -240,6 +244,22 @@ class TrainConfig(_Strict):
         "figure) when the data has it (folder / camvid); null: never")
 
 
+class QuantConfig(_Strict):
+    """Quantization-aware distillation (NNCF): the student is quantized before the first
+    step and fine-tuned through fake INT8 quantizers under the same loss terms;
+    ``compress export --int8`` of its checkpoint writes the INT8 QDQ ONNX it trained."""
+
+    qat: bool = Field(False, description="quantize the student (nncf.quantize, calibrated "
+                      "on the train split) and train it quantization-aware")
+    preset: Literal["mixed", "performance"] = Field(
+        "mixed", description="mixed: asymmetric activations (CPU); performance: symmetric "
+        "(what TensorRT needs)")
+    calib_samples: int = Field(64, ge=1, description="train images (no augmentation) that set "
+                               "the quantizers' initial ranges")
+    freeze_bn: bool = Field(True, description="keep BatchNorm running statistics as "
+                            "calibrated (BN layers in eval mode while the student trains)")
+
+
 class RunConfig(_Strict):
     """A whole recipe: ``compress train`` uses data/model/loss/train, ``distill`` adds
     ``teacher`` and ``kd``. ``base`` (resolved at load time) names a recipe this one
@@ -258,10 +278,17 @@ class RunConfig(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     kd: KDConfig = Field(default_factory=KDConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
 
     @model_validator(mode="after")
     def _weights(self) -> RunConfig:
         kd = self.kd
+        taps = (kd.feature.weight and kd.feature.levels) or (
+            kd.cwd.weight and [lv for lv in kd.cwd.levels if lv != "logits"])
+        if self.quant.qat and taps:
+            raise ValueError("quant.qat trains through the model's forward: feature taps "
+                             "(kd.feature, kd.cwd.levels other than logits) would bypass "
+                             "its quantizers; distil on the logits")
         if self.w_task == 0 and kd.response.weight == 0 and kd.feature.weight == 0 and (
             kd.cwd.weight == 0
         ):

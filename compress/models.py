@@ -191,6 +191,11 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
             isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 65_536 for x in size)):
         raise bad("input_size", "[H, W], two positive integers")
+    from compress.prune import pruned_shapes_error
+
+    why = pruned_shapes_error(spec.get("pruned_shapes"))
+    if why:
+        raise ModelError(f"{where}model spec key 'pruned_shapes' must be {why}")
     return spec
 
 
@@ -232,9 +237,22 @@ def create_model(spec: dict[str, Any], encoder_weights: str | None = None, *,
 
     Raises:
         ModelError: unknown architecture (listing the valid names), bad factory, weights
-            that do not fit.
+            that do not fit, ``pruned_shapes`` that do not fit the architecture.
+
+    A spec with ``pruned_shapes`` (``compress prune``) builds the unpruned architecture,
+    then shrinks the listed tensors to their pruned shapes (:mod:`compress.prune`).
     """
     spec = validate_spec(spec, source)
+    model = _create_unpruned(spec, encoder_weights, trusted=trusted, source=source)
+    if spec.get("pruned_shapes"):
+        from compress.prune import shrink_to_shapes
+
+        shrink_to_shapes(model, spec["pruned_shapes"], source)
+    return model
+
+
+def _create_unpruned(spec: dict[str, Any], encoder_weights: str | None, *, trusted,
+                     source: str | Path | None) -> nn.Module:
     if spec.get("factory"):
         fn = _import_factory(spec["factory"], trusted, str(source) if source else None)
         try:
@@ -553,6 +571,10 @@ def load_model(
         )
     state = ckpt["state_dict"]
     check_finite(state, path)
+    if ckpt.get("quantization") is not None:  # a QAT checkpoint: its fine-tuned FP32 weights
+        from compress.qat import float_state
+
+        state = float_state(state)
     model = create_model(spec, trusted=trusted, source=path)
     state = _strip_module(state)
     own = model.state_dict()

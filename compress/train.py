@@ -101,8 +101,12 @@ def check_task_settings(cfg: RunConfig, class_names: list[str]) -> None:
                          f"{len(class_names)} classes")
 
 
-def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
+def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None = None) -> dict:
+    """The student's spec: from the recipe's model keys, or from ``model.init_from``'s
+    checkpoint (a resume reads it from the run's own ``last.pt``)."""
     m = cfg.model
+    if m.init_from:
+        return _init_spec(m.init_from, cfg, class_names, last_state)
     if m.classes is not None and m.classes != len(class_names):
         raise ValueError(f"model.classes={m.classes} but the data has {len(class_names)} "
                          f"classes ({', '.join(class_names[:8])})")
@@ -111,6 +115,54 @@ def student_spec(cfg: RunConfig, class_names: list[str]) -> dict:
         ignore_index=cfg.ignore_index, decoder_channels=m.decoder_channels, factory=m.factory,
         kwargs=m.kwargs, mean=m.mean, std=m.std, input_size=tuple(cfg.data.size),
     )
+
+
+def _init_spec(path: str, cfg: RunConfig, class_names: list[str],
+               last_state: dict | None) -> dict:
+    if last_state is not None and last_state.get("spec"):
+        return dict(last_state["spec"])
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.init_from not found: {path}")
+    spec = read_checkpoint(path)["spec"]
+    if spec is None:
+        raise ValueError(f"model.init_from {path} is a plain state_dict: give a segcompress "
+                         "checkpoint (its spec rebuilds the student)")
+    names = [n.lower() for n in spec["class_names"]]
+    generic = names == [f"class_{i}" for i in range(len(names))]  # names unknown: count only
+    if (names != [n.lower() for n in class_names]
+            and not (generic and len(names) == len(class_names))):
+        raise ValueError(f"model.init_from {path}: its classes ({', '.join(spec['class_names'][:6])}"
+                         f"{' ...' if len(names) > 6 else ''}) are not the data's "
+                         f"({', '.join(class_names[:6])}{' ...' if len(class_names) > 6 else ''})")
+    return {**spec, "class_names": list(class_names), "ignore_index": cfg.ignore_index,
+            "input_size": [int(s) for s in cfg.data.size]}
+
+
+def _quantize_student(student: nn.Module, cfg: RunConfig, spec: dict,
+                      last_state: dict | None, run_dir: Path) -> nn.Module:
+    """``quant.qat``: NNCF's quantizers in the student (:mod:`compress.qat`)."""
+    from compress.qat import calibration_batches, quantize_student, restore_qat
+
+    if last_state is not None:
+        if not last_state.get("quantization"):
+            raise ValueError(f"cannot resume {run_dir} with quant.qat: its last.pt holds no "
+                             "quantizers")
+        return restore_qat(student, last_state["quantization"], run_dir)
+    calib = build_split(cfg.data, cfg.data.train_split, spec["mean"], spec["std"],
+                        cfg.ignore_index, False, cfg.seed)
+    batches = calibration_batches(calib, cfg.quant.calib_samples, cfg.data.batch_size)
+    log.info(f"quant.qat: nncf.quantize ({cfg.quant.preset}) calibrated on "
+             f"{sum(len(b) for b in batches)} train images")
+    return quantize_student(student, batches, preset=cfg.quant.preset)
+
+
+def _qat_extra(student: nn.Module, cfg: RunConfig) -> dict:
+    """What a QAT checkpoint adds: where its quantizers sit (``quantization``)."""
+    if not cfg.quant.qat:
+        return {}
+    from compress.qat import qat_state
+
+    return {"quantization": qat_state(unwrap(student), cfg.quant.preset)}
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -363,6 +415,10 @@ def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConf
                     nan_hook=None) -> tuple[EpochResult, int]:
     """One pass over the loader. Returns the mean of every loss term and the new step."""
     student.train()
+    if cfg.quant.qat and cfg.quant.freeze_bn:  # the quantizer ranges were set with these stats
+        for m in student.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     distiller.train()
     tc = cfg.train
     sums: dict[str, float] = {}
@@ -820,7 +876,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
 
     torch.manual_seed(cfg.seed)
     class_names = cfg.class_names or dataset_classes(cfg.data, cfg.ignore_index)
-    spec = student_spec(cfg, class_names)
+    spec = student_spec(cfg, class_names, last_state)
     train_set = build_train_set(cfg.data, spec["mean"], spec["std"], cfg.ignore_index, cfg.seed)
     val_set = build_split(cfg.data, cfg.data.val_split, spec["mean"], spec["std"],
                           cfg.ignore_index, False, cfg.seed)
@@ -829,9 +885,15 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
                          f"{len(train_set.class_names)} classes")
     check_task_settings(cfg, class_names)
 
-    student = create_model(spec, cfg.model.encoder_weights if last_state is None else None,
-                           trusted=recipe_factories(cfg))
+    if cfg.model.init_from and last_state is None:  # architecture and weights of a checkpoint
+        student = load_model(cfg.model.init_from, spec=spec, trusted=recipe_factories(cfg))
+        log.info(f"student initialised from {cfg.model.init_from}")
+    else:
+        student = create_model(spec, cfg.model.encoder_weights if last_state is None else None,
+                               trusted=recipe_factories(cfg))
     student.to(device)
+    if cfg.quant.qat:  # fake INT8 quantizers: fresh from calibration, or as last.pt had them
+        student = _quantize_student(student, cfg, spec, last_state, run_dir)
 
     kd = cfg.kd
     needs_teacher = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
@@ -938,7 +1000,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
 
     if rank == 0 and cfg.train.save_untrained and last_state is None:
         save_checkpoint(run_dir / "checkpoints" / "untrained.pt", student, spec, metrics=None,
-                        config=cfg.model_dump(mode="json"), epoch=0)
+                        config=cfg.model_dump(mode="json"), epoch=0, **_qat_extra(student, cfg))
     writer = _tensorboard(run_dir) if rank == 0 else None
     log.info(f"run dir {run_dir}: {cfg.name}, {len(train_set)} train / {len(val_set)} val "
              f"images, {model_label(spec)}, {len(class_names)} classes, "
@@ -985,7 +1047,8 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
                     if k != "epoch" and isinstance(v, (int, float)):
                         writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
                 writer.flush()
-            common = {"config": resolved, "epoch": epoch + 1, "teacher_val": teacher_score}
+            common = {"config": resolved, "epoch": epoch + 1, "teacher_val": teacher_score,
+                      **_qat_extra(student, cfg)}
             if metrics is not None and metrics["miou"] > best:
                 best = metrics["miou"]
                 save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)

@@ -428,6 +428,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         torch.set_num_threads(cfg.threads)
     model, spec = load_model(checkpoint, return_spec=True)
     source_sha = sha256_file(checkpoint)
+    qat = _qat_model(checkpoint, cfg) if cfg.int8 else None
+    if qat is not None:
+        preset = qat[1]
     size = tuple(cfg.size or spec["input_size"])
     if any(s <= 0 or s % 32 for s in size):
         raise ValueError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
@@ -442,7 +445,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         if cfg.calib_images is not None:
             calib, _, calib_info = _load_folder(cfg, spec, size)
     class_names = spec["class_names"] if val.labelled else None
-    if cfg.int8 and calib is None:
+    if cfg.int8 and calib is None and qat is None:  # a QAT checkpoint needs no calibration
         if not val.labelled:
             raise QuantizationError(
                 f"quantize: the model has {spec['classes']} classes but the "
@@ -465,7 +468,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is not
         (tmp / TMP_MARK).write_text(f"{os.getpid()}\n")
         try:
-            _build(model, spec, size, cfg, preset, val, calib, class_names, manifest, tmp, log)
+            _build(model, spec, size, cfg, preset, val, calib, class_names, manifest, tmp, log,
+                   qat[0] if qat else None)
             from deploy.manifest import write_manifest
 
             write_manifest(tmp, manifest)
@@ -476,8 +480,28 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     return manifest
 
 
+def _qat_model(checkpoint: Path, cfg: ExportConfig):
+    """``(fake-quantized model, preset)`` of a QAT checkpoint, or None for any other."""
+    from compress.qat import load_qat_model
+
+    loaded = load_qat_model(checkpoint)
+    if loaded is None:
+        return None
+    model, _, state = loaded
+    if cfg.preset and cfg.preset != state["preset"]:
+        raise ValueError(f"export: {checkpoint} was trained quantization-aware with the "
+                         f"{state['preset']} preset; --preset {cfg.preset} would need PTQ of "
+                         "its float weights (export another checkpoint, or drop --preset)")
+    if cfg.tensorrt_graph:
+        raise ValueError(f"export: {checkpoint} is a QAT checkpoint: its TensorRT INT8 graph "
+                         "(--trt / --target tensorrt) is not built yet; export its float "
+                         "weights from a non-QAT checkpoint, or use the CPU target")
+    return model, state["preset"]
+
+
 def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
-           calib: ImageSet | None, class_names, manifest: dict, tmp: Path, log: Log) -> None:
+           calib: ImageSet | None, class_names, manifest: dict, tmp: Path, log: Log,
+           qat_model=None) -> None:
     from deploy.export import (
         OUTPUT_NAMES,
         compare,
@@ -539,8 +563,12 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     int8_path = None
     if cfg.int8:
         int8_path = tmp / "model_int8.onnx"
-        info = _quantize(onnx_path, int8_path, cfg, preset, calib, val, class_names, ignore,
-                         check, load_runtime, log)
+        if qat_model is not None:
+            info = _qat_int8(qat_model, int8_path, spec, size, cfg, preset, val, class_names,
+                             ignore, check, load_runtime, log)
+        else:
+            info = _quantize(onnx_path, int8_path, cfg, preset, calib, val, class_names,
+                             ignore, check, load_runtime, log)
         info["budget"] = budget
         extra = {}
         if cfg.tensorrt_graph:
@@ -655,6 +683,43 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
         "quantized_layers": len(quantized_layers(q)),
         "verification": r,
     }
+
+
+def _qat_int8(qat_model, int8_path: Path, spec: dict, size, cfg: ExportConfig, preset: str,
+              val: ImageSet, class_names, ignore: int, check, load_runtime, log: Log) -> dict:
+    """The INT8 QDQ ONNX of a QAT checkpoint: its trained quantizers exported as
+    QuantizeLinear/DequantizeLinear pairs (no calibration), scored like PTQ's."""
+    import onnx
+
+    from compress.qat import set_qdq_export
+    from deploy.export import compare, export_onnx, torch_predictor
+    from deploy.quantize import float_layers_of, quantized_layers
+
+    n = set_qdq_export(qat_model)
+    export_onnx(qat_model, int8_path, spec, size=size, opset=cfg.opset,
+                batch_size=cfg.batch_size, dynamic_batch=cfg.dynamic_batch,
+                dynamic_spatial=cfg.dynamic_spatial, argmax=cfg.argmax)
+    rt = load_runtime(int8_path, threads=cfg.threads)
+    r = check(rt, False, "INT8 ONNX (QAT)")
+    torch_side = compare(torch_predictor(qat_model, cfg.argmax), rt.predict, val.batches(),
+                         class_names, ignore)
+    r["agreement_with_pytorch_qat"] = torch_side["agreement"]
+    drop = (r["miou_f32"] - r["miou"]) * 100 if r.get("miou") is not None else 0.0
+    log(f"int8: QAT ({preset}, {n} trained quantizers) exported as QDQ: mIoU {_fmt(r['miou'])} "
+        f"vs its float weights {_fmt(r['miou_f32'])} (drop {drop:.2f} points, budget "
+        f"{cfg.max_drop:g}); agreement {_fmt(r['agreement'])}% with f32, "
+        f"{_fmt(torch_side['agreement'])}% with the PyTorch QAT model")
+    if drop > cfg.max_drop:
+        raise QuantizationError(
+            f"quantize: the QAT model's INT8 mIoU drop {drop:.2f} points exceeds --max-drop "
+            f"{cfg.max_drop:g} (float {_fmt(r['miou_f32'])}, int8 {_fmt(r['miou'])}); nothing "
+            "was written")
+    q = onnx.load(str(int8_path))
+    return {"method": "qat (nncf, trained quantizers)", "preset": preset, "calib_stat": None,
+            "calibration_images": 0, "calibration_split": None, "calibration_images_dir": None,
+            "target": "cpu", "max_drop_points": cfg.max_drop, "miou_drop_points": drop,
+            "float_layers": [], "float_layers_all": float_layers_of(q),
+            "quantized_layers": len(quantized_layers(q)), "verification": r}
 
 
 def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, tmp: Path, add,

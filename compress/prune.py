@@ -1,0 +1,342 @@
+"""Structured channel pruning (Torch-Pruning, DepGraph) and the pruned widths in a spec.
+
+A pruned model is the unpruned architecture with some layers thinner. Its spec records,
+under ``pruned_shapes``, the new shape of every parameter or buffer that changed; the
+model is rebuilt by :func:`compress.models.create_model` (unpruned) and then
+:func:`shrink_to_shapes`, before its state_dict loads: no pickled module, and the
+checkpoint still loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger("compress")
+
+IMPORTANCES = ("magnitude", "taylor")
+MAX_PRUNED_TENSORS = 20_000
+_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+# the modules whose tensors Torch-Pruning shrinks, and how their attributes follow
+_CONV, _NORM = nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase
+
+
+def pruned_shapes_error(value: Any) -> str | None:
+    """Why a spec's ``pruned_shapes`` is malformed (types and sizes), or None when fine.
+
+    A valid value is null or ``{tensor name: [d0, d1, ...]}`` with dotted-identifier
+    names, 1 to 5 dims each, every dim an integer in 1..65536.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return f"a mapping of tensor name -> shape (got {type(value).__name__})"
+    if len(value) > MAX_PRUNED_TENSORS:
+        return f"at most {MAX_PRUNED_TENSORS} tensors (got {len(value)})"
+    for name, shape in value.items():
+        if not isinstance(name, str) or len(name) > 300 or not _NAME.match(name):
+            return f"keyed by dotted tensor names (got {str(name)[:60]!r})"
+        if not (isinstance(shape, (list, tuple)) and 1 <= len(shape) <= 5 and all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65_536
+                for d in shape)):
+            return f"1 to 5 positive integers per tensor ({name}: {str(shape)[:60]})"
+    return None
+
+
+def changed_shapes(model: nn.Module, reference: nn.Module) -> dict[str, list[int]]:
+    """``{name: shape}`` of every parameter/buffer of ``model`` whose shape differs from
+    the same tensor of ``reference`` (the unpruned architecture)."""
+    ref = reference.state_dict()
+    return {k: list(v.shape) for k, v in model.state_dict().items()
+            if k in ref and tuple(v.shape) != tuple(ref[k].shape)}
+
+
+def shrink_to_shapes(model: nn.Module, shapes: dict[str, list[int]],
+                     source: str | Path | None = None) -> nn.Module:
+    """Make the listed tensors of ``model`` the given (smaller) shapes, in place, and set
+    the channel attributes of their modules (conv in/out channels and groups, norm
+    features, linear in/out features) to match. Values are uninitialised: load a
+    state_dict next.
+
+    Raises:
+        ModelError: a name the model does not have, a shape of another rank or larger than
+            the unpruned one, a module kind this cannot shrink, or widths that do not fit
+            together (a dry forward pass at 64x64 fails); one line naming ``source``.
+    """
+    from compress.models import ModelError
+
+    where = f"{source}: " if source else ""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    touched: dict[str, nn.Module] = {}
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise ModelError(f"{where}model spec key 'pruned_shapes' names {name!r}, which "
+                             "this architecture does not have")
+        old = tuple(tensors[name].shape)
+        if len(shape) != len(old) or any(n > o for n, o in zip(shape, old)):
+            raise ModelError(f"{where}model spec key 'pruned_shapes': {name} {list(shape)} "
+                             f"is not a pruned shape of the architecture's {list(old)}")
+        mod_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(mod_name)
+        if not isinstance(module, (_CONV, _NORM, nn.Linear, nn.LayerNorm, nn.GroupNorm)):
+            raise ModelError(f"{where}model spec key 'pruned_shapes': {name} belongs to a "
+                             f"{type(module).__name__}, which pruning never shrinks")
+        old_t = tensors[name]
+        new = torch.empty(tuple(shape), dtype=old_t.dtype)
+        if attr in module._parameters:
+            module._parameters[attr] = nn.Parameter(new, requires_grad=old_t.requires_grad)
+        else:
+            module._buffers[attr] = new
+        touched[mod_name] = module
+    for module in touched.values():
+        _sync_attributes(module)
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 64, 64))
+    except (RuntimeError, ValueError, IndexError) as e:
+        msg = " ".join(str(e).split())[:160]
+        raise ModelError(f"{where}model spec key 'pruned_shapes': the pruned widths do not "
+                         f"fit together ({msg})") from None
+    return model
+
+
+def _sync_attributes(module: nn.Module) -> None:
+    """Channel attributes from the (new) tensor shapes of one module."""
+    if isinstance(module, _CONV):
+        w = module.weight
+        depthwise = module.groups > 1 and module.groups == module.in_channels
+        per_group = module.out_channels // module.groups
+        if module.transposed:  # weight [in, out / groups, ...]
+            module.in_channels = w.shape[0]
+            module.out_channels = w.shape[1] * module.groups
+        else:  # weight [out, in / groups, ...]
+            module.out_channels = w.shape[0]
+            if depthwise:
+                module.groups = max(1, w.shape[0] // max(per_group, 1))
+            module.in_channels = w.shape[1] * module.groups
+    elif isinstance(module, _NORM):
+        t = module.weight if module.weight is not None else module.running_mean
+        module.num_features = t.shape[0]
+    elif isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = tuple(module.weight.shape)
+    elif isinstance(module, nn.GroupNorm):
+        module.num_channels = module.weight.shape[0]
+
+
+# ---------------------------------------------------------------- pruning
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune_model` did (MACs as counted by ``tp.utils.count_ops_and_params``)."""
+
+    macs_before: float
+    macs_after: float
+    params_before: int
+    params_after: int
+    target_macs: float
+    ratio: float
+    trials: int
+
+
+def head_layers(model: nn.Module, classes: int) -> list[nn.Module]:
+    """The layers whose outputs are the classes: smp's ``segmentation_head`` when the
+    model has one, else the last conv/linear with ``classes`` outputs (never pruned)."""
+    head = getattr(model, "segmentation_head", None)
+    if isinstance(head, nn.Module):
+        return [head]
+    last = [m for m in model.modules() if (isinstance(m, _CONV) and m.out_channels == classes)
+            or (isinstance(m, nn.Linear) and m.out_features == classes)]
+    return last[-1:]
+
+
+def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
+                importance: str = "magnitude", steps: int = 5, round_to: int = 8,
+                classes: int, grad_fn: Callable[[nn.Module], None] | None = None,
+                tolerance: float = 0.02, max_ratio: float = 0.9,
+                search_steps: int = 10) -> tuple[nn.Module, PruneResult]:
+    """Prune channels until the model costs about ``target_macs`` at ``example``'s size.
+
+    Each trial prunes a fresh copy in ``steps`` iterative steps (importance re-estimated
+    before each) to a per-layer channel ratio; the ratio is bisected until the MACs land
+    within ``tolerance`` of the target (or ``search_steps`` trials ran), and the trial
+    closest to the target is kept. Channel counts are rounded down to multiples of
+    ``round_to``; the head layers (:func:`head_layers`) are never pruned.
+
+    Args:
+        model: eval-mode model ``[N, 3, H, W] -> [N, C, H, W]``; not modified.
+        example: ``[1, 3, H, W]`` input at the size the MACs are counted at.
+        target_macs: MACs to reach.
+        importance: ``magnitude`` (L2 of the weights) or ``taylor`` (first-order Taylor:
+            needs ``grad_fn``, which runs a few training batches backward).
+        classes: output classes (finds the head when the model has no segmentation_head).
+
+    Returns:
+        ``(pruned model, PruneResult)``.
+
+    Raises:
+        ValueError: unknown importance, bad steps, or Taylor without ``grad_fn``.
+    """
+    import torch_pruning as tp
+
+    if importance not in IMPORTANCES:
+        raise ValueError(f"prune: unknown importance {importance!r}; valid: "
+                         f"{', '.join(IMPORTANCES)}")
+    if importance == "taylor" and grad_fn is None:
+        raise ValueError("prune: Taylor importance needs training batches (--data)")
+    if steps < 1:
+        raise ValueError(f"prune: --steps must be >= 1, got {steps}")
+    model = model.eval()
+    macs0, params0 = tp.utils.count_ops_and_params(model, example)
+
+    def trial(ratio: float) -> tuple[nn.Module, float, int]:
+        m = copy.deepcopy(model)
+        imp = (tp.importance.TaylorImportance() if importance == "taylor"
+               else tp.importance.MagnitudeImportance(p=2))
+        pruner = tp.pruner.MetaPruner(
+            m, example, importance=imp, pruning_ratio=ratio, iterative_steps=steps,
+            round_to=round_to, ignored_layers=head_layers(m, classes))
+        for _ in range(steps):
+            if grad_fn is not None and importance == "taylor":
+                m.zero_grad(set_to_none=True)
+                grad_fn(m)
+            pruner.step()
+        m.zero_grad(set_to_none=True)
+        macs, params = tp.utils.count_ops_and_params(m.eval(), example)
+        return m, macs, params
+
+    lo, hi = 0.0, max_ratio
+    best = None
+    n = 0
+    for n in range(1, search_steps + 1):
+        ratio = (lo + hi) / 2
+        m, macs, params = trial(ratio)
+        if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
+            best = (m, macs, params, ratio)
+        log.info(f"prune: ratio {ratio:.3f} -> {macs / 1e9:.4f} GMACs "
+                 f"(target {target_macs / 1e9:.4f})")
+        if abs(macs - target_macs) <= tolerance * target_macs:
+            break
+        lo, hi = (ratio, hi) if macs > target_macs else (lo, ratio)
+    m, macs, params, ratio = best
+    return m.eval(), PruneResult(macs0, macs, params0, params, target_macs, ratio, n)
+
+
+def taylor_batches(data_kind: str, root: str | None, spec: dict, size: tuple[int, int],
+                   batches: int, batch_size: int) -> Callable[[nn.Module], None]:
+    """A ``grad_fn`` for Taylor importance: cross-entropy on ``batches`` batches of the
+    train split (the data's own labels), gradients accumulated into the model."""
+    from compress.config import DataConfig
+    from compress.data import build_split
+
+    n = batches * batch_size
+    dcfg = DataConfig(kind=data_kind, root=root, size=size, synthetic_length=max(n, 1))
+    ds = build_split(dcfg, "train", spec["mean"], spec["std"], spec["ignore_index"],
+                     root=root, kind=data_kind)
+    if len(ds.class_names) != spec["classes"]:
+        raise ValueError(f"prune: the {data_kind} data has {len(ds.class_names)} classes, the "
+                         f"model {spec['classes']}: Taylor importance needs the model's own data")
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    groups = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+
+    def grad_fn(model: nn.Module) -> None:
+        model.eval()  # BatchNorm statistics stay as trained
+        for group in groups:
+            x = torch.stack([it["image"] for it in group])
+            y = torch.stack([it["mask"] for it in group])
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, ignore_index=spec["ignore_index"])
+            loss.backward()
+
+    return grad_fn
+
+
+def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: float | None = None,
+                     target_gmacs: float | None = None, importance: str = "magnitude",
+                     steps: int = 5, round_to: int = 8, data: str | Path | None = None,
+                     data_kind: str = "camvid", batches: int = 4, batch_size: int = 4,
+                     size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Prune a checkpoint's model to a MAC target and write a self-describing checkpoint.
+
+    Args:
+        checkpoint: a segcompress checkpoint (e.g. a trained teacher).
+        out: the pruned checkpoint (must not exist).
+        macs_ratio: target as a fraction of the model's MACs (0.5: half), or
+        target_gmacs: target in GMACs; give one of the two.
+        importance: ``magnitude`` or ``taylor`` (needs ``data``).
+        size: ``(H, W)`` the MACs are counted at; default the spec's input size.
+
+    Returns:
+        A summary: ``{"out", "gmacs_before", "gmacs_after", "params_before",
+        "params_after", "target_gmacs", "ratio", "pruned_tensors"}``.
+
+    Raises:
+        ValueError: no or both targets, a target out of range, ``out`` exists.
+        ModelError: an unreadable checkpoint.
+    """
+    from compress.models import ModelError, create_model, load_model, save_checkpoint
+
+    out = Path(out)
+    if (macs_ratio is None) == (target_gmacs is None):
+        raise ValueError("prune: give --macs-ratio or --target-gmacs (one of them)")
+    if macs_ratio is not None and not 0 < macs_ratio < 1:
+        raise ValueError(f"prune: --macs-ratio must be in (0, 1), got {macs_ratio}")
+    if out.exists():
+        raise ValueError(f"prune: {out} exists: refusing to overwrite it")
+    model, spec = load_model(checkpoint, return_spec=True)
+    if spec.get("factory"):
+        raise ModelError(f"{checkpoint}: a custom-factory model cannot be pruned into a spec "
+                         "(only smp and zoo architectures are rebuilt by name)")
+    h, w = size or tuple(spec["input_size"])
+    example = torch.zeros(1, 3, h, w)
+    import torch_pruning as tp
+
+    macs0, _ = tp.utils.count_ops_and_params(model, example)
+    target = macs0 * macs_ratio if macs_ratio is not None else target_gmacs * 1e9
+    if not 0 < target < macs0:
+        raise ValueError(f"prune: target {target / 1e9:.3f} GMACs must be below the model's "
+                         f"{macs0 / 1e9:.3f} GMACs at {h}x{w}")
+    grad_fn = None
+    if importance == "taylor":
+        if data is None and data_kind != "synthetic":
+            raise ValueError("prune: --importance taylor needs training images (--data DIR)")
+        grad_fn = taylor_batches(data_kind, str(data) if data else None, spec, (h, w),
+                                 batches, batch_size)
+    pruned, res = prune_model(model, example, target_macs=target, importance=importance,
+                              steps=steps, round_to=round_to, classes=spec["classes"],
+                              grad_fn=grad_fn)
+    base = {k: v for k, v in spec.items() if k != "pruned_shapes"}
+    shapes = changed_shapes(pruned, create_model(base))
+    new_spec = {**base, "pruned_shapes": shapes}
+    record = {"from": Path(checkpoint).name, "importance": importance, "steps": steps,
+              "round_to": round_to, "size": [h, w], "ratio": round(res.ratio, 4),
+              "gmacs_before": res.macs_before / 1e9, "gmacs_after": res.macs_after / 1e9,
+              "params_before": int(res.params_before), "params_after": int(res.params_after),
+              "target_gmacs": res.target_macs / 1e9}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, pruned, new_spec, metrics=None, epoch=0, pruning=record)
+    miss = abs(res.macs_after - res.target_macs) / res.target_macs
+    if miss > 0.05:
+        log.warning(f"prune: {res.macs_after / 1e9:.3f} GMACs is {miss * 100:.1f}% from the "
+                    f"target {res.target_macs / 1e9:.3f} (round_to={round_to} is coarse for "
+                    "this model)")
+    return {"out": str(out), **record, "pruned_tensors": len(shapes)}
+
+
+def count_gmacs(model: nn.Module, size: Iterable[int]) -> float:
+    """GMACs of ``model`` at ``(H, W)``, by Torch-Pruning's counter (what targets use)."""
+    import torch_pruning as tp
+
+    h, w = size
+    return tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, 3, h, w))[0] / 1e9
