@@ -651,7 +651,7 @@ def spec_of(path: str | Path) -> dict[str, Any] | None:
         if path.suffix == ".onnx":  # a bare ONNX: the spec embedded at export
             import onnx
 
-            from deploy.export import spec_from_onnx
+            from deploy.metadata import spec_from_onnx
 
             return spec_from_onnx(onnx.load(str(path), load_external_data=False))
         return None

@@ -169,7 +169,7 @@ def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
 
 def _label_with(reference, images: ImageSet) -> ImageSet:
     """The held-back images with the reference model's predictions as their masks."""
-    from deploy.export import class_ids
+    from deploy.arrays import class_ids
 
     masks = [class_ids(reference.predict(image[None]))[0] for image in images.images_only()]
     ds = images.dataset

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from deploy.arrays import in_batches
 from deploy.errors import BackendUnavailable, DeployError
 
 INSTALL_GPU = "pip install 'segcompress[gpu]'"
@@ -326,6 +327,4 @@ class TensorRTEngine:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` -> the first output as numpy (float32 or int64)."""
-        from deploy.runtime import _in_batches
-
-        return _in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)
+        return in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)
