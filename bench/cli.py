@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from compress.errors import InputError
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -153,7 +155,7 @@ def latency(
     if failed and len(failed) == len(result["results"]):
         # nothing ran: a user error, not a table of failures (and no --json written)
         reasons = "; ".join(f"{r['label']}: {r.get('error')}" for r in failed)
-        raise ValueError(f"bench latency: no model could run ({reasons})")
+        raise InputError(f"bench latency: no model could run ({reasons})")
     if cross_check:
         from bench.crosscheck import cross_check as vendor
 

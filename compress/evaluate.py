@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from compress.data import build_split
+from compress.errors import InputError
 from compress.io import atomic_write_json
 from compress.train import collate, evaluate
 
@@ -20,9 +21,9 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
+        raise InputError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
     if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise ValueError(f"--size {size!r}: height and width must be positive multiples of 32")
+        raise InputError(f"--size {size!r}: height and width must be positive multiples of 32")
     return h, w
 
 
@@ -90,7 +91,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     ``load`` opens ``path``: :func:`load_predictor` (checkpoints) by default;
     ``deploy.runtime.load_predictor`` for exported artifacts too."""
     if score_at not in SCORE_AT:
-        raise ValueError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
+        raise InputError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
     from compress.config import DataConfig
     from compress.models import make_spec
     from compress.train import resolve_device
@@ -100,9 +101,9 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     spec = None
     if arch or encoder or classes:
         if not (arch and encoder and classes):
-            raise ValueError("a plain state_dict needs all of --arch, --encoder and --classes")
+            raise InputError("a plain state_dict needs all of --arch, --encoder and --classes")
         if size is None:
-            raise ValueError(f"{path}: a plain state_dict does not record the size it was "
+            raise InputError(f"{path}: a plain state_dict does not record the size it was "
                              "trained at: give --size HxW (scores change with it)")
         spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
                          class_names=_data_class_names(kind, data, split))
@@ -111,7 +112,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     dcfg = DataConfig(kind=kind, root=str(data), size=size, batch_size=batch_size)
     ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"], root=str(data))
     if len(ds.class_names) != spec["classes"]:
-        raise ValueError(f"{path}: model has {spec['classes']} classes but {data} has "
+        raise InputError(f"{path}: model has {spec['classes']} classes but {data} has "
                          f"{len(ds.class_names)}")
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import InputError
 from deploy.arrays import in_batches
-from deploy.errors import BackendUnavailable, ManifestError
+from deploy.errors import BackendUnavailable, DeployError, ManifestError
 from deploy.manifest import artifact_spec, find_artifact
 from deploy.metadata import spec_from_onnx
 from deploy.openvino import compile_openvino, spec_from_openvino
@@ -38,7 +39,7 @@ def normalize_precision(precision: str | None) -> str | None:
         return None
     key = str(precision).lower()
     if key not in PRECISIONS:
-        raise ValueError(f"runtime: unknown precision {precision!r}; valid: f32, bf16, fp16, int8")
+        raise InputError(f"runtime: unknown precision {precision!r}; valid: f32, bf16, fp16, int8")
     return PRECISIONS[key]
 
 
@@ -70,7 +71,7 @@ class Runtime:
         ``int64 [N, H, W]`` class ids when ``spec["output"] == "argmax"``."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
+            raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
         out = self._predict(images)
         return out.astype(np.int64) if self.output == "argmax" else out.astype(np.float32)
 
@@ -127,7 +128,7 @@ class TorchRuntime(Runtime):
         from compress.models import load_model
 
         if precision not in (None, "f32"):
-            raise ValueError(f"runtime: {path.name}: the torch runtime runs f32 only, not "
+            raise InputError(f"runtime: {path.name}: the torch runtime runs f32 only, not "
                              f"{precision}; export it (compress export) for other precisions")
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
@@ -189,7 +190,7 @@ class OnnxRuntime(Runtime):
                                 "manifest.json lists it: export it with compress export")
         model_precision = onnx_precision(proto)
         if precision is not None and precision != model_precision:
-            raise ValueError(f"runtime: {path.name} is a {model_precision} model; ONNX Runtime "
+            raise InputError(f"runtime: {path.name} is a {model_precision} model; ONNX Runtime "
                              f"runs it as stored and cannot force {precision}")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -205,7 +206,7 @@ class OnnxRuntime(Runtime):
             index = int(device.split(":")[1]) if ":" in device else 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         elif device != "cpu":
-            raise ValueError(f"runtime: ONNX Runtime runs on cpu or cuda[:N], not {device!r}")
+            raise InputError(f"runtime: ONNX Runtime runs on cpu or cuda[:N], not {device!r}")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT's own error types (Fail, InvalidGraph...)
@@ -228,7 +229,7 @@ class OnnxRuntime(Runtime):
             try:
                 return self.session.run(None, {self.input_name: x})[0]
             except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
-                raise RuntimeError(f"runtime: ONNX Runtime failed on {self.path} with input "
+                raise DeployError(f"runtime: ONNX Runtime failed on {self.path} with input "
                                    f"{list(x.shape)}: {_first_line(e)}") from None
 
         return in_batches(run, images, self.fixed_batch)
@@ -264,7 +265,7 @@ class OpenVINORuntime(Runtime):
             try:
                 self.request.infer({0: x})
             except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
-                raise RuntimeError(f"runtime: OpenVINO failed on {self.path} with input "
+                raise DeployError(f"runtime: OpenVINO failed on {self.path} with input "
                                    f"{list(x.shape)}: {_first_line(e)}") from None
             return self.request.get_output_tensor(0).data.copy()
 
@@ -289,7 +290,7 @@ class TensorRTRuntime(Runtime):
         self.engine = TensorRTEngine(path, device=device)
         built = (entry or {}).get("precision")
         if precision is not None and built is not None and precision != built:
-            raise ValueError(f"runtime: {path.name} was built for {built}; a TensorRT engine "
+            raise InputError(f"runtime: {path.name} was built for {built}; a TensorRT engine "
                              f"runs as built and cannot switch to {precision}")
         super().__init__(path, spec, device, built or "unknown", self.engine.info)
 
@@ -334,7 +335,7 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
         raise FileNotFoundError(f"runtime: {path} not found")
     backend = SUFFIXES.get(path.suffix.lower())
     if backend is None:
-        raise ValueError(f"runtime: cannot tell the backend of {path.name}; suffixes: "
+        raise InputError(f"runtime: cannot tell the backend of {path.name}; suffixes: "
                          f"{', '.join(SUFFIXES)}")
     precision = normalize_precision(precision)
 
