@@ -48,10 +48,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def error_name(e: BaseException) -> str:
-    """The class of ``e`` as a user reads it: a toolkit error with the standard base it
-    keeps, e.g. ``ConfigError(ValueError)``; others by their own name."""
+    """The class of ``e`` as a run's ``FAILED`` file records it: a toolkit ``*Error`` with
+    the standard exception it specialises, e.g. ``ConfigError(ValueError)`` (the suffix
+    names only a category, and ``FAILED`` files said ``ValueError`` before these types
+    existed); an error named for what happened (``TrainingDiverged``) and any other
+    exception by its own name."""
     name = type(e).__name__
-    if isinstance(e, UserError):
+    if isinstance(e, UserError) and name.endswith("Error"):
         base = next((b for b in type(e).__mro__ if b.__module__ == "builtins"
                      and b not in (Exception, BaseException, object)), None)
         if base is not None:

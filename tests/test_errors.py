@@ -61,3 +61,4 @@ def test_every_project_error_is_a_user_error():
         assert not issubclass(bug, USER_ERRORS), bug
     assert error_name(ConfigError("x")) == "ConfigError(ValueError)"
     assert error_name(KeyError("x")) == "KeyError"
+    assert error_name(TrainingDiverged("x")) == "TrainingDiverged"
