@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from compress.errors import InputError
+from compress.options import DataKind
 
 app = typer.Typer(
     add_completion=False,
@@ -33,12 +34,6 @@ class Backend(str, Enum):
     onnxruntime = "onnxruntime"
     openvino = "openvino"
     tensorrt = "tensorrt"
-
-
-class DataKind(str, Enum):
-    camvid = "camvid"
-    folder = "folder"
-    synthetic = "synthetic"
 
 
 SizeOpt = Annotated[str | None, typer.Option(help="HxW input size; default: the model's")]

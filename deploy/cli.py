@@ -14,11 +14,7 @@ from typing import Annotated
 
 import typer
 
-
-class DataKind(str, Enum):
-    camvid = "camvid"
-    folder = "folder"
-    synthetic = "synthetic"
+from compress.options import DataKind
 
 
 class Preset(str, Enum):
