@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import InputError
+
 # backend key -> (runtime backend, artifact precision, device)
 BACKENDS: dict[str, tuple[str, str, str]] = {
     "torch": ("torch", "f32", "cpu"),
@@ -82,7 +84,7 @@ def resolve_candidates(names: Sequence[str], *, classes: int, class_names: list[
     seen = [c.name for c in out]
     dupes = sorted({s for s in seen if seen.count(s) > 1})
     if dupes:
-        raise ValueError(f"candidates: {', '.join(dupes)} given more than once")
+        raise InputError(f"candidates: {', '.join(dupes)} given more than once")
     return out
 
 
@@ -253,10 +255,10 @@ def run_candidates(
     log = log or (lambda msg: None)
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
-        raise ValueError(f"candidates: unknown backend(s) {', '.join(unknown)}; valid: "
+        raise InputError(f"candidates: unknown backend(s) {', '.join(unknown)}; valid: "
                          f"{', '.join(BACKENDS)}")
     if any(s <= 0 or s % 32 for s in size):
-        raise ValueError(f"candidates: --size {size[0]}x{size[1]} must be multiples of 32")
+        raise InputError(f"candidates: --size {size[0]}x{size[1]} must be multiples of 32")
     out = Path(out)
     threads = threads or default_threads()
     pin_threads(threads)
@@ -266,7 +268,7 @@ def run_candidates(
 
         t_spec = read_checkpoint(teacher)["spec"]
         if t_spec is None:
-            raise ValueError(f"{teacher}: a plain state_dict has no model spec; give a "
+            raise InputError(f"{teacher}: a plain state_dict has no model spec; give a "
                              "segcompress checkpoint as --teacher")
     n_classes = t_spec["classes"] if t_spec else (classes or 11)
     cands = resolve_candidates(

@@ -12,6 +12,9 @@ from typing import Annotated
 
 import typer
 
+from compress.errors import InputError
+from compress.options import DataKind
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -31,12 +34,6 @@ class Backend(str, Enum):
     onnxruntime = "onnxruntime"
     openvino = "openvino"
     tensorrt = "tensorrt"
-
-
-class DataKind(str, Enum):
-    camvid = "camvid"
-    folder = "folder"
-    synthetic = "synthetic"
 
 
 SizeOpt = Annotated[str | None, typer.Option(help="HxW input size; default: the model's")]
@@ -153,7 +150,7 @@ def latency(
     if failed and len(failed) == len(result["results"]):
         # nothing ran: a user error, not a table of failures (and no --json written)
         reasons = "; ".join(f"{r['label']}: {r.get('error')}" for r in failed)
-        raise ValueError(f"bench latency: no model could run ({reasons})")
+        raise InputError(f"bench latency: no model could run ({reasons})")
     if cross_check:
         from bench.crosscheck import cross_check as vendor
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import InputError
+
 # fvcore op names whose count is a dense multiply-accumulate (the figure papers quote)
 DENSE_OPS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum")
 
@@ -423,13 +425,13 @@ def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
 
         spec = read_checkpoint(path)["spec"]
         if spec is None:
-            raise ValueError(f"{path}: a plain state_dict has no model spec to count")
+            raise InputError(f"{path}: a plain state_dict has no model spec to count")
         return spec, {str(path): size_on_disk(path)}
     from deploy.manifest import MANIFEST_NAME, read_manifest, source_checkpoint
 
     directory = path if path.is_dir() else path.parent
     if not (directory / MANIFEST_NAME).is_file():
-        raise ValueError(
+        raise InputError(
             f"{path}: no {MANIFEST_NAME} beside it to say which model it holds; "
             "give the checkpoint instead"
         )

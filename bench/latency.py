@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import InputError
 from deploy.manifest import cpu_name
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -197,9 +198,9 @@ def measure_latency(
         ValueError: no pipelines, or ``runs < 1``.
     """
     if not pipelines:
-        raise ValueError("nothing to time")
+        raise InputError("nothing to time")
     if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+        raise InputError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
     wall = WallTimer(clock)
     timer = model_timer or wall
     k = len(pipelines)
@@ -326,7 +327,7 @@ def backend_of(path: str | Path) -> str:
     """
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIX_BACKEND:
-        raise ValueError(
+        raise InputError(
             f"{path}: unknown model file type {suffix!r}; expected " + ", ".join(SUFFIX_BACKEND)
         )
     return SUFFIX_BACKEND[suffix]
@@ -624,12 +625,12 @@ def pin_threads(threads: int) -> None:
 def check_device(device: str) -> None:
     """Raises ValueError (one line) when ``device`` is CUDA and no GPU is visible."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device {device!r}: expected cpu or cuda")
+        raise InputError(f"--device {device!r}: expected cpu or cuda")
     if device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise InputError(
                 "--device cuda: no CUDA GPU is visible here "
                 "(torch.cuda.is_available() is False); use --device cpu"
             )
@@ -651,7 +652,7 @@ def spec_of(path: str | Path) -> dict[str, Any] | None:
         if path.suffix == ".onnx":  # a bare ONNX: the spec embedded at export
             import onnx
 
-            from deploy.export import spec_from_onnx
+            from deploy.metadata import spec_from_onnx
 
             return spec_from_onnx(onnx.load(str(path), load_external_data=False))
         return None
@@ -897,12 +898,12 @@ def resolve_targets(
                 )
             kept = [t for t in found if not backends or t.backend in backends]
             if not kept:
-                raise ValueError(f"{m}: no artifact for backend(s) {', '.join(backends or [])}")
+                raise InputError(f"{m}: no artifact for backend(s) {', '.join(backends or [])}")
             targets += kept
             continue
         b = backend_of(m)
         if backends and b not in backends:
-            raise ValueError(f"{m}: a {m.suffix} file runs on {b}, not on {', '.join(backends)}")
+            raise InputError(f"{m}: a {m.suffix} file runs on {b}, not on {', '.join(backends)}")
         targets.append(Target(m.name, m, b, precision if b == "openvino" else None))
     distinct_labels(targets)  # same file name twice: tell the rows apart
     return targets

@@ -32,6 +32,7 @@ from bench.latency import (
     pin_threads,
     time_loaded,
 )
+from compress.errors import InputError
 
 COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
 FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
@@ -112,7 +113,7 @@ def _read_spec(path: Path) -> dict:
 
     spec = read_checkpoint(path)["spec"]
     if spec is None:
-        raise ValueError(
+        raise InputError(
             f"{path}: a plain state_dict without a model spec; give a segcompress checkpoint"
         )
     return spec
@@ -221,13 +222,13 @@ def build_report(
     teacher = Path(teacher)
     students, exports = _as_paths(student), _as_paths(artifacts)
     if not students:
-        raise ValueError("--student: give at least one student checkpoint")
+        raise InputError("--student: give at least one student checkpoint")
     if len(exports) > len(students):
-        raise ValueError(f"--artifacts: {len(exports)} export dirs for {len(students)} "
+        raise InputError(f"--artifacts: {len(exports)} export dirs for {len(students)} "
                          "student(s); give one per student, in the order of --student")
     names = ["student"] if len(students) == 1 else [_student_name(p) for p in students]
     if len(set(names)) < len(names):
-        raise ValueError(f"--student: two students share a name ({', '.join(names)}); "
+        raise InputError(f"--student: two students share a name ({', '.join(names)}); "
                          "give files with different names")
     t_spec = _read_spec(teacher)
     s_specs = [_read_spec(p) for p in students]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from compress.config import ConfigError
 from compress.data import normalize, resize_pair
 from compress.io import atomic_write_json
 
@@ -94,7 +95,7 @@ class CachedTeacher:
             ValueError: the teacher taps feature levels (feature KD needs the live teacher).
         """
         if teacher.levels:
-            raise ValueError(
+            raise ConfigError(
                 f"kd.cache stores teacher logits only, but this run also distils feature "
                 f"level(s) {teacher.levels} (kd.feature / kd.cwd.levels): set kd.cache=false, "
                 "or keep only response KD and CWD on 'logits'")

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from compress.config import ConfigError
+
 IGNORE = "ignore"
 
 
@@ -57,14 +59,14 @@ def parse_class_map(raw: Any, teacher_names: list[str], student_names: list[str]
         student_names = _student_classes(raw.get("classes"), student_names, source)
         raw = raw["map"]
     if student_names is None:
-        raise ValueError(f"{source}: name the output classes in order ('classes: [...]' beside "
+        raise ConfigError(f"{source}: name the output classes in order ('classes: [...]' beside "
                          "'map: {teacher class: student class, ...}')")
     t_names, s_names = [str(n) for n in teacher_names], [str(n) for n in student_names]
     if isinstance(raw, list):
         return s_names, _matrix(raw, len(t_names), len(s_names), source)
     if isinstance(raw, dict):
         return s_names, _named({str(k): v for k, v in raw.items()}, t_names, s_names, source)
-    raise ValueError(f"{source}: expected a mapping teacher class -> student class, got a "
+    raise ConfigError(f"{source}: expected a mapping teacher class -> student class, got a "
                      f"{type(raw).__name__}")
 
 
@@ -77,7 +79,7 @@ def kd_class_map(raw: Any, teacher_names: list[str], student_names: list[str]) -
     """
     if raw is None:
         if len(teacher_names) != len(student_names):
-            raise ValueError(f"teacher has {len(teacher_names)} classes and student "
+            raise ConfigError(f"teacher has {len(teacher_names)} classes and student "
                              f"{len(student_names)}: give kd.class_map (teacher class name -> "
                              "student class name, see configs/class_map_example.yaml)")
         return None
@@ -88,13 +90,13 @@ def _read(path: Path) -> Any:
     from compress.io import read_text, safe_yaml
 
     if not path.is_file():
-        raise ValueError(f"{path}: class map file not found")
+        raise ConfigError(f"{path}: class map file not found")
     try:
         raw = safe_yaml(read_text(path))
     except Exception as e:  # noqa: BLE001 - bad YAML, aliases, not UTF-8: one line naming it
-        raise ValueError(f"{path}: cannot read the class map ({' '.join(str(e).split())})") from None
+        raise ConfigError(f"{path}: cannot read the class map ({' '.join(str(e).split())})") from None
     if raw is None or isinstance(raw, str):
-        raise ValueError(f"{path}: expected a mapping teacher class -> student class")
+        raise ConfigError(f"{path}: expected a mapping teacher class -> student class")
     return raw
 
 
@@ -102,10 +104,10 @@ def _student_classes(given: Any, student_names: list[str] | None, source: str) -
     if given is None:
         return student_names
     if not isinstance(given, list) or not given or len(set(map(str, given))) != len(given):
-        raise ValueError(f"{source}: 'classes' must list the output class names once each, in order")
+        raise ConfigError(f"{source}: 'classes' must list the output class names once each, in order")
     given = [str(c) for c in given]
     if student_names is not None and given != list(student_names):
-        raise ValueError(f"{source}: 'classes' {given} differ from the student's "
+        raise ConfigError(f"{source}: 'classes' {given} differ from the student's "
                          f"{list(student_names)}")
     return given
 
@@ -114,26 +116,26 @@ def _matrix(rows: list, teacher_classes: int, student_classes: int, source: str)
     try:
         m = torch.tensor(rows, dtype=torch.float32)
     except (TypeError, ValueError):
-        raise ValueError(f"{source}: a matrix must be a list of equal-length rows of numbers") from None
+        raise ConfigError(f"{source}: a matrix must be a list of equal-length rows of numbers") from None
     if m.shape != (teacher_classes, student_classes):
-        raise ValueError(f"{source} has shape {list(m.shape)}, expected "
+        raise ConfigError(f"{source} has shape {list(m.shape)}, expected "
                          f"[{teacher_classes}, {student_classes}] ([teacher][student])")
     if (m < 0).any() or not torch.allclose(m.sum(1), torch.ones(teacher_classes), atol=1e-4):
-        raise ValueError(f"{source} rows must be non-negative and sum to 1")
+        raise ConfigError(f"{source} rows must be non-negative and sum to 1")
     return m
 
 
 def _named(mapping: dict[str, Any], t_names: list[str], s_names: list[str], source: str) -> torch.Tensor:
     unknown = [k for k in mapping if k not in t_names]
     if unknown:
-        raise ValueError(f"{source}: {unknown[0]!r} is not a teacher class{_near(unknown[0], t_names)}")
+        raise ConfigError(f"{source}: {unknown[0]!r} is not a teacher class{_near(unknown[0], t_names)}")
     missing = [t for t in t_names if t not in mapping]
     if missing:
-        raise ValueError(f"{source}: teacher classes not mapped: {', '.join(missing)} (map each "
+        raise ConfigError(f"{source}: teacher classes not mapped: {', '.join(missing)} (map each "
                          f"to a student class, or to {IGNORE})")
     m = torch.tensor([_row(mapping[t], s_names, f"{source}: {t}") for t in t_names])
     if not m.any():
-        raise ValueError(f"{source}: every teacher class is mapped to {IGNORE}")
+        raise ConfigError(f"{source}: every teacher class is mapped to {IGNORE}")
     return m
 
 
@@ -143,18 +145,18 @@ def _row(target: Any, s_names: list[str], where: str) -> list[float]:
         return [0.0] * len(s_names)
     split = {target: 1.0} if isinstance(target, str) else target
     if not isinstance(split, dict) or not split:
-        raise ValueError(f"{where}: expected a student class, {{student class: fraction, ...}} "
+        raise ConfigError(f"{where}: expected a student class, {{student class: fraction, ...}} "
                          f"or {IGNORE}, got {target!r}")
     row = [0.0] * len(s_names)
     for name, frac in split.items():
         if str(name) not in s_names:
-            raise ValueError(f"{where}: {name!r} is not a student class{_near(str(name), s_names)}")
+            raise ConfigError(f"{where}: {name!r} is not a student class{_near(str(name), s_names)}")
         if isinstance(frac, bool) or not isinstance(frac, int | float) or not (
                 math.isfinite(frac) and frac > 0):
-            raise ValueError(f"{where}: fraction {frac!r} for {name!r} must be a number > 0")
+            raise ConfigError(f"{where}: fraction {frac!r} for {name!r} must be a number > 0")
         row[s_names.index(str(name))] = float(frac)
     if abs(sum(row) - 1) > 1e-4:
-        raise ValueError(f"{where}: fractions sum to {sum(row):.4g}, not 1")
+        raise ConfigError(f"{where}: fractions sum to {sum(row):.4g}, not 1")
     return row
 
 

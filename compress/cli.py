@@ -1,7 +1,14 @@
-"""``compress``: train | distill | eval | prune | export | pseudo-label | compare.
+"""compress's own commands: train | distill | eval | pack | prune | config | pseudo-label |
+compare.
 
 Each command parses its arguments, loads the config, calls the library and prints a
 summary. Errors a user can fix print one line (no traceback unless ``--debug``).
+
+``commands`` holds the commands; ``app`` is them with the global options, runnable as
+``python -m compress.cli``. The ``compress`` console command is :mod:`segcompress.cli`,
+which mounts these beside deploy's ``export`` (compress never imports deploy): there
+``compress eval`` also scores exported artifacts, through the predictor loader it puts in
+the click context (``ctx.obj["load_predictor"]``).
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Distil compact segmentation students and deploy them.")
+from compress.cli_study import register as register_study
+
+HELP = "Distil compact segmentation students and deploy them."
+commands = typer.Typer()
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML recipe (see configs/)")]
 Overrides = Annotated[list[str] | None, typer.Argument(
@@ -30,17 +39,15 @@ ResumeChangedOpt = Annotated[bool, typer.Option(
     "optimiser recipe (each change is logged and recorded in config.yaml)")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")]
 
-_state = {"debug": False}
 
-
-@app.callback()
-def _main(
+def options(
     debug: Annotated[bool, typer.Option("--debug", help="show full tracebacks")] = False,
     trust_factory: Annotated[list[str] | None, typer.Option(
         "--trust-factory", help="package.module:function: run this custom model factory when "
         "a checkpoint or manifest names it (never run otherwise); repeatable")] = None,
-):
-    _state["debug"] = debug
+) -> None:
+    """The global options of the ``compress`` command (``--debug`` is read by
+    :func:`compress.errors.run_cli`)."""
     if trust_factory:
         from compress.models import trust_factories
 
@@ -74,22 +81,23 @@ def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | No
     typer.echo(f"run dir: {run_dir}")
 
 
-@app.command()
+@commands.command()
 def train(config: FitConfigOpt = None, overrides: Overrides = None, resume: ResumeOpt = None,
           resume_changed: ResumeChangedOpt = False, quiet: QuietOpt = False) -> None:
     """Train a model without a teacher (a teacher, or a no-KD student baseline)."""
     _run_fit(config, overrides, resume, quiet, distill=False, resume_changed=resume_changed)
 
 
-@app.command()
+@commands.command()
 def distill(config: FitConfigOpt = None, overrides: Overrides = None, resume: ResumeOpt = None,
             resume_changed: ResumeChangedOpt = False, quiet: QuietOpt = False) -> None:
     """Train a student under a frozen teacher (response / feature / CWD KD terms)."""
     _run_fit(config, overrides, resume, quiet, distill=True, resume_changed=resume_changed)
 
 
-@app.command("eval")
+@commands.command("eval")
 def eval_(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint (.pt) or exported artifact")],
     data: Annotated[Path, typer.Option(help="dataset root (CamVid layout or images/masks folder)")],
     split: Annotated[str, typer.Option(help="split to score")] = "val",
@@ -106,7 +114,7 @@ def eval_(
              "image's own size (CamVid 360x480)")] = "network",
 ) -> None:
     """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
-    from compress.evaluate import evaluate_checkpoint, format_table, parse_size
+    from compress.evaluate import evaluate_checkpoint, format_table, load_predictor, parse_size
 
     if kind not in ("camvid", "folder", "synthetic"):
         raise typer.BadParameter(f"{kind!r}: expected camvid, folder or synthetic",
@@ -114,12 +122,13 @@ def eval_(
 
     result = evaluate_checkpoint(checkpoint, data, split, kind=kind, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
-                                 device=device, score_at=score_at)
+                                 device=device, score_at=score_at,
+                                 load=(ctx.obj or {}).get("load_predictor", load_predictor))
     typer.echo(format_table(result))
     typer.echo(f"eval: {result['eval_json']}")
 
 
-@app.command("pack")
+@commands.command("pack")
 def pack(
     checkpoint: Annotated[Path, typer.Argument(help="a segcompress checkpoint (best.pt)")],
     out: Annotated[Path, typer.Option(help="where the packed checkpoint goes (must not exist)")],
@@ -138,7 +147,7 @@ class Importance(str, Enum):
     taylor = "taylor"
 
 
-@app.command("prune")
+@commands.command("prune")
 def prune(
     checkpoint: Annotated[Path, typer.Argument(help="a segcompress checkpoint (e.g. the teacher)")],
     out: Annotated[Path, typer.Option(help="the pruned checkpoint (must not exist)")],
@@ -170,7 +179,7 @@ def prune(
     typer.echo(f"checkpoint: {r['out']}")
 
 
-@app.command("config")
+@commands.command("config")
 def config_(
     recipe: Annotated[Path | None, typer.Argument(help="recipe to show (default: the defaults)")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides")] = None,
@@ -184,27 +193,16 @@ def config_(
         typer.echo(f"{key:<32} {kind:<28} {value!s:<24} {text}".rstrip())
 
 
-def _register_optional() -> None:
-    """Commands owned by other modules register themselves here (export, pseudo-label,
-    compare); each imports its heavy dependencies only when run."""
-    import importlib
-
-    for mod in ("compress.cli_export", "compress.cli_study"):
-        try:
-            importlib.import_module(mod).register(app)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+register_study(commands)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, callback=options)
+app.add_typer(commands)
 
 
 def main() -> None:
-    """Console entry point: one clear line for errors a user can fix."""
+    """``python -m compress.cli``: one clear line for errors a user can fix."""
     from compress.errors import run_cli
 
     run_cli(app)
-
-
-_register_optional()
 
 
 if __name__ == "__main__":

@@ -1,15 +1,31 @@
-"""The errors a user can fix: the CLI prints these as one line (``--debug`` for a trace)."""
+"""The errors a user can fix: the CLI prints these as one line (``--debug`` for a trace).
+
+Every error the toolkit raises for a user to fix derives from :class:`UserError`
+(``ConfigError``, ``DataError``, ``ModelError``, ``UnsafeFileError``, ``ZooError``,
+``TrainingDiverged``, deploy's ``DeployError`` / ``ManifestError``, :class:`InputError`...),
+each also keeping its standard base (``ValueError``, ``RuntimeError``, ``OSError``) for
+callers that catch those. Besides them only the library errors that really are bad user
+input print as one line (:data:`USER_ERRORS`); anything else is a bug and shows its
+traceback (exit code 1).
+"""
 
 from __future__ import annotations
 
 import sys
 
 import click
+import yaml
+from PIL import Image, UnidentifiedImageError
 
-from compress.config import ConfigError
-from compress.data import DataError
-from compress.io import UnsafeFileError
-from compress.models import ModelError
+
+class UserError(Exception):
+    """Base of the toolkit's own errors: something the user can fix, said in one line
+    that names the file, key or option."""
+
+
+class InputError(UserError, ValueError):
+    """A value given to a command or function that cannot be used (an option, a size, a
+    threshold); the message names it."""
 
 try:  # typer >= 0.2x vendors click: its usage errors are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -20,10 +36,30 @@ USAGE_ERRORS: tuple[type[BaseException], ...] = (
     click.exceptions.ClickException, _TyperClickException,
 )
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataError, ModelError, UnsafeFileError, FileNotFoundError, ValueError,
-    RuntimeError, OSError, *USAGE_ERRORS, KeyboardInterrupt,
+# library errors that are bad user input: a path the user gave that is missing, an image
+# PIL cannot read (or a decompression bomb), YAML that does not parse
+INPUT_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, UnidentifiedImageError, Image.DecompressionBombError, yaml.YAMLError,
 )
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, *INPUT_LIBRARY_ERRORS, *USAGE_ERRORS, KeyboardInterrupt,
+)
+
+
+def error_name(e: BaseException) -> str:
+    """The class of ``e`` as a run's ``FAILED`` file records it: a toolkit ``*Error`` with
+    the standard exception it specialises, e.g. ``ConfigError(ValueError)`` (the suffix
+    names only a category, and ``FAILED`` files said ``ValueError`` before these types
+    existed); an error named for what happened (``TrainingDiverged``) and any other
+    exception by its own name."""
+    name = type(e).__name__
+    if isinstance(e, UserError) and name.endswith("Error"):
+        base = next((b for b in type(e).__mro__ if b.__module__ == "builtins"
+                     and b not in (Exception, BaseException, object)), None)
+        if base is not None:
+            name = f"{name}({base.__name__})"
+    return name
 
 
 def one_line(e: BaseException) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compress.data import build_split
+from compress.errors import InputError
 from compress.io import atomic_write_json
 from compress.train import collate, evaluate
 
@@ -19,32 +21,28 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     try:
         h, w = (int(v) for v in size.lower().split("x"))
     except ValueError:
-        raise ValueError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
+        raise InputError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
     if h <= 0 or w <= 0 or h % 32 or w % 32:
-        raise ValueError(f"--size {size!r}: height and width must be positive multiples of 32")
+        raise InputError(f"--size {size!r}: height and width must be positive multiples of 32")
     return h, w
 
 
+Predict = Callable[[torch.Tensor], torch.Tensor]
+# (path, device, spec or None) -> (predict, spec): how ``evaluate_checkpoint`` opens a file
+PredictorLoader = Callable[[Path, str, "dict | None"], tuple[Predict, dict]]
+
+
 def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
-    """A ``predict(images) -> logits`` callable and its spec, for a checkpoint or artifact."""
-    if path.suffix in (".pt", ".pth"):
-        from compress.models import load_model
+    """A ``predict(images) -> logits`` callable (the eval-mode model) and its spec, for a
+    checkpoint. Exported artifacts need deploy's runtimes: ``deploy.runtime.load_predictor``
+    opens both (the ``compress eval`` command passes it in)."""
+    from compress.models import ModelError, load_model
 
-        model, spec = load_model(path, spec=spec, device=device, return_spec=True)
-        return model, spec
-    from deploy.runtime import load_runtime  # exported artifacts (ONNX, OpenVINO, TensorRT)
-
-    rt = load_runtime(path, device=device)
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        out = rt.predict(x.cpu().numpy())
-        if out.ndim == 3 and rt.spec["classes"] == 1:  # binary ids -> a logit of +-1
-            out = out[:, None] * 2.0 - 1.0
-        elif out.ndim == 3:  # class ids from an argmax export: one-hot, argmax(1) gives them
-            out = np.eye(rt.spec["classes"], dtype=np.float32)[out].transpose(0, 3, 1, 2)
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
-
-    return predict, rt.spec
+    if path.suffix not in (".pt", ".pth"):
+        raise ModelError(f"{path}: not a checkpoint (.pt/.pth); score an exported artifact "
+                         "with the `compress` command (python -m segcompress.cli eval)")
+    model, spec = load_model(path, spec=spec, device=device, return_spec=True)
+    return model, spec
 
 
 SCORE_AT = ("network", "source")
@@ -76,7 +74,8 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                         out: Path | None = None, arch: str | None = None,
                         encoder: str | None = None, classes: int | None = None,
                         device: str = "cpu", batch_size: int = 4,
-                        score_at: str = "network") -> dict:
+                        score_at: str = "network",
+                        load: PredictorLoader = load_predictor) -> dict:
     """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``
     into ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
     checkpoints in one folder keep their own results).
@@ -87,9 +86,12 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     image per batch then, as source sizes may differ.
 
     A plain state_dict needs ``arch``, ``encoder`` and ``classes``; its input size is
-    ``size`` (required) and its class names come from the data."""
+    ``size`` (required) and its class names come from the data.
+
+    ``load`` opens ``path``: :func:`load_predictor` (checkpoints) by default;
+    ``deploy.runtime.load_predictor`` for exported artifacts too."""
     if score_at not in SCORE_AT:
-        raise ValueError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
+        raise InputError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
     from compress.config import DataConfig
     from compress.models import make_spec
     from compress.train import resolve_device
@@ -99,18 +101,18 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     spec = None
     if arch or encoder or classes:
         if not (arch and encoder and classes):
-            raise ValueError("a plain state_dict needs all of --arch, --encoder and --classes")
+            raise InputError("a plain state_dict needs all of --arch, --encoder and --classes")
         if size is None:
-            raise ValueError(f"{path}: a plain state_dict does not record the size it was "
+            raise InputError(f"{path}: a plain state_dict does not record the size it was "
                              "trained at: give --size HxW (scores change with it)")
         spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
                          class_names=_data_class_names(kind, data, split))
-    predict, spec = load_predictor(path, str(dev), spec)
+    predict, spec = load(path, str(dev), spec)
     size = size or tuple(spec["input_size"])
     dcfg = DataConfig(kind=kind, root=str(data), size=size, batch_size=batch_size)
     ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"], root=str(data))
     if len(ds.class_names) != spec["classes"]:
-        raise ValueError(f"{path}: model has {spec['classes']} classes but {data} has "
+        raise InputError(f"{path}: model has {spec['classes']} classes but {data} has "
                          f"{len(ds.class_names)}")
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1

@@ -14,9 +14,16 @@ from typing import Any
 
 import torch
 
+from compress.errors import UserError
 
-class UnsafeFileError(ValueError):
+
+class UnsafeFileError(UserError, ValueError):
     """A file that cannot be loaded safely (corrupt, truncated, or carrying code)."""
+
+
+class WriteError(UserError, OSError):
+    """A result file that could not be written (disk full, a file-size limit, no
+    permission); the previous file, if any, is untouched. ``errno`` is the system's."""
 
 
 FAULT_ENV = "SEGCOMPRESS_FAULT"
@@ -82,9 +89,9 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
                 why = e.strerror or detail
             else:  # torch's zip writer reports a failed write(2) as a RuntimeError
                 why = f"the write stopped part-way: disk full or a file-size limit? ({detail})"
-            raise OSError(getattr(e, "errno", None) or errno.EIO,
-                          f"cannot write {path} ({why}); the previous file, if any, is "
-                          "untouched") from e
+            raise WriteError(getattr(e, "errno", None) or errno.EIO,
+                             f"cannot write {path} ({why}); the previous file, if any, is "
+                             "untouched") from e
         fault_point(f"write:{path.name}")
         os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes it 0600: honour the umask
         with open(tmp_path, "rb") as f:
@@ -154,7 +161,7 @@ def load_torch_file(path: str | Path) -> Any:
 YAML_MAX_BYTES = 1 << 20  # recipes, studies and class maps are a few KiB
 
 
-class YAMLRefused(ValueError):
+class YAMLRefused(UserError, ValueError):
     """YAML the toolkit will not parse: aliases (a 500-byte alias bomb expands to
     gigabytes), or more than :data:`YAML_MAX_BYTES`."""
 

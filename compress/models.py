@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import UserError
 from compress.io import atomic_torch_save, load_torch_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -34,7 +35,7 @@ LOCAL_WEIGHT_PACKAGES = {
 }
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model that cannot be built or loaded; the message names the file or name."""
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from compress.classmap import parse_class_map
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
+from compress.errors import InputError
 from compress.io import atomic_write, atomic_write_json, atomic_write_text
 from compress.metrics import update_confusion
 
@@ -50,11 +51,11 @@ def teacher_weights(weights: list[float] | None, count: int) -> list[float]:
     if not weights:
         return [1.0 / count] * count
     if len(weights) != count:
-        raise ValueError(f"--teacher-weight given {len(weights)} times for {count} --teacher "
+        raise InputError(f"--teacher-weight given {len(weights)} times for {count} --teacher "
                          "checkpoint(s): give one weight per teacher, in the same order")
     bad = [w for w in weights if not (np.isfinite(w) and w > 0)]
     if bad:
-        raise ValueError(f"--teacher-weight {bad[0]:g}: weights must be positive numbers")
+        raise InputError(f"--teacher-weight {bad[0]:g}: weights must be positive numbers")
     return [w / sum(weights) for w in weights]
 
 
@@ -68,7 +69,7 @@ class Ensemble:
         from compress.models import load_model
 
         if not checkpoints:
-            raise ValueError("give at least one --teacher checkpoint")
+            raise InputError("give at least one --teacher checkpoint")
         self.weights = teacher_weights(weights, len(checkpoints))
         self.checkpoints = [str(ck) for ck in checkpoints]
         self.models, self.specs = [], []
@@ -81,7 +82,7 @@ class Ensemble:
         names = self.specs[0]["class_names"]
         for ck, spec in zip(checkpoints[1:], self.specs[1:]):
             if spec["class_names"] != names:
-                raise ValueError(f"{ck}: classes {spec['class_names']} differ from "
+                raise InputError(f"{ck}: classes {spec['class_names']} differ from "
                                  f"{checkpoints[0]}'s {names}; an ensemble needs one label set")
         self.class_names, self.device = list(names), device
         self.size, self.scales, self.flip = size, tuple(scales), flip
@@ -231,14 +232,14 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
 
     images, out = Path(images), Path(out)
     if out.resolve() == images.resolve() or images.resolve() in out.resolve().parents:
-        raise ValueError(f"--out {out} must not be the image folder or inside it")
+        raise InputError(f"--out {out} must not be the image folder or inside it")
     if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").is_file():
-        raise ValueError(f"--out {out} is not empty and not an earlier pseudo-label output "
+        raise InputError(f"--out {out} is not empty and not an earlier pseudo-label output "
                          "(no stats.json): give a new folder")
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold {threshold} must be in (0, 1]")
+        raise InputError(f"threshold {threshold} must be in (0, 1]")
     if not scales or any(s <= 0 for s in scales):
-        raise ValueError(f"scales {list(scales)} must be positive")
+        raise InputError(f"scales {list(scales)} must be positive")
     dev = resolve_device(device)
     ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip, teacher_weights)
     t_names = ens.class_names
@@ -253,14 +254,14 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         if 0 <= ignore_index < c:  # a teacher class id cannot double as the ignore value
             ignore_index = 255
     if 0 <= ignore_index < c or not 0 <= ignore_index < 65536:
-        raise ValueError(f"ignore index {ignore_index} clashes with class ids 0..{c - 1} "
+        raise InputError(f"ignore index {ignore_index} clashes with class ids 0..{c - 1} "
                          "or does not fit a PNG mask")
     thr = torch.full((c + 1,), float(threshold))
     for name, v in (class_thresholds or {}).items():
         if name not in names:
-            raise ValueError(f"--class-threshold {name}: not a class; classes are {names}")
+            raise InputError(f"--class-threshold {name}: not a class; classes are {names}")
         if not 0 < v <= 1:
-            raise ValueError(f"--class-threshold {name}={v} must be in (0, 1]")
+            raise InputError(f"--class-threshold {name}={v} must be in (0, 1]")
         thr[names.index(name)] = float(v)
     files, other = list_images(images)
     if not files:

@@ -24,8 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.classmap import kd_class_map
-from compress.config import RunConfig, dump_config
+from compress.config import ConfigError, RunConfig, dump_config
 from compress.data import build_split, build_train_set, dataset_classes
+from compress.errors import InputError, UserError
 from compress.io import (
     atomic_write,
     atomic_write_json,
@@ -55,7 +56,7 @@ from compress.models import (
 log = logging.getLogger("compress")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or inf; the message names epoch, step and the last good file."""
 
 
@@ -67,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available here")
+        raise InputError(f"device {name!r} requested but no CUDA GPU is available here")
     return torch.device(name)
 
 
@@ -91,13 +92,13 @@ def check_task_settings(cfg: RunConfig, class_names: list[str]) -> None:
     that class is named void, and class weights of another length than the classes."""
     i = cfg.ignore_index
     if 0 <= i < len(class_names) and class_names[i].strip().lower() not in VOID_NAMES:
-        raise ValueError(f"ignore_index {i} is the class {class_names[i]!r} (classes 0.."
+        raise ConfigError(f"ignore_index {i} is the class {class_names[i]!r} (classes 0.."
                          f"{len(class_names) - 1}): pixels of it would never be learnt yet "
                          "count in the mIoU; use an index outside the classes (e.g. 255) or "
                          "name that class 'void'")
     w = cfg.loss.class_weights
     if w is not None and len(w) != len(class_names):
-        raise ValueError(f"loss.class_weights has {len(w)} entries but there are "
+        raise ConfigError(f"loss.class_weights has {len(w)} entries but there are "
                          f"{len(class_names)} classes")
 
 
@@ -108,7 +109,7 @@ def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None
     if m.init_from:
         return _init_spec(m.init_from, cfg, class_names, last_state)
     if m.classes is not None and m.classes != len(class_names):
-        raise ValueError(f"model.classes={m.classes} but the data has {len(class_names)} "
+        raise ConfigError(f"model.classes={m.classes} but the data has {len(class_names)} "
                          f"classes ({', '.join(class_names[:8])})")
     return make_spec(
         arch=m.arch, encoder=m.encoder, classes=len(class_names), class_names=class_names,
@@ -281,14 +282,14 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
     ``teacher.model``) and check that every weight loaded."""
     tc = cfg.teacher
     if not tc.checkpoint:
-        raise ValueError("distillation needs teacher.checkpoint (or teacher.train_epochs)")
+        raise ConfigError("distillation needs teacher.checkpoint (or teacher.train_epochs)")
     spec = None
     if not Path(tc.checkpoint).is_file():
         raise FileNotFoundError(f"teacher.checkpoint not found: {tc.checkpoint} (give a "
                                 "checkpoint, or teacher.train_epochs > 0 to train one)")
     ckpt = read_checkpoint(tc.checkpoint)
     if ckpt["spec"] is None and tc.model is None:
-        raise ValueError(f"teacher.checkpoint {tc.checkpoint} is a plain state_dict without a "
+        raise ConfigError(f"teacher.checkpoint {tc.checkpoint} is a plain state_dict without a "
                          "model spec: set teacher.model (arch, encoder, decoder_channels)")
     if ckpt["spec"] is None:  # a plain state_dict: the architecture comes from teacher.model
         m = tc.model
@@ -325,7 +326,7 @@ def _check_teacher_weights(model: nn.Module, tc) -> None:
     if (missing or unexpected) and not tc.allow_missing_keys:
         parts = [f"{len(missing)} of {total} weights missing (e.g. {missing[0]})"] if missing else []
         parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
-        raise ValueError(f"teacher {source}: {'; '.join(parts)}: refusing to run weights on "
+        raise ConfigError(f"teacher {source}: {'; '.join(parts)}: refusing to run weights on "
                          "their initial values (teacher.allow_missing_keys=true to allow it)")
     if missing:  # allowed by teacher.allow_missing_keys, never silently
         log.warning(f"teacher {source}: {len(missing)} of {total} weights missing from "
@@ -359,7 +360,7 @@ def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None)
                 if t.lower() != s.lower()]
         if diff and not generic:
             shown = ", ".join(f"{i}: teacher {t!r} / student {s!r}" for i, t, s in diff[:6])
-            raise ValueError(f"teacher and student class names differ ({shown}): give "
+            raise ConfigError(f"teacher and student class names differ ({shown}): give "
                              "kd.class_map (teacher class name -> student class name) or fix "
                              "class_names")
         return [f"label map: identity, {len(s_names)} classes"
@@ -392,7 +393,7 @@ def feature_channels(model: nn.Module, spec: dict, levels: list[str], device) ->
     for lv, f in feats.items():
         stride = LEVEL_STRIDES.get(lv)
         if stride and tuple(f.shape[-2:]) != (h // stride, w // stride):
-            raise ValueError(f"feature level {lv!r} taps a tensor of size {tuple(f.shape[-2:])} "
+            raise ConfigError(f"feature level {lv!r} taps a tensor of size {tuple(f.shape[-2:])} "
                              f"for a {h}x{w} input: expected stride {stride}")
         out[lv] = f.shape[1]
     return out
@@ -645,7 +646,7 @@ def find_resume(resume: str | Path) -> tuple[Path, Path | None]:
                                 "checkpoints/last.pt)")
     run = p.parent.parent
     if p.name != "last.pt" or p.parent.name != "checkpoints" or not (run / "config.yaml").is_file():
-        raise ValueError(f"--resume {p}: not a run's checkpoints/last.pt (give the run dir, "
+        raise ConfigError(f"--resume {p}: not a run's checkpoints/last.pt (give the run dir, "
                          "the folder holding config.yaml and checkpoints/)")
     return run, p
 
@@ -680,23 +681,23 @@ def check_resume(run_dir: Path, cfg: RunConfig, done_epochs: int,
     data / optimiser recipe unless ``allow_changed`` (``--resume-changed``), and for
     ``train.epochs`` below the epochs already done.
     """
-    from compress.config import ConfigError, load_config
+    from compress.config import load_config
 
     try:
         stored = load_config(run_dir / "config.yaml")
     except ConfigError as e:
-        raise ValueError(f"cannot resume {run_dir}: its config.yaml is not a valid recipe "
+        raise ConfigError(f"cannot resume {run_dir}: its config.yaml is not a valid recipe "
                          f"({e})") from None
     changes = config_changes(stored, cfg)
     recipe = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
     if recipe and not allow_changed:
         shown = ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(recipe.items())[:5])
         more = f" (+{len(recipe) - 5} more)" if len(recipe) > 5 else ""
-        raise ValueError(f"cannot resume {run_dir}: the recipe differs from its config.yaml "
+        raise ConfigError(f"cannot resume {run_dir}: the recipe differs from its config.yaml "
                          f"({shown}{more}); resume without -c to use the run's own recipe, or "
                          "pass --resume-changed to continue with the change (it is logged)")
     if cfg.train.epochs < done_epochs:
-        raise ValueError(f"cannot resume {run_dir}: it has run {done_epochs} epochs already, "
+        raise ConfigError(f"cannot resume {run_dir}: it has run {done_epochs} epochs already, "
                          f"more than train.epochs={cfg.train.epochs}")
     return changes
 
@@ -761,12 +762,12 @@ def mark_failed(run_dir: Path, error: BaseException, progress: RunProgress) -> N
     finish (``--resume``) removes it. A SIGKILL cannot write it. A failing write (disk
     full) is logged, never raised over the error that stopped the run.
     """
-    from compress.errors import one_line
+    from compress.errors import error_name, one_line
 
     at = (f"epoch {progress.epoch} of {progress.epochs}" if progress.epoch
           else "set-up, before the first epoch")
     text = (f"{_FAILED_HEAD}; `--resume {run_dir}` continues it and removes this file\n"
-            f"error: {type(error).__name__}: {one_line(error)}\n"
+            f"error: {error_name(error)}: {one_line(error)}\n"
             f"at: {at}\n"
             f"time: {datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ}\n")
     try:
@@ -858,7 +859,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
         if last_path is not None:
             last_state = read_checkpoint(last_path)
             if "optimizer" not in last_state or "history" not in last_state:
-                raise ValueError(f"nothing to resume: {last_path} holds weights only (no "
+                raise ConfigError(f"nothing to resume: {last_path} holds weights only (no "
                                  "optimizer state); give a run's checkpoints/last.pt")
         changes = check_resume(run_dir, cfg, last_state["epoch"] if last_state else 0,
                                resume_changed)
@@ -881,7 +882,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     val_set = build_split(cfg.data, cfg.data.val_split, spec["mean"], spec["std"],
                           cfg.ignore_index, False, cfg.seed)
     if len(train_set.class_names) != len(class_names):
-        raise ValueError(f"class_names has {len(class_names)} entries but the data has "
+        raise ConfigError(f"class_names has {len(class_names)} entries but the data has "
                          f"{len(train_set.class_names)} classes")
     check_task_settings(cfg, class_names)
 
@@ -906,7 +907,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
         try:
             class_map = kd_class_map(kd.class_map, t_spec["class_names"], spec["class_names"])
         except ValueError as e:
-            raise ValueError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
+            raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):
             log.info(line)
         teacher.class_map = class_map  # preflight and figures score it in student classes
@@ -935,7 +936,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.data.batch_size,
                                              num_workers=cfg.data.num_workers, collate_fn=collate)
     if len(loader) == 0:
-        raise ValueError(f"training split has {len(train_set)} samples, fewer than one batch "
+        raise ConfigError(f"training split has {len(train_set)} samples, fewer than one batch "
                          f"of data.batch_size={cfg.data.batch_size}")
     steps_per_epoch = math.ceil(min(len(loader), (cfg.train.max_steps_per_epoch or 10**9)
                                     * cfg.train.accum_steps) / cfg.train.accum_steps)
@@ -975,7 +976,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
         log.info(f"teacher val mIoU {teacher_score['miou'] * 100:.2f}")
         weak = weak_teacher(teacher_score, t_conf)
         if weak and not cfg.teacher.allow_weak:
-            raise ValueError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
+            raise ConfigError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
                              "distil from it (teacher.allow_weak=true to override)")
         if weak:
             log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
@@ -1137,7 +1138,7 @@ def prepare_teacher(cfg: RunConfig, show_progress: bool = True) -> None:
     if not tc.checkpoint or Path(tc.checkpoint).exists() or not tc.train_epochs:
         return
     if tc.model is None:
-        raise ValueError("teacher.train_epochs needs teacher.model (the teacher's architecture)")
+        raise ConfigError("teacher.train_epochs needs teacher.model (the teacher's architecture)")
     t_cfg = cfg.model_copy(deep=True)
     t_cfg.name = f"{cfg.name}-teacher"
     t_cfg.model = tc.model

@@ -1,13 +1,15 @@
 """The errors deploy raises: one-line messages that name the step and the reason.
 
-They subclass ``ValueError`` / ``RuntimeError``, so ``compress``'s CLI prints them as one
-line (``--debug`` for the trace).
+They derive from :class:`compress.errors.UserError` (and keep ``ValueError`` /
+``RuntimeError`` as bases), so the CLIs print them as one line (``--debug`` for the trace).
 """
 
 from __future__ import annotations
 
+from compress.errors import UserError
 
-class DeployError(RuntimeError):
+
+class DeployError(UserError, RuntimeError):
     """A deploy step failed; the message starts with the step (``export: ...``)."""
 
 
@@ -28,5 +30,5 @@ class BackendUnavailable(DeployError):
     device here; the message says what is missing and how to install it."""
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that is broken, or an artifact whose sha256 does not match it."""

@@ -9,7 +9,6 @@ metadata under ``segcompress.spec`` so a lone ``.onnx`` file still describes its
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from deploy.arrays import class_ids
 from deploy.errors import ExportError, VerificationError
+from deploy.metadata import set_spec_metadata
+from deploy.runtime import load_runtime
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = {"logits": "logits", "argmax": "classes"}
-SPEC_METADATA_KEY = "segcompress.spec"
 DEFAULT_OPSET = 17
 
 Batches = Iterable[tuple[np.ndarray, np.ndarray | None]]
@@ -138,44 +139,12 @@ def _check(proto, step: str) -> None:
         raise ExportError(f"{step}: onnx.checker rejected the model: {_first_line(e)}") from None
 
 
-def set_spec_metadata(proto, spec: dict[str, Any]) -> None:
-    """Store ``spec`` as JSON in the model's ``metadata_props`` (replacing an old one)."""
-    keep = [p for p in proto.metadata_props if p.key != SPEC_METADATA_KEY]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = SPEC_METADATA_KEY, json.dumps(spec)
-
-
-def spec_from_onnx(path_or_proto) -> dict[str, Any] | None:
-    """The spec stored by :func:`export_onnx`, or None."""
-    import onnx
-
-    proto = path_or_proto
-    if not isinstance(proto, onnx.ModelProto):
-        proto = onnx.load(str(path_or_proto), load_external_data=False)
-    for p in proto.metadata_props:
-        if p.key == SPEC_METADATA_KEY:
-            return json.loads(p.value)
-    return None
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
 # ---------------------------------------------------------------- verification
-
-
-def class_ids(out: np.ndarray) -> np.ndarray:
-    """Class ids ``[N, H, W]`` from logits ``[N, C, H, W]`` (or ids passed through)."""
-    out = np.asarray(out)
-    if out.ndim == 3:
-        return out.astype(np.int64)
-    if out.shape[1] == 1:
-        return (out[:, 0] > 0).astype(np.int64)
-    return out.argmax(1)
 
 
 class Comparison:
@@ -286,8 +255,6 @@ def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
     Raises:
         VerificationError: agreement below ``min_agreement``.
     """
-    from deploy.runtime import load_runtime
-
     rt = load_runtime(path, threads=threads)
     argmax = rt.spec.get("output") == "argmax"
     res = compare(torch_predictor(model, argmax), rt.predict, batches, class_names, ignore_index)

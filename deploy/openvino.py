@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from compress.errors import InputError
 from deploy.errors import BackendUnavailable, DeployError
 
 RT_INFO_KEY = ["segcompress", "spec"]
@@ -106,7 +107,7 @@ def compile_openvino(xml_path: str | Path, device: str = "cpu", threads: int | N
     core = ov.Core()
     ov_device = DEVICES.get(device.lower(), device)
     if device.lower().startswith("cuda"):
-        raise ValueError("runtime: OpenVINO runs on cpu, gpu (Intel) or npu, not CUDA; use the "
+        raise InputError("runtime: OpenVINO runs on cpu, gpu (Intel) or npu, not CUDA; use the "
                          ".onnx or a TensorRT engine on NVIDIA GPUs")
     available = {d.split(".")[0] for d in core.available_devices}
     if ov_device != "AUTO" and ov_device.split(".")[0] not in available:
@@ -117,7 +118,7 @@ def compile_openvino(xml_path: str | Path, device: str = "cpu", threads: int | N
         config["INFERENCE_NUM_THREADS"] = int(threads)
     if precision is not None and precision != "int8":  # int8 comes from FakeQuantize nodes
         if precision not in HINTS:
-            raise ValueError(f"runtime: OpenVINO precision must be f32, bf16, fp16 or int8, "
+            raise InputError(f"runtime: OpenVINO precision must be f32, bf16, fp16 or int8, "
                              f"not {precision}")
         config["INFERENCE_PRECISION_HINT"] = HINTS[precision]
     model = core.read_model(str(xml_path))
@@ -128,7 +129,7 @@ def compile_openvino(xml_path: str | Path, device: str = "cpu", threads: int | N
         hint = HINTS.get(precision or "f32", "f32")
     layers = executed_precisions(compiled)
     if precision == "int8" and precision_label(layers, hint) != "int8":
-        raise ValueError(f"runtime: {Path(xml_path).name} does not run in int8 (it is not a "
+        raise InputError(f"runtime: {Path(xml_path).name} does not run in int8 (it is not a "
                          "quantized model)")
     info = {
         "device": ov_device,

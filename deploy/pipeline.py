@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import InputError
 from compress.io import current_umask
 from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
 
@@ -152,7 +153,7 @@ def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
     folder = Path(cfg.calib_images)
     paths, _ = list_images(folder)
     if cfg.holdout_every < 2:
-        raise ValueError(f"export: --holdout-every must be >= 2, got {cfg.holdout_every}")
+        raise InputError(f"export: --holdout-every must be >= 2, got {cfg.holdout_every}")
     if len(paths) < 2:
         raise ExportError(f"export: --calib-images {folder} holds {len(paths)} image(s); "
                           "at least 2 are needed (one to calibrate, one held back)")
@@ -169,7 +170,7 @@ def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
 
 def _label_with(reference, images: ImageSet) -> ImageSet:
     """The held-back images with the reference model's predictions as their masks."""
-    from deploy.export import class_ids
+    from deploy.arrays import class_ids
 
     masks = [class_ids(reference.predict(image[None]))[0] for image in images.images_only()]
     ds = images.dataset
@@ -200,7 +201,7 @@ def _load_split(cfg: ExportConfig, spec: dict, size: tuple[int, int], split: str
 
     kind = cfg.data_kind or ("camvid" if cfg.data else "synthetic")
     if kind != "synthetic" and cfg.data is None:
-        raise ValueError(f"export: data kind {kind!r} needs a dataset root (--calib-data DIR)")
+        raise InputError(f"export: data kind {kind!r} needs a dataset root (--calib-data DIR)")
     n_synth = count or cfg.synthetic_val_length
     dcfg = DataConfig(kind=kind, root=str(cfg.data) if cfg.data else None, size=size,
                       synthetic_length=max(n_synth, 1), synthetic_val_length=max(n_synth, 1))
@@ -403,20 +404,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
 
     preset = cfg.preset or ("performance" if cfg.tensorrt_graph else "mixed")
     if preset not in PRESETS:
-        raise ValueError(f"export: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+        raise InputError(f"export: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     if cfg.target not in ("cpu", "tensorrt"):
-        raise ValueError(f"export: unknown --target {cfg.target!r}; valid: cpu, tensorrt")
+        raise InputError(f"export: unknown --target {cfg.target!r}; valid: cpu, tensorrt")
     if cfg.tensorrt_graph and cfg.int8 and preset != "performance":
-        raise ValueError("export: TensorRT INT8 needs symmetric quantization: use --preset "
+        raise InputError("export: TensorRT INT8 needs symmetric quantization: use --preset "
                          "performance (or leave --preset unset) with --trt/--target tensorrt")
     if cfg.calib_stat not in CALIB_STATS:
-        raise ValueError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
+        raise InputError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
                          f"{', '.join(CALIB_STATS)}")
     if cfg.int8 and cfg.calib_images is None and cfg.calib_split == cfg.val_split:
-        raise ValueError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
+        raise InputError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
                          "calibrate on the training split (--calib-split train)")
     if not 0 < cfg.min_agreement <= 1:
-        raise ValueError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
+        raise InputError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
     before = _prepare_out(out, cfg.overwrite)
 
     import torch
@@ -433,7 +434,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         preset = qat[1]
     size = tuple(cfg.size or spec["input_size"])
     if any(s <= 0 or s % 32 for s in size):
-        raise ValueError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
+        raise InputError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
 
     calib = calib_info = None
     if cfg.calib_images is not None and cfg.data is None:

@@ -206,7 +206,7 @@ def quantize_int8_with_accuracy_control(
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    from deploy.runtime import _in_batches
+    from deploy.arrays import in_batches
 
     name, fixed = _input(model)
 
@@ -214,7 +214,7 @@ def quantize_int8_with_accuracy_control(
         session = _session(proto)
         scorer = MiouScorer(class_names, ignore_index)
         for image, mask in items:
-            out = _in_batches(lambda x: session.run(None, {name: x})[0], _batch(image, None), fixed)
+            out = in_batches(lambda x: session.run(None, {name: x})[0], _batch(image, None), fixed)
             scorer.update(out, np.asarray(mask)[None])
         return scorer.miou()
 
@@ -288,7 +288,7 @@ class MiouScorer:
         import torch
 
         from compress.metrics import update_confusion
-        from deploy.export import class_ids
+        from deploy.arrays import class_ids
 
         update_confusion(self.conf, torch.from_numpy(class_ids(out)),
                          torch.from_numpy(np.asarray(masks, np.int64)), self.ignore_index)

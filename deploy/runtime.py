@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import BackendUnavailable, ManifestError
+from compress.errors import InputError
+from deploy.arrays import in_batches
+from deploy.errors import BackendUnavailable, DeployError, ManifestError
+from deploy.manifest import artifact_spec, find_artifact
+from deploy.metadata import spec_from_onnx
+from deploy.openvino import compile_openvino, spec_from_openvino
+from deploy.tensorrt import TensorRTEngine
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "float32": "f32", "bf16": "bf16", "bfloat16": "bf16",
               "fp16": "fp16", "f16": "fp16", "float16": "fp16", "int8": "int8", "i8": "int8"}
@@ -33,7 +39,7 @@ def normalize_precision(precision: str | None) -> str | None:
         return None
     key = str(precision).lower()
     if key not in PRECISIONS:
-        raise ValueError(f"runtime: unknown precision {precision!r}; valid: f32, bf16, fp16, int8")
+        raise InputError(f"runtime: unknown precision {precision!r}; valid: f32, bf16, fp16, int8")
     return PRECISIONS[key]
 
 
@@ -65,7 +71,7 @@ class Runtime:
         ``int64 [N, H, W]`` class ids when ``spec["output"] == "argmax"``."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
+            raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
         out = self._predict(images)
         return out.astype(np.int64) if self.output == "argmax" else out.astype(np.float32)
 
@@ -107,21 +113,6 @@ def _check_shapes(path: Path, spec: dict, in_shape: list, out_shape: list) -> No
                             f"spec says {want[0]}x{want[1]}: refusing it")
 
 
-def _in_batches(run, images: np.ndarray, fixed_batch: int | None) -> np.ndarray:
-    """Call ``run`` on chunks of a model with a fixed batch size (padding the last one)."""
-    n = images.shape[0]
-    if fixed_batch is None or fixed_batch == n:
-        return run(images)
-    outs = []
-    for i in range(0, n, fixed_batch):
-        chunk = images[i:i + fixed_batch]
-        k = chunk.shape[0]
-        if k < fixed_batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - k, 0)])
-        outs.append(run(chunk)[:k])
-    return np.concatenate(outs)
-
-
 # ---------------------------------------------------------------- torch
 
 
@@ -137,7 +128,7 @@ class TorchRuntime(Runtime):
         from compress.models import load_model
 
         if precision not in (None, "f32"):
-            raise ValueError(f"runtime: {path.name}: the torch runtime runs f32 only, not "
+            raise InputError(f"runtime: {path.name}: the torch runtime runs f32 only, not "
                              f"{precision}; export it (compress export) for other precisions")
         if threads:
             torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
@@ -188,8 +179,6 @@ class OnnxRuntime(Runtime):
         import onnx
         import onnxruntime as ort
 
-        from deploy.export import spec_from_onnx
-
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
@@ -201,7 +190,7 @@ class OnnxRuntime(Runtime):
                                 "manifest.json lists it: export it with compress export")
         model_precision = onnx_precision(proto)
         if precision is not None and precision != model_precision:
-            raise ValueError(f"runtime: {path.name} is a {model_precision} model; ONNX Runtime "
+            raise InputError(f"runtime: {path.name} is a {model_precision} model; ONNX Runtime "
                              f"runs it as stored and cannot force {precision}")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -217,7 +206,7 @@ class OnnxRuntime(Runtime):
             index = int(device.split(":")[1]) if ":" in device else 0
             providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
         elif device != "cpu":
-            raise ValueError(f"runtime: ONNX Runtime runs on cpu or cuda[:N], not {device!r}")
+            raise InputError(f"runtime: ONNX Runtime runs on cpu or cuda[:N], not {device!r}")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT's own error types (Fail, InvalidGraph...)
@@ -240,10 +229,10 @@ class OnnxRuntime(Runtime):
             try:
                 return self.session.run(None, {self.input_name: x})[0]
             except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
-                raise RuntimeError(f"runtime: ONNX Runtime failed on {self.path} with input "
+                raise DeployError(f"runtime: ONNX Runtime failed on {self.path} with input "
                                    f"{list(x.shape)}: {_first_line(e)}") from None
 
-        return _in_batches(run, images, self.fixed_batch)
+        return in_batches(run, images, self.fixed_batch)
 
 
 # ---------------------------------------------------------------- openvino
@@ -256,8 +245,6 @@ class OpenVINORuntime(Runtime):
 
     def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
                  threads: int | None = None, precision: str | None = None) -> None:
-        from deploy.openvino import compile_openvino, spec_from_openvino
-
         compiled, model, info = compile_openvino(path, device=device, threads=threads,
                                                  precision=precision)
         spec = spec or spec_from_openvino(model)
@@ -278,11 +265,11 @@ class OpenVINORuntime(Runtime):
             try:
                 self.request.infer({0: x})
             except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
-                raise RuntimeError(f"runtime: OpenVINO failed on {self.path} with input "
+                raise DeployError(f"runtime: OpenVINO failed on {self.path} with input "
                                    f"{list(x.shape)}: {_first_line(e)}") from None
             return self.request.get_output_tensor(0).data.copy()
 
-        return _in_batches(run, images, self.fixed_batch)
+        return in_batches(run, images, self.fixed_batch)
 
 
 # ---------------------------------------------------------------- tensorrt
@@ -296,8 +283,6 @@ class TensorRTRuntime(Runtime):
     def __init__(self, path: Path, spec: dict | None, device: str = "cuda",
                  threads: int | None = None, precision: str | None = None,
                  entry: dict | None = None) -> None:
-        from deploy.tensorrt import TensorRTEngine
-
         if spec is None:
             raise ManifestError(f"runtime: {path} is a TensorRT engine without a manifest.json "
                                 "beside it that lists it: the spec is unknown")
@@ -305,7 +290,7 @@ class TensorRTRuntime(Runtime):
         self.engine = TensorRTEngine(path, device=device)
         built = (entry or {}).get("precision")
         if precision is not None and built is not None and precision != built:
-            raise ValueError(f"runtime: {path.name} was built for {built}; a TensorRT engine "
+            raise InputError(f"runtime: {path.name} was built for {built}; a TensorRT engine "
                              f"runs as built and cannot switch to {precision}")
         super().__init__(path, spec, device, built or "unknown", self.engine.info)
 
@@ -350,10 +335,9 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
         raise FileNotFoundError(f"runtime: {path} not found")
     backend = SUFFIXES.get(path.suffix.lower())
     if backend is None:
-        raise ValueError(f"runtime: cannot tell the backend of {path.name}; suffixes: "
+        raise InputError(f"runtime: cannot tell the backend of {path.name}; suffixes: "
                          f"{', '.join(SUFFIXES)}")
     precision = normalize_precision(precision)
-    from deploy.manifest import artifact_spec, find_artifact
 
     manifest, entry = find_artifact(path)
     spec = artifact_spec(manifest, entry) if entry is not None else None
@@ -366,3 +350,29 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
         return OpenVINORuntime(path, spec, device, threads, precision)
     return TensorRTRuntime(path, spec, device, threads, precision, entry)
 
+
+
+def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
+    """``compress eval``'s loader for any file :func:`load_runtime` takes: a checkpoint
+    as the eval-mode PyTorch model (``compress.evaluate.load_predictor``), an exported
+    artifact as a ``predict(images: torch.Tensor) -> logits`` over its runtime; class ids
+    from an argmax export come back one-hot (a logit of +-1 for a binary model), so
+    ``argmax(1)`` gives them. Returns ``(predict, spec)``."""
+    import torch
+
+    from compress.evaluate import load_predictor as load_checkpoint
+
+    path = Path(path)
+    if path.suffix in (".pt", ".pth"):
+        return load_checkpoint(path, device, spec)
+    rt = load_runtime(path, device=device)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        out = rt.predict(x.cpu().numpy())
+        if out.ndim == 3 and rt.spec["classes"] == 1:  # binary ids -> a logit of +-1
+            out = out[:, None] * 2.0 - 1.0
+        elif out.ndim == 3:  # class ids from an argmax export: one-hot, argmax(1) gives them
+            out = np.eye(rt.spec["classes"], dtype=np.float32)[out].transpose(0, 3, 1, 2)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+    return predict, rt.spec

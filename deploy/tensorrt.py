@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from compress.errors import InputError
+from deploy.arrays import in_batches
 from deploy.errors import BackendUnavailable, DeployError
 
 INSTALL_GPU = "pip install 'segcompress[gpu]'"
@@ -201,7 +203,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
 
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if precision not in ("fp16", "int8", "f32"):
-        raise ValueError(f"tensorrt: precision must be fp16, int8 or f32, not {precision!r}")
+        raise InputError(f"tensorrt: precision must be fp16, int8 or f32, not {precision!r}")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     weak = _weakly_typed(trt)
@@ -229,7 +231,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     profile_info = None
     if dynamic:
         if shapes is None:
-            raise ValueError(f"tensorrt: {onnx_path.name} has dynamic axes {tuple(inp.shape)}: "
+            raise InputError(f"tensorrt: {onnx_path.name} has dynamic axes {tuple(inp.shape)}: "
                              "give (min, opt, max) shapes")
         profile = builder.create_optimization_profile()
         profile.set_shape(inp.name, *[tuple(s) for s in shapes])
@@ -326,6 +328,4 @@ class TensorRTEngine:
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` -> the first output as numpy (float32 or int64)."""
-        from deploy.runtime import _in_batches
-
-        return _in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)
+        return in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)

@@ -19,7 +19,7 @@ STUDENTS=${*:-"unet-lite0 ppliteseg-lite0 segformer-lite0-w64 lraspp-lite0"}
 if [ -z "${JOBS:-}" ]; then
   JOBS=1; "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && JOBS=8
 fi
-C=("$PY" -m compress.cli)
+C=("$PY" -m segcompress.cli)
 TEACHER=artifacts/camvid/front-teacher.pt
 if [ ! -f "$TEACHER" ]; then
   "${C[@]}" train -q -c configs/camvid/front/teacher.yaml data.root="$DATA" train.device="$DEVICE" \

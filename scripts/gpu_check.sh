@@ -52,7 +52,7 @@ if [ -z "$EXPORT" ]; then
   if "$PY" -c "import tensorrt" 2>/dev/null; then TRT=(--trt); fi
   OVERWRITE=()
   if [ -f "$EXPORT/manifest.json" ]; then OVERWRITE=(--overwrite); fi
-  "$PY" -m compress.cli export "$CKPT" --out "$EXPORT" --int8 --target tensorrt \
+  "$PY" -m segcompress.cli export "$CKPT" --out "$EXPORT" --int8 --target tensorrt \
       "${TRT[@]}" "${CALIB_ARGS[@]}" "${OVERWRITE[@]}"
 fi
 

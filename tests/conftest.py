@@ -19,7 +19,15 @@ CAMVID = REPO.parent / "shared" / "data" / "camvid"
 TINY_DECODER = [16, 16, 8, 8, 8]
 
 
-def tiny_spec(classes: int = 5, size=(64, 64), encoder: str = "tu-efficientnet_lite0", **kw) -> dict:
+def tiny_spec(classes: int = 5, size=(64, 64), encoder: str = "tu-efficientnet_lite0", *,
+              synthetic_names: bool = False, **kw) -> dict:
+    """The one tiny model spec of the suite (a Unet on EfficientNet-Lite0 with a slim
+    decoder, 64x64); ``synthetic_names`` names 5 classes as the synthetic dataset does.
+    Other ``make_spec`` arguments (``arch``, ``decoder_channels``...) pass through."""
+    if synthetic_names and classes == 5:
+        from compress.data import SYNTHETIC_CLASSES
+
+        kw.setdefault("class_names", list(SYNTHETIC_CLASSES))
     return make_spec(arch=kw.pop("arch", "Unet"), encoder=encoder, classes=classes,
                      decoder_channels=kw.pop("decoder_channels", TINY_DECODER),
                      input_size=size, **kw)

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from compress.data.transforms import TrainAugment, normalize, resize_pair
+from compress.errors import UserError
 from compress.io import UnsafeFileError, read_text
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -29,7 +30,7 @@ CAMVID_IGNORE = 11
 SYNTHETIC_CLASSES = ["background", "disc", "box", "triangle", "ring"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Unusable data; the message names the file or folder."""
 
 

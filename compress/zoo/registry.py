@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from compress.errors import UserError
 
-class ZooError(ValueError):
+
+class ZooError(UserError, ValueError):
     """An unknown student name or a zoo entry that cannot be built (named)."""
 
 

@@ -7,21 +7,10 @@ from pathlib import Path
 
 import torch
 
-from compress.data import SYNTHETIC_CLASSES
-from compress.models import create_model, make_spec, save_checkpoint
+from compress.models import create_model, save_checkpoint
+from tests.conftest import tiny_spec
 
 SIZE = (64, 64)
-
-
-def tiny_spec(decoder_channels=(16, 16, 8, 8, 8)) -> dict:
-    return make_spec(
-        arch="Unet",
-        encoder="tu-efficientnet_lite0",
-        classes=5,
-        class_names=SYNTHETIC_CLASSES,
-        decoder_channels=list(decoder_channels),
-        input_size=SIZE,
-    )
 
 
 def make_checkpoints(root: Path) -> tuple[Path, Path]:
@@ -29,7 +18,7 @@ def make_checkpoints(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     out = []
     for name, dec in (("teacher", (32, 16, 16, 8, 8)), ("student", (16, 16, 8, 8, 8))):
-        spec = tiny_spec(dec)
+        spec = tiny_spec(decoder_channels=list(dec), synthetic_names=True)
         out.append(save_checkpoint(root / f"{name}.pt", create_model(spec), spec, epoch=0))
     return out[0], out[1]
 

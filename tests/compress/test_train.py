@@ -141,3 +141,19 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     rows = list(csv.DictReader((runs[0] / "metrics.csv").open()))
     assert len(rows) == 2
     assert load_model(runs[0] / "checkpoints" / "best.pt") is not None
+
+    # the same recipe in one process, with the 2-process run's global batch (2 x 2): the
+    # same images per epoch from the same initial weights, so the losses agree closely
+    # (not exactly: each rank's BatchNorm sees its own half-batch, and the ranks take
+    # the halves of the epoch's order where one process takes it in sequence)
+    from compress.config import load_config
+
+    single = fit(load_config(REPO / "configs" / "quickstart.yaml",
+                             [*args, "name=single", "data.batch_size=4"]), show_progress=False)
+    one = list(csv.DictReader((single / "metrics.csv").open()))
+    assert len(one) == len(rows)
+    for r2, r1 in zip(rows, one):
+        assert float(r2["train_loss"]) == pytest.approx(float(r1["train_loss"]), rel=0.05), (
+            rows, one)
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert float(one[-1]["train_loss"]) < float(one[0]["train_loss"])

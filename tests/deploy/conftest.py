@@ -3,6 +3,7 @@ so its logits are decisive enough for agreement figures to mean something."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +12,16 @@ import torch
 
 from compress.config import DataConfig
 from compress.data import build_split
-from compress.models import create_model, make_spec, save_checkpoint
+from compress.models import create_model, save_checkpoint
+from tests.conftest import tiny_spec as base_tiny_spec
 
 SIZE = (64, 64)
 TINY = {"arch": "Unet", "encoder": "tu-mobilenetv3_small_050", "decoder_channels": [16, 8, 8, 8, 8]}
 
 
-def tiny_spec(classes: int = 5, **kw) -> dict:
-    from compress.data import SYNTHETIC_CLASSES
-
-    names = list(SYNTHETIC_CLASSES) if classes == 5 else None
-    return make_spec(**{**TINY, **kw}, classes=classes, class_names=names, input_size=SIZE)
+# deploy's tiny student: a MobileNetV3 encoder, named synthetic classes
+tiny_spec = partial(base_tiny_spec, size=SIZE, encoder=TINY["encoder"],
+                    decoder_channels=TINY["decoder_channels"], synthetic_names=True)
 
 
 def synthetic_batches(spec: dict, split: str = "val", n: int = 8, batch: int = 4):

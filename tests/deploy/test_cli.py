@@ -9,9 +9,9 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from compress.cli import app
 from deploy.errors import BackendUnavailable
 from deploy.tensorrt import missing_requirements
+from segcompress.cli import app
 
 runner = CliRunner()
 
@@ -52,10 +52,32 @@ def test_trt_without_gpu_stops_at_once(trained_ckpt, tmp_path):
 @pytest.mark.skipif(not missing_requirements(), reason="TensorRT and a GPU are present here")
 def test_trt_error_is_one_line_from_the_command(tmp_path):
     # the checkpoint need not exist: --trt is checked before anything is read
-    cmd = [sys.executable, "-c", "from compress.cli import main; main()", "export",
+    cmd = [sys.executable, "-c", "from segcompress.cli import main; main()", "export",
            str(tmp_path / "missing.pt"), "--out", str(tmp_path / "exp"), "--trt"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: --trt: TensorRT needs an NVIDIA GPU"), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_of_an_export_goes_through_deploys_loader(trained_ckpt, tmp_path):
+    """``compress eval`` scores an ``.onnx`` like its checkpoint: the command is compress's,
+    the loader deploy's (handed over by segcompress.cli); compress's own app refuses it
+    in one line, as it cannot import deploy."""
+    from compress.cli import app as compress_only
+
+    out = tmp_path / "exp"
+    res = runner.invoke(app, ["export", str(trained_ckpt), "--out", str(out), "--size", "64x64",
+                              "--val-size", "4"])
+    assert res.exit_code == 0, res.output
+    scores = {}
+    for path in (trained_ckpt, out / "model.onnx"):
+        res = runner.invoke(app, ["eval", str(path), "--kind", "synthetic", "--data", "x",
+                                  "--out", str(tmp_path / path.suffix[1:])])
+        assert res.exit_code == 0, res.output
+        scores[path.suffix] = json.loads((tmp_path / path.suffix[1:] / "eval.json").read_text())
+    assert abs(scores[".onnx"]["miou"] - scores[".pt"]["miou"]) < 1e-3
+    res = runner.invoke(compress_only, ["eval", str(out / "model.onnx"), "--kind", "synthetic",
+                                        "--data", "x"])
+    assert res.exit_code != 0 and "not a checkpoint" in str(res.exception)

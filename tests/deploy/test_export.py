@@ -8,7 +8,8 @@ import torch
 
 from compress.models import create_model, load_model
 from deploy.errors import VerificationError
-from deploy.export import export_onnx, spec_from_onnx, torch_predictor, verify_onnx
+from deploy.export import export_onnx, torch_predictor, verify_onnx
+from deploy.metadata import spec_from_onnx
 from deploy.runtime import load_runtime
 from tests.deploy.conftest import SIZE, synthetic_batches, tiny_spec
 

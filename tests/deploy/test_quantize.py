@@ -7,7 +7,8 @@ import pytest
 
 from compress.models import load_model
 from deploy.errors import QuantizationError
-from deploy.export import export_onnx, spec_from_onnx
+from deploy.export import export_onnx
+from deploy.metadata import spec_from_onnx
 from deploy.quantize import float_layers_of, quantize_int8, quantized_layers, weighted_layers
 from tests.deploy.conftest import SIZE, synthetic_batches
 

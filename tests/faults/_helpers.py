@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-ENTRY = {"compress": "compress.cli", "bench": "bench.cli"}
+ENTRY = {"compress": "segcompress.cli", "bench": "bench.cli"}
 
 # file types a run, an eval, an export or a benchmark writes as results: none of them may
 # be left behind by a command that failed
@@ -65,7 +65,7 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def run_console(prog: str, argv: list[str], timeout: float = 300, **env: str) -> Result:
-    """``python -m compress.cli ...`` / ``python -m bench.cli ...`` in a subprocess."""
+    """``python -m segcompress.cli ...`` / ``python -m bench.cli ...`` in a subprocess."""
     p = subprocess.run([sys.executable, "-m", ENTRY[prog], *argv], capture_output=True,
                        text=True, cwd=REPO, env=child_env(**env), timeout=timeout, check=False)
     return Result(p.returncode, p.stdout, p.stderr)

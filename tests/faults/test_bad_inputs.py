@@ -682,7 +682,7 @@ def test_bad_input_inprocess(row: Row, bad, tmp_path):
 
 @pytest.mark.parametrize("row", _params(True) + _params(False))
 def test_bad_input_console(row: Row, bad, tmp_path):
-    """Rows through the real console entry, ``python -m compress.cli`` / ``bench.cli``
+    """Rows through the real console entry, ``python -m segcompress.cli`` / ``bench.cli``
     (a representative subset by default, all of them with ``-m slow``)."""
     _run_row(row, bad, tmp_path, run_console, "bad_inputs_console", " (console)")
 

@@ -107,12 +107,12 @@ def test_console_run_on_a_full_disk_says_one_line_and_leaves_no_checkpoint(tmp_p
     import subprocess
     import sys
 
-    from tests.faults._helpers import Result, child_env
+    from tests.faults._helpers import ENTRY, Result, child_env
 
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, resource.RLIM_INFINITY))
 
-    p = subprocess.run([sys.executable, "-m", "compress.cli", *argv], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", ENTRY["compress"], *argv], capture_output=True,
                        text=True, cwd=REPO, env=child_env(), timeout=300, preexec_fn=limit,
                        check=False)
     line = error_line(Result(p.returncode, p.stdout, p.stderr))

@@ -51,7 +51,8 @@ class Result:
 def run(prog: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> Result:
     """Run ``compress`` or ``bench`` as a user would (a child process, one thread)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, "-m", f"{prog}.cli", *args], capture_output=True,
+    module = {"compress": "segcompress.cli", "bench": "bench.cli"}[prog]
+    p = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                        text=True, timeout=timeout, env=env, cwd=cwd or REPO, check=False)
     return Result(p.returncode, p.stdout, p.stderr)
 

@@ -1,7 +1,9 @@
-"""``compress export``: a checkpoint -> verified ONNX [+ INT8, OpenVINO IR, TensorRT engines].
+"""deploy's commands: ``export`` (a checkpoint -> verified ONNX [+ INT8, OpenVINO IR,
+TensorRT engines]).
 
-Registered on ``compress.cli.app`` by ``register(app)``; ``deploy`` (and its heavy
-dependencies) is imported only when the command runs.
+``commands`` is mounted into the ``compress`` console command by :mod:`segcompress.cli`
+beside compress's own commands. The heavy backends (nncf, openvino, tensorrt) are
+imported only when the command runs.
 """
 
 from __future__ import annotations
@@ -12,11 +14,7 @@ from typing import Annotated
 
 import typer
 
-
-class DataKind(str, Enum):
-    camvid = "camvid"
-    folder = "folder"
-    synthetic = "synthetic"
+from compress.options import DataKind
 
 
 class Preset(str, Enum):
@@ -121,6 +119,5 @@ def format_artifacts(manifest: dict) -> str:
     return "\n".join(rows)
 
 
-def register(app: typer.Typer) -> None:
-    """Add ``export`` to the ``compress`` app."""
-    app.command("export")(export)
+commands = typer.Typer()
+commands.command("export")(export)

@@ -1,0 +1,37 @@
+"""Array helpers every backend shares: running a fixed-batch model on any number of
+images, and class ids from a model's outputs. No backend import here, so the backends,
+the runtimes and the exporters can all use them without importing each other."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
+               fixed_batch: int | None) -> np.ndarray:
+    """Call ``run`` on chunks of ``fixed_batch`` images (padding the last chunk by
+    repeating its last image) and concatenate the outputs; one call when the model takes
+    any batch (``fixed_batch`` None) or exactly this one."""
+    n = images.shape[0]
+    if fixed_batch is None or fixed_batch == n:
+        return run(images)
+    outs = []
+    for i in range(0, n, fixed_batch):
+        chunk = images[i:i + fixed_batch]
+        k = chunk.shape[0]
+        if k < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - k, 0)])
+        outs.append(run(chunk)[:k])
+    return np.concatenate(outs)
+
+
+def class_ids(out: np.ndarray) -> np.ndarray:
+    """Class ids ``[N, H, W]`` from logits ``[N, C, H, W]`` (or ids passed through)."""
+    out = np.asarray(out)
+    if out.ndim == 3:
+        return out.astype(np.int64)
+    if out.shape[1] == 1:
+        return (out[:, 0] > 0).astype(np.int64)
+    return out.argmax(1)

@@ -1,0 +1,31 @@
+"""The ``compress`` console command: compress's commands (train, distill, eval, pack,
+config, pseudo-label, compare) and deploy's (export) in one typer app.
+
+It sits above both packages, so compress never imports deploy: ``compress eval`` scores
+exported artifacts here because this app hands it deploy's predictor loader through the
+click context. ``python -m segcompress.cli`` is the same command.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from compress import cli as compress_cli
+from compress.errors import run_cli
+from deploy import cli as deploy_cli
+from deploy.runtime import load_predictor
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=compress_cli.HELP,
+                  callback=compress_cli.options,
+                  context_settings={"obj": {"load_predictor": load_predictor}})
+app.add_typer(compress_cli.commands)
+app.add_typer(deploy_cli.commands)
+
+
+def main() -> None:
+    """Console entry point: one clear line for errors a user can fix."""
+    run_cli(app)
+
+
+if __name__ == "__main__":
+    main()

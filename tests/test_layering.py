@@ -1,0 +1,128 @@
+"""The import graph points one way (bench -> deploy -> compress), has no cycles among
+deploy's modules, and no module imports another module's private (`_name`) names.
+
+Every `import` is read with `ast`, including those inside functions, so an import hidden
+in a function body counts like one at the top of the file."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("compress", "deploy", "bench", "segcompress")
+# a package may import the packages of lower layers, never those of higher ones
+# (segcompress holds only the console entry that joins compress's and deploy's commands)
+LAYERS = {"segcompress": 3, "bench": 2, "deploy": 1, "compress": 0}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
+
+
+def imports(path: Path) -> list[tuple[int, str, str | None]]:
+    """(line, imported module, imported name or None) for every import in the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    me = module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name, None) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found += [(node.lineno, base, alias.name) for alias in node.names]
+    return found
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_every_package_is_scanned():
+    names = modules()
+    for pkg in PACKAGES:
+        assert pkg in names, pkg
+    assert "deploy.runtime" in names and "compress.cli" in names
+
+
+@pytest.mark.parametrize("module", sorted(modules()))
+def test_imports_point_one_way(module):
+    path = modules()[module]
+    mine = top(module)
+    wrong = [f"{path.relative_to(REPO)}:{line}: imports {target}"
+             for line, target, _ in imports(path)
+             if top(target) in LAYERS and LAYERS[top(target)] > LAYERS[mine]]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("module", sorted(modules()))
+def test_no_private_names_across_modules(module):
+    path = modules()[module]
+    known = modules()
+    wrong = []
+    for line, target, name in imports(path):
+        if top(target) not in LAYERS or name is None or target == module:
+            continue
+        if f"{target}.{name}" in known:  # a submodule, e.g. `from compress.data import _x`
+            target, name = f"{target}.{name}", None
+        parts = target.split(".") + ([name] if name else [])
+        private = [p for p in parts if p.startswith("_") and not p.startswith("__")]
+        if private:
+            wrong.append(f"{path.relative_to(REPO)}:{line}: imports {target}.{name or ''}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_private_attribute_reach_across_modules():
+    """`from deploy import runtime; runtime._in_batches(...)` is the same thing spelt later."""
+    known = modules()
+    wrong = []
+    for module, path in known.items():
+        tree = ast.parse(path.read_text())
+        aliases = {}
+        for line, target, name in imports(path):
+            full = f"{target}.{name}" if name else target
+            if full in known and full != module:
+                aliases[(name or target).split(".")[-1]] = full
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                wrong.append(f"{path.relative_to(REPO)}:{node.lineno}: "
+                             f"{aliases[node.value.id]}.{node.attr}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_deploy_modules_have_no_cycle():
+    known = modules()
+    graph = {m: set() for m in known if top(m) == "deploy"}
+    for m, deps in graph.items():
+        for _, target, name in imports(known[m]):
+            full = f"{target}.{name}" if name else target
+            dep = full if full in graph else target if target in graph else None
+            if dep and dep != m and dep != "deploy":
+                deps.add(dep)
+    cycles = []
+
+    def visit(node, stack):
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif len(stack) < len(graph):
+                visit(nxt, stack + [nxt])
+
+    for m in sorted(graph):
+        visit(m, [m])
+    assert not cycles, "\n".join(sorted(set(cycles)))
