@@ -27,6 +27,11 @@ class Target(str, Enum):
     tensorrt = "tensorrt"
 
 
+class Int8Method(str, Enum):
+    nncf = "nncf"
+    modelopt = "modelopt"
+
+
 class CalibStat(str, Enum):
     default = "default"
     minmax = "minmax"
@@ -41,7 +46,8 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="segcompress checkpoint (best.pt)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="export directory, new or empty")],
     onnx: Annotated[bool, typer.Option("--onnx", help="ONNX f32 (always written)")] = True,
-    int8: Annotated[bool, typer.Option("--int8", help="INT8 QDQ ONNX via NNCF")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="INT8 QDQ ONNX (NNCF; see --int8-method)")]
+    = False,
     openvino: Annotated[bool, typer.Option("--openvino", help="OpenVINO IR too")] = False,
     trt: Annotated[bool, typer.Option("--trt", help="TensorRT engines (NVIDIA GPU)")] = False,
     size: Annotated[str | None, typer.Option(help="HxW (multiples of 32); default: spec")] = None,
@@ -67,6 +73,9 @@ def export(
     val_split: Annotated[str, typer.Option(help="split verified and scored on")] = "val",
     val_size: Annotated[int | None, typer.Option(help="verification images; default all")] = None,
     max_drop: Annotated[float, typer.Option(help="allowed INT8 mIoU drop, in points")] = 1.0,
+    int8_method: Annotated[Int8Method, typer.Option(
+        help="INT8 quantizer: nncf, or modelopt (NVIDIA ModelOpt's ONNX PTQ, TensorRT graphs "
+             "only, needs the modelopt extra)")] = Int8Method.nncf,
     preset: Annotated[Preset | None, typer.Option(help="NNCF preset; default mixed, "
                                                      "performance for TensorRT")] = None,
     calib_stat: Annotated[CalibStat, typer.Option(help="activation range statistic")] = (
@@ -100,7 +109,8 @@ def export(
         float_layers=tuple(keep_float or ()), accuracy_control=accuracy_control,
         min_agreement=min_agreement, trt_max_batch=trt_max_batch, trt_workspace_gib=trt_workspace,
         trt_timing_cache=trt_timing_cache, threads=threads, overwrite=overwrite,
-        target=target.value, calib_images=calib_images, holdout_every=holdout_every)
+        target=target.value, calib_images=calib_images, holdout_every=holdout_every,
+        int8_method=int8_method.value)
     manifest = export_checkpoint(checkpoint, out, cfg, log=typer.echo)
     typer.echo(format_artifacts(manifest))
     typer.echo(f"manifest: {out / 'manifest.json'}")

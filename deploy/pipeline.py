@@ -36,6 +36,9 @@ from deploy.errors import ExportError, ManifestError, QuantizationError, Verific
 Log = Callable[[str], None]
 
 
+INT8_METHODS = ("nncf", "modelopt")  # modelopt: TensorRT graphs, the modelopt extra
+
+
 @dataclass
 class ExportConfig:
     """What ``compress export`` does; see ``docs/deploy.md``.
@@ -77,6 +80,7 @@ class ExportConfig:
     target: str = "cpu"
     calib_images: Path | None = None
     holdout_every: int = 5
+    int8_method: str = "nncf"
 
     @property
     def tensorrt_graph(self) -> bool:
@@ -410,6 +414,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     if cfg.tensorrt_graph and cfg.int8 and preset != "performance":
         raise InputError("export: TensorRT INT8 needs symmetric quantization: use --preset "
                          "performance (or leave --preset unset) with --trt/--target tensorrt")
+    if cfg.int8_method not in INT8_METHODS:
+        raise InputError(f"export: unknown --int8-method {cfg.int8_method!r}; valid: "
+                         f"{', '.join(INT8_METHODS)}")
+    if cfg.int8 and cfg.int8_method == "modelopt":
+        from deploy.modelopt import unavailable_reason
+
+        if not cfg.tensorrt_graph:
+            raise InputError("export: --int8-method modelopt builds TensorRT's INT8 graph: add "
+                             "--target tensorrt (or --trt)")
+        why = unavailable_reason()
+        if why:
+            raise InputError(f"export: --int8-method modelopt: {why}")
     if cfg.calib_stat not in CALIB_STATS:
         raise InputError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
                          f"{', '.join(CALIB_STATS)}")
@@ -635,16 +651,29 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
     common = {"preset": preset, "calib_stat": cfg.calib_stat, "subset_size": len(calib),
               "float_layers": cfg.float_layers,
               "target": "tensorrt" if cfg.tensorrt_graph else "cpu"}
-    q = quantize_int8(fp32, calib_images, **common)
+    source = "--calib-images" if cfg.calib_images else cfg.calib_split
+    if cfg.int8_method == "modelopt":
+        from deploy.modelopt import quantize_int8_modelopt
+
+        q = quantize_int8_modelopt(onnx_path, calib.images_only(), float_layers=cfg.float_layers)
+        method, how = "modelopt.onnx.quantization", "ModelOpt ONNX PTQ (entropy"
+        preset = None
+    else:
+        q = quantize_int8(fp32, calib_images, **common)
+        method, how = "nncf.quantize", f"nncf.quantize ({preset}, {cfg.calib_stat}"
     onnx.save(q, str(int8_path))
     r = check(load_runtime(int8_path, threads=cfg.threads), False, "INT8 ONNX")
     drop = (r["miou_f32"] - r["miou"]) * 100
-    source = "--calib-images" if cfg.calib_images else cfg.calib_split
-    log(f"int8: nncf.quantize ({preset}, {cfg.calib_stat}, {len(calib)} {source} "
-        f"images): mIoU {_fmt(r['miou'])} vs f32 {_fmt(r['miou_f32'])} (drop {drop:.2f} points, "
-        f"budget {cfg.max_drop:g}); agreement {_fmt(r['agreement'])}%")
-    method = "nncf.quantize"
+    log(f"int8: {how}, {len(calib)} {source} images): mIoU {_fmt(r['miou'])} vs f32 "
+        f"{_fmt(r['miou_f32'])} (drop {drop:.2f} points, budget {cfg.max_drop:g}); agreement "
+        f"{_fmt(r['agreement'])}%")
     restored: list[str] = []
+    if drop > cfg.max_drop and method != "nncf.quantize":
+        raise QuantizationError(
+            f"quantize: INT8 mIoU drop {drop:.2f} points exceeds --max-drop {cfg.max_drop:g} "
+            f"(f32 {_fmt(r['miou_f32'])}, int8 {_fmt(r['miou'])}) and ModelOpt has no accuracy "
+            "control: keep layers in float with --keep-float NODE, or use --int8-method nncf; "
+            "nothing was written")
     if drop > cfg.max_drop:
         if not cfg.accuracy_control:
             raise QuantizationError(
@@ -672,7 +701,7 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
     return {
         "method": method,
         "preset": preset,
-        "calib_stat": cfg.calib_stat,
+        "calib_stat": cfg.calib_stat if method != "modelopt.onnx.quantization" else "entropy",
         "calibration_images": len(calib),
         "calibration_split": None if cfg.calib_images else cfg.calib_split,
         "calibration_images_dir": str(cfg.calib_images) if cfg.calib_images else None,

@@ -262,7 +262,7 @@ def _bent_onnx_files(f: dict, d: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    from deploy.export import SPEC_METADATA_KEY
+    from deploy.metadata import SPEC_METADATA_KEY
 
     lying = onnx.load(f["onnx_wrong_classes"])
     spec_json = next(p.value for p in lying.metadata_props if p.key == SPEC_METADATA_KEY)
