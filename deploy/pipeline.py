@@ -656,11 +656,12 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
         from deploy.modelopt import quantize_int8_modelopt
 
         q = quantize_int8_modelopt(onnx_path, calib.images_only(), float_layers=cfg.float_layers)
-        method, how = "modelopt.onnx.quantization", "ModelOpt ONNX PTQ (entropy"
-        preset = None
+        method, preset, calib_stat = "modelopt.onnx.quantization", None, "entropy"
+        how = "ModelOpt ONNX PTQ (entropy"
     else:
         q = quantize_int8(fp32, calib_images, **common)
-        method, how = "nncf.quantize", f"nncf.quantize ({preset}, {cfg.calib_stat}"
+        method, calib_stat = "nncf.quantize", cfg.calib_stat
+        how = f"nncf.quantize ({preset}, {cfg.calib_stat}"
     onnx.save(q, str(int8_path))
     r = check(load_runtime(int8_path, threads=cfg.threads), False, "INT8 ONNX")
     drop = (r["miou_f32"] - r["miou"]) * 100
@@ -668,7 +669,7 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
         f"{_fmt(r['miou_f32'])} (drop {drop:.2f} points, budget {cfg.max_drop:g}); agreement "
         f"{_fmt(r['agreement'])}%")
     restored: list[str] = []
-    if drop > cfg.max_drop and method != "nncf.quantize":
+    if drop > cfg.max_drop and cfg.int8_method == "modelopt":
         raise QuantizationError(
             f"quantize: INT8 mIoU drop {drop:.2f} points exceeds --max-drop {cfg.max_drop:g} "
             f"(f32 {_fmt(r['miou_f32'])}, int8 {_fmt(r['miou'])}) and ModelOpt has no accuracy "
@@ -701,7 +702,7 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
     return {
         "method": method,
         "preset": preset,
-        "calib_stat": cfg.calib_stat if method != "modelopt.onnx.quantization" else "entropy",
+        "calib_stat": calib_stat,
         "calibration_images": len(calib),
         "calibration_split": None if cfg.calib_images else cfg.calib_split,
         "calibration_images_dir": str(cfg.calib_images) if cfg.calib_images else None,

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from compress.models import load_model
+from tests.conftest import CAMVID, REPO
 
-ZOO = Path(__file__).resolve().parents[2] / "zoo" / "camvid"
-CAMVID = Path(__file__).resolve().parents[3] / "shared" / "data" / "camvid"
+ZOO = REPO / "zoo" / "camvid"
 SUMS = dict(reversed(line.split()) for line in (ZOO / "SHA256SUMS").read_text().splitlines())
 NAMES = sorted(SUMS)
 

@@ -1,5 +1,6 @@
 """Workflow 002: teacher -> student with response KD, stopped and resumed with more epochs
-(the run's own config.yaml, no retyping), then scored next to its teacher."""
+(the run's own config.yaml, no retyping), then scored next to its teacher, packed for
+shipping (float16) and timed with the teacher in one report."""
 
 from __future__ import annotations
 
@@ -46,3 +47,18 @@ def test_teacher_student_resume_and_compare(tmp_path):
         assert r.code == 0, r.text
         scores[name] = json.loads((tmp_path / f"eval_{name}" / "eval.json").read_text())
     assert all(0 <= s["miou"] <= 1 for s in scores.values())
+    # ship the student in float16 and compare both students with the teacher in one run
+    packed = tmp_path / "student16.pt"
+    r = run("compress", "pack", str(student / "checkpoints" / "best.pt"), "--out", str(packed))
+    assert r.code == 0 and "sha256" in r.out, r.text
+    rep = tmp_path / "report"
+    r = run("bench", "report", "--teacher", str(teacher), "--student",
+            str(student / "checkpoints" / "best.pt"), "--student", str(packed),
+            "--data-kind", "synthetic", "--runs", "2", "--warmup", "0", "--threads", "1",
+            "--max-images", "4", "--device", "cpu", "--out", str(rep), "-q")
+    assert r.code == 0, r.text
+    rows = {row["model"]: row for row in json.loads((rep / "report.json").read_text())["rows"]}
+    full, half = rows["wf002-student PyTorch f32"], rows["student16 PyTorch f32"]
+    assert full["status"] == half["status"] == "ok" and full["params"] == half["params"]
+    assert abs(full["miou"] - half["miou"]) < 0.01
+    assert (rep / "pareto.png").is_file()
