@@ -227,8 +227,8 @@ def build_report(
         raise InputError(f"--artifacts: {len(exports)} export dirs for {len(students)} "
                          "student(s); give one per student, in the order of --student")
     names = ["student"] if len(students) == 1 else [_student_name(p) for p in students]
-    if len(set(names)) < len(names):
-        raise InputError(f"--student: two students share a name ({', '.join(names)}); "
+    if len(set(names)) < len(names) or (len(names) > 1 and "teacher" in names):
+        raise InputError(f"--student: two models share a name (teacher, {', '.join(names)}); "
                          "give files with different names")
     t_spec = _read_spec(teacher)
     s_specs = [_read_spec(p) for p in students]

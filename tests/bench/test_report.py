@@ -254,6 +254,8 @@ def test_several_students_in_one_report(tmp_path, checkpoints, export_dir):
         build_report(student=[student], artifacts=[export_dir, export_dir], **common)
     with pytest.raises(ValueError, match="share a name"):
         build_report(student=[student, student], **common)
+    with pytest.raises(ValueError, match="share a name"):  # the teacher's rows keep their key
+        build_report(student=[student, teacher], **common)
 
 
 def test_int8_note_compares_a_student_with_its_own_fp32(tmp_path):
