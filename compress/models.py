@@ -445,7 +445,9 @@ def pack_checkpoint(src: str | Path, out: str | Path, half: bool = True) -> dict
                 raise ModelError(f"{src}: tensor {k!r} does not fit in float16")
             v = v16
         state[k] = v.contiguous().clone()
-    keep = {k: ckpt[k] for k in ("format", "metrics", "epoch") if k in ckpt}
+    # what describes the weights travels (a QAT checkpoint's quantizer placement, a pruned
+    # one's record); optimizer, schedule and RNG state do not
+    keep = {k: ckpt[k] for k in ("metrics", "epoch", "pruning", "quantization") if k in ckpt}
     payload = {**keep, "format": ckpt.get("format", "segcompress-checkpoint/1"),
                "spec": ckpt["spec"], "state_dict": state,
                "packed": {"from": Path(src).name, "dtype": "float16" if half else "as saved"}}

@@ -136,3 +136,18 @@ def test_crafted_quantization_state_is_refused_in_one_line(tmp_path, qat_best, m
 def test_qat_with_feature_taps_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="feature taps"):
         tiny_config(tmp_path, ["quant.qat=true", "kd.feature.weight=1.0"])
+
+
+def test_packed_qat_checkpoint_keeps_its_quantizers(tmp_path, qat_best):
+    """`compress pack` of a QAT checkpoint carries its quantizer placement, so the float16
+    file still loads as float weights and as the quantized model."""
+    from compress.models import pack_checkpoint
+
+    packed = tmp_path / "qat16.pt"
+    pack_checkpoint(qat_best, packed)
+    float_model = load_model(packed)
+    assert not any(k.startswith("__nncf") for k in float_model.state_dict())
+    q, _, state = load_qat_model(packed)
+    assert state["preset"] == "mixed"
+    x = torch.randn(1, 3, 64, 64)
+    assert q(x).shape == float_model(x).shape
