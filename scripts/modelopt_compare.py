@@ -39,6 +39,8 @@ def calib(export_dir: Path, data: Path, count: int = 300, seed: int = 0) -> Path
            sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist()))
     arr = np.stack([ds[i]["image"].numpy() for i in idx]).astype(np.float32)
     out = export_dir.parent / f"{export_dir.name}-calib.npy"
+    if out.exists():
+        raise SystemExit(f"{out} exists")
     np.save(out, arr)
     print(f"calibration: {arr.shape} -> {out}")
     return out
