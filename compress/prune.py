@@ -148,6 +148,8 @@ class PruneResult:
     target_macs: float
     ratio: float
     trials: int
+    ratio_high: float | None = None  # the refinement's second ratio (None: one ratio)
+    layers_at_high: int = 0  # how many layers (in model order) were pruned at ratio_high
 
 
 def head_layers(model: nn.Module, classes: int) -> list[nn.Module]:
@@ -170,8 +172,12 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
 
     Each trial prunes a fresh copy in ``steps`` iterative steps (importance re-estimated
     before each) to a per-layer channel ratio; the ratio is bisected until the MACs land
-    within ``tolerance`` of the target (or ``search_steps`` trials ran), and the trial
-    closest to the target is kept. Channel counts are rounded down to multiples of
+    within ``tolerance`` of the target (or ``search_steps`` trials ran). Rounding to
+    ``round_to`` makes the MACs jump between neighbouring ratios (every layer of a width
+    crosses a multiple of 8 at once), so when the target falls in such a jump the search
+    is refined: the first ``k`` prunable layers (in model order) take the ratio just above
+    the target's, the rest the ratio just below, and ``k`` is bisected. The trial closest
+    to the target is kept. Channel counts are rounded down to multiples of
     ``round_to``; the head layers (:func:`head_layers`) are never pruned.
 
     Args:
@@ -200,12 +206,15 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
     model = model.eval()
     macs0, params0 = tp.utils.count_ops_and_params(model, example)
 
-    def trial(ratio: float) -> tuple[nn.Module, float, int]:
+    def trial(ratio: float, high: dict[str, float] | None = None
+              ) -> tuple[nn.Module, float, int]:
         m = copy.deepcopy(model)
         imp = (tp.importance.TaylorImportance() if importance == "taylor"
                else tp.importance.MagnitudeImportance(p=2))
+        per_layer = {m.get_submodule(name): r for name, r in (high or {}).items()}
         pruner = tp.pruner.MetaPruner(
             m, example, importance=imp, pruning_ratio=ratio, iterative_steps=steps,
+            pruning_ratio_dict=per_layer or None,
             round_to=round_to, ignored_layers=head_layers(m, classes))
         for _ in range(steps):
             if grad_fn is not None and importance == "taylor":
@@ -216,21 +225,40 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
         macs, params = tp.utils.count_ops_and_params(m.eval(), example)
         return m, macs, params
 
-    lo, hi = 0.0, max_ratio
+    def close(macs: float) -> bool:
+        return abs(macs - target_macs) <= tolerance * target_macs
+
+    lo, hi = 0.0, max_ratio  # MACs above the target at lo, below it at hi
     best = None
     n = 0
     for n in range(1, search_steps + 1):
         ratio = (lo + hi) / 2
         m, macs, params = trial(ratio)
         if best is None or abs(macs - target_macs) < abs(best[1] - target_macs):
-            best = (m, macs, params, ratio)
+            best = (m, macs, params, ratio, None, 0)
         log.info(f"prune: ratio {ratio:.3f} -> {macs / 1e9:.4f} GMACs "
                  f"(target {target_macs / 1e9:.4f})")
-        if abs(macs - target_macs) <= tolerance * target_macs:
+        if close(macs):
             break
         lo, hi = (ratio, hi) if macs > target_macs else (lo, ratio)
-    m, macs, params, ratio = best
-    return m.eval(), PruneResult(macs0, macs, params0, params, target_macs, ratio, n)
+    if not close(best[1]) and hi > lo:
+        # refine inside the jump: layers [0, k) at ratio hi, the rest at lo; MACs fall with k
+        heads = {id(x) for h in head_layers(model, classes) for x in h.modules()}
+        names = [name for name, mod in model.named_modules()
+                 if isinstance(mod, (_CONV, nn.Linear)) and id(mod) not in heads]
+        k_lo, k_hi = 0, len(names)
+        while k_hi - k_lo > 1 and not close(best[1]):
+            k = (k_lo + k_hi) // 2
+            n += 1
+            m, macs, params = trial(lo, {name: hi for name in names[:k]})
+            if abs(macs - target_macs) < abs(best[1] - target_macs):
+                best = (m, macs, params, lo, hi, k)
+            log.info(f"prune: ratio {hi:.3f} on the first {k} of {len(names)} layers, "
+                     f"{lo:.3f} after -> {macs / 1e9:.4f} GMACs")
+            k_lo, k_hi = (k, k_hi) if macs > target_macs else (k_lo, k)
+    m, macs, params, ratio, ratio_high, k = best
+    return m.eval(), PruneResult(macs0, macs, params0, params, target_macs, ratio, n,
+                                 ratio_high, k)
 
 
 def taylor_batches(data_kind: str, root: str | None, spec: dict, size: tuple[int, int],
@@ -321,6 +349,8 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
     new_spec = {**base, "pruned_shapes": shapes}
     record = {"from": Path(checkpoint).name, "importance": importance, "steps": steps,
               "round_to": round_to, "size": [h, w], "ratio": round(res.ratio, 4),
+              "ratio_high": None if res.ratio_high is None else round(res.ratio_high, 4),
+              "layers_at_high": res.layers_at_high,
               "gmacs_before": res.macs_before / 1e9, "gmacs_after": res.macs_after / 1e9,
               "params_before": int(res.params_before), "params_after": int(res.params_after),
               "target_gmacs": res.target_macs / 1e9}
