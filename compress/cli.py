@@ -21,6 +21,7 @@ from typing import Annotated
 import typer
 
 from compress.cli_study import register as register_study
+from compress.options import DataKind
 
 HELP = "Distil compact segmentation students and deploy them."
 commands = typer.Typer()
@@ -101,7 +102,9 @@ def eval_(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint (.pt) or exported artifact")],
     data: Annotated[Path, typer.Option(help="dataset root (CamVid layout or images/masks folder)")],
     split: Annotated[str, typer.Option(help="split to score")] = "val",
-    kind: Annotated[str, typer.Option(help="camvid | folder | synthetic")] = "camvid",
+    data_kind: Annotated[DataKind, typer.Option(
+        "--data-kind", "--kind", help="layout of --data (--kind: the old name)")]
+    = DataKind.camvid,
     size: Annotated[str | None, typer.Option(help="HxW; default: the model's input size")] = None,
     flip: Annotated[bool, typer.Option(help="flip test-time augmentation")] = False,
     out: Annotated[Path | None, typer.Option(help="where eval.json goes")] = None,
@@ -116,11 +119,7 @@ def eval_(
     """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
     from compress.evaluate import evaluate_checkpoint, format_table, load_predictor, parse_size
 
-    if kind not in ("camvid", "folder", "synthetic"):
-        raise typer.BadParameter(f"{kind!r}: expected camvid, folder or synthetic",
-                                 param_hint="'--kind'")
-
-    result = evaluate_checkpoint(checkpoint, data, split, kind=kind, size=parse_size(size),
+    result = evaluate_checkpoint(checkpoint, data, split, kind=data_kind.value, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
                                  device=device, score_at=score_at,
                                  load=(ctx.obj or {}).get("load_predictor", load_predictor))
@@ -160,7 +159,7 @@ def prune(
     steps: Annotated[int, typer.Option(help="iterative pruning steps")] = 5,
     round_to: Annotated[int, typer.Option(help="channel counts rounded to multiples of")] = 8,
     data: Annotated[Path | None, typer.Option(help="dataset root (Taylor importance)")] = None,
-    data_kind: Annotated[str, typer.Option(help="camvid | folder | synthetic")] = "camvid",
+    data_kind: Annotated[DataKind, typer.Option(help="layout of --data")] = DataKind.camvid,
     batches: Annotated[int, typer.Option(help="train batches per Taylor step")] = 4,
     size: Annotated[str | None, typer.Option(
         help="HxW the MACs are counted at; default: the checkpoint's input size")] = None,
@@ -171,7 +170,7 @@ def prune(
 
     r = prune_checkpoint(checkpoint, out, macs_ratio=macs_ratio, target_gmacs=target_gmacs,
                          importance=importance.value, steps=steps, round_to=round_to, data=data,
-                         data_kind=data_kind, batches=batches, size=parse_size(size))
+                         data_kind=data_kind.value, batches=batches, size=parse_size(size))
     typer.echo(f"pruned {checkpoint}: {r['gmacs_before']:.3f} -> {r['gmacs_after']:.3f} GMACs "
                f"at {r['size'][0]}x{r['size'][1]} (target {r['target_gmacs']:.3f}), params "
                f"{r['params_before'] / 1e6:.2f} M -> {r['params_after'] / 1e6:.2f} M, "
