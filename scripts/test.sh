@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/compress ] || bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"
+if [ $# -eq 0 ]; then  # the speed checks' bodies once each, untimed (they must not rot)
+    .venv/bin/python -m pytest -q tests/benchmarks -m benchmark --benchmark-disable
+fi

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -21,10 +20,6 @@ def make_checkpoints(root: Path) -> tuple[Path, Path]:
         spec = tiny_spec(decoder_channels=list(dec), synthetic_names=True)
         out.append(save_checkpoint(root / f"{name}.pt", create_model(spec), spec, epoch=0))
     return out[0], out[1]
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export_onnx(checkpoint: Path, path: Path) -> Path:
@@ -47,52 +42,33 @@ def export_onnx(checkpoint: Path, path: Path) -> Path:
 def make_export_dir(
     root: Path, checkpoint: Path, with_engine: bool = True, openvino: bool = False
 ) -> Path:
-    """An export dir in the manifest format: an FP32 ONNX, optionally its OpenVINO IR, and
+    """An export dir written with deploy's own manifest writer (``new_manifest``,
+    ``artifact_entry``, ``write_manifest``): an FP32 ONNX, optionally its OpenVINO IR, and
     (optionally) a TensorRT 'engine' that is only bytes, so its row must say it could not
     run."""
     from compress.models import read_checkpoint
-    from deploy.manifest import MANIFEST_FORMAT
+    from deploy.manifest import artifact_entry, new_manifest, sha256_file, write_manifest
 
     root.mkdir(parents=True, exist_ok=True)
     spec = read_checkpoint(checkpoint)["spec"]
     onnx_path = export_onnx(checkpoint, root / "model.onnx")
-    entries = [("model.onnx", "onnxruntime", "f32")]
+    entries = [("model.onnx", "onnxruntime", "f32", [])]
     if openvino:
         import openvino as ov
 
         ov.save_model(
             ov.convert_model(str(onnx_path)), str(root / "model.xml"), compress_to_fp16=False
         )
-        entries.append(("model.xml", "openvino", "f32"))
+        entries.append(("model.xml", "openvino", "f32", [root / "model.bin"]))
     if with_engine:
         (root / "model_fp16.engine").write_bytes(b"not a real engine")
-        entries.append(("model_fp16.engine", "tensorrt", "fp16"))
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "source_checkpoint": str(checkpoint.resolve()),
-        "source_sha256": _sha(checkpoint),
-        "spec": {**spec, "output": "logits"},
-        "artifacts": [
-            {
-                "file": f,
-                "sha256": _sha(root / f),
-                "backend": b,
-                "precision": p,
-                "input_shape": ["batch", 3, *SIZE],
-                "input_dtype": "float32",
-                "output": "logits",
-                "files": (
-                    [{"file": "model.bin", "sha256": _sha(root / "model.bin")}]
-                    if f.endswith(".xml")
-                    else []
-                ),
-            }
-            for f, b, p in entries
-        ],
-        "environment": {},
-    }
+        entries.append(("model_fp16.engine", "tensorrt", "fp16", []))
+    manifest = new_manifest(checkpoint, sha256_file(checkpoint), spec, {}, {})
+    for f, backend, precision, companions in entries:
+        manifest["artifacts"].append(artifact_entry(
+            root / f, backend=backend, precision=precision, input_name="images",
+            input_shape=["batch", 3, *SIZE], output="logits", output_name="logits",
+            spec=spec, companions=companions))
     assert onnx_path.is_file()
-    from deploy.manifest import write_manifest
-
     write_manifest(root, manifest)  # with its own digest, as an export writes it
     return root

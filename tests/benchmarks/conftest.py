@@ -1,7 +1,8 @@
 """Benchmarks run on request only (pyproject addopts has ``--benchmark-skip`` and
 ``-m 'not benchmark'``). ``--benchmark-enable`` (or ``--benchmark-only``) with
 ``-m benchmark`` runs them; without this hook ``--benchmark-skip`` would still win over
-``--benchmark-enable``."""
+``--benchmark-enable``. ``-m benchmark --benchmark-disable`` runs each body once, untimed:
+``scripts/test.sh`` does that after the suite, so the checks cannot rot unnoticed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from tests.bench.helpers import make_checkpoints, make_export_dir
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark made its session
 def pytest_configure(config):
     session = getattr(config, "_benchmarksession", None)
-    if session is not None and config.getoption("benchmark_enable"):
+    if session is not None and (config.getoption("benchmark_enable")
+                                or config.getoption("benchmark_disable")):
         session.skip = False
 
 

@@ -61,7 +61,7 @@ def test_kd_loss_step(benchmark, one_thread):
         return terms
 
     terms = benchmark.pedantic(step, rounds=30, warmup_rounds=3, iterations=1)
-    assert set(terms) == {"task", "kd", "loss"} and torch.isfinite(terms["loss"])
+    assert {"task", "kd", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
 
 
 def test_data_loading(benchmark, one_thread):
