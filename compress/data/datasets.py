@@ -208,6 +208,11 @@ class SyntheticSource:
         return f"synthetic_{self.seed}_{i:05d}"
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        img, mask, _ = self.scene(i)
+        return img, mask, self.name(i)
+
+    def scene(self, i: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Image, mask and the object regions (boolean masks, in drawing order)."""
         rng = np.random.default_rng([self.seed, i])
         h, w = self.size
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -215,6 +220,7 @@ class SyntheticSource:
         grad = rng.uniform(-40, 40, 3)
         img = base + grad * (xx / w)[..., None] + rng.normal(0, 8, (h, w, 3))
         mask = np.zeros((h, w), np.int64)
+        regions = []
         palette = {1: (220, 60, 60), 2: (60, 200, 80), 3: (70, 90, 230), 4: (230, 210, 60)}
         for _ in range(int(rng.integers(2, 6))):
             cls = int(rng.integers(1, 5))
@@ -233,8 +239,9 @@ class SyntheticSource:
             texture = rng.normal(0, 12, (h, w, 1))
             img = np.where(region[..., None], colour + texture, img)
             mask[region] = cls
+            regions.append(region)
         img = np.clip(img, 0, 255).astype(np.uint8)
-        return img, mask, self.name(i)
+        return img, mask, regions
 
 
 class SegDataset(torch.utils.data.Dataset):
