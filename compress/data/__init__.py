@@ -40,19 +40,42 @@ SOURCES = {"camvid": camvid_source, "folder": folder_source}
 
 
 def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
-                  length: int = 64, size: tuple[int, int] = (128, 128), seed: int = 0):
+                  length: int = 64, size: tuple[int, int] = (128, 128), seed: int = 0,
+                  depth: str = "none", masks: bool = True,
+                  class_names: list[str] | None = None):
     """Create one raw source by kind name (``synthetic``, ``camvid``, ``folder``).
 
     Synthetic splits differ by seed (train uses ``seed``, others ``seed + 1000``).
+    ``depth`` (``none``, ``dense``/``lidar`` for synthetic, ``files`` for a folder's
+    ``depth/``) adds depth targets; ``masks=False`` drops the masks (a depth-only source,
+    whose folder may lack classes.txt: ``class_names`` stand in).
     """
+    from compress.data.depth import DEPTH_MODES, DepthSource, depth_dir_of
+
+    if depth not in (*DEPTH_MODES, "files"):
+        raise DataError(f"unknown depth mode {depth!r}; valid: none, dense, lidar, files")
     if kind == "synthetic":
+        if depth == "files":
+            raise DataError("synthetic data draws its depth: depth 'dense' or 'lidar', "
+                            "not 'files'")
         split_seed = seed if split == "train" else seed + 1000
-        return SyntheticSource(length, size, split_seed, ignore_index)
-    if kind not in SOURCES:
+        src = SyntheticSource(length, size, split_seed, ignore_index)
+    elif kind not in SOURCES:
         raise DataError(f"unknown data kind {kind!r}; valid: synthetic, {', '.join(SOURCES)}")
-    if root is None:
+    elif root is None:
         raise DataError(f"data kind {kind!r} needs data.root")
-    return SOURCES[kind](root, split, ignore_index=ignore_index)
+    elif kind == "folder":
+        src = folder_source(root, split, ignore_index=ignore_index, masks=masks,
+                            class_names=class_names)
+    else:
+        if depth in ("dense", "lidar"):
+            raise DataError(f"{root}: depth {depth!r} is drawn for synthetic data only; "
+                            "real depth maps are depth 'files' in a folder layout")
+        src = SOURCES[kind](root, split, ignore_index=ignore_index)
+    if depth == "none" and masks:
+        return src
+    return DepthSource(src, depth, masks=masks,
+                       depth_dir=depth_dir_of(root, split) if depth == "files" else None)
 
 
 def build_split(data_cfg, split: str, mean, std, ignore_index: int, train: bool = False,

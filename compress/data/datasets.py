@@ -166,16 +166,21 @@ def _resolve(root: Path, p: str) -> Path:
     return path if path.is_absolute() else root / path
 
 
-def folder_source(root: str | Path, split: str, ignore_index: int = 255) -> PairSource:
+def folder_source(root: str | Path, split: str, ignore_index: int = 255, *,
+                  masks: bool = True, class_names: list[str] | None = None) -> PairSource:
     """Generic layout: ``root/classes.txt`` (one name a line), ``root/images/[split/]`` and
-    ``root/masks/[split/]`` with masks named like their images (``.png``)."""
+    ``root/masks/[split/]`` with masks named like their images (``.png``).
+
+    ``masks=False``: images only (a depth-only source); ``class_names`` then stand in for a
+    missing classes.txt (the mixture's own classes)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     classes_file = root / "classes.txt"
-    if not classes_file.is_file():
+    if not classes_file.is_file() and (masks or not class_names):
         raise DataError(f"{root}: classes.txt missing (one class name per line)")
-    names = [ln.strip() for ln in _read_text(classes_file).splitlines() if ln.strip()]
+    names = ([ln.strip() for ln in _read_text(classes_file).splitlines() if ln.strip()]
+             if classes_file.is_file() else list(class_names))
     if not names:
         raise DataError(f"{classes_file}: no class names (one class name per line)")
     img_dir, mask_dir = root / "images", root / "masks"
@@ -184,7 +189,7 @@ def folder_source(root: str | Path, split: str, ignore_index: int = 255) -> Pair
     if not img_dir.is_dir():
         raise DataError(f"{root}: no images/ folder (or images/{split}/)")
     pairs = [
-        (p, mask_dir / (p.stem + ".png"))
+        (p, mask_dir / (p.stem + ".png") if masks else None)
         for p in sorted(img_dir.iterdir())
         if p.suffix.lower() in IMAGE_EXTS
     ]
@@ -252,9 +257,11 @@ class SegDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, source, size: tuple[int, int], mean, std, train: bool,
-                 augment: TrainAugment | None = None, seed: int = 0) -> None:
+                 augment: TrainAugment | None = None, seed: int = 0,
+                 with_depth: bool = False) -> None:
         self.source, self.size, self.mean, self.std = source, tuple(size), mean, std
         self.train, self.augment, self.seed = train, augment, seed
+        self.with_depth = with_depth  # items carry "depth" (0 where the source has none)
         self.epoch = 0
         self.class_names = source.class_names
         self.ignore_index = source.ignore_index
@@ -269,14 +276,28 @@ class SegDataset(torch.utils.data.Dataset):
         image, mask, name = self.source.load(i)
         if mask is None:
             mask = np.full(image.shape[:2], self.ignore_index, np.int64)
+        depth = None
+        if self.with_depth:
+            load_depth = getattr(self.source, "load_depth", None)
+            depth = (load_depth(i, image.shape[:2]) if load_depth is not None
+                     else np.zeros(image.shape[:2], np.float32))
         item = {"index": i, "name": name}
         if self.train and self.augment is not None:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             item["orig_size"] = list(image.shape[:2])
             image, mask, geo = self.augment(image, mask, rng)
             item["geometry"] = geo
+            if depth is not None:  # same crop and flip; 0 (no value) where padded
+                depth = self.augment.apply_geometry(torch.from_numpy(depth)[None], geo,
+                                                    "nearest", 0.0)[0].numpy()
         else:
             image, mask = resize_pair(image, mask, self.size)
+            if depth is not None and depth.shape != tuple(self.size):
+                depth = torch.nn.functional.interpolate(
+                    torch.from_numpy(depth)[None, None], size=self.size,
+                    mode="nearest")[0, 0].numpy()
         item["image"] = torch.from_numpy(normalize(image, self.mean, self.std))
         item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        if depth is not None:
+            item["depth"] = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))
         return item

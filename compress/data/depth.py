@@ -108,3 +108,59 @@ def lidar_sample(depth: np.ndarray, seed: int, i: int, lines: int = 24,
         cols = rng.random(w) < keep
         sparse[r, cols] = depth[r, cols]
     return sparse
+
+
+DEPTH_MODES = ("none", "dense", "lidar")
+
+
+class DepthSource:
+    """A source whose samples also carry depth (:meth:`load_depth`), and optionally lose
+    their masks (``masks=False``: a depth-only source, like KITTI depth without
+    segmentation labels).
+
+    ``depth``: ``none`` (zeros: masks only dropped), ``dense`` or ``lidar`` for synthetic scenes (:func:`synthetic_depth`,
+    :func:`lidar_sample`); ``files`` for a folder layout (``root/depth/[split/]``).
+    """
+
+    def __init__(self, base, depth: str, *, masks: bool = True,
+                 depth_dir: Path | None = None) -> None:
+        if depth not in ("none", "dense", "lidar", "files"):
+            raise DataError(f"unknown depth mode {depth!r}; valid: none, dense, lidar "
+                            "(synthetic), files (a folder's depth/)")
+        if depth == "files" and (depth_dir is None or not depth_dir.is_dir()):
+            raise DataError(f"{depth_dir}: no depth/ folder (16-bit PNG millimetres or .npy "
+                            "metres, named like the images)")
+        self.base, self.depth, self.masks, self.depth_dir = base, depth, masks, depth_dir
+        self.class_names, self.ignore_index = base.class_names, base.ignore_index
+        self.where = getattr(base, "where", str(depth_dir or "synthetic"))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def name(self, i: int) -> str:
+        return self.base.name(i)
+
+    def load(self, i: int):
+        image, mask, name = self.base.load(i)
+        return image, (mask if self.masks else None), name
+
+    def load_depth(self, i: int, shape: tuple[int, int]) -> np.ndarray:
+        """Depth of sample ``i`` in metres (0 where unmeasured), ``shape`` = image (H, W)."""
+        if self.depth == "none":
+            return np.zeros(shape, np.float32)
+        if self.depth == "files":
+            name = self.base.name(i)
+            for suffix in (".png", ".npy"):
+                path = self.depth_dir / f"{name}{suffix}"
+                if path.is_file():
+                    return read_depth(path, shape)
+            raise DataError(f"{self.depth_dir}: no depth map for {name} ({name}.png or "
+                            f"{name}.npy)")
+        dense = synthetic_depth(self.base, i)
+        return lidar_sample(dense, self.base.seed, i) if self.depth == "lidar" else dense
+
+
+def depth_dir_of(root: str | Path, split: str) -> Path:
+    """``root/depth/split`` when it exists, else ``root/depth``."""
+    d = Path(root) / "depth"
+    return d / split if (d / split).is_dir() else d

@@ -8,6 +8,7 @@ import hashlib
 
 import numpy as np
 import pytest
+import torch
 
 from compress.data import SyntheticSource
 from compress.data.datasets import DataError
@@ -86,3 +87,64 @@ def test_depth_of_another_size_than_its_image_is_refused(tmp_path):
     path = write_depth_png(tmp_path / "d.png", np.ones((4, 6), np.float32))
     with pytest.raises(DataError, match="depth size 6x4 != image size 8x4"):
         read_depth(path, shape=(4, 8))
+
+
+def _folder(root, n=4, depth=True, masks=False, classes=False):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    src = SyntheticSource(n, (64, 64), seed=5)
+    if depth:
+        (root / "depth").mkdir()
+    if masks:
+        (root / "masks").mkdir()
+    for i in range(n):
+        img, mask, _ = src.load(i)
+        Image.fromarray(img).save(root / "images" / f"f{i}.png")
+        if depth:
+            write_depth_png(root / "depth" / f"f{i}.png", lidar_sample(synthetic_depth(src, i), 5, i))
+        if masks:
+            Image.fromarray(mask.astype(np.uint8)).save(root / "masks" / f"f{i}.png")
+    if classes:
+        (root / "classes.txt").write_text("\n".join(SyntheticSource.class_names))
+    return root
+
+
+def test_items_carry_depth_through_augmentation_and_resize(tmp_path):
+    from compress.data import SegDataset, TrainAugment, create_source
+
+    names = list(SyntheticSource.class_names)
+    src = create_source("folder", str(_folder(tmp_path / "kitti")), "train", ignore_index=255,
+                        depth="files", masks=False, class_names=names)
+    aug = TrainAugment((32, 32), (1.0, 1.0), hflip=True, color_jitter=0.0, ignore_index=255)
+    train = SegDataset(src, (32, 32), (0.5,) * 3, (0.25,) * 3, True, aug, with_depth=True)
+    item = train[1]
+    assert item["depth"].shape == (32, 32) and item["depth"].dtype == torch.float32
+    assert (item["mask"] == 255).all()  # a depth-only source: no segmentation label
+    assert 0 < (item["depth"] > 0).float().mean() < 0.3  # sparse, like LiDAR
+    val = SegDataset(src, (32, 32), (0.5,) * 3, (0.25,) * 3, False, with_depth=True)
+    assert val[1]["depth"].shape == (32, 32)
+    seg = create_source("synthetic", None, "train", ignore_index=255, length=4, size=(32, 32))
+    plain = SegDataset(seg, (32, 32), (0.5,) * 3, (0.25,) * 3, False, with_depth=True)
+    assert torch.equal(plain[0]["depth"], torch.zeros(32, 32))  # no depth: all "no value"
+    assert "depth" not in SegDataset(seg, (32, 32), (0.5,) * 3, (0.25,) * 3, False)[0]
+
+
+def test_synthetic_depth_modes_and_bad_combinations(tmp_path):
+    from compress.data import create_source
+
+    dense = create_source("synthetic", None, "val", ignore_index=255, length=2, size=(32, 32),
+                          depth="dense")
+    lidar = create_source("synthetic", None, "val", ignore_index=255, length=2, size=(32, 32),
+                          depth="lidar", masks=False)
+    d, s = dense.load_depth(0, (32, 32)), lidar.load_depth(0, (32, 32))
+    assert (d > 0).all() and np.all((s == 0) | (s == d))
+    assert lidar.load(0)[1] is None and dense.load(0)[1] is not None
+    with pytest.raises(DataError, match="'dense' is drawn for synthetic data only"):
+        create_source("camvid", str(tmp_path), "train", ignore_index=11, depth="dense")
+    with pytest.raises(DataError, match="no depth/ folder"):
+        create_source("folder", str(_folder(tmp_path / "nodepth", depth=False, masks=True,
+                                          classes=True)),
+                      "train", ignore_index=255, depth="files")
+    with pytest.raises(DataError, match="unknown depth mode 'stereo'"):
+        create_source("synthetic", None, "train", ignore_index=255, depth="stereo")
