@@ -45,6 +45,8 @@ def pseudo_label_cmd(
     truth: Annotated[Path | None, typer.Option(
         help="ground-truth masks to score kept pixels and each teacher against (weak members are warned about)")] = None,
     copy: Annotated[bool, typer.Option("--copy", help="copy images instead of linking them")] = False,
+    depth: Annotated[Path | None, typer.Option(
+        help="depth maps named like the images (<stem>.png mm / .npy m): linked into OUT/depth")] = None,
     previews: Annotated[int, typer.Option(help="preview pictures to write")] = 4,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
@@ -58,9 +60,10 @@ def pseudo_label_cmd(
                          tta_flip=tta_flip, scales=_parse_scales(scales), class_map=class_map,
                          size=parse_size(size), ignore_index=ignore_index, truth=truth,
                          copy_images=copy, previews=previews, device=device, show=not quiet,
-                         teacher_weights=teacher_weight)
+                         teacher_weights=teacher_weight, depth=depth)
     typer.echo(format_summary(stats))
-    typer.echo(f"dataset: {out} (use as data.extra_train: [{{kind: folder, root: {out}}}])")
+    extra = ", depth: files" if stats["depth_maps"] else ""
+    typer.echo(f"dataset: {out} (use as data.extra_train: [{{kind: folder, root: {out}{extra}}}])")
 
 
 def compare_cmd(

@@ -181,3 +181,36 @@ def attach_tasks(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
 def seg_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     """The segmentation logits of a model's output (single- or multi-task)."""
     return output[SEG] if isinstance(output, dict) else output
+
+
+class TaskBalance(nn.Module):
+    """How the tasks' losses add up: fixed weights, or learned uncertainty weighting
+    (Kendall, Gal and Cipolla, CVPR 2018).
+
+    ``fixed``: ``sum_i w_i * L_i``. ``uncertainty``: ``sum_i exp(-s_i) * L_i + s_i`` with one
+    learned ``s_i = log(sigma_i^2)`` per task (initialised to ``-log(w_i)``, so training
+    starts from the fixed weights); at its optimum ``exp(s_i) = L_i``, so a task whose loss
+    is large in its own units is weighted down. ``weights()`` gives the weights in use
+    (logged per epoch).
+    """
+
+    def __init__(self, weights: dict[str, float], mode: str = "fixed") -> None:
+        super().__init__()
+        if mode not in ("fixed", "uncertainty"):
+            raise ValueError(f"unknown task balance {mode!r}; valid: fixed, uncertainty")
+        if not weights or any(w <= 0 for w in weights.values()):
+            raise ValueError(f"task weights must be positive (got {weights})")
+        self.mode, self.names = mode, list(weights)
+        self.register_buffer("fixed", torch.tensor([float(w) for w in weights.values()]))
+        self.log_vars = (nn.Parameter(-torch.log(self.fixed.clone()))
+                         if mode == "uncertainty" else None)
+
+    def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack([losses[n] for n in self.names])
+        if self.log_vars is None:
+            return (self.fixed * stacked).sum()
+        return (torch.exp(-self.log_vars) * stacked + self.log_vars).sum()
+
+    def weights(self) -> dict[str, float]:
+        w = self.fixed if self.log_vars is None else torch.exp(-self.log_vars.detach())
+        return {n: float(v) for n, v in zip(self.names, w)}

@@ -160,6 +160,23 @@ def list_images(folder: Path) -> tuple[list[Path], list[str]]:
     return images, other
 
 
+def _written_before(out: Path) -> dict[str, list[str]]:
+    """The files an earlier run into ``out`` wrote, by subfolder (from its stats.json)."""
+    import json
+
+    try:
+        stats = json.loads((out / "stats.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    written = stats.get("written") if isinstance(stats, dict) else None
+    if not isinstance(written, dict):
+        return {}
+    return {d: [n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n
+                and n not in ("", ".", "..")]
+            for d, names in written.items()
+            if d in ("masks", "images", "depth") and isinstance(names, list)}
+
+
 def _write_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda p: Image.fromarray(array).save(p, format="PNG"))
 
@@ -195,7 +212,8 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
                  class_map: str | Path | None = None, size: tuple[int, int] | None = None,
                  ignore_index: int | None = None, truth: str | Path | None = None,
                  copy_images: bool = False, previews: int = 4, device: str = "cpu",
-                 show: bool = True, teacher_weights: list[float] | None = None) -> dict:
+                 show: bool = True, teacher_weights: list[float] | None = None,
+                 depth: str | Path | None = None) -> dict:
     """Label every image in ``images`` with the confident pixels of a teacher ensemble.
 
     Args:
@@ -220,6 +238,10 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         copy_images: copy the images into ``out/images`` instead of linking them.
         previews: how many preview pictures to write.
         teacher_weights: one positive weight per teacher (normalised); default equal.
+        depth: optional folder of depth maps named like the images (``<stem>.png`` 16-bit
+            mm or ``<stem>.npy`` metres); each labelled image's map is linked (or copied)
+            into ``out/depth/``, so the output is a multi-task source (pseudo masks + real
+            depth). Images without a map are listed in the stats.
 
     Returns:
         The statistics also written to ``out/stats.json``.
@@ -263,14 +285,20 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         if not 0 < v <= 1:
             raise InputError(f"--class-threshold {name}={v} must be in (0, 1]")
         thr[names.index(name)] = float(v)
+    depth_dir = Path(depth) if depth is not None else None
+    if depth_dir is not None and not depth_dir.is_dir():
+        raise DataError(f"--depth {depth_dir}: depth folder not found")
     files, other = list_images(images)
     if not files:
         raise DataError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
     dtype = np.uint8 if max(ignore_index, c - 1) < 256 else np.uint16
 
+    previous = _written_before(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "previews").is_dir():  # pictures of an earlier run
         shutil.rmtree(out / "previews")
+    written: dict[str, list[str]] = {"masks": [], "images": [], "depth": []}
+    depth_missing: list[str] = []
     atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
     predicted = np.zeros(c, np.int64)
     kept = np.zeros(c, np.int64)
@@ -297,6 +325,16 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         mask = torch.where(keep, label, torch.full_like(label, ignore_index)).numpy()
         _write_png(out / "masks" / f"{path.stem}.png", mask.astype(dtype))
         _link_or_copy(path, out / "images" / path.name, copy_images)
+        written["masks"].append(f"{path.stem}.png")
+        written["images"].append(path.name)
+        if depth_dir is not None:
+            found = [depth_dir / f"{path.stem}{x}" for x in (".png", ".npy")]
+            found = [f for f in found if f.is_file()]
+            if found:
+                _link_or_copy(found[0], out / "depth" / found[0].name, copy_images)
+                written["depth"].append(found[0].name)
+            else:
+                depth_missing.append(path.name)
         lab = label.numpy()
         predicted += np.bincount(lab[lab < c], minlength=c)[:c]
         kept += np.bincount(mask[keep.numpy()], minlength=c)[:c]
@@ -319,9 +357,11 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
             _preview(out / "previews" / f"{path.stem}.png", image, mask, conf.numpy(), c)
         done += 1
 
-    # a rerun into the same folder: drop pairs of images that are no longer labelled
-    stale = [p for d in (out / "masks", out / "images") if d.is_dir()
-             for p in d.iterdir() if p.stem not in seen or seen[p.stem] is None]
+    # a rerun into the same folder: drop the files an earlier run wrote for images that
+    # are no longer labelled (never a file this command did not write)
+    stale = [out / d / name for d, names in previous.items() for name in names
+             if name not in set(written.get(d, ()))]
+    stale = [p for p in stale if p.is_file() or p.is_symlink()]
     for p in stale:
         p.unlink()
     stats = {
@@ -344,6 +384,10 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         "skipped_files": skipped,
         "other_files": other,
         "removed_stale": sorted({p.stem for p in stale}),
+        "depth_dir": str(depth_dir) if depth_dir is not None else None,
+        "depth_maps": len(written["depth"]),
+        "depth_missing": depth_missing,
+        "written": written,
         "pixels": pixels,
         "kept_fraction": float(kept.sum() / pixels) if pixels else 0.0,
         "per_class": {
@@ -379,6 +423,11 @@ def format_summary(stats: dict) -> str:
     lines += _member_lines(stats)
     for s in stats["skipped_files"]:
         lines.append(f"  skipped {s['name']}: {s['reason']}")
+    if stats.get("depth_dir"):
+        miss = stats["depth_missing"]
+        lines.append(f"  depth maps carried along: {stats['depth_maps']}"
+                     + (f"; no map for {len(miss)} image(s): {', '.join(miss[:5])}"
+                        + (" ..." if len(miss) > 5 else "") if miss else ""))
     if stats["removed_stale"]:
         lines.append(f"  removed {len(stats['removed_stale'])} label(s) of an earlier run whose "
                      "images are gone or unreadable")

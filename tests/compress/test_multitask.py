@@ -98,3 +98,30 @@ def test_bent_task_specs_are_refused_naming_the_key(tasks, match):
     with pytest.raises(ValueError, match=match) as e:
         parse_tasks(tasks, "ckpt.pt")
     assert str(e.value).startswith("ckpt.pt: model spec key")
+
+
+def test_fixed_balance_is_the_weighted_sum():
+    from compress.multitask import TaskBalance
+
+    b = TaskBalance({"seg": 0.5, "depth": 0.5})
+    total = b({"seg": torch.tensor(2.0), "depth": torch.tensor(4.0)})
+    assert total.item() == pytest.approx(3.0) and b.weights() == {"seg": 0.5, "depth": 0.5}
+    assert not list(b.parameters())
+
+
+def test_uncertainty_balance_starts_at_the_weights_and_learns_exp_s_equal_loss():
+    from compress.multitask import TaskBalance
+
+    b = TaskBalance({"seg": 0.5, "depth": 0.5}, mode="uncertainty")
+    assert b.weights() == pytest.approx({"seg": 0.5, "depth": 0.5})
+    losses = {"seg": torch.tensor(0.2), "depth": torch.tensor(5.0)}
+    opt = torch.optim.SGD(b.parameters(), lr=0.05)
+    for _ in range(2000):
+        opt.zero_grad()
+        b(losses).backward()
+        opt.step()
+    w = b.weights()  # optimum exp(-s) = 1 / L: the large depth loss is weighted down
+    assert w["seg"] == pytest.approx(1 / 0.2, rel=0.02)
+    assert w["depth"] == pytest.approx(1 / 5.0, rel=0.02)
+    with pytest.raises(ValueError, match="'softmax'"):
+        TaskBalance({"seg": 1.0}, mode="softmax")

@@ -156,16 +156,42 @@ def test_rerun_drops_stale_labels_and_foreign_out_is_refused(trained_teacher, tm
         Image.fromarray(src.load(i)[0]).save(imgs / f"im{i}.png")
     out = tmp_path / "out"
     pseudo_label([trained_teacher], imgs, out, show=False, previews=0)
+    (out / "masks" / "mine.png").write_bytes(b"a user's own file")  # not ours: must stay
     (imgs / "im2.png").unlink()
     (imgs / "im1.png").write_bytes(b"broken now")
     stats = pseudo_label([trained_teacher], imgs, out, show=False, previews=0)
     assert stats["removed_stale"] == ["im1", "im2"]
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["im0.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["im0.png", "mine.png"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["im0.png"]
     foreign = tmp_path / "foreign"
     (foreign / "masks").mkdir(parents=True)
     with pytest.raises(ValueError, match="not empty"):
         pseudo_label([trained_teacher], imgs, foreign, show=False)
+
+
+def test_depth_maps_travel_with_their_pseudo_labelled_images(trained_teacher, tmp_path):
+    from compress.data import create_source
+    from compress.data.depth import read_depth, synthetic_depth, write_depth_png
+
+    src = SyntheticSource(3, (64, 64), seed=4)
+    imgs, depth = tmp_path / "kitti" / "images", tmp_path / "kitti" / "depth"
+    imgs.mkdir(parents=True)
+    depth.mkdir()
+    for i in range(3):
+        Image.fromarray(src.load(i)[0]).save(imgs / f"f{i}.png")
+        if i < 2:  # f2 has no depth map
+            write_depth_png(depth / f"f{i}.png", synthetic_depth(src, i))
+    out = tmp_path / "pseudo"
+    stats = pseudo_label([trained_teacher], imgs, out, show=False, previews=0, depth=depth)
+    assert stats["depth_maps"] == 2 and stats["depth_missing"] == ["f2.png"]
+    assert sorted(p.name for p in (out / "depth").iterdir()) == ["f0.png", "f1.png"]
+    np.testing.assert_array_equal(read_depth(out / "depth" / "f0.png"),
+                                  read_depth(depth / "f0.png"))
+    multi = create_source("folder", str(out), "train", ignore_index=255, depth="files")
+    assert multi.load(0)[1] is not None and multi.load_depth(0, (64, 64)).max() > 0
+    with pytest.raises(ValueError, match="depth folder not found"):
+        pseudo_label([trained_teacher], imgs, tmp_path / "o2", show=False,
+                     depth=tmp_path / "nope")
 
 
 # ---------------------------------------------------------------- weighted ensembles
