@@ -127,6 +127,36 @@ def eval_(
     typer.echo(f"eval: {result['eval_json']}")
 
 
+class DepthMode(str, Enum):
+    none = "none"
+    dense = "dense"
+    lidar = "lidar"
+
+
+@commands.command("synthetic")
+def synthetic(
+    out: Annotated[Path, typer.Option(help="new dataset folder (must not exist)")],
+    length: Annotated[int, typer.Option(help="scenes per split")] = 48,
+    size: Annotated[str, typer.Option(help="HxW of the scenes")] = "128x128",
+    seed: Annotated[int, typer.Option(help="scene seed (val uses seed + 1000)")] = 0,
+    depth: Annotated[DepthMode, typer.Option(
+        help="depth maps to write: dense, lidar (sparse scan lines) or none")] = DepthMode.none,
+    masks: Annotated[bool, typer.Option(
+        "--masks/--no-masks", help="--no-masks: a depth-only dataset")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write synthetic scenes as a folder dataset (images, masks, depth): offline data."""
+    from compress.data.materialize import write_synthetic
+    from compress.evaluate import parse_size
+
+    r = write_synthetic(out, length=length, size=parse_size(size), seed=seed,
+                        depth=depth.value, masks=masks, show=not quiet)
+    parts = ["images"] + (["masks"] if masks else []) + ([f"{depth.value} depth"]
+                                                         if depth.value != "none" else [])
+    typer.echo(f"wrote {length} scenes per split ({', '.join(r['splits'])}) to {out}: "
+               f"{', '.join(parts)}")
+
+
 @commands.command("pack")
 def pack(
     checkpoint: Annotated[Path, typer.Argument(help="a segcompress checkpoint (best.pt)")],

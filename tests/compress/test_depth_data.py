@@ -148,3 +148,23 @@ def test_synthetic_depth_modes_and_bad_combinations(tmp_path):
                       "train", ignore_index=255, depth="files")
     with pytest.raises(DataError, match="unknown depth mode 'stereo'"):
         create_source("synthetic", None, "train", ignore_index=255, depth="stereo")
+
+
+def test_compress_synthetic_writes_a_depth_only_folder_dataset(tmp_path):
+    from typer.testing import CliRunner
+
+    from compress.data import create_source
+    from segcompress.cli import app
+
+    out = tmp_path / "kitti_like"
+    r = CliRunner().invoke(app, ["synthetic", "--out", str(out), "--length", "3", "--size",
+                                 "64x96", "--seed", "9", "--depth", "lidar", "--no-masks", "-q"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["classes.txt", "depth", "images"]
+    src = create_source("folder", str(out), "val", ignore_index=255, depth="files",
+                        masks=False)
+    want = lidar_sample(synthetic_depth(SyntheticSource(3, (64, 96), 1009), 2), 1009, 2)
+    np.testing.assert_allclose(src.load_depth(2, (64, 96)), want, atol=1e-3)  # mm PNG
+    again = CliRunner().invoke(app, ["synthetic", "--out", str(out)])
+    assert again.exit_code == 1 and "exists" in str(again.exception)
+    assert not list(tmp_path.glob(".kitti_like.tmp-*"))
