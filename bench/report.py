@@ -44,59 +44,34 @@ FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
 def evaluate_runtime(
     runtime, dataset, class_names: list[str], ignore_index: int, batch_size: int = 1
 ) -> dict[str, Any]:
-    """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids).
+    """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids),
+    by :func:`compress.metrics.score_predictor` (outputs at another size than the masks
+    are resized: bilinear logits, nearest ids, the same rule as ``compress eval``)."""
+    from compress.metrics import score_predictor
 
-    Outputs at another size than the masks are resized (bilinear logits, nearest ids),
-    the same rule as ``compress eval``.
-    """
-    import torch
-    import torch.nn.functional as F
+    def batches():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            yield (np.stack([it["image"].numpy() for it in items]),
+                   np.stack([it["mask"].numpy() for it in items]))
 
-    from compress.metrics import scores, update_confusion
-
-    c = len(class_names)
-    conf = torch.zeros(c, c, dtype=torch.int64)
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = np.stack([it["image"].numpy() for it in items])
-        masks = torch.stack([it["mask"] for it in items])
-        out = torch.from_numpy(np.asarray(runtime.predict(images)))
-        if out.ndim == 4:
-            if out.shape[-2:] != masks.shape[-2:]:
-                out = F.interpolate(
-                    out.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False
-                )
-            pred = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
-        else:
-            pred = out.long()
-            if pred.shape[-2:] != masks.shape[-2:]:
-                pred = F.interpolate(pred[:, None].float(), size=masks.shape[-2:], mode="nearest")[
-                    :, 0
-                ].long()
-        update_confusion(conf, pred, masks, ignore_index)
-    return scores(conf, class_names)
+    return score_predictor(runtime.predict, batches(), class_names, ignore_index)[0]
 
 
 def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | None):
     import torch
 
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
 
-    dcfg = DataConfig(
-        kind=kind,
-        root=str(data) if data else None,
-        size=tuple(size),
-        synthetic_val_length=max_images or 32,
-    )
-    ds = build_split(
-        dcfg,
+    ds = split_images(
+        kind,
+        str(data) if data else None,
         split,
-        spec["mean"],
-        spec["std"],
-        spec["ignore_index"],
-        root=str(data) if data else None,
-        kind=kind,
+        size=tuple(size),
+        mean=spec["mean"],
+        std=spec["std"],
+        ignore_index=spec["ignore_index"],
+        count=max_images,
     )
     if max_images and len(ds) > max_images:
         sub = torch.utils.data.Subset(ds, range(max_images))

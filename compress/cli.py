@@ -1,5 +1,5 @@
-"""compress's own commands: train | distill | eval | pack | prune | config | pseudo-label |
-compare.
+"""compress's own commands: train | distill | eval | pack | prune | config | pseudo-label
+(``compress compare`` is bench's, mounted beside these by :mod:`segcompress.cli`).
 
 Each command parses its arguments, loads the config, calls the library and prints a
 summary. Errors a user can fix print one line (no traceback unless ``--debug``).
