@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.flops import count_flops, size_on_disk
+from bench.flops import GMACS_DEFINITION, count_flops, size_on_disk
 from bench.latency import (
     FORMAT_NAMES,
     Target,
@@ -678,10 +678,7 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
             "- ms/image is the model alone (median ± std); pre-processing (resize, normalise) "
             "and post-processing (argmax, resize back) are in the JSON"
         ),
-        (
-            "- GMACs: multiply-accumulates at the report size, element-wise ops, pooling, "
-            "softmax and interpolation included (see docs/bench.md)"
-        ),
+        f"- {GMACS_DEFINITION}, at the report size (see docs/bench.md)",
         "",
         "## Summary",
         "",
