@@ -268,13 +268,11 @@ def taylor_batches(data_kind: str, root: str | None, spec: dict, size: tuple[int
                    batches: int, batch_size: int) -> Callable[[nn.Module], None]:
     """A ``grad_fn`` for Taylor importance: cross-entropy on ``batches`` batches of the
     train split (the data's own labels), gradients accumulated into the model."""
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
 
     n = batches * batch_size
-    dcfg = DataConfig(kind=data_kind, root=root, size=size, synthetic_length=max(n, 1))
-    ds = build_split(dcfg, "train", spec["mean"], spec["std"], spec["ignore_index"],
-                     root=root, kind=data_kind)
+    ds = split_images(data_kind, root, "train", size=size, mean=spec["mean"], std=spec["std"],
+                      ignore_index=spec["ignore_index"], count=max(n, 1))
     if len(ds.class_names) != spec["classes"]:
         raise ValueError(f"prune: the {data_kind} data has {len(ds.class_names)} classes, the "
                          f"model {spec['classes']}: Taylor importance needs the model's own data")
