@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import InputError
+from compress.macs import GMACS_DEFINITION
 
 # backend key -> (runtime backend, artifact precision, device)
 BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -384,6 +385,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{s['timing_input']}"),
         f"- INT8 calibration: {s['calibration']}",
         f"- Pareto: {s['pareto']}",
+        f"- {GMACS_DEFINITION}",
     ]
     if budget is not None:
         lines.append(f"- Budget: {budget:g} ms per image")

@@ -131,8 +131,7 @@ def gpu_check(checkpoint: str | Path, export_dir: str | Path | None = None, *,
         ValueError: no CUDA GPU visible (one line, said at once).
     """
 
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
     from compress.models import load_model
 
     check_device("cuda")
@@ -143,10 +142,8 @@ def gpu_check(checkpoint: str | Path, export_dir: str | Path | None = None, *,
     targets, missing = _targets(checkpoint, export_dir)
 
     dkind = kind if data else "synthetic"
-    dcfg = DataConfig(kind=dkind, root=str(data) if data else None, size=size,
-                      synthetic_val_length=score_images or 32)
-    ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"],
-                     root=str(data) if data else None, kind=dkind)
+    ds = split_images(dkind, str(data) if data else None, split, size=size, mean=spec["mean"],
+                      std=spec["std"], ignore_index=spec["ignore_index"], count=score_images)
     n = len(ds) if score_images is None else min(score_images, len(ds))
     items = [ds[i] for i in range(n)]
     batches = [(np.stack([it["image"].numpy() for it in items[i:i + 8]]),

@@ -766,6 +766,50 @@ def _one_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+@dataclass
+class LatencyRow:
+    """One model at one batch size on one device: a row of ``bench latency`` (and what
+    report, candidates and the GPU check build on). :meth:`to_dict` is its JSON row."""
+
+    label: str
+    path: str
+    backend: str
+    precision: str | None
+    device: str
+    batch: int
+    error: str | None = None
+    memory: dict[str, Any] = field(default_factory=dict)
+    runtime_info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # the target's own keys (role...)
+    result: LatencyResult | None = None  # None: not timed (``error`` says why)
+    ratio_to_first_label: str | None = None
+    compute_ms: dict[str, float] | None = None  # CUDA only: device compute alone
+    compute_note: str | None = None  # CUDA only: why there is no compute figure
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "label": self.label,
+            "path": self.path,
+            "backend": self.backend,
+            "precision": self.precision,
+            "device": self.device,
+            "batch": self.batch,
+            "error": self.error,
+            "memory": self.memory,
+            "runtime_info": self.runtime_info,
+            **self.info,
+        }
+        if self.result is not None:
+            out.update({k: v for k, v in self.result.to_dict().items()
+                        if k not in ("name", "batch")})
+            out["ratio_to_first_label"] = self.ratio_to_first_label
+            if self.device.startswith("cuda"):
+                out["compute_ms"] = self.compute_ms
+                if self.compute_note is not None:
+                    out["compute_note"] = self.compute_note
+        return out
+
+
 def time_loaded(
     loaded: Sequence[dict[str, Any]],
     frames: Sequence[np.ndarray],
@@ -777,30 +821,46 @@ def time_loaded(
     batch: int = 1,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[dict[str, Any]]:
+    """:func:`time_rows` as dicts (:meth:`LatencyRow.to_dict`): ``{"label", "path",
+    "backend", "precision", "device", "batch", "latency_ms", "preprocess_ms",
+    "postprocess_ms", "end_to_end_ms", "ratio_to_first", "memory", "error"}``."""
+    return [r.to_dict() for r in time_rows(loaded, frames, size, device, runs=runs,
+                                           warmup=warmup, batch=batch, clock=clock)]
+
+
+def time_rows(
+    loaded: Sequence[dict[str, Any]],
+    frames: Sequence[np.ndarray],
+    size: tuple[int, int],
+    device: str,
+    *,
+    runs: int,
+    warmup: int,
+    batch: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[LatencyRow]:
     """Time the loaded runtimes of :func:`load_targets` interleaved at one batch size.
 
     Returns:
-        One row per entry: ``{"label", "path", "backend", "precision", "device", "batch",
-        "latency_ms", "preprocess_ms", "postprocess_ms", "end_to_end_ms", "ratio_to_first",
-        "memory", "error"}``; entries that failed to load, or fail at this batch size, keep
-        their ``error`` and no figures.
+        One :class:`LatencyRow` per entry; entries that failed to load, or fail at this
+        batch size, keep their ``error`` and no figures.
     """
     rows, pipelines, order = [], [], []
     src_hw = frames[0].shape[:2]
     for entry in loaded:
         t, rt = entry["target"], entry["runtime"]
-        row = {
-            "label": t.label,
-            "path": str(t.path),
-            "backend": t.backend,
-            "precision": getattr(rt, "precision", None) or t.precision,
-            "device": device,
-            "batch": batch,
-            "error": entry["error"],
-            "memory": entry["memory"],
-            "runtime_info": _runtime_info(rt),
-            **t.info,
-        }
+        row = LatencyRow(
+            label=t.label,
+            path=str(t.path),
+            backend=t.backend,
+            precision=getattr(rt, "precision", None) or t.precision,
+            device=device,
+            batch=batch,
+            error=entry["error"],
+            memory=entry["memory"],
+            runtime_info=_runtime_info(rt),
+            info=dict(t.info),
+        )
         rows.append(row)
         if rt is None:
             continue
@@ -811,7 +871,7 @@ def time_loaded(
             if np.asarray(out).shape[0] != batch:
                 raise ValueError(f"returned batch {np.asarray(out).shape[0]} for {batch}")
         except Exception as e:  # noqa: BLE001 - the row says why
-            row["error"] = f"batch {batch} at {size[0]}x{size[1]}: {_one_line(e)}"
+            row.error = f"batch {batch} at {size[0]}x{size[1]}: {_one_line(e)}"
             continue
         pipelines.append(Pipeline(t.label, pre, rt.predict, make_postprocess(src_hw), batch))
         order.append((row, rt, pre))
@@ -821,8 +881,8 @@ def time_loaded(
             order,
             measure_latency(pipelines, runs=runs, warmup=warmup, clock=clock, model_timer=timer),
         ):
-            row.update({k: v for k, v in res.to_dict().items() if k not in ("name", "batch")})
-            row["ratio_to_first_label"] = order[0][0]["label"]
+            row.result = res
+            row.ratio_to_first_label = order[0][0].label
     if pipelines and device.startswith("cuda"):
         time_device_compute(order, runs=runs, warmup=warmup)
     return rows
@@ -831,23 +891,24 @@ def time_loaded(
 def time_device_compute(order, *, runs: int, warmup: int) -> None:
     """GPU compute alone, as ``trtexec`` reports it: CUDA events around the model's enqueue
     on an input already on the device, output left there (no host copies, no pre/post).
-    Sets ``row["compute_ms"]`` for runtimes with :meth:`Runtime.device_call`, else a note."""
+    Sets each :class:`LatencyRow`'s ``compute_ms`` for runtimes with
+    :meth:`Runtime.device_call`, else its ``compute_note``."""
     compute = []
     for row, rt, pre in order:
         call = rt.device_call()
         if call is None:
-            row["compute_ms"] = None
-            row["compute_note"] = (f"{row['backend']}: no device-only call; its model time "
-                                   "includes the host copies")
+            row.compute_ms = None
+            row.compute_note = (f"{row.backend}: no device-only call; its model time "
+                                "includes the host copies")
             continue
         upload, forward = call
         x = upload(pre(0))
-        compute.append((row, Pipeline(row["label"], lambda r, x=x: x, forward, None, row["batch"])))
+        compute.append((row, Pipeline(row.label, lambda r, x=x: x, forward, None, row.batch)))
     if compute:
         results = measure_latency([p for _, p in compute], runs=runs, warmup=warmup,
                                   model_timer=CudaEventTimer())
         for (row, _), res in zip(compute, results):
-            row["compute_ms"] = res.model.to_dict()
+            row.compute_ms = res.model.to_dict()
 
 
 def resolve_targets(

@@ -13,12 +13,13 @@ import csv
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.flops import count_flops, size_on_disk
+from bench.flops import GMACS_DEFINITION, count_flops, size_on_disk
 from bench.latency import (
     FORMAT_NAMES,
     Target,
@@ -44,59 +45,34 @@ FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
 def evaluate_runtime(
     runtime, dataset, class_names: list[str], ignore_index: int, batch_size: int = 1
 ) -> dict[str, Any]:
-    """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids).
+    """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids),
+    by :func:`compress.metrics.score_predictor` (outputs at another size than the masks
+    are resized: bilinear logits, nearest ids, the same rule as ``compress eval``)."""
+    from compress.metrics import score_predictor
 
-    Outputs at another size than the masks are resized (bilinear logits, nearest ids),
-    the same rule as ``compress eval``.
-    """
-    import torch
-    import torch.nn.functional as F
+    def batches():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            yield (np.stack([it["image"].numpy() for it in items]),
+                   np.stack([it["mask"].numpy() for it in items]))
 
-    from compress.metrics import scores, update_confusion
-
-    c = len(class_names)
-    conf = torch.zeros(c, c, dtype=torch.int64)
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        images = np.stack([it["image"].numpy() for it in items])
-        masks = torch.stack([it["mask"] for it in items])
-        out = torch.from_numpy(np.asarray(runtime.predict(images)))
-        if out.ndim == 4:
-            if out.shape[-2:] != masks.shape[-2:]:
-                out = F.interpolate(
-                    out.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False
-                )
-            pred = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
-        else:
-            pred = out.long()
-            if pred.shape[-2:] != masks.shape[-2:]:
-                pred = F.interpolate(pred[:, None].float(), size=masks.shape[-2:], mode="nearest")[
-                    :, 0
-                ].long()
-        update_confusion(conf, pred, masks, ignore_index)
-    return scores(conf, class_names)
+    return score_predictor(runtime.predict, batches(), class_names, ignore_index)[0]
 
 
 def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | None):
     import torch
 
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
 
-    dcfg = DataConfig(
-        kind=kind,
-        root=str(data) if data else None,
-        size=tuple(size),
-        synthetic_val_length=max_images or 32,
-    )
-    ds = build_split(
-        dcfg,
+    ds = split_images(
+        kind,
+        str(data) if data else None,
         split,
-        spec["mean"],
-        spec["std"],
-        spec["ignore_index"],
-        root=str(data) if data else None,
-        kind=kind,
+        size=tuple(size),
+        mean=spec["mean"],
+        std=spec["std"],
+        ignore_index=spec["ignore_index"],
+        count=max_images,
     )
     if max_images and len(ds) > max_images:
         sub = torch.utils.data.Subset(ds, range(max_images))
@@ -305,7 +281,7 @@ def build_report(
         for entry, trow in zip(loaded, timed):
             t, rt = entry["target"], entry["runtime"]
             row = _row(t, device, cost, timing=trow, error=trow["error"])
-            if rt is not None and row["status"] == "ok":
+            if rt is not None and row.status == "ok":
                 spec = rt.spec
                 key = (tuple(spec["mean"]), tuple(spec["std"]), spec["ignore_index"])
                 if key not in datasets:
@@ -313,7 +289,7 @@ def build_report(
                 ds = datasets[key]
                 class_names = class_names or list(ds.class_names)
                 if spec["classes"] != len(ds.class_names):
-                    row["accuracy_note"] = (
+                    row.accuracy_note = (
                         f"mIoU n/a: model has {spec['classes']} classes, "
                         f"the data {len(ds.class_names)}"
                     )
@@ -321,14 +297,14 @@ def build_report(
                     log(f"[{device}] scoring {t.label} on {len(ds)} images")
                     try:
                         res = evaluate_runtime(rt, ds, list(ds.class_names), ds.ignore_index)
-                        row["miou"] = res["miou"]
-                        row["per_class_iou"] = res["per_class_iou"]
+                        row.miou = res["miou"]
+                        row.per_class_iou = res["per_class_iou"]
                     except Exception as e:  # noqa: BLE001 - the row keeps its latency, says why
-                        row["accuracy_note"] = f"scoring failed: {str(e).splitlines()[0]}"
+                        row.accuracy_note = f"scoring failed: {str(e).splitlines()[0]}"
             rows.append(row)
         del loaded
     # a model no requested device could run still gets its row, saying why
-    shown = {r["model"] for r in rows}
+    shown = {r.model for r in rows}
     for t in targets:
         if t.label in shown:
             continue
@@ -372,7 +348,7 @@ def build_report(
         "hardware": {d: {**h, "summary": describe_hardware(h)} for d, h in hardware.items()},
         "cost": cost,
         "classes": class_names or [],
-        "rows": rows,
+        "rows": [r.to_dict() for r in rows],
         "notes": notes,
     }
 
@@ -400,53 +376,102 @@ def norm_precision(p: str | None) -> str | None:
     }.get(p, p)
 
 
+TIMING_KEYS = (
+    "latency_ms",
+    "preprocess_ms",
+    "postprocess_ms",
+    "end_to_end_ms",
+    "ratio_to_first",
+    "samples_ms",
+    "runtime_info",
+)
+
+
+@dataclass
+class ReportRow:
+    """One model, format and device of the report; :meth:`to_dict` is its row in
+    ``report.json`` (and what :func:`render_markdown` / :func:`render_csv` read).
+
+    Latency figures are :meth:`bench.latency.LatencyStats.to_dict` dicts (ms per image);
+    mIoU and IoU in [0, 1]; ``delta_*`` against the teacher's PyTorch row.
+    """
+
+    model: str
+    name: str
+    role: str
+    format: str | None
+    backend: str
+    artifact_precision: str | None
+    precision: str | None
+    device: str
+    path: str
+    params: int
+    gmacs: float
+    size_mb: float | None
+    miou: float | None = None
+    delta_miou: float | None = None
+    per_class_iou: dict[str, float | None] = field(default_factory=dict)
+    per_class_delta: dict[str, float | None] = field(default_factory=dict)
+    latency_ms: dict[str, float] | None = None
+    preprocess_ms: dict[str, float] | None = None
+    postprocess_ms: dict[str, float] | None = None
+    end_to_end_ms: dict[str, float] | None = None
+    memory: dict[str, Any] = field(default_factory=dict)
+    speedup_same_backend: float | None = None
+    speedup_vs_teacher_torch: float | None = None
+    status: str = "ok"
+    reason: str | None = None
+    notes: list[str] = field(default_factory=list)
+    # set when the row was timed (its keys then appear in the JSON), else left out
+    timing: dict[str, Any] | None = None
+    accuracy_note: str | None = None  # why mIoU is n/a (left out of the JSON when None)
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.latency_ms["median"] if self.latency_ms else None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__
+               if k not in ("timing", "accuracy_note")}
+        if self.timing is not None:
+            out.update({k: self.timing.get(k) for k in TIMING_KEYS})
+        if self.accuracy_note is not None:
+            out["accuracy_note"] = self.accuracy_note
+        return out
+
+
 def _row(
     t: Target, device: str, cost: dict, timing: dict | None = None, error: str | None = None
-) -> dict[str, Any]:
+) -> ReportRow:
     role = t.info.get("role", "student")
     try:
         disk = size_on_disk(t.path) / 2**20
     except FileNotFoundError:
         disk, error = None, error or f"file not found: {t.path}"
-    row = {
-        "model": t.label,
-        "name": t.info.get("cost_key", role),
-        "role": role,
-        "format": t.info.get("format"),
-        "backend": t.backend,
-        "artifact_precision": t.info.get("artifact_precision"),
-        "precision": (timing or {}).get("precision") or t.precision,
-        "device": device,
-        "path": str(t.path),
-        "params": cost[t.info.get("cost_key", role)]["params"],
-        "gmacs": cost[t.info.get("cost_key", role)]["gmacs"],
-        "size_mb": disk,
-        "miou": None,
-        "delta_miou": None,
-        "per_class_iou": {},
-        "per_class_delta": {},
-        "latency_ms": None,
-        "preprocess_ms": None,
-        "postprocess_ms": None,
-        "end_to_end_ms": None,
-        "memory": (timing or {}).get("memory", {}),
-        "speedup_same_backend": None,
-        "speedup_vs_teacher_torch": None,
-        "status": "ok" if not error else "could not run",
-        "reason": error,
-        "notes": [],
-    }
+    key = t.info.get("cost_key", role)
+    row = ReportRow(
+        model=t.label,
+        name=key,
+        role=role,
+        format=t.info.get("format"),
+        backend=t.backend,
+        artifact_precision=t.info.get("artifact_precision"),
+        precision=(timing or {}).get("precision") or t.precision,
+        device=device,
+        path=str(t.path),
+        params=cost[key]["params"],
+        gmacs=cost[key]["gmacs"],
+        size_mb=disk,
+        memory=(timing or {}).get("memory", {}),
+        status="ok" if not error else "could not run",
+        reason=error,
+    )
     if timing and not error:
-        for k in (
-            "latency_ms",
-            "preprocess_ms",
-            "postprocess_ms",
-            "end_to_end_ms",
-            "ratio_to_first",
-            "samples_ms",
-            "runtime_info",
-        ):
-            row[k] = timing.get(k)
+        row.timing = {k: timing.get(k) for k in TIMING_KEYS}
+        row.latency_ms = timing.get("latency_ms")
+        row.preprocess_ms = timing.get("preprocess_ms")
+        row.postprocess_ms = timing.get("postprocess_ms")
+        row.end_to_end_ms = timing.get("end_to_end_ms")
     return row
 
 
@@ -455,91 +480,84 @@ def _median(row) -> float | None:
     return lat["median"] if lat else None
 
 
-def _derive(rows: list[dict], class_names: list[str]) -> None:
+def _derive(rows: list[ReportRow], class_names: list[str]) -> None:
     """Accuracy deltas vs the teacher and speed-ups, filled in place."""
     t_acc = next(
-        (
-            r
-            for r in rows
-            if r["role"] == "teacher" and r["backend"] == "torch" and r["miou"] is not None
-        ),
+        (r for r in rows if r.role == "teacher" and r.backend == "torch" and r.miou is not None),
         None,
     )
     for r in rows:
-        if t_acc and r["miou"] is not None:
-            r["delta_miou"] = r["miou"] - t_acc["miou"]
+        if t_acc and r.miou is not None:
+            r.delta_miou = r.miou - t_acc.miou
             for name in class_names:
-                a, b = r["per_class_iou"].get(name), t_acc["per_class_iou"].get(name)
-                r["per_class_delta"][name] = None if a is None or b is None else a - b
-        ms = _median(r)
+                a, b = r.per_class_iou.get(name), t_acc.per_class_iou.get(name)
+                r.per_class_delta[name] = None if a is None or b is None else a - b
+        ms = r.median_ms
         if ms is None or ms <= 0:
             continue
         same = [
             t
             for t in rows
-            if t["role"] == "teacher"
-            and t["device"] == r["device"]
-            and t["backend"] == r["backend"]
-            and _median(t)
+            if t.role == "teacher" and t.device == r.device and t.backend == r.backend
+            and t.median_ms
         ]
-        same.sort(key=lambda t: t["artifact_precision"] not in FP_PRECISIONS)
+        same.sort(key=lambda t: t.artifact_precision not in FP_PRECISIONS)
         if same:
-            r["speedup_same_backend"] = _median(same[0]) / ms
+            r.speedup_same_backend = same[0].median_ms / ms
         torch_t = next(
             (
                 t
                 for t in rows
-                if t["role"] == "teacher"
-                and t["backend"] == "torch"
-                and t["device"] == r["device"]
-                and _median(t)
+                if t.role == "teacher" and t.backend == "torch" and t.device == r.device
+                and t.median_ms
             ),
             None,
         )
         if torch_t:
-            r["speedup_vs_teacher_torch"] = _median(torch_t) / ms
+            r.speedup_vs_teacher_torch = torch_t.median_ms / ms
 
 
-def _notes(rows: list[dict]) -> list[str]:
+def _notes(rows: list[ReportRow]) -> list[str]:
     """Report-level remarks: INT8 not faster than FP, precision changes, rows not run."""
     notes = []
     for r in rows:
-        if r["status"] != "ok":
-            notes.append(f"{r['model']} on {r['device']}: could not run ({r['reason']})")
+        if r.status != "ok":
+            notes.append(f"{r.model} on {r.device}: could not run ({r.reason})")
             continue
-        if r.get("accuracy_note"):
-            r["notes"].append(r["accuracy_note"])
-        ran, asked = norm_precision(r["precision"]), norm_precision(r["artifact_precision"])
+        if r.accuracy_note:
+            r.notes.append(r.accuracy_note)
+        ran, asked = norm_precision(r.precision), norm_precision(r.artifact_precision)
         if ran and asked and ran != asked:
-            r["notes"].append(f"{asked} model executed in {ran}")
-        hint = norm_precision((r.get("runtime_info") or {}).get("inference_precision_hint"))
-        if r["backend"] == "openvino" and hint and hint not in (ran, "f32"):
-            r["notes"].append(f"float layers run in {hint} (OpenVINO's default on this CPU)")
-        if asked == "int8" and _median(r):
+            r.notes.append(f"{asked} model executed in {ran}")
+        hint = norm_precision(((r.timing or {}).get("runtime_info") or {})
+                              .get("inference_precision_hint"))
+        if r.backend == "openvino" and hint and hint not in (ran, "f32"):
+            r.notes.append(f"float layers run in {hint} (OpenVINO's default on this CPU)")
+        if asked == "int8" and r.median_ms:
             fps = [
                 f
                 for f in rows
-                if f["role"] == r["role"]
-                and f.get("name") == r.get("name")
-                and f["backend"] == r["backend"]
-                and f["device"] == r["device"]
-                and f["artifact_precision"] in FP_PRECISIONS
-                and _median(f)
+                if f.role == r.role
+                and f.name == r.name
+                and f.backend == r.backend
+                and f.device == r.device
+                and f.artifact_precision in FP_PRECISIONS
+                and f.median_ms
             ]
-            if not fps and r["backend"] != "torch":
-                r["notes"].append(f"no FP32/FP16 {r['format']} artifact to compare INT8 with")
+            if not fps and r.backend != "torch":
+                r.notes.append(f"no FP32/FP16 {r.format} artifact to compare INT8 with")
             for f in fps:
-                if _median(r) >= _median(f):
+                if r.median_ms >= f.median_ms:
                     text = (
-                        f"INT8 is not faster than {f['artifact_precision'].upper()} on "
-                        f"{r['backend']}/{r['device']} ({_median(r):.2f} vs "
-                        f"{_median(f):.2f} ms/image)"
+                        f"INT8 is not faster than {f.artifact_precision.upper()} on "
+                        f"{r.backend}/{r.device} ({r.median_ms:.2f} vs "
+                        f"{f.median_ms:.2f} ms/image)"
                     )
-                    r["notes"].append(text)
-                    notes.append(f"{r['model']}: {text}")
-        for name, d in r["per_class_delta"].items():
+                    r.notes.append(text)
+                    notes.append(f"{r.model}: {text}")
+        for name, d in r.per_class_delta.items():
             if d is not None and d * 100 <= -COLLAPSE_POINTS:
-                r["notes"].append(f"{name} IoU {d * 100:+.1f} pts vs teacher")
+                r.notes.append(f"{name} IoU {d * 100:+.1f} pts vs teacher")
     return notes
 
 
@@ -660,10 +678,7 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
             "- ms/image is the model alone (median ± std); pre-processing (resize, normalise) "
             "and post-processing (argmax, resize back) are in the JSON"
         ),
-        (
-            "- GMACs: multiply-accumulates at the report size, element-wise ops, pooling, "
-            "softmax and interpolation included (see docs/bench.md)"
-        ),
+        f"- {GMACS_DEFINITION}, at the report size (see docs/bench.md)",
         "",
         "## Summary",
         "",

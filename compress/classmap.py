@@ -70,6 +70,23 @@ def parse_class_map(raw: Any, teacher_names: list[str], student_names: list[str]
                      f"{type(raw).__name__}")
 
 
+def map_classes(probs: torch.Tensor, class_map: torch.Tensor | None, *,
+                renormalise: bool = True) -> torch.Tensor:
+    """Teacher probabilities ``[N, Ct, H, W]`` (or ``[Ct, H, W]``) onto the student's label
+    set with a ``[Ct, Cs]`` matrix whose rows sum to 1 (hard: one-hot rows; soft: splits)
+    or are all zero (a teacher class mapped to ``ignore``: its probability is dropped and,
+    with ``renormalise``, the rest renormalised). The one place a class map is applied
+    (KD losses and pseudo-labels)."""
+    if class_map is None:
+        return probs
+    batched = probs.ndim == 4
+    x = probs if batched else probs[None]
+    mapped = torch.einsum("nthw,ts->nshw", x, class_map.to(x.dtype))
+    if renormalise:
+        mapped = mapped / mapped.sum(1, keepdim=True).clamp_min(1e-12)
+    return mapped if batched else mapped[0]
+
+
 def kd_class_map(raw: Any, teacher_names: list[str], student_names: list[str]) -> torch.Tensor | None:
     """``kd.class_map`` as a ``[Ct, Cs]`` matrix; None (identity) when it is not set.
 

@@ -1,5 +1,5 @@
-"""compress's own commands: train | distill | eval | pack | prune | config | pseudo-label |
-compare.
+"""compress's own commands: train | distill | eval | pack | prune | config | pseudo-label
+(``compress compare`` is bench's, mounted beside these by :mod:`segcompress.cli`).
 
 Each command parses its arguments, loads the config, calls the library and prints a
 summary. Errors a user can fix print one line (no traceback unless ``--debug``).
@@ -182,7 +182,8 @@ def prune(
     out: Annotated[Path, typer.Option(help="the pruned checkpoint (must not exist)")],
     macs_ratio: Annotated[float | None, typer.Option(
         help="target MACs as a fraction of the model's (0.5: half)")] = None,
-    target_gmacs: Annotated[float | None, typer.Option(help="target in GMACs")] = None,
+    target_gmacs: Annotated[float | None, typer.Option(
+        help="target in GMACs, as `bench flops` counts them (every op, batch 1)")] = None,
     importance: Annotated[Importance, typer.Option(
         help="magnitude (L2 of weights) or taylor (gradients of a few train batches)")]
     = Importance.magnitude,
@@ -194,7 +195,9 @@ def prune(
     size: Annotated[str | None, typer.Option(
         help="HxW the MACs are counted at; default: the checkpoint's input size")] = None,
 ) -> None:
-    """Prune channels (Torch-Pruning) to a MAC target: a smaller checkpoint of the same shape."""
+    """Prune channels (Torch-Pruning) to a MAC target: a smaller checkpoint of the same shape.
+
+    GMACs are counted as `bench flops` and every table count them (batch 1, every op)."""
     from compress.evaluate import parse_size
     from compress.prune import prune_checkpoint
 

@@ -1,4 +1,7 @@
-"""``compress pseudo-label`` and ``compress compare`` (registered by :mod:`compress.cli`)."""
+"""``compress pseudo-label`` (registered by :mod:`compress.cli`).
+
+``compress compare`` measures, so it lives beside bench (:mod:`bench.cli_study`).
+"""
 
 from __future__ import annotations
 
@@ -66,22 +69,5 @@ def pseudo_label_cmd(
     typer.echo(f"dataset: {out} (use as data.extra_train: [{{kind: folder, root: {out}{extra}}}])")
 
 
-def compare_cmd(
-    config: Annotated[Path, typer.Option("--config", "-c", help="study YAML (see configs/camvid/study.yaml)")],
-    overrides: Annotated[list[str] | None, typer.Argument(
-        help="dotted overrides for every recipe's run config, e.g. train.epochs=1")] = None,
-    collect_only: Annotated[bool, typer.Option("--collect-only", help="train nothing; compare finished runs")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-) -> None:
-    """Run (or collect) several recipes over several seeds and write comparison.md/.csv."""
-    from compress.study import format_summary, load_study, run_study
-
-    study = load_study(config)
-    out = run_study(study, overrides, collect_only=collect_only, show=not quiet, log=typer.echo)
-    typer.echo(format_summary(out))
-    typer.echo(f"comparison: {out / 'comparison.md'} (+ .csv, .json, curves.png, miou.png)")
-
-
 def register(app: typer.Typer) -> None:
     app.command("pseudo-label")(pseudo_label_cmd)
-    app.command("compare")(compare_cmd)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.data import build_split
+from compress.data import split_classes, split_images
 from compress.errors import InputError
 from compress.io import atomic_write_json
 from compress.train import collate, evaluate
@@ -92,7 +92,6 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     ``deploy.runtime.load_predictor`` for exported artifacts too."""
     if score_at not in SCORE_AT:
         raise InputError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
-    from compress.config import DataConfig
     from compress.models import make_spec
     from compress.train import resolve_device
 
@@ -109,8 +108,8 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                          class_names=_data_class_names(kind, data, split))
     predict, spec = load(path, str(dev), spec)
     size = size or tuple(spec["input_size"])
-    dcfg = DataConfig(kind=kind, root=str(data), size=size, batch_size=batch_size)
-    ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"], root=str(data))
+    ds = split_images(kind, str(data), split, size=size, mean=spec["mean"], std=spec["std"],
+                      ignore_index=spec["ignore_index"])
     if len(ds.class_names) != spec["classes"]:
         raise InputError(f"{path}: model has {spec['classes']} classes but {data} has "
                          f"{len(ds.class_names)}")
@@ -137,11 +136,8 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
 
 def _data_class_names(kind: str, data: Path, split: str) -> list[str] | None:
     """The dataset's class names (classes.txt, CamVid's list, synthetic's), or None."""
-    from compress.config import DataConfig
-    from compress.data import dataset_classes
-
     try:
-        return dataset_classes(DataConfig(kind=kind, root=str(data), val_split=split), 255)
+        return split_classes(kind, str(data), split, 255)
     except (ValueError, OSError):
         return None
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.classmap import map_classes  # the one class-map application (re-exported)
+
 # ---------------------------------------------------------------- functional kernels
 
 
@@ -61,17 +63,6 @@ def match_size(x: torch.Tensor, size) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def map_classes(probs: torch.Tensor, class_map: torch.Tensor | None) -> torch.Tensor:
-    """Teacher probabilities ``[N, Ct, H, W]`` onto the student's label set with a
-    ``[Ct, Cs]`` matrix whose rows sum to 1 (hard: one-hot rows; soft: splits) or are all
-    zero (a teacher class mapped to ``ignore``: its probability is dropped and the rest
-    renormalised; see :mod:`compress.classmap`)."""
-    if class_map is None:
-        return probs
-    mapped = torch.einsum("nthw,ts->nshw", probs, class_map.to(probs.dtype))
-    return mapped / mapped.sum(1, keepdim=True).clamp_min(1e-12)
 
 
 def two_way(logits: torch.Tensor) -> torch.Tensor:

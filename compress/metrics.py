@@ -16,6 +16,48 @@ def update_confusion(conf: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
     return conf
 
 
+def predicted_ids(out, size: tuple[int, int]) -> torch.Tensor:
+    """Class ids ``[N, H, W]`` at ``size`` from a predictor's output: logits ``[N, C, h, w]``
+    (argmax; one channel: a binary logit, > 0) resized bilinearly, or class ids ``[N, h, w]``
+    resized nearest. NumPy arrays or tensors."""
+    import torch.nn.functional as F
+
+    out = out if isinstance(out, torch.Tensor) else torch.from_numpy(np.asarray(out))
+    out = out.cpu()
+    size = tuple(size)
+    if out.ndim == 4:
+        if tuple(out.shape[-2:]) != size:
+            out = F.interpolate(out.float(), size=size, mode="bilinear", align_corners=False)
+        return (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
+    pred = out.long()
+    if tuple(pred.shape[-2:]) != size:
+        pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    return pred
+
+
+def score_predictor(predict, batches, class_names: list[str], ignore_index: int
+                    ) -> tuple[dict, torch.Tensor]:
+    """mIoU of a predictor over a split: the one loop from predictions to scores.
+
+    Args:
+        predict: ``images [N, 3, H, W] -> logits [N, C, h, w] or class ids [N, h, w]``
+            (NumPy or torch, any output size: see :func:`predicted_ids`).
+        batches: iterable of ``(images, masks [N, H, W])`` (NumPy or torch).
+        class_names: the classes, in id order.
+        ignore_index: mask value left out of the scores.
+
+    Returns:
+        ``(scores(conf, class_names), confusion [C, C])``.
+    """
+    c = len(class_names)
+    conf = torch.zeros(c, c, dtype=torch.int64)
+    for images, masks in batches:
+        masks = masks if isinstance(masks, torch.Tensor) else torch.from_numpy(np.asarray(masks))
+        update_confusion(conf, predicted_ids(predict(images), masks.shape[-2:]), masks.cpu(),
+                         ignore_index)
+    return scores(conf, class_names), conf
+
+
 def scores(conf: torch.Tensor | np.ndarray, class_names: list[str]) -> dict:
     """mIoU, per-class IoU and Dice by class name, pixel accuracy.
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.macs import count_flops
+
 log = logging.getLogger("compress")
 
 IMPORTANCES = ("magnitude", "taylor")
@@ -139,7 +141,8 @@ def _sync_attributes(module: nn.Module) -> None:
 
 @dataclass
 class PruneResult:
-    """What :func:`prune_model` did (MACs as counted by ``tp.utils.count_ops_and_params``)."""
+    """What :func:`prune_model` did (MACs by :func:`compress.macs.count_flops`, the one
+    definition of GMACs every table uses)."""
 
     macs_before: float
     macs_after: float
@@ -204,7 +207,7 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
     if steps < 1:
         raise ValueError(f"prune: --steps must be >= 1, got {steps}")
     model = model.eval()
-    macs0, params0 = tp.utils.count_ops_and_params(model, example)
+    macs0, params0 = cost(model, example)
 
     def trial(ratio: float, high: dict[str, float] | None = None
               ) -> tuple[nn.Module, float, int]:
@@ -222,7 +225,7 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
                 grad_fn(m)
             pruner.step()
         m.zero_grad(set_to_none=True)
-        macs, params = tp.utils.count_ops_and_params(m.eval(), example)
+        macs, params = cost(m.eval(), example)
         return m, macs, params
 
     def close(macs: float) -> bool:
@@ -265,13 +268,11 @@ def taylor_batches(data_kind: str, root: str | None, spec: dict, size: tuple[int
                    batches: int, batch_size: int) -> Callable[[nn.Module], None]:
     """A ``grad_fn`` for Taylor importance: cross-entropy on ``batches`` batches of the
     train split (the data's own labels), gradients accumulated into the model."""
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
 
     n = batches * batch_size
-    dcfg = DataConfig(kind=data_kind, root=root, size=size, synthetic_length=max(n, 1))
-    ds = build_split(dcfg, "train", spec["mean"], spec["std"], spec["ignore_index"],
-                     root=root, kind=data_kind)
+    ds = split_images(data_kind, root, "train", size=size, mean=spec["mean"], std=spec["std"],
+                      ignore_index=spec["ignore_index"], count=max(n, 1))
     if len(ds.class_names) != spec["classes"]:
         raise ValueError(f"prune: the {data_kind} data has {len(ds.class_names)} classes, the "
                          f"model {spec['classes']}: Taylor importance needs the model's own data")
@@ -328,9 +329,7 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
                          "(only smp and zoo architectures are rebuilt by name)")
     h, w = size or tuple(spec["input_size"])
     example = torch.zeros(1, 3, h, w)
-    import torch_pruning as tp
-
-    macs0, _ = tp.utils.count_ops_and_params(model, example)
+    macs0, _ = cost(model, example)
     target = macs0 * macs_ratio if macs_ratio is not None else target_gmacs * 1e9
     if not 0 < target < macs0:
         raise ValueError(f"prune: target {target / 1e9:.3f} GMACs must be below the model's "
@@ -364,9 +363,14 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
     return {"out": str(out), **record, "pruned_tensors": len(shapes)}
 
 
-def count_gmacs(model: nn.Module, size: Iterable[int]) -> float:
-    """GMACs of ``model`` at ``(H, W)``, by Torch-Pruning's counter (what targets use)."""
-    import torch_pruning as tp
+def cost(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """``(MACs, parameters)`` of ``model`` at ``example``'s ``(H, W)``, batch 1, by the one
+    counter (:func:`compress.macs.count_flops`): what targets aim at and records report."""
+    res = count_flops(model, tuple(example.shape[-2:]), breakdown=False)
+    return res.macs, res.params["total"]
 
-    h, w = size
-    return tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, 3, h, w))[0] / 1e9
+
+def count_gmacs(model: nn.Module, size: Iterable[int]) -> float:
+    """GMACs of ``model`` at ``(H, W)`` (:data:`compress.macs.GMACS_DEFINITION`), the
+    figure prune targets and records use."""
+    return count_flops(model, tuple(size), breakdown=False).gmacs

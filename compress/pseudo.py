@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from compress.classmap import parse_class_map
+from compress.classmap import map_classes, parse_class_map
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
 from compress.errors import InputError
@@ -120,7 +120,7 @@ class Ensemble:
 def _mapped(probs: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
     """Teacher probabilities ``[Ct, H, W]`` in the output classes (plus an ``ignore``
     channel last when a class map is set)."""
-    return probs if cmap is None else torch.einsum("thw,ts->shw", probs, cmap)
+    return map_classes(probs, cmap, renormalise=False)
 
 
 def check_members(ens: Ensemble, confusions: list[torch.Tensor], names: list[str],

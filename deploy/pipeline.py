@@ -200,17 +200,15 @@ class _Reiterable:
 
 def _load_split(cfg: ExportConfig, spec: dict, size: tuple[int, int], split: str, count: int | None,
                 seed: int) -> tuple[ImageSet, dict]:
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
 
     kind = cfg.data_kind or ("camvid" if cfg.data else "synthetic")
     if kind != "synthetic" and cfg.data is None:
         raise InputError(f"export: data kind {kind!r} needs a dataset root (--calib-data DIR)")
     n_synth = count or cfg.synthetic_val_length
-    dcfg = DataConfig(kind=kind, root=str(cfg.data) if cfg.data else None, size=size,
-                      synthetic_length=max(n_synth, 1), synthetic_val_length=max(n_synth, 1))
-    ds = build_split(dcfg, split, spec["mean"], spec["std"], spec["ignore_index"],
-                     root=str(cfg.data) if cfg.data else None, kind=kind)
+    ds = split_images(kind, str(cfg.data) if cfg.data else None, split, size=size,
+                      mean=spec["mean"], std=spec["std"], ignore_index=spec["ignore_index"],
+                      count=max(n_synth, 1))
     labelled = len(ds.class_names) == spec["classes"]
     n = len(ds) if count is None else min(count, len(ds))
     if seed < 0 or n == len(ds):

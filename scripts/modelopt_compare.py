@@ -26,14 +26,12 @@ def calib(export_dir: Path, data: Path, count: int = 300, seed: int = 0) -> Path
     """The export's calibration frames (train split, the same seeded subset) as .npy."""
     import json
 
-    from compress.config import DataConfig
-    from compress.data import build_split
+    from compress.data import split_images
 
     spec = json.loads((export_dir / "manifest.json").read_text())["spec"]
     size = tuple(spec["input_size"])
-    cfg = DataConfig(kind="camvid", root=str(data), size=size)
-    ds = build_split(cfg, "train", spec["mean"], spec["std"], spec["ignore_index"],
-                     root=str(data), kind="camvid")
+    ds = split_images("camvid", str(data), "train", size=size, mean=spec["mean"],
+                      std=spec["std"], ignore_index=spec["ignore_index"])
     n = min(count, len(ds))
     idx = (range(n) if n == len(ds) else
            sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist()))

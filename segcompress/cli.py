@@ -1,7 +1,8 @@
 """The ``compress`` console command: compress's commands (train, distill, eval, pack,
-config, pseudo-label, compare) and deploy's (export) in one typer app.
+prune, config, pseudo-label), deploy's (export) and the comparison study's (compare, from
+bench) in one typer app.
 
-It sits above both packages, so compress never imports deploy: ``compress eval`` scores
+It sits above every package, so compress never imports deploy or bench: ``compress eval`` scores
 exported artifacts here because this app hands it deploy's predictor loader through the
 click context. ``python -m segcompress.cli`` is the same command.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import typer
 
+from bench import cli_study
 from compress import cli as compress_cli
 from compress.errors import run_cli
 from deploy import cli as deploy_cli
@@ -20,6 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=compress_cli.
                   context_settings={"obj": {"load_predictor": load_predictor}})
 app.add_typer(compress_cli.commands)
 app.add_typer(deploy_cli.commands)
+app.add_typer(cli_study.commands)
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ __all__ = [
     "normalize",
     "read_image",
     "resize_pair",
+    "split_classes",
+    "split_images",
 ]
 
 SOURCES = {"camvid": camvid_source, "folder": folder_source}
@@ -89,6 +91,43 @@ def build_split(data_cfg, split: str, mean, std, ignore_index: int, train: bool 
                         size=tuple(data_cfg.size), seed=data_cfg.synthetic_seed)
     aug = _augment(data_cfg, ignore_index) if train else None
     return SegDataset(src, data_cfg.size, mean, std, train=train, augment=aug, seed=seed)
+
+
+def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, int], mean,
+                 std, ignore_index: int, count: int | None = None,
+                 synthetic_seed: int = 0) -> SegDataset:
+    """The images of one split as a network sees them: resized to ``size`` and normalised
+    with ``mean`` / ``std``, no augmentation, masks beside them.
+
+    The one way to read a split outside training: ``compress eval``, export's calibration
+    and verification sets and bench's report use it instead of a training ``DataConfig``.
+
+    Args:
+        kind: ``synthetic``, ``camvid`` or ``folder``.
+        root: the dataset root (unused for ``synthetic``).
+        count: synthetic only: how many scenes (default 96 for ``train``, else 32, the
+            training config's defaults); other kinds hold what their files hold.
+        synthetic_seed: the scenes' seed (a split's scenes depend on it and the split only).
+
+    Returns:
+        A :class:`SegDataset` (items ``{"image": float32 [3, H, W], "mask": int64 [H, W],
+        "index", "name"}``) with ``class_names`` and ``ignore_index``.
+
+    Raises:
+        DataError: an unknown kind, a missing root, unreadable files (named).
+    """
+    length = count or (96 if split == "train" else 32)
+    src = create_source(kind, root, split, ignore_index=ignore_index, length=length,
+                        size=tuple(size), seed=synthetic_seed)
+    return SegDataset(src, tuple(size), mean, std, train=False)
+
+
+def split_classes(kind: str, root: str | None, split: str, ignore_index: int = 255
+                  ) -> list[str]:
+    """Class names of one split (without loading images)."""
+    if kind == "synthetic":
+        return list(SYNTHETIC_CLASSES)
+    return list(create_source(kind, root, split, ignore_index=ignore_index).class_names)
 
 
 def _augment(data_cfg, ignore_index: int) -> TrainAugment:
@@ -149,8 +188,4 @@ def build_train_set(data_cfg, mean, std, ignore_index: int, seed: int = 0):
 
 def dataset_classes(data_cfg, ignore_index: int) -> list[str]:
     """Class names of the configured dataset (without loading images)."""
-    kind = data_cfg.kind
-    if kind == "synthetic":
-        return list(SYNTHETIC_CLASSES)
-    return list(create_source(kind, data_cfg.root, data_cfg.val_split,
-                              ignore_index=ignore_index).class_names)
+    return split_classes(data_cfg.kind, data_cfg.root, data_cfg.val_split, ignore_index)

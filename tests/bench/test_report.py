@@ -57,8 +57,8 @@ def fake_report(tmp_path: Path) -> dict:
         )
         r = _row(t, device, COST, timing=timing, error=error)
         if iou is not None:
-            r["miou"] = sum(iou) / len(iou)
-            r["per_class_iou"] = dict(zip(CLASSES, iou))
+            r.miou = sum(iou) / len(iou)
+            r.per_class_iou = dict(zip(CLASSES, iou))
         return r
 
     rows = [
@@ -78,6 +78,7 @@ def fake_report(tmp_path: Path) -> dict:
         ),
     ]
     _derive(rows, CLASSES)
+    notes = _notes(rows)
     return {
         "settings": {
             "teacher": "t.pt",
@@ -98,8 +99,8 @@ def fake_report(tmp_path: Path) -> dict:
         "hardware": {"cpu": {"summary": "CPU test"}},
         "cost": COST,
         "classes": CLASSES,
-        "rows": rows,
-        "notes": _notes(rows),
+        "rows": [r.to_dict() for r in rows],
+        "notes": notes,
     }
 
 

@@ -96,3 +96,20 @@ def test_file_errors_name_the_file(tmp_path):
 def test_a_matrix_keeps_its_shape_check():
     with pytest.raises(ValueError, match=r"kd\.class_map has shape \[2, 2\], expected \[8, 6\]"):
         kd_class_map([[1, 0], [0, 1]], T8, S6)
+
+
+def test_one_class_map_application_for_kd_and_pseudo_labels():
+    """compress.classmap.map_classes is what losses use (re-exported) and what pseudo-labels
+    use on one image ([Ct, H, W]), with or without renormalising."""
+    import compress.classmap
+    import compress.losses
+
+    assert compress.losses.map_classes is compress.classmap.map_classes
+    torch.manual_seed(0)
+    probs = torch.rand(2, 3, 4, 5).softmax(1)
+    m = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # the third class ignored
+    batched = map_classes(probs, m)
+    assert torch.allclose(batched.sum(1), torch.ones(2, 4, 5))
+    assert torch.allclose(map_classes(probs[1], m), batched[1])
+    raw = map_classes(probs[0], m, renormalise=False)
+    assert torch.allclose(raw, torch.einsum("thw,ts->shw", probs[0], m))

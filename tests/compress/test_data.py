@@ -85,3 +85,23 @@ def test_camvid_segnet_layout():
     img, mask, _ = src.load(0)
     assert img.shape == (360, 480, 3) and mask.shape == (360, 480)
     assert mask.max() <= 11
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_split_images_is_the_evaluation_split_of_a_training_config(split):
+    """The one 'images of split X' API gives what build_split gave for evaluation."""
+    import torch
+
+    from compress.data import split_classes, split_images
+
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    old = build_split(DataConfig(kind="synthetic", size=(64, 96)), split, mean, std, 255)
+    new = split_images("synthetic", None, split, size=(64, 96), mean=mean, std=std,
+                       ignore_index=255)
+    assert len(new) == len(old) == (96 if split == "train" else 32)
+    assert list(new.class_names) == list(old.class_names) == split_classes("synthetic", None, split)
+    for i in (0, len(new) - 1):
+        assert torch.equal(new[i]["image"], old[i]["image"])
+        assert torch.equal(new[i]["mask"], old[i]["mask"])
+    assert len(split_images("synthetic", None, split, size=(64, 64), mean=mean, std=std,
+                            ignore_index=255, count=5)) == 5

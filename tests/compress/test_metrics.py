@@ -31,3 +31,25 @@ def test_hd95_of_shifted_square():
     b = np.roll(a, 3, axis=1)
     assert hd95(a, a) == 0.0
     assert hd95(a, b) == pytest.approx(3.0)
+
+
+def test_score_predictor_against_a_hand_computed_confusion():
+    """Logits at half the mask size (resized bilinearly), class ids at full size, and a
+    one-channel binary logit all go through the one loop; ignored pixels are left out."""
+    from compress.metrics import predicted_ids, score_predictor
+
+    masks = np.array([[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 255, 255], [2, 2, 255, 255]]])
+    ids = np.array([[[0, 1, 1, 1], [0, 0, 1, 1], [2, 0, 0, 0], [2, 2, 1, 1]]])
+    # truth 0: 4 px (3 -> 0, 1 -> 1); truth 1: 4 px (all 1); truth 2: 4 px (3 -> 2, 1 -> 0)
+    want = torch.tensor([[3, 1, 0], [0, 4, 0], [1, 0, 3]])
+    res, conf = score_predictor(lambda x: ids, [(None, masks)], ["a", "b", "c"], 255)
+    assert torch.equal(conf, want)
+    iou = [3 / (4 + 4 - 3), 4 / (4 + 5 - 4), 3 / (4 + 3 - 3)]
+    assert res["miou"] == pytest.approx(sum(iou) / 3)
+
+    logits = np.zeros((1, 3, 2, 2), np.float32)
+    logits[0, 1] = 5.0  # every pixel class 1 after resizing to 4x4
+    _, conf = score_predictor(lambda x: logits, [(None, masks)], ["a", "b", "c"], 255)
+    assert conf[:, 1].tolist() == [4, 4, 4] and int(conf.sum()) == 12
+    binary = predicted_ids(torch.tensor([[[[-1.0, 2.0]]]]), (1, 2))
+    assert binary.tolist() == [[[0, 1]]]

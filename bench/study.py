@@ -16,6 +16,12 @@ them the baseline::
 ``output_dir/name/runs/<recipe>/seed<k>/`` and writes ``comparison.md``, ``comparison.csv``,
 ``comparison.json``, ``curves.png`` and ``miou.png`` beside them. A run that stopped with
 an error (its ``FAILED`` file) is never compared: it is listed as skipped, with the reason.
+
+The study measures, so it sits beside bench and uses bench's instruments: the one MAC
+counter (:func:`compress.macs.count_flops`), the one latency loop
+(:func:`bench.latency.measure_latency`) and the one machine description
+(:func:`bench.latency.hardware_info`). ``compress compare`` is :mod:`bench.cli_study`,
+mounted by :mod:`segcompress.cli`.
 """
 
 from __future__ import annotations
@@ -24,18 +30,15 @@ import csv
 import glob
 import io
 import json
-import os
-import platform
 import re
 import statistics
-import time
-import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bench.latency import Pipeline, describe_hardware, hardware_info, measure_latency
 from compress.config import ConfigError, dump_config, load_config
 from compress.io import (
     UnsafeFileError,
@@ -46,6 +49,10 @@ from compress.io import (
     read_text,
     safe_yaml,
 )
+from compress.macs import GMACS_DEFINITION, count_flops
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
+    import torch
 
 
 class _Strict(BaseModel):
@@ -250,68 +257,42 @@ def collect_run(recipe: str, run_dir: Path, trained_here: bool) -> dict:
     }
 
 
-# the multiply-adds papers quote (the same set as bench.flops' dense figure)
-DENSE_OPS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum")
-
-
 def count_params_gmacs(model: torch.nn.Module, size: tuple[int, int]) -> tuple[int, float]:
-    """Parameters and GMACs at batch 1: the multiply-adds of convolutions, linear layers
-    and matrix products, counted by fvcore (element-wise ops, norms and resizes left out)."""
-    params = sum(p.numel() for p in model.parameters())
-    x = torch.zeros(1, 3, *size)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fvcore's import and tracer use deprecated torch.jit
-        from fvcore.nn import FlopCountAnalysis
-
-        fca = FlopCountAnalysis(model.eval(), x)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        macs = sum(v for k, v in fca.by_operator().items() if k in DENSE_OPS)
-    return params, macs / 1e9
+    """Parameters and GMACs at batch 1, by the one counter (:data:`GMACS_DEFINITION`)."""
+    res = count_flops(model, size, breakdown=False)
+    return res.params["total"], res.gmacs
 
 
-@torch.inference_mode()
-def measure_latency(models: dict[str, torch.nn.Module], sizes: dict[str, tuple[int, int]],
-                    threads: int = 1, warmup: int = 5, repeats: int = 30) -> dict[str, dict]:
-    """Batch-1 forward time per model, in ms: median and std over ``repeats``.
+def time_models(models: dict[str, torch.nn.Module], sizes: dict[str, tuple[int, int]],
+                threads: int = 1, warmup: int = 5, repeats: int = 30) -> dict[str, dict]:
+    """Batch-1 CPU forward time per model, in ms: median and std over ``repeats``.
 
-    The models run interleaved (one call each per round, order rotating), so a change in
-    machine load during the measurement hits all of them alike.
+    bench's loop (:func:`bench.latency.measure_latency`) times the models interleaved (one
+    call each per round, order rotating), so a change in machine load during the
+    measurement hits all of them alike.
     """
+    import torch
+
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        xs = {k: torch.randn(1, 3, *sizes[k]) for k in models}
-        for k, m in models.items():
-            m.eval()
-            for _ in range(warmup):
-                m(xs[k])
-        times: dict[str, list[float]] = {k: [] for k in models}
-        keys = list(models)
-        for r in range(repeats):
-            for k in keys[r % len(keys):] + keys[: r % len(keys)]:
-                t0 = time.perf_counter()
-                models[k](xs[k])
-                times[k].append((time.perf_counter() - t0) * 1000)
+        with torch.inference_mode():
+            pipelines = []
+            for k, m in models.items():
+                x = torch.randn(1, 3, *sizes[k])
+                pipelines.append(Pipeline(k, lambda _run, x=x: x, m.eval()))
+            results = measure_latency(pipelines, runs=repeats, warmup=warmup)
     finally:
         torch.set_num_threads(old)
-    return {k: {"ms_median": statistics.median(v), "ms_std": statistics.stdev(v),
-                "repeats": len(v)} for k, v in times.items()}
+    return {r.name: {"ms_median": r.model.median, "ms_std": r.model.std, "repeats": r.model.n}
+            for r in results}
 
 
-def hardware() -> dict:
-    """What this machine is: CPU model, cores, torch, GPU, load when measured."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu,
-            "python": platform.python_version(), "load_avg_1min": load}
+def hardware(threads: int | None = None) -> dict:
+    """What this machine is (:func:`bench.latency.hardware_info`, the one probe), with its
+    one-line ``summary``."""
+    info = hardware_info("cpu", threads)
+    return {**info, "summary": describe_hardware(info)}
 
 
 def _spec_key(spec: dict) -> str:
@@ -354,7 +335,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             cost[key] = {"params": params, "gmacs": gmacs}
     lat = study.latency
     if lat.enabled:
-        timing = measure_latency(models, sizes, lat.threads, lat.warmup, lat.repeats)
+        timing = time_models(models, sizes, lat.threads, lat.warmup, lat.repeats)
         for k, c in cost.items():
             c.update(timing[k])
     for row in rows:
@@ -399,7 +380,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
         if base_mean is not None:
             row["delta_pts"] = (row["miou"] - base_mean) * 100
             row["delta_pct"] = (row["miou"] / base_mean - 1) * 100 if base_mean else None
-    return {"study": study.name, "baseline": study.baseline, "hardware": hardware(),
+    return {"study": study.name, "baseline": study.baseline, "hardware": hardware(lat.threads if lat.enabled else None),
             "latency": lat.model_dump(), "recipes": recipes, "runs": rows,
             "missing": list(missing or []), "skipped": list(skipped or [])}
 
@@ -455,15 +436,14 @@ def comparison_markdown(res: dict) -> str:
                        ".1f") for c in classes]
             lines.append(f"| {a['recipe']} | " + " | ".join(vals) + " |")
     lines += ["", "## Setup", "",
-              f"- Hardware (this machine): {hw['cpu']}, {hw['cores']} cores"
-              + (f", GPU {hw['gpu']}" if hw["gpu"] else "")
-              + f"; torch {hw['torch']}, Python {hw['python']}.",
+              (f"- Hardware (this machine): {hw['summary']}; torch "
+               f"{hw['packages'].get('torch')}, Python {hw['python']}."),
               f"- Latency: batch 1, CPU, {lat['threads']} thread(s), float32, torch eager, "
               f"each model at its training input size, {lat['warmup']} warm-up + "
               f"{lat['repeats']} timed calls, models interleaved; 1-min load average at the "
-              f"time: {_f(hw['load_avg_1min'])}." if lat["enabled"] else "- Latency: not measured.",
-              ("- GMACs: multiply-adds of convolutions, linear layers and matrix products at batch 1 "
-              "(fvcore FlopCountAnalysis; element-wise ops, norms and resizes left out)."),
+              f"time: {_f((hw.get('load_average') or [None])[0])}." if lat["enabled"]
+              else "- Latency: not measured.",
+              f"- {GMACS_DEFINITION}.",
               ("- Train time: sum of epoch times from each run's summary.json (validation "
               "excluded); runs marked (collected) may come from other hardware."),
               "", "![training curves](curves.png)", "", "![mIoU per run](miou.png)"]

@@ -8,17 +8,17 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from compress.cli import app
-from compress.config import ConfigError, load_config
-from compress.study import (
+from bench.study import (
     LatencyConfig,
     RecipeConfig,
     StudyConfig,
     load_study,
-    measure_latency,
     run_study,
+    time_models,
     verdict,
 )
+from compress.config import ConfigError, load_config
+from segcompress.cli import app
 
 runner = CliRunner()
 
@@ -51,7 +51,7 @@ def test_study_config_errors(tmp_path):
 
 def test_latency_is_interleaved_and_positive():
     models = {"a": torch.nn.Conv2d(3, 4, 3), "b": torch.nn.Conv2d(3, 8, 3)}
-    res = measure_latency(models, {"a": (32, 32), "b": (32, 32)}, threads=1, warmup=1, repeats=4)
+    res = time_models(models, {"a": (32, 32), "b": (32, 32)}, threads=1, warmup=1, repeats=4)
     assert set(res) == {"a", "b"} and all(v["ms_median"] > 0 and v["repeats"] == 4
                                           for v in res.values())
 
