@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from deploy.arrays import class_ids
-from deploy.errors import ExportError, VerificationError
+from deploy.errors import ExportError, VerificationError, first_line
 from deploy.metadata import set_spec_metadata
 from deploy.runtime import load_runtime
 
@@ -113,7 +113,7 @@ def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
                               dynamic_axes=dyn or None, do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types; one message
         raise ExportError(f"export: torch.onnx.export failed at opset {opset}: "
-                          f"{_first_line(e)}") from None
+                          f"{first_line(e)}") from None
     proto = onnx.load_from_string(buf.getvalue())
     _check(proto, "export")
     if simplify:
@@ -123,7 +123,7 @@ def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
             proto = onnxslim.slim(proto)
         except Exception as e:  # noqa: BLE001 - any failure means the same
             raise ExportError(f"export: onnxslim could not simplify the graph: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e)}") from None
         _check(proto, "export (after onnxslim)")
     set_spec_metadata(proto, export_spec(spec, size, argmax))
     onnx.save(proto, str(path))
@@ -136,12 +136,7 @@ def _check(proto, step: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"{step}: onnx.checker rejected the model: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise ExportError(f"{step}: onnx.checker rejected the model: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------- verification

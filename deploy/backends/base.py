@@ -104,12 +104,6 @@ class Runtime:
                 f"precision={self.precision}, device={self.device})")
 
 
-def first_line(e: BaseException) -> str:
-    """An exception as one line of at most 300 characters (backends' own error types)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300]
-
-
 def check_shapes(path: Path, spec: dict, in_shape: list, out_shape: list) -> None:
     """Refuse a model file whose own graph contradicts its spec: another class count, or
     a fixed input size other than the spec's (it would score or time the wrong thing)."""

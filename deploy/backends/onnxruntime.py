@@ -19,9 +19,8 @@ from deploy.backends.base import (
     Runtime,
     check_shapes,
     cuda_missing,
-    first_line,
 )
-from deploy.errors import BackendUnavailable, DeployError, ManifestError
+from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
 from deploy.metadata import spec_from_onnx
 
 NAME = "onnxruntime"
@@ -52,8 +51,8 @@ class OnnxRuntime(Runtime):
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ManifestError(f"runtime: {path} is not a readable ONNX model ({msg})") from None
+            raise ManifestError(f"runtime: {path} is not a readable ONNX model "
+                                f"({first_line(e)})") from None
         spec = spec or spec_from_onnx(proto)
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
@@ -81,7 +80,7 @@ class OnnxRuntime(Runtime):
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT's own error types (Fail, InvalidGraph...)
             raise ManifestError(f"runtime: ONNX Runtime cannot load {path}: "
-                                f"{first_line(e)}") from None
+                                f"{one_line(e)}") from None
         used = self.session.get_providers()
         if device.startswith("cuda") and used[0] != "CUDAExecutionProvider":
             raise BackendUnavailable(f"runtime: onnxruntime could not start the CUDA provider "
@@ -100,7 +99,7 @@ class OnnxRuntime(Runtime):
                 return self.session.run(None, {self.input_name: x})[0]
             except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
                 raise DeployError(f"runtime: ONNX Runtime failed on {self.path} with input "
-                                  f"{list(x.shape)}: {first_line(e)}") from None
+                                  f"{list(x.shape)}: {one_line(e)}") from None
 
         return in_batches(run, images, self.fixed_batch)
 

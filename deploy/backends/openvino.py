@@ -19,8 +19,8 @@ import numpy as np
 
 from compress.errors import InputError
 from deploy.arrays import in_batches
-from deploy.backends.base import Backend, Runtime, check_shapes, first_line
-from deploy.errors import BackendUnavailable, DeployError, ManifestError
+from deploy.backends.base import Backend, Runtime, check_shapes
+from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
 
 NAME = "openvino"
 LABEL = "OpenVINO"
@@ -56,7 +56,7 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
         ov.save_model(model, str(xml_path), compress_to_fp16=False)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own classes
         raise DeployError(f"openvino: converting {Path(onnx_path).name} failed: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+                          f"{first_line(e)}") from None
     return xml_path
 
 
@@ -186,7 +186,7 @@ class OpenVINORuntime(Runtime):
                 self.request.infer({0: x})
             except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
                 raise DeployError(f"runtime: OpenVINO failed on {self.path} with input "
-                                  f"{list(x.shape)}: {first_line(e)}") from None
+                                  f"{list(x.shape)}: {one_line(e)}") from None
             return self.request.get_output_tensor(0).data.copy()
 
         return in_batches(run, images, self.fixed_batch)
