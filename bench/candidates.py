@@ -21,15 +21,16 @@ import numpy as np
 from compress.errors import InputError
 from compress.macs import GMACS_DEFINITION
 
-# backend key -> (runtime backend, artifact precision, device)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "torch": ("torch", "f32", "cpu"),
-    "onnxruntime": ("onnxruntime", "f32", "cpu"),
-    "onnxruntime-int8": ("onnxruntime", "int8", "cpu"),
-    "openvino": ("openvino", "f32", "cpu"),
-    "openvino-int8": ("openvino", "int8", "cpu"),
-    "tensorrt-fp16": ("tensorrt", "fp16", "cuda"),
-    "tensorrt-int8": ("tensorrt", "int8", "cuda"),
+# backend key -> (runtime backend, artifact precision); where each is timed comes from
+# deploy's registry (the CPU where the backend runs there, else CUDA)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "f32"),
+    "onnxruntime": ("onnxruntime", "f32"),
+    "onnxruntime-int8": ("onnxruntime", "int8"),
+    "openvino": ("openvino", "f32"),
+    "openvino-int8": ("openvino", "int8"),
+    "tensorrt-fp16": ("tensorrt", "fp16"),
+    "tensorrt-int8": ("tensorrt", "int8"),
 }
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-int8", "tensorrt-fp16",
                     "tensorrt-int8")
@@ -145,7 +146,7 @@ def _export(cand: Candidate, model, out: Path, size, backends: Sequence[str],
                 if BACKENDS[b][1] == "int8":
                     cand.errors[b] = f"int8: {_one_line(e)}"
     if "openvino" in backends or "openvino-int8" in backends:
-        from deploy.openvino import convert_to_openvino
+        from deploy.backends.openvino import convert_to_openvino
 
         jobs = [("openvino", onnx_path, "model.xml"), ("openvino-int8", int8_path, "model_int8.xml")]
         for b, src, name in jobs:
@@ -157,14 +158,14 @@ def _export(cand: Candidate, model, out: Path, size, backends: Sequence[str],
                 cand.errors[b] = _one_line(e)
     trt = [b for b in backends if BACKENDS[b][0] == "tensorrt"]
     if trt:
-        from bench.latency import unavailable_reason
+        from deploy.runtime import get_backend
 
-        why = unavailable_reason("tensorrt", "cuda")
+        why = get_backend("tensorrt").available("cuda")
         if why:
             for b in trt:
                 cand.errors[b] = why
             return
-        from deploy.tensorrt import build_engine
+        from deploy.backends.tensorrt import build_engine
 
         shape = (1, 3, *size)
         for b in trt:
@@ -252,6 +253,7 @@ def run_candidates(
         pin_threads,
         time_loaded,
     )
+    from deploy.runtime import get_backend
 
     log = log or (lambda msg: None)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -292,7 +294,8 @@ def run_candidates(
     for c in cands:
         for b in backends:
             if b in c.artifacts:
-                rb, _prec, dev = BACKENDS[b]
+                rb = BACKENDS[b][0]
+                dev = "cpu" if get_backend(rb).runs_on("cpu") else "cuda"
                 t = Target(f"{c.name}/{b}", c.artifacts[b], rb,
                            "f32" if b == "openvino" else None)
                 by_device.setdefault(dev, []).append((t, c, b))

@@ -69,7 +69,7 @@ def energy_per_image(predict, images: np.ndarray, handle, runs: int) -> float | 
 
 def _targets(checkpoint: Path, export_dir: Path | None) -> tuple[list[Target], list[dict]]:
     """What to run, and rows for what the export does not hold (with the reason)."""
-    from deploy.tensorrt import missing_requirements
+    from deploy.backends.tensorrt import missing_requirements
 
     targets = [Target("PyTorch CUDA eager", checkpoint, "torch", None,
                       {"artifact_precision": "f32"})]

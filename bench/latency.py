@@ -22,23 +22,12 @@ from typing import Any
 import numpy as np
 
 from compress.errors import InputError
+from deploy import runtime as registry
 from deploy.manifest import cpu_name
 
-BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
-SUFFIX_BACKEND = {
-    ".pt": "torch",
-    ".pth": "torch",
-    ".onnx": "onnxruntime",
-    ".xml": "openvino",
-    ".engine": "tensorrt",
-    ".plan": "tensorrt",
-}
-FORMAT_NAMES = {
-    "torch": "PyTorch",
-    "onnxruntime": "ONNX",
-    "openvino": "OpenVINO",
-    "tensorrt": "TensorRT",
-}
+# backend names and their format labels come from deploy's registry (one table)
+BACKENDS = tuple(b.name for b in registry.backends())
+FORMAT_NAMES = {b.name: b.label for b in registry.backends()}
 NOISE_NOTE = "random-noise images (no --data given)"
 
 
@@ -314,64 +303,6 @@ def make_postprocess(out_size: tuple[int, int]) -> Callable[[np.ndarray], np.nda
         return ids[:, rows[:, None], cols[None, :]]
 
     return postprocess
-
-
-# ---------------------------------------------------------------- runtimes
-
-
-def backend_of(path: str | Path) -> str:
-    """The backend a file runs on, from its suffix.
-
-    Raises:
-        ValueError: an unknown suffix.
-    """
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIX_BACKEND:
-        raise InputError(
-            f"{path}: unknown model file type {suffix!r}; expected " + ", ".join(SUFFIX_BACKEND)
-        )
-    return SUFFIX_BACKEND[suffix]
-
-
-def unavailable_reason(backend: str, device: str) -> str | None:
-    """Why ``backend`` cannot run on ``device`` here, or None if it can (cheap checks, no
-    model loaded)."""
-    import importlib.util
-
-    import torch
-
-    cuda = device.startswith("cuda")
-    if cuda and not torch.cuda.is_available():
-        return f"{FORMAT_NAMES.get(backend, backend)}: no GPU"
-    if backend == "tensorrt":
-        if not cuda:
-            return "TensorRT: no GPU" if not torch.cuda.is_available() else "TensorRT: GPU only"
-        if importlib.util.find_spec("tensorrt") is None:
-            return "TensorRT: the tensorrt package is not installed (pip install tensorrt)"
-    if backend == "openvino":
-        if cuda:
-            return "OpenVINO: runs on the CPU here (no NVIDIA GPU plugin)"
-        if importlib.util.find_spec("openvino") is None:
-            return "OpenVINO: not installed (pip install openvino)"
-    if backend == "onnxruntime":
-        if importlib.util.find_spec("onnxruntime") is None:
-            return "ONNX Runtime: not installed (pip install onnxruntime)"
-        if cuda:
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                return "ONNX Runtime: no CUDAExecutionProvider (pip install onnxruntime-gpu)"
-    return None
-
-
-def open_runtime(
-    path: str | Path, device: str = "cpu", threads: int | None = None, precision: str | None = None
-):
-    """A runtime with ``.predict``, ``.spec``, ``.backend``, ``.precision``, ``.device``,
-    via :func:`deploy.runtime.load_runtime`."""
-    from deploy.runtime import load_runtime
-
-    return load_runtime(path, device=device, threads=threads, precision=precision)
 
 
 # ---------------------------------------------------------------- memory
@@ -692,11 +623,11 @@ def load_targets(
         ``gpu_mem_mb`` (device memory added) and ``torch_peak_gpu_mb``.
     """
     cuda = device.startswith("cuda")
-    _import_backends({t.backend for t in targets}, device)
+    registry.import_libraries({t.backend for t in targets}, device)
     loaded = []
     for t in targets:
         entry: dict[str, Any] = {"target": t, "runtime": None, "error": None, "memory": {}}
-        reason = unavailable_reason(t.backend, device)
+        reason = registry.get_backend(t.backend).available(device)
         if reason:
             entry["error"] = reason
             loaded.append(entry)
@@ -710,7 +641,9 @@ def load_targets(
         peak_known = reset_peak_rss()  # else the kernel's peak is the process lifetime's
         rss0 = rss_bytes()
         try:
-            rt = open_runtime(t.path, device=device, threads=threads, precision=t.precision)
+            rt = registry.load_runtime(
+                t.path, device=device, threads=threads, precision=t.precision
+            )
             if probe is not None:
                 probe(rt)
         except Exception as e:  # noqa: BLE001 - one row says why; the others still run
@@ -728,26 +661,6 @@ def load_targets(
         entry.update(runtime=rt, memory=mem)
         loaded.append(entry)
     return loaded
-
-
-def _import_backends(backends: set[str], device: str) -> None:
-    """Import the libraries first, so the first model's memory figure is not their cost."""
-    import importlib
-
-    modules = {
-        "torch": ("segmentation_models_pytorch", "timm"),
-        "onnxruntime": ("onnxruntime",),
-        "openvino": ("openvino",),
-        "tensorrt": ("tensorrt",),
-    }
-    for b in backends:
-        if unavailable_reason(b, device):
-            continue
-        for name in modules.get(b, ()):
-            try:
-                importlib.import_module(name)
-            except ImportError:  # loading the model will say what is missing
-                pass
 
 
 def _runtime_info(rt) -> dict[str, Any]:
@@ -927,9 +840,7 @@ def resolve_targets(
         ValueError: a file whose backend is not among ``backends``, or nothing left to time.
     """
     if precision is not None:
-        from deploy.runtime import normalize_precision
-
-        precision = normalize_precision(precision)  # ValueError names the valid ones
+        precision = registry.normalize_precision(precision)  # ValueError names the valid ones
     targets: list[Target] = []
     for m in map(Path, models):
         if not m.exists():
@@ -962,7 +873,7 @@ def resolve_targets(
                 raise InputError(f"{m}: no artifact for backend(s) {', '.join(backends or [])}")
             targets += kept
             continue
-        b = backend_of(m)
+        b = registry.backend_for_path(m).name
         if backends and b not in backends:
             raise InputError(f"{m}: a {m.suffix} file runs on {b}, not on {', '.join(backends)}")
         targets.append(Target(m.name, m, b, precision if b == "openvino" else None))

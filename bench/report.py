@@ -34,6 +34,7 @@ from bench.latency import (
     time_loaded,
 )
 from compress.errors import InputError
+from deploy.runtime import canonical_precision, get_backend
 
 COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
 FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
@@ -273,7 +274,7 @@ def build_report(
     hardware, rows, datasets = {}, [], {}
     for device in devices:
         hardware[device] = hardware_info(device, threads)
-        dev_targets = [t for t in targets if _runs_on(t.backend, device)]
+        dev_targets = [t for t in targets if get_backend(t.backend).runs_on(device)]
         log(f"[{device}] loading {len(dev_targets)} models")
         loaded = load_targets(dev_targets, device, threads, probe=first_run(frames, size))
         log(f"[{device}] timing: {warmup} warm-up + {runs} interleaved runs")
@@ -351,29 +352,6 @@ def build_report(
         "rows": [r.to_dict() for r in rows],
         "notes": notes,
     }
-
-
-def _runs_on(backend: str, device: str) -> bool:
-    """TensorRT rows belong to CUDA, OpenVINO rows to the CPU; the rest to both."""
-    cuda = device.startswith("cuda")
-    return not ((backend == "tensorrt" and not cuda) or (backend == "openvino" and cuda))
-
-
-def norm_precision(p: str | None) -> str | None:
-    """``fp32``/``float32`` -> ``f32``, ``bfloat16`` -> ``bf16``, ``float16`` -> ``fp16``."""
-    if p is None:
-        return None
-    p = str(p).lower().replace("<type: '", "").rstrip("'>")
-    return {
-        "fp32": "f32",
-        "float32": "f32",
-        "float": "f32",
-        "bfloat16": "bf16",
-        "float16": "fp16",
-        "f16": "fp16",
-        "half": "fp16",
-        "i8": "int8",
-    }.get(p, p)
 
 
 TIMING_KEYS = (
@@ -526,10 +504,10 @@ def _notes(rows: list[ReportRow]) -> list[str]:
             continue
         if r.accuracy_note:
             r.notes.append(r.accuracy_note)
-        ran, asked = norm_precision(r.precision), norm_precision(r.artifact_precision)
+        ran, asked = canonical_precision(r.precision), canonical_precision(r.artifact_precision)
         if ran and asked and ran != asked:
             r.notes.append(f"{asked} model executed in {ran}")
-        hint = norm_precision(((r.timing or {}).get("runtime_info") or {})
+        hint = canonical_precision(((r.timing or {}).get("runtime_info") or {})
                               .get("inference_precision_hint"))
         if r.backend == "openvino" and hint and hint not in (ran, "f32"):
             r.notes.append(f"float layers run in {hint} (OpenVINO's default on this CPU)")
@@ -811,7 +789,7 @@ def plot_pareto(report: dict, path: Path) -> Path | None:
         ]
         for r in pts:
             std = r["latency_ms"]["std"]
-            int8 = norm_precision(r["artifact_precision"]) == "int8"
+            int8 = canonical_precision(r["artifact_precision"]) == "int8"
             ax.errorbar(_median(r), r["miou"] * 100,
                         xerr=[[min(std, _median(r))], [std]],
                         fmt=FORMAT_MARKERS.get(r["backend"], "o"),

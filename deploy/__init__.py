@@ -7,8 +7,10 @@ Public API::
     rt = load_runtime("export/model_int8.onnx")   # checked against manifest.json
     logits = rt.predict(images)                   # float32 [N, 3, H, W] -> [N, C, H, W]
 
-Heavy packages (onnxruntime, openvino, nncf, tensorrt) are imported by the functions
-that need them, so ``import deploy`` stays light.
+Each backend (torch, onnxruntime, openvino, tensorrt) is one module under
+``deploy/backends/``; ``deploy.runtime`` is their registry (``backend_for_path``,
+``get_backend``, ``backends``). Heavy packages (onnxruntime, openvino, nncf, tensorrt) are
+imported by the functions that need them, so ``import deploy`` stays light.
 """
 
 from __future__ import annotations
@@ -33,15 +35,19 @@ _LAZY = {
     "compare": "deploy.export",
     "quantize_int8": "deploy.quantize",
     "quantize_int8_with_accuracy_control": "deploy.quantize",
-    "convert_to_openvino": "deploy.openvino",
-    "compile_openvino": "deploy.openvino",
-    "build_engine": "deploy.tensorrt",
-    "check_tensorrt": "deploy.tensorrt",
+    "convert_to_openvino": "deploy.backends.openvino",
+    "compile_openvino": "deploy.backends.openvino",
+    "build_engine": "deploy.backends.tensorrt",
+    "check_tensorrt": "deploy.backends.tensorrt",
     "read_manifest": "deploy.manifest",
     "write_manifest": "deploy.manifest",
     "sha256_file": "deploy.manifest",
     "Runtime": "deploy.runtime",
     "load_runtime": "deploy.runtime",
+    "backend_for_path": "deploy.runtime",
+    "get_backend": "deploy.runtime",
+    "normalize_precision": "deploy.runtime",
+    "validate_config": "deploy.pipeline",
 }
 
 __all__ = [
@@ -53,6 +59,7 @@ __all__ = [
     "QuantizationError",
     "Runtime",
     "VerificationError",
+    "backend_for_path",
     "build_engine",
     "check_tensorrt",
     "compare",
@@ -60,11 +67,14 @@ __all__ = [
     "convert_to_openvino",
     "export_checkpoint",
     "export_onnx",
+    "get_backend",
     "load_runtime",
+    "normalize_precision",
     "quantize_int8",
     "quantize_int8_with_accuracy_control",
     "read_manifest",
     "sha256_file",
+    "validate_config",
     "verify_onnx",
     "write_manifest",
 ]

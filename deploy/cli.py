@@ -1,6 +1,9 @@
 """deploy's commands: ``export`` (a checkpoint -> verified ONNX [+ INT8, OpenVINO IR,
 TensorRT engines]).
 
+The command only maps its options onto an :class:`~deploy.pipeline.ExportConfig`;
+:func:`deploy.pipeline.validate_config` owns every check on them.
+
 ``commands`` is mounted into the ``compress`` console command by :mod:`segcompress.cli`
 beside compress's own commands. The heavy backends (nncf, openvino, tensorrt) are
 imported only when the command runs.
@@ -15,47 +18,37 @@ from typing import Annotated
 import typer
 
 from compress.options import DataKind
+from deploy.pipeline import INT8_METHODS, TARGETS, ExportConfig, export_checkpoint
+from deploy.quantize import CALIB_STATS, PRESETS
 
-
-class Preset(str, Enum):
-    performance = "performance"
-    mixed = "mixed"
-
-
-class Target(str, Enum):
-    cpu = "cpu"
-    tensorrt = "tensorrt"
-
-
-class Int8Method(str, Enum):
-    nncf = "nncf"
-    modelopt = "modelopt"
-
-
-class CalibStat(str, Enum):
-    default = "default"
-    minmax = "minmax"
-    mean_minmax = "mean_minmax"
-    median_minmax = "median_minmax"
-    mean_no_outliers_minmax = "mean_no_outliers_minmax"
-    mean_quantile = "mean_quantile"
-    histogram = "histogram"
+# the choices come from the tables that validate them, the defaults from ExportConfig:
+# each option is defined here once, and checked once (deploy.pipeline.validate_config)
+D = ExportConfig()
+Preset = Enum("Preset", {p: p for p in PRESETS}, type=str)
+Target = Enum("Target", {t: t for t in TARGETS}, type=str)
+Int8Method = Enum("Int8Method", {m: m for m in INT8_METHODS}, type=str)
+CalibStat = Enum("CalibStat", {c: c for c in CALIB_STATS}, type=str)
 
 
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="segcompress checkpoint (best.pt)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="export directory, new or empty")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="ONNX f32 (always written)")] = True,
+    onnx: Annotated[bool, typer.Option(
+        "--onnx", help="no-op, kept for old scripts: the f32 ONNX is always written")] = True,
     int8: Annotated[bool, typer.Option("--int8", help="INT8 QDQ ONNX (NNCF; see --int8-method)")]
-    = False,
-    openvino: Annotated[bool, typer.Option("--openvino", help="OpenVINO IR too")] = False,
-    trt: Annotated[bool, typer.Option("--trt", help="TensorRT engines (NVIDIA GPU)")] = False,
+    = D.int8,
+    openvino: Annotated[bool, typer.Option("--openvino", help="OpenVINO IR too")] = D.openvino,
+    trt: Annotated[bool, typer.Option("--trt", help="TensorRT engines (NVIDIA GPU)")] = D.trt,
     size: Annotated[str | None, typer.Option(help="HxW (multiples of 32); default: spec")] = None,
-    batch: Annotated[int, typer.Option(help="batch of the example input / fixed batch")] = 1,
-    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch")] = True,
-    dynamic_spatial: Annotated[bool, typer.Option("--dynamic-spatial/--static-spatial")] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset")] = 17,
-    argmax: Annotated[bool, typer.Option("--argmax", help="argmax in the graph: ids out")] = False,
+    batch: Annotated[int, typer.Option(help="batch of the example input / fixed batch")]
+    = D.batch_size,
+    dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch")]
+    = D.dynamic_batch,
+    dynamic_spatial: Annotated[bool, typer.Option("--dynamic-spatial/--static-spatial")]
+    = D.dynamic_spatial,
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = D.opset,
+    argmax: Annotated[bool, typer.Option("--argmax", help="argmax in the graph: ids out")]
+    = D.argmax,
     calib_data: Annotated[Path | None, typer.Option(help="dataset root for calibration and "
                                                        "verification; none: synthetic")] = None,
     data_kind: Annotated[DataKind | None, typer.Option(help="default: camvid with "
@@ -64,42 +57,44 @@ def export(
         help="folder of unlabelled images to calibrate INT8 on; every --holdout-every-th is "
              "held back to check the budget against the f32 model's predictions")] = None,
     holdout_every: Annotated[int, typer.Option(help="with --calib-images: hold back every "
-                                                    "N-th image")] = 5,
+                                                    "N-th image")] = D.holdout_every,
     target: Annotated[Target, typer.Option(
         help="INT8 graph for: cpu, or tensorrt (signed symmetric Q/DQ, scored here on the "
-             "CPU; implied by --trt)")] = Target.cpu,
-    calib_split: Annotated[str, typer.Option(help="split calibrated on")] = "train",
-    calib_size: Annotated[int, typer.Option(help="calibration images")] = 300,
-    val_split: Annotated[str, typer.Option(help="split verified and scored on")] = "val",
-    val_size: Annotated[int | None, typer.Option(help="verification images; default all")] = None,
-    max_drop: Annotated[float, typer.Option(help="allowed INT8 mIoU drop, in points")] = 1.0,
+             "CPU; implied by --trt)")] = Target[D.target],
+    calib_split: Annotated[str, typer.Option(help="split calibrated on")] = D.calib_split,
+    calib_size: Annotated[int, typer.Option(help="calibration images")] = D.calib_size,
+    val_split: Annotated[str, typer.Option(help="split verified and scored on")] = D.val_split,
+    val_size: Annotated[int | None, typer.Option(help="verification images; default all")]
+    = D.val_size,
+    max_drop: Annotated[float, typer.Option(help="allowed INT8 mIoU drop, in points")]
+    = D.max_drop,
     int8_method: Annotated[Int8Method, typer.Option(
         help="INT8 quantizer: nncf, or modelopt (NVIDIA ModelOpt's ONNX PTQ, TensorRT graphs "
-             "only, needs the modelopt extra)")] = Int8Method.nncf,
+             "only, needs the modelopt extra)")] = Int8Method[D.int8_method],
     preset: Annotated[Preset | None, typer.Option(help="NNCF preset; default mixed, "
                                                      "performance for TensorRT")] = None,
-    calib_stat: Annotated[CalibStat, typer.Option(help="activation range statistic")] = (
-        CalibStat.default),
+    calib_stat: Annotated[CalibStat, typer.Option(help="activation range statistic")]
+    = CalibStat[D.calib_stat],
     keep_float: Annotated[list[str] | None, typer.Option(help="ONNX node kept in float "
                                                             "(repeat)")] = None,
     accuracy_control: Annotated[bool, typer.Option(
         "--accuracy-control/--no-accuracy-control",
-        help="over budget: return sensitive layers to float (else fail)")] = True,
-    min_agreement: Annotated[float, typer.Option(help="required pixel agreement, 0-1")] = 0.999,
-    trt_max_batch: Annotated[int, typer.Option(help="TensorRT profile max batch")] = 8,
-    trt_workspace: Annotated[float, typer.Option(help="TensorRT workspace, GiB")] = 4.0,
+        help="over budget: return sensitive layers to float (else fail)")] = D.accuracy_control,
+    min_agreement: Annotated[float, typer.Option(help="required pixel agreement, 0-1")]
+    = D.min_agreement,
+    trt_max_batch: Annotated[int, typer.Option(help="TensorRT profile max batch")]
+    = D.trt_max_batch,
+    trt_workspace: Annotated[float, typer.Option(help="TensorRT workspace, GiB")]
+    = D.trt_workspace_gib,
     trt_timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a full --out")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a full --out")]
+    = D.overwrite,
 ) -> None:
     """Export a checkpoint: ONNX (verified against PyTorch), optionally INT8, OpenVINO, TensorRT."""
-    if trt:  # before any other work, so nothing is half-written
-        from deploy.tensorrt import check_tensorrt
-
-        check_tensorrt("--trt")
     from compress.evaluate import parse_size
-    from deploy.pipeline import ExportConfig, export_checkpoint
 
+    del onnx  # always written: the flag only states it (see its help)
     cfg = ExportConfig(
         size=parse_size(size), batch_size=batch, dynamic_batch=dynamic_batch,
         dynamic_spatial=dynamic_spatial, opset=opset, argmax=argmax, data=calib_data,
@@ -111,7 +106,7 @@ def export(
         trt_timing_cache=trt_timing_cache, threads=threads, overwrite=overwrite,
         target=target.value, calib_images=calib_images, holdout_every=holdout_every,
         int8_method=int8_method.value)
-    manifest = export_checkpoint(checkpoint, out, cfg, log=typer.echo)
+    manifest = export_checkpoint(checkpoint, out, cfg, log=typer.echo)  # validates cfg first
     typer.echo(format_artifacts(manifest))
     typer.echo(f"manifest: {out / 'manifest.json'}")
 

@@ -32,3 +32,16 @@ class BackendUnavailable(DeployError):
 
 class ManifestError(UserError, ValueError):
     """A manifest that is broken, or an artifact whose sha256 does not match it."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's whole message as one line of at most 300 characters (the backends'
+    own error types spread the reason over several lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]

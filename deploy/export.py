@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from deploy.arrays import class_ids
-from deploy.errors import ExportError, VerificationError
+from deploy.errors import ExportError, VerificationError, first_line
 from deploy.metadata import set_spec_metadata
 from deploy.runtime import load_runtime
 
@@ -113,7 +113,7 @@ def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
                               dynamic_axes=dyn or None, do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types; one message
         raise ExportError(f"export: torch.onnx.export failed at opset {opset}: "
-                          f"{_first_line(e)}") from None
+                          f"{first_line(e)}") from None
     proto = onnx.load_from_string(buf.getvalue())
     _check(proto, "export")
     if simplify:
@@ -123,7 +123,7 @@ def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
             proto = onnxslim.slim(proto)
         except Exception as e:  # noqa: BLE001 - any failure means the same
             raise ExportError(f"export: onnxslim could not simplify the graph: "
-                              f"{_first_line(e)}") from None
+                              f"{first_line(e)}") from None
         _check(proto, "export (after onnxslim)")
     set_spec_metadata(proto, export_spec(spec, size, argmax))
     onnx.save(proto, str(path))
@@ -136,12 +136,7 @@ def _check(proto, step: str) -> None:
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise ExportError(f"{step}: onnx.checker rejected the model: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+        raise ExportError(f"{step}: onnx.checker rejected the model: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------- verification
@@ -153,10 +148,15 @@ class Comparison:
     Collects the largest and mean absolute output difference (logits only), the fraction
     of pixels whose class agrees, and, when masks are given, the confusion matrices of
     both so their mIoU can be compared on the same images.
+
+    ``reference_name`` names the reference in the result (``miou_<reference_name>``), so the key
+    reaches the manifest as it is made (``miou_pytorch``, ``miou_f32``), never renamed.
     """
 
-    def __init__(self, class_names: list[str] | None = None, ignore_index: int = 255) -> None:
+    def __init__(self, class_names: list[str] | None = None, ignore_index: int = 255,
+                 reference_name: str = "reference") -> None:
         self.class_names, self.ignore_index = class_names, ignore_index
+        self.reference_key = f"miou_{reference_name}"
         self.images = 0
         self.pixels = 0
         self.agree = 0
@@ -197,7 +197,7 @@ class Comparison:
 
     def result(self) -> dict[str, Any]:
         """``{"images", "pixels", "agreement", "max_abs_diff", "mean_abs_diff",
-        "miou_reference", "miou"}`` (mIoU in [0, 1]; None without labels)."""
+        "miou_<reference_name>", "miou"}`` (mIoU in [0, 1]; None without labels)."""
         from compress.metrics import scores
 
         res: dict[str, Any] = {
@@ -206,19 +206,21 @@ class Comparison:
             "agreement": self.agreement,
             "max_abs_diff": self.max_abs if self.logits and self.values else None,
             "mean_abs_diff": self.sum_abs / self.values if self.logits and self.values else None,
-            "miou_reference": None,
+            self.reference_key: None,
             "miou": None,
         }
         if self.conf_ref is not None and int(self.conf_ref.sum()):
-            res["miou_reference"] = scores(self.conf_ref, self.class_names)["miou"]
+            res[self.reference_key] = scores(self.conf_ref, self.class_names)["miou"]
             res["miou"] = scores(self.conf_out, self.class_names)["miou"]
         return res
 
 
 def compare(reference: Predict, candidate: Predict, batches: Batches,
-            class_names: list[str] | None = None, ignore_index: int = 255) -> dict[str, Any]:
-    """Run both predictors on every batch and return :meth:`Comparison.result`."""
-    cmp = Comparison(class_names, ignore_index)
+            class_names: list[str] | None = None, ignore_index: int = 255, *,
+            reference_name: str = "reference") -> dict[str, Any]:
+    """Run both predictors on every batch and return :meth:`Comparison.result` (the
+    reference's mIoU as ``miou_<reference_name>``)."""
+    cmp = Comparison(class_names, ignore_index, reference_name)
     for images, masks in batches:
         cmp.update(reference(images), candidate(images), masks)
     if not cmp.images:
@@ -239,7 +241,8 @@ def torch_predictor(model: nn.Module, argmax: bool = False) -> Predict:
 
 def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
                 min_agreement: float = 0.999, class_names: list[str] | None = None,
-                ignore_index: int = 255, threads: int | None = None) -> dict[str, Any]:
+                ignore_index: int = 255, threads: int | None = None,
+                reference_name: str = "reference") -> dict[str, Any]:
     """Compare an exported ONNX model (ONNX Runtime, CPU) with the PyTorch model.
 
     Args:
@@ -248,16 +251,18 @@ def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
         batches: ``(images float32 [N, 3, H, W], masks int64 [N, H, W] | None)`` pairs.
         min_agreement: smallest allowed fraction of pixels with the same class.
         class_names: score mIoU of both when given (with masks).
+        reference_name: PyTorch's mIoU comes back as ``miou_<reference_name>``.
 
     Returns:
-        :meth:`Comparison.result` plus ``"min_agreement"``; ``miou_reference`` is PyTorch's.
+        :meth:`Comparison.result` plus ``"min_agreement"``.
 
     Raises:
         VerificationError: agreement below ``min_agreement``.
     """
     rt = load_runtime(path, threads=threads)
     argmax = rt.spec.get("output") == "argmax"
-    res = compare(torch_predictor(model, argmax), rt.predict, batches, class_names, ignore_index)
+    res = compare(torch_predictor(model, argmax), rt.predict, batches, class_names, ignore_index,
+                  reference_name=reference_name)
     res["min_agreement"] = min_agreement
     if not res["agreement"] >= min_agreement:
         m = res["max_abs_diff"]

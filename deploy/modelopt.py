@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.errors import QuantizationError
+from deploy.errors import QuantizationError, first_line
 
 INSTALL = "pip install 'segcompress[modelopt]' (brings onnxruntime-gpu and a CUDA torch)"
 CALIBRATION_METHODS = ("entropy", "max")
@@ -71,8 +71,7 @@ def quantize_int8_modelopt(onnx_path: str | Path, calibration: Iterable[np.ndarr
                      high_precision_dtype="fp32", nodes_to_exclude=list(float_layers) or None,
                      output_path=str(out), log_level="WARNING")
         except Exception as e:  # noqa: BLE001 - ModelOpt raises many types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
-            raise QuantizationError(f"quantize: ModelOpt failed: {first}") from None
+            raise QuantizationError(f"quantize: ModelOpt failed: {first_line(e)}") from None
         q = onnx.load(str(out))
     del q.metadata_props[:]
     q.metadata_props.extend(src.metadata_props)

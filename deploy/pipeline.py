@@ -13,8 +13,12 @@ images (``quantization.budget`` in the manifest says which kind of budget applie
 
 ``target="tensorrt"`` (implied by ``trt``) quantizes for TensorRT: symmetric signed INT8
 (zero points 0), Q/DQ on the inputs of weighted layers, checked by
-:func:`deploy.tensorrt.check_qdq_graph`. That graph is scored on the CPU with ONNX Runtime
-under the same budget, and a GPU engine is built from the same file (its sha256 recorded).
+:func:`deploy.backends.tensorrt.check_qdq_graph`. That graph is scored on the CPU with
+ONNX Runtime under the same budget, and a GPU engine is built from the same file (its
+sha256 recorded).
+
+Every option is checked by :func:`validate_config` before anything is read or written
+(``compress export`` only maps its flags onto an :class:`ExportConfig`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ Log = Callable[[str], None]
 
 
 INT8_METHODS = ("nncf", "modelopt")  # modelopt: TensorRT graphs, the modelopt extra
+TARGETS = ("cpu", "tensorrt")  # whom the INT8 graph is for
 
 
 @dataclass
@@ -86,6 +91,66 @@ class ExportConfig:
     def tensorrt_graph(self) -> bool:
         """Whether the INT8 graph is the one TensorRT consumes (``--trt`` or ``--target``)."""
         return self.trt or self.target == "tensorrt"
+
+
+def check_size(size: tuple[int, int]) -> None:
+    """Refuse an export input size that is not made of positive multiples of 32."""
+    if any(s <= 0 or s % 32 for s in size):
+        raise InputError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
+
+
+def validate_config(cfg: ExportConfig) -> str:
+    """Every check ``cfg`` allows on its own, made before anything is read or written:
+    TensorRT present when ``trt`` (first, so nothing is half-done), the choices (preset,
+    target, INT8 method, calibration statistic), option combinations, the ranges. The
+    checks that need the checkpoint (its size default, a QAT preset) follow its loading.
+
+    Returns:
+        The NNCF preset to use (``cfg.preset``, or the default for the target).
+
+    Raises:
+        BackendUnavailable: ``trt`` without TensorRT or a GPU.
+        InputError: a bad option, naming it and the valid values.
+    """
+    if cfg.trt:
+        from deploy.backends.tensorrt import check_tensorrt
+
+        check_tensorrt("--trt")
+    from deploy.quantize import CALIB_STATS, PRESETS
+
+    preset = cfg.preset or ("performance" if cfg.tensorrt_graph else "mixed")
+    if preset not in PRESETS:
+        raise InputError(f"export: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if cfg.target not in TARGETS:
+        raise InputError(f"export: unknown --target {cfg.target!r}; valid: {', '.join(TARGETS)}")
+    if cfg.tensorrt_graph and cfg.int8 and preset != "performance":
+        raise InputError("export: TensorRT INT8 needs symmetric quantization: use --preset "
+                         "performance (or leave --preset unset) with --trt/--target tensorrt")
+    if cfg.int8_method not in INT8_METHODS:
+        raise InputError(f"export: unknown --int8-method {cfg.int8_method!r}; valid: "
+                         f"{', '.join(INT8_METHODS)}")
+    if cfg.int8 and cfg.int8_method == "modelopt":
+        from deploy.modelopt import unavailable_reason
+
+        if not cfg.tensorrt_graph:
+            raise InputError("export: --int8-method modelopt builds TensorRT's INT8 graph: add "
+                             "--target tensorrt (or --trt)")
+        why = unavailable_reason()
+        if why:
+            raise InputError(f"export: --int8-method modelopt: {why}")
+    if cfg.calib_stat not in CALIB_STATS:
+        raise InputError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
+                         f"{', '.join(CALIB_STATS)}")
+    if cfg.int8 and cfg.calib_images is None and cfg.calib_split == cfg.val_split:
+        raise InputError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
+                         "calibrate on the training split (--calib-split train)")
+    if not 0 < cfg.min_agreement <= 1:
+        raise InputError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
+    if cfg.calib_images is not None and cfg.holdout_every < 2:
+        raise InputError(f"export: --holdout-every must be >= 2, got {cfg.holdout_every}")
+    if cfg.size is not None:
+        check_size(tuple(cfg.size))
+    return preset
 
 
 class ImageSet:
@@ -156,8 +221,6 @@ def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
 
     folder = Path(cfg.calib_images)
     paths, _ = list_images(folder)
-    if cfg.holdout_every < 2:
-        raise InputError(f"export: --holdout-every must be >= 2, got {cfg.holdout_every}")
     if len(paths) < 2:
         raise ExportError(f"export: --calib-images {folder} holds {len(paths)} image(s); "
                           "at least 2 are needed (one to calibrate, one held back)")
@@ -398,40 +461,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     """
     log = log or (lambda msg: None)
     checkpoint, out = Path(checkpoint), Path(out)
-    if cfg.trt:  # before anything else: no half-done export when TensorRT cannot run
-        from deploy.tensorrt import check_tensorrt
-
-        check_tensorrt("--trt")
-    from deploy.quantize import CALIB_STATS, PRESETS
-
-    preset = cfg.preset or ("performance" if cfg.tensorrt_graph else "mixed")
-    if preset not in PRESETS:
-        raise InputError(f"export: unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    if cfg.target not in ("cpu", "tensorrt"):
-        raise InputError(f"export: unknown --target {cfg.target!r}; valid: cpu, tensorrt")
-    if cfg.tensorrt_graph and cfg.int8 and preset != "performance":
-        raise InputError("export: TensorRT INT8 needs symmetric quantization: use --preset "
-                         "performance (or leave --preset unset) with --trt/--target tensorrt")
-    if cfg.int8_method not in INT8_METHODS:
-        raise InputError(f"export: unknown --int8-method {cfg.int8_method!r}; valid: "
-                         f"{', '.join(INT8_METHODS)}")
-    if cfg.int8 and cfg.int8_method == "modelopt":
-        from deploy.modelopt import unavailable_reason
-
-        if not cfg.tensorrt_graph:
-            raise InputError("export: --int8-method modelopt builds TensorRT's INT8 graph: add "
-                             "--target tensorrt (or --trt)")
-        why = unavailable_reason()
-        if why:
-            raise InputError(f"export: --int8-method modelopt: {why}")
-    if cfg.calib_stat not in CALIB_STATS:
-        raise InputError(f"export: unknown --calib-stat {cfg.calib_stat!r}; valid: "
-                         f"{', '.join(CALIB_STATS)}")
-    if cfg.int8 and cfg.calib_images is None and cfg.calib_split == cfg.val_split:
-        raise InputError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
-                         "calibrate on the training split (--calib-split train)")
-    if not 0 < cfg.min_agreement <= 1:
-        raise InputError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
+    preset = validate_config(cfg)  # before anything is read or written
     before = _prepare_out(out, cfg.overwrite)
 
     import torch
@@ -447,8 +477,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     if qat is not None:
         preset = qat[1]
     size = tuple(cfg.size or spec["input_size"])
-    if any(s <= 0 or s % 32 for s in size):
-        raise InputError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
+    check_size(size)
 
     calib = calib_info = None
     if cfg.calib_images is not None and cfg.data is None:
@@ -526,7 +555,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
         verify_onnx,
     )
     from deploy.manifest import artifact_entry
-    from deploy.runtime import load_runtime
+    from deploy.runtime import backend_for_path, load_runtime
 
     ignore = spec["ignore_index"]
     out_spec = export_spec(spec, size, cfg.argmax)
@@ -536,7 +565,8 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     common = {"input_name": "images", "input_shape": shape, "output": output,
               "output_name": OUTPUT_NAMES[output], "spec": out_spec}
 
-    def add(path: Path, backend: str, precision: str, companions=(), **extra) -> dict:
+    def add(path: Path, precision: str, companions=(), **extra) -> dict:
+        backend = backend_for_path(path).name  # the registry's name for the file's suffix
         entry = artifact_entry(path, backend=backend, precision=precision,
                                companions=list(companions), **common, **extra)
         manifest["artifacts"].append(entry)
@@ -548,11 +578,10 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
                 dynamic_batch=cfg.dynamic_batch, dynamic_spatial=cfg.dynamic_spatial,
                 argmax=cfg.argmax)
     res = verify_onnx(onnx_path, model, val.batches(), min_agreement=cfg.min_agreement,
-                      class_names=class_names, ignore_index=ignore, threads=cfg.threads)
-    miou_pytorch = res.pop("miou_reference")
-    verification = {"reference": "pytorch", "data": f"{cfg.val_split} split", **res,
-                    "miou_pytorch": miou_pytorch}
-    add(onnx_path, "onnxruntime", "f32", verification=verification)
+                      class_names=class_names, ignore_index=ignore, threads=cfg.threads,
+                      reference_name="pytorch")
+    verification = {"reference": "pytorch", "data": f"{cfg.val_split} split", **res}
+    add(onnx_path, "f32", verification=verification)
     log(f"onnx: {onnx_path.name} agrees with PyTorch on {_fmt(res['agreement'])}% of pixels, "
         f"max |diff| {_fmt(res['max_abs_diff'], False)}, mIoU PyTorch "
         f"{_fmt(verification['miou_pytorch'])} / ONNX {_fmt(res['miou'])}")
@@ -565,10 +594,9 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
             f"{len(val)} held-back images")
 
     def check(candidate, enforce: bool, what: str) -> dict:
-        r = compare(reference.predict, candidate.predict, val.batches(), class_names, ignore)
-        miou_f32 = r.pop("miou_reference")
-        r = {"reference": "onnxruntime f32", "data": f"{cfg.val_split} split", **r,
-             "miou_f32": miou_f32}
+        r = compare(reference.predict, candidate.predict, val.batches(), class_names, ignore,
+                    reference_name="f32")
+        r = {"reference": "onnxruntime f32", "data": f"{cfg.val_split} split", **r}
         if enforce and not r["agreement"] >= cfg.min_agreement:
             raise VerificationError(
                 f"verify: {what} agrees with the f32 ONNX model on {r['agreement'] * 100:.3f}% "
@@ -589,18 +617,18 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
         if cfg.tensorrt_graph:
             import onnx
 
-            from deploy.tensorrt import check_qdq_graph
+            from deploy.backends.tensorrt import check_qdq_graph
 
             graph = check_qdq_graph(onnx.load(str(int8_path)))
             extra["tensorrt_graph"] = graph
             log(f"int8: TensorRT graph: {graph['quantize_nodes']} Q/DQ pairs, all signed "
                 f"symmetric (zero points 0); {graph['weighted_quantized']} of "
                 f"{graph['weighted_layers']} weighted layers quantized")
-        add(int8_path, "onnxruntime", "int8", verification=info.pop("verification"),
+        add(int8_path, "int8", verification=info.pop("verification"),
             quantization=info, target="tensorrt" if cfg.tensorrt_graph else "cpu", **extra)
 
     if cfg.openvino:
-        from deploy.openvino import convert_to_openvino
+        from deploy.backends.openvino import convert_to_openvino
 
         xml = convert_to_openvino(onnx_path, tmp / "model.xml", out_spec)
         strict = load_runtime(xml, threads=cfg.threads, precision="f32")
@@ -611,7 +639,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
             d = check(default, False, f"OpenVINO ({default.precision})")
             r["agreement_default_precision"] = d["agreement"]
             r["miou_default_precision"] = d["miou"]
-        add(xml, "openvino", "f32", [xml.with_suffix(".bin")], verification=r,
+        add(xml, "f32", [xml.with_suffix(".bin")], verification=r,
             openvino={"layer_precisions_default": default.info.get("layer_precisions")})
         log(f"openvino: {xml.name} agrees with ONNX f32 on {_fmt(r['agreement'])}% of pixels "
             f"(forced f32); runs as {default.precision} by default here"
@@ -624,7 +652,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
                 raise QuantizationError(f"openvino: {xml8.name} does not run in int8 here "
                                         f"(runs as {rt8.precision})")
             r8 = check(rt8, False, "OpenVINO (int8)")
-            add(xml8, "openvino", "int8", [xml8.with_suffix(".bin")], verification=r8,
+            add(xml8, "int8", [xml8.with_suffix(".bin")], verification=r8,
                 openvino={"layer_precisions": rt8.info.get("layer_precisions")})
             log(f"openvino: {xml8.name} runs in int8; agreement with f32 {_fmt(r8['agreement'])}%"
                 f", mIoU {_fmt(r8['miou'])} (f32 {_fmt(r8['miou_f32'])})")
@@ -753,9 +781,8 @@ def _qat_int8(qat_model, int8_path: Path, spec: dict, size, cfg: ExportConfig, p
 
 def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, tmp: Path, add,
               check, manifest: dict, log: Log) -> None:
+    from deploy.backends.tensorrt import TensorRTRuntime, build_engine, gpu_environment
     from deploy.manifest import sha256_file
-    from deploy.runtime import TensorRTRuntime
-    from deploy.tensorrt import build_engine, gpu_environment
 
     h, w = size
     b = cfg.batch_size
@@ -775,7 +802,7 @@ def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, 
                             workspace_gib=cfg.trt_workspace_gib, timing_cache=cfg.trt_timing_cache)
         rt = TensorRTRuntime(dst, manifest["spec"], "cuda", entry={"precision": precision})
         r = check(rt, False, f"TensorRT ({precision})")
-        add(dst, "tensorrt", precision, verification=r, tensorrt=info, source=src.name,
+        add(dst, precision, verification=r, tensorrt=info, source=src.name,
             source_sha256=sha256_file(src))
         log(f"tensorrt: {dst.name} ({info.get('gpu')}, TensorRT {info.get('tensorrt')}): "
             f"agreement with f32 {_fmt(r['agreement'])}%, mIoU {_fmt(r['miou'])}")

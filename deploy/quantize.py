@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.errors import QuantizationError
+from deploy.errors import QuantizationError, first_line
 
 PRESETS = ("performance", "mixed")
 # calibration statistic for activation ranges -> nncf RangeEstimatorParametersSet member
@@ -28,11 +28,6 @@ CALIB_STATS = {
     "histogram": "HISTOGRAM",
 }
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _input(proto) -> tuple[str, int | None]:
@@ -172,7 +167,7 @@ def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mi
     try:
         quantized = nncf.quantize(model, _dataset(model, calibration), **kwargs)
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
-        raise QuantizationError(f"quantize: nncf.quantize failed: {_first_line(e)}") from None
+        raise QuantizationError(f"quantize: nncf.quantize failed: {first_line(e)}") from None
     _copy_metadata(model, quantized)
     if target == "tensorrt":
         to_signed_symmetric(quantized)
@@ -234,7 +229,7 @@ def quantize_int8_with_accuracy_control(
             advanced_accuracy_restorer_parameters=restorer, **kwargs)
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
         raise QuantizationError(f"quantize: nncf.quantize_with_accuracy_control failed: "
-                                f"{_first_line(e)}") from None
+                                f"{first_line(e)}") from None
     _copy_metadata(model, quantized)
     if target == "tensorrt":  # NNCF ranked layers on its own graph; the caller re-scores this one
         to_signed_symmetric(quantized)

@@ -114,8 +114,8 @@ def test_every_family_has_a_default_export_test():
 def test_student_exports_and_verifies(tmp_path, name):
     import numpy as np
 
+    from deploy.backends.openvino import convert_to_openvino
     from deploy.export import export_onnx, export_spec, verify_onnx
-    from deploy.openvino import convert_to_openvino
     from deploy.runtime import load_runtime
 
     size = (64, 64)

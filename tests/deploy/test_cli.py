@@ -9,8 +9,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from deploy.backends.tensorrt import missing_requirements
 from deploy.errors import BackendUnavailable
-from deploy.tensorrt import missing_requirements
 from segcompress.cli import app
 
 runner = CliRunner()
@@ -81,3 +81,58 @@ def test_eval_of_an_export_goes_through_deploys_loader(trained_ckpt, tmp_path):
     res = runner.invoke(compress_only, ["eval", str(out / "model.onnx"), "--kind", "synthetic",
                                         "--data", "x"])
     assert res.exit_code != 0 and "not a checkpoint" in str(res.exception)
+
+
+def test_export_options_are_defined_once():
+    """The command's choices are the validating tables and its defaults ExportConfig's."""
+    import inspect
+
+    from deploy import cli
+    from deploy.pipeline import INT8_METHODS, TARGETS, ExportConfig
+    from deploy.quantize import CALIB_STATS, PRESETS
+
+    assert [e.value for e in cli.Preset] == list(PRESETS)
+    assert [e.value for e in cli.Target] == list(TARGETS)
+    assert [e.value for e in cli.Int8Method] == list(INT8_METHODS)
+    assert [e.value for e in cli.CalibStat] == list(CALIB_STATS)
+    defaults = ExportConfig()
+    params = inspect.signature(cli.export).parameters
+    same = {"int8": "int8", "openvino": "openvino", "trt": "trt", "batch": "batch_size",
+            "dynamic_batch": "dynamic_batch", "dynamic_spatial": "dynamic_spatial",
+            "opset": "opset", "argmax": "argmax", "holdout_every": "holdout_every",
+            "calib_split": "calib_split", "calib_size": "calib_size", "val_split": "val_split",
+            "val_size": "val_size", "max_drop": "max_drop",
+            "accuracy_control": "accuracy_control", "min_agreement": "min_agreement",
+            "trt_max_batch": "trt_max_batch", "trt_workspace": "trt_workspace_gib",
+            "overwrite": "overwrite", "target": "target", "int8_method": "int8_method",
+            "calib_stat": "calib_stat"}
+    for option, field in same.items():
+        default = params[option].default
+        assert getattr(default, "value", default) == getattr(defaults, field), option
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"preset": "fast"}, "unknown preset 'fast'; valid: performance, mixed"),
+    ({"target": "gpu"}, "unknown --target 'gpu'; valid: cpu, tensorrt"),
+    ({"int8_method": "x"}, "unknown --int8-method 'x'; valid: nncf, modelopt"),
+    ({"calib_stat": "x"}, "unknown --calib-stat 'x'; valid: default, minmax"),
+    ({"int8": True, "calib_split": "val"}, "calibrate on the training split"),
+    ({"int8": True, "int8_method": "modelopt"}, "add --target tensorrt"),
+    ({"min_agreement": 0.0}, r"--min-agreement must be in \(0, 1\]"),
+    ({"calib_images": "frames", "holdout_every": 1}, "--holdout-every must be >= 2"),
+    ({"size": (60, 64)}, "60x64 must be multiples of 32"),
+])
+def test_one_function_validates_the_options(options, message):
+    from compress.errors import InputError
+    from deploy.pipeline import ExportConfig, validate_config
+
+    with pytest.raises(InputError, match=message):
+        validate_config(ExportConfig(**options))
+
+
+def test_validation_gives_the_preset():
+    from deploy.pipeline import ExportConfig, validate_config
+
+    assert validate_config(ExportConfig()) == "mixed"
+    assert validate_config(ExportConfig(target="tensorrt")) == "performance"
+    assert validate_config(ExportConfig(preset="performance")) == "performance"

@@ -32,9 +32,9 @@ def test_modelopt_graph_is_signed_symmetric_and_close_to_f32(tmp_path):
     from onnx import numpy_helper
 
     from compress.models import create_model
+    from deploy.backends.tensorrt import check_qdq_graph
     from deploy.export import export_onnx
     from deploy.metadata import SPEC_METADATA_KEY
-    from deploy.tensorrt import check_qdq_graph
     from tests.conftest import tiny_spec
 
     spec = tiny_spec(decoder_channels=[32, 32, 16, 16, 16])

@@ -99,12 +99,12 @@ def test_hash_mismatch_and_broken_manifest_are_refused(export_dir, tmp_path):
 
 
 def test_failed_step_leaves_nothing(trained_ckpt, tmp_path, monkeypatch):
-    import deploy.openvino
+    import deploy.backends.openvino
 
     def broken(*a, **k):
         raise DeployError("openvino: converting model.onnx failed: simulated")
 
-    monkeypatch.setattr(deploy.openvino, "convert_to_openvino", broken)
+    monkeypatch.setattr(deploy.backends.openvino, "convert_to_openvino", broken)
     out = tmp_path / "exp"
     with pytest.raises(DeployError, match="simulated"):
         export_checkpoint(trained_ckpt, out, ExportConfig(openvino=True, val_size=2,
@@ -132,11 +132,12 @@ def test_accuracy_control_returns_layers_to_float_then_reports(trained_ckpt, tmp
 
 
 def test_bad_options_stop_before_any_work(trained_ckpt, tmp_path, monkeypatch):
-    import deploy.tensorrt
+    import deploy.backends.tensorrt
 
     with pytest.raises(ValueError, match="calibrate on the training split"):
         export_checkpoint(trained_ckpt, tmp_path / "a", ExportConfig(int8=True, calib_split="val"))
-    monkeypatch.setattr(deploy.tensorrt, "check_tensorrt", lambda what: None)  # as on a GPU
+    # as on a GPU
+    monkeypatch.setattr(deploy.backends.tensorrt, "check_tensorrt", lambda what: None)
     with pytest.raises(ValueError, match="TensorRT INT8 needs symmetric"):
         export_checkpoint(trained_ckpt, tmp_path / "a",
                           ExportConfig(int8=True, preset="mixed", trt=True))

@@ -7,15 +7,15 @@ import importlib.util
 import pytest
 import torch
 
+from deploy.backends.tensorrt import check_tensorrt
 from deploy.errors import BackendUnavailable
-from deploy.tensorrt import check_tensorrt
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 HAS_CUDA = torch.cuda.is_available()
 
 
 def test_check_names_what_is_missing(monkeypatch):
-    import deploy.tensorrt as t
+    import deploy.backends.tensorrt as t
 
     monkeypatch.setattr(t, "nvidia_gpu_available", lambda: False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
@@ -66,7 +66,7 @@ def test_builder_api_names_exist_in_the_installed_tensorrt():
         import tensorrt as trt
     except Exception as e:  # noqa: BLE001 - the libraries may be missing without a GPU
         pytest.skip(f"import tensorrt fails here: {str(e).splitlines()[0]}")
-    from deploy.tensorrt import _weakly_typed
+    from deploy.backends.tensorrt import _weakly_typed
 
     for name in ("Logger", "Builder", "OnnxParser", "Runtime", "NetworkDefinitionCreationFlag",
                  "MemoryPoolType", "BuilderFlag", "TensorIOMode", "DataType"):
@@ -131,9 +131,9 @@ def test_qdq_check_refuses_the_asymmetric_cpu_graph(trained_ckpt, tmp_path):
     must refuse it, or it would pass anything."""
     import onnx
 
+    from deploy.backends.tensorrt import check_qdq_graph
     from deploy.errors import DeployError
     from deploy.pipeline import ExportConfig, export_checkpoint
-    from deploy.tensorrt import check_qdq_graph
 
     export_checkpoint(trained_ckpt, tmp_path / "cpu", ExportConfig(
         int8=True, val_size=8, calib_size=16, max_drop=10.0, synthetic_val_length=8))

@@ -305,7 +305,7 @@ def _bent_onnx_files(f: dict, d: Path) -> None:
     onnx.save(ext, str(f["onnx_external"]), save_as_external_data=True,
               all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     (d / "external" / "weights.bin").unlink()
-    from deploy.openvino import convert_to_openvino
+    from deploy.backends.openvino import convert_to_openvino
 
     f["ov_wrong_classes"] = d / "lying_ov" / "model.xml"
     f["ov_wrong_classes"].parent.mkdir()

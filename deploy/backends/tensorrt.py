@@ -1,4 +1,4 @@
-"""TensorRT: engine building from ONNX and a small runner, on an NVIDIA GPU.
+"""TensorRT: engine building from ONNX, a small runner and the runtime, on an NVIDIA GPU.
 
 - FP16 engines come from the f32 ONNX model. TensorRT 10 uses the ``BuilderFlag.FP16``
   flag (weak typing); TensorRT 11 removed precision flags (strong typing only), so there
@@ -22,9 +22,12 @@ import numpy as np
 
 from compress.errors import InputError
 from deploy.arrays import in_batches
-from deploy.errors import BackendUnavailable, DeployError
+from deploy.backends.base import INSTALL_GPU, Backend, Runtime
+from deploy.errors import BackendUnavailable, DeployError, ManifestError
 
-INSTALL_GPU = "pip install 'segcompress[gpu]'"
+NAME = "tensorrt"
+LABEL = "TensorRT"
+SUFFIXES = (".engine", ".plan")
 
 
 def missing_requirements() -> list[str]:
@@ -329,3 +332,53 @@ class TensorRTEngine:
     def run(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` -> the first output as numpy (float32 or int64)."""
         return in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)
+
+
+class TensorRTRuntime(Runtime):
+    """A serialized TensorRT engine on an NVIDIA GPU (``device`` ``cuda[:N]``)."""
+
+    backend = NAME
+
+    def __init__(self, path: Path, spec: dict | None, device: str = "cuda",
+                 threads: int | None = None, precision: str | None = None,
+                 entry: dict | None = None) -> None:
+        if spec is None:
+            raise ManifestError(f"runtime: {path} is a TensorRT engine without a manifest.json "
+                                "beside it that lists it: the spec is unknown")
+        device = "cuda" if device in ("cpu", "gpu") else device
+        self.engine = TensorRTEngine(path, device=device)
+        built = (entry or {}).get("precision")
+        if precision is not None and built is not None and precision != built:
+            raise InputError(f"runtime: {path.name} was built for {built}; a TensorRT engine "
+                             f"runs as built and cannot switch to {precision}")
+        super().__init__(path, spec, device, built or "unknown", self.engine.info)
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        return self.engine.run(images)
+
+    def device_call(self):
+        return self.engine.upload, self.engine.enqueue
+
+
+def available(device: str) -> str | None:
+    """Why TensorRT cannot run on ``device`` here (not a CUDA device, no GPU, no tensorrt
+    package), or None. :func:`check_tensorrt` raises the long form for ``--trt``."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return f"{LABEL}: no GPU" if not torch.cuda.is_available() else f"{LABEL}: GPU only"
+    if not torch.cuda.is_available():
+        return f"{LABEL}: no GPU"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT: the tensorrt package is not installed (pip install tensorrt)"
+    return None
+
+
+def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+         threads: int | None, precision: str | None) -> TensorRTRuntime:
+    """An engine carries no spec: it must come from the manifest beside it."""
+    return TensorRTRuntime(path, spec, device, threads, precision, entry)
+
+
+BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES, precisions=("fp16", "int8", "f32"),
+                  devices=("cuda",), libraries=("tensorrt",), available=available, load=load)

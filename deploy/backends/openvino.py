@@ -1,4 +1,5 @@
-"""OpenVINO IR: conversion from ONNX and compilation that reports what really runs.
+"""OpenVINO IR (``.xml`` + ``.bin``): conversion from ONNX, compilation that reports what
+really runs, and the runtime.
 
 On CPUs with bf16 support (AVX512-BF16, AMX) OpenVINO executes f32 models in bf16 by
 default; :func:`compile_openvino` reads the precision each layer executes from the
@@ -8,14 +9,22 @@ compiled runtime model, so callers see ``bf16`` instead of assuming ``f32``. Pas
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from compress.errors import InputError
-from deploy.errors import BackendUnavailable, DeployError
+import numpy as np
 
+from compress.errors import InputError
+from deploy.arrays import in_batches
+from deploy.backends.base import Backend, Runtime, check_shapes
+from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
+
+NAME = "openvino"
+LABEL = "OpenVINO"
+SUFFIXES = (".xml",)
 RT_INFO_KEY = ["segcompress", "spec"]
 HINTS = {"f32": "f32", "bf16": "bf16", "fp16": "f16"}
 OV_TYPES = {"f32": "f32", "bf16": "bf16", "f16": "fp16", "i8": "int8", "u8": "int8"}
@@ -47,7 +56,7 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
         ov.save_model(model, str(xml_path), compress_to_fp16=False)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own classes
         raise DeployError(f"openvino: converting {Path(onnx_path).name} failed: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from None
+                          f"{first_line(e)}") from None
     return xml_path
 
 
@@ -147,3 +156,62 @@ def _property(compiled, name: str):
     except RuntimeError:
         return None
     return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+
+class OpenVINORuntime(Runtime):
+    """An OpenVINO IR (``.xml`` + ``.bin``) on ``cpu`` (default), ``gpu`` or ``npu``."""
+
+    backend = NAME
+
+    def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
+                 threads: int | None = None, precision: str | None = None) -> None:
+        compiled, model, info = compile_openvino(path, device=device, threads=threads,
+                                                 precision=precision)
+        spec = spec or spec_from_openvino(model)
+        if spec is None:
+            raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
+                                "manifest.json lists it: export it with compress export")
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+        shape = model.inputs[0].get_partial_shape()
+        out = model.outputs[0].get_partial_shape()
+        check_shapes(path, spec, [d.get_length() if d.is_static else None for d in shape],
+                     [d.get_length() if d.is_static else None for d in out])
+        self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
+        super().__init__(path, spec, device, info["precision"], info)
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        def run(x):
+            try:
+                self.request.infer({0: x})
+            except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
+                raise DeployError(f"runtime: OpenVINO failed on {self.path} with input "
+                                  f"{list(x.shape)}: {one_line(e)}") from None
+            return self.request.get_output_tensor(0).data.copy()
+
+        return in_batches(run, images, self.fixed_batch)
+
+
+def available(device: str) -> str | None:
+    """Why OpenVINO cannot run on ``device`` here (CUDA asked for, or not installed), or
+    None. Intel GPU/NPU devices are checked when a model is compiled."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"{LABEL}: no GPU"
+        return "OpenVINO: runs on the CPU here (no NVIDIA GPU plugin)"
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO: not installed (pip install openvino)"
+    return None
+
+
+def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+         threads: int | None, precision: str | None) -> OpenVINORuntime:
+    """Without a manifest the spec comes from the IR's rt_info."""
+    return OpenVINORuntime(path, spec, device, threads, precision)
+
+
+BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES,
+                  precisions=("f32", "bf16", "fp16", "int8"), devices=("cpu",),
+                  libraries=("openvino",), available=available, load=load)

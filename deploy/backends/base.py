@@ -1,0 +1,169 @@
+"""What every backend shares: the ``Runtime`` base class, the ``Backend`` description a
+backend module exports as ``BACKEND``, and the one precision vocabulary (canonical names
+and their aliases). Imports no backend, so the backends and the registry
+(:mod:`deploy.runtime`) both build on it without importing each other."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compress.errors import InputError
+from deploy.errors import ManifestError
+
+INSTALL_GPU = "pip install 'segcompress[gpu]'"  # the install hint of every GPU backend
+
+# ---------------------------------------------------------------- precisions
+
+PRECISIONS = ("f32", "bf16", "fp16", "int8")
+# every spelling met in options, manifests and backends' own reports -> its canonical name
+PRECISION_ALIASES = {
+    "f32": "f32", "fp32": "f32", "float32": "f32", "float": "f32",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "fp16": "fp16", "f16": "fp16", "float16": "fp16", "half": "fp16",
+    "int8": "int8", "i8": "int8",
+}
+
+
+def normalize_precision(precision: str | None) -> str | None:
+    """Canonical precision name (``f32``, ``bf16``, ``fp16``, ``int8``) or None.
+
+    Raises:
+        InputError: a name that is no precision (the valid ones listed).
+    """
+    if precision is None:
+        return None
+    key = str(precision).lower()
+    if key not in PRECISION_ALIASES:
+        raise InputError(f"runtime: unknown precision {precision!r}; valid: "
+                         f"{', '.join(PRECISIONS)}")
+    return PRECISION_ALIASES[key]
+
+
+def canonical_precision(precision: Any) -> str | None:
+    """Like :func:`normalize_precision` for names read back from files and backends: an
+    OpenVINO type (``<Type: 'float32'>``) is unwrapped, and a name that is no known
+    precision comes back lower-cased instead of raising."""
+    if precision is None:
+        return None
+    key = str(precision).lower().replace("<type: '", "").rstrip("'>")
+    return PRECISION_ALIASES.get(key, key)
+
+
+# ---------------------------------------------------------------- runtime
+
+
+class Runtime:
+    """A loaded model: ``predict(images) -> logits`` (or class ids).
+
+    Attributes:
+        path: the file loaded.
+        spec: the model spec; ``spec["output"]`` is ``"logits"`` or ``"argmax"``.
+        backend: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``.
+        precision: what really executes (``f32``, ``bf16``, ``fp16``, ``int8``).
+        device: where it runs (``cpu``, ``cuda``, ``CPU``...).
+        info: backend details (provider, per-layer precisions, GPU name...).
+    """
+
+    backend = "none"
+
+    def __init__(self, path: Path, spec: dict[str, Any], device: str, precision: str,
+                 info: dict[str, Any] | None = None) -> None:
+        self.path, self.spec, self.device, self.precision = path, spec, device, precision
+        self.info = info or {}
+
+    @property
+    def output(self) -> str:
+        return self.spec.get("output", "logits")
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """``float32 [N, 3, H, W]`` normalised -> ``float32 [N, C, H, W]`` logits, or
+        ``int64 [N, H, W]`` class ids when ``spec["output"] == "argmax"``."""
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
+        out = self._predict(images)
+        return out.astype(np.int64) if self.output == "argmax" else out.astype(np.float32)
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def device_call(self) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], Any]] | None:
+        """``(upload, forward)`` for timing device compute alone on a GPU: ``upload(images)``
+        puts a batch on the device once, ``forward(batch)`` enqueues the model on it and
+        returns the output left on the device (no host copies). None where the backend has
+        no such split (CPU runtimes, ONNX Runtime)."""
+        return None
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.path.name}, backend={self.backend}, "
+                f"precision={self.precision}, device={self.device})")
+
+
+def check_shapes(path: Path, spec: dict, in_shape: list, out_shape: list) -> None:
+    """Refuse a model file whose own graph contradicts its spec: another class count, or
+    a fixed input size other than the spec's (it would score or time the wrong thing)."""
+    if spec.get("output", "logits") == "logits" and len(out_shape) == 4:
+        c = out_shape[1]
+        if isinstance(c, int) and c != spec["classes"]:
+            raise ManifestError(f"runtime: {path} outputs {c} classes but its spec says "
+                                f"{spec['classes']}: refusing it")
+    if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
+        raise ManifestError(f"runtime: {path} takes input {in_shape}; expected [N, 3, H, W] "
+                            "(NCHW, RGB)")
+    hw = in_shape[2:]
+    want = list(spec.get("input_size", hw))
+    if all(isinstance(v, int) for v in hw) and hw != want:
+        raise ManifestError(f"runtime: {path} has a fixed input size {hw[0]}x{hw[1]} but its "
+                            f"spec says {want[0]}x{want[1]}: refusing it")
+
+
+def cuda_missing(label: str, device: str) -> str | None:
+    """``"<label>: no GPU"`` when ``device`` is CUDA and torch sees none, else None."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return None if torch.cuda.is_available() else f"{label}: no GPU"
+
+
+# ---------------------------------------------------------------- description
+
+# load(path, spec from a manifest | None, manifest entry | None, device, threads, precision)
+Loader = Callable[[Path, "dict | None", "dict | None", str, "int | None", "str | None"], Runtime]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What the registry knows of a backend; each ``deploy/backends/<name>.py`` exports one
+    as ``BACKEND``.
+
+    Attributes:
+        name: the key in manifests and reports (``onnxruntime``).
+        label: how tables name its file format (``ONNX``).
+        suffixes: the file suffixes it loads, lower case, with the dot.
+        precisions: the canonical precisions its files can run in.
+        devices: the device kinds it runs on here (``cpu``, ``cuda``).
+        libraries: modules to import ahead of timing, so loading the first model does
+            not pay for them.
+        available: ``available(device) -> reason | None``: why it cannot run on
+            ``device`` here (cheap checks, no model loaded), or None.
+        load: builds its :class:`Runtime` (see :data:`Loader`).
+    """
+
+    name: str
+    label: str
+    suffixes: tuple[str, ...]
+    precisions: tuple[str, ...]
+    devices: tuple[str, ...]
+    libraries: tuple[str, ...]
+    available: Callable[[str], str | None]
+    load: Loader
+
+    def runs_on(self, device: str) -> bool:
+        """Whether ``device`` (``cpu``, ``cuda[:N]``...) is of a kind this backend runs on."""
+        return ("cuda" if str(device).startswith("cuda") else "cpu") in self.devices

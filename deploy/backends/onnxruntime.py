@@ -1,0 +1,131 @@
+"""ONNX Runtime: an exported ``.onnx`` (f32, fp16 or QDQ int8) on the CPU or on CUDA.
+
+The ONNX file itself comes from :mod:`deploy.export` (every other artifact is built from
+it) and INT8 graphs from :mod:`deploy.quantize`; this module runs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from compress.errors import InputError
+from deploy.arrays import in_batches
+from deploy.backends.base import (
+    INSTALL_GPU,
+    Backend,
+    Runtime,
+    check_shapes,
+    cuda_missing,
+)
+from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
+from deploy.metadata import spec_from_onnx
+
+NAME = "onnxruntime"
+LABEL = "ONNX"
+SUFFIXES = (".onnx",)
+
+
+def onnx_precision(proto) -> str:
+    """``int8`` for a QDQ / QLinear model, ``fp16`` for a float16 input, else ``f32``."""
+    ops = {n.op_type for n in proto.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger"}:
+        return "int8"
+    if proto.graph.input and proto.graph.input[0].type.tensor_type.elem_type == 10:  # FLOAT16
+        return "fp16"
+    return "f32"
+
+
+class OnnxRuntime(Runtime):
+    """An ONNX model under ONNX Runtime (``device`` ``cpu`` or ``cuda[:N]``)."""
+
+    backend = NAME
+
+    def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
+                 threads: int | None = None, precision: str | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
+            raise ManifestError(f"runtime: {path} is not a readable ONNX model "
+                                f"({first_line(e)})") from None
+        spec = spec or spec_from_onnx(proto)
+        if spec is None:
+            raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
+                                "manifest.json lists it: export it with compress export")
+        model_precision = onnx_precision(proto)
+        if precision is not None and precision != model_precision:
+            raise InputError(f"runtime: {path.name} is a {model_precision} model; ONNX Runtime "
+                             f"runs it as stored and cannot force {precision}")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendUnavailable(
+                    f"runtime: onnxruntime has no CUDA execution provider here (available: "
+                    f"{', '.join(ort.get_available_providers())}): {INSTALL_GPU}")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        elif device != "cpu":
+            raise InputError(f"runtime: ONNX Runtime runs on cpu or cuda[:N], not {device!r}")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT's own error types (Fail, InvalidGraph...)
+            raise ManifestError(f"runtime: ONNX Runtime cannot load {path}: "
+                                f"{one_line(e)}") from None
+        used = self.session.get_providers()
+        if device.startswith("cuda") and used[0] != "CUDAExecutionProvider":
+            raise BackendUnavailable(f"runtime: onnxruntime could not start the CUDA provider "
+                                     f"for {path.name} (got {used[0]})")
+        inp = self.session.get_inputs()[0]
+        out_shape = self.session.get_outputs()[0].shape
+        check_shapes(path, spec, list(inp.shape), list(out_shape))
+        self.input_name = inp.name
+        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        super().__init__(path, spec, device, model_precision,
+                         {"providers": used, "input_shape": list(inp.shape)})
+
+    def _predict(self, images: np.ndarray) -> np.ndarray:
+        def run(x):
+            try:
+                return self.session.run(None, {self.input_name: x})[0]
+            except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
+                raise DeployError(f"runtime: ONNX Runtime failed on {self.path} with input "
+                                  f"{list(x.shape)}: {one_line(e)}") from None
+
+        return in_batches(run, images, self.fixed_batch)
+
+
+def available(device: str) -> str | None:
+    """Why ONNX Runtime cannot run on ``device`` here (not installed, no GPU, no CUDA
+    execution provider), or None."""
+    why = cuda_missing(LABEL, device)
+    if why:
+        return why
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "ONNX Runtime: not installed (pip install onnxruntime)"
+    if str(device).startswith("cuda"):
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "ONNX Runtime: no CUDAExecutionProvider (pip install onnxruntime-gpu)"
+    return None
+
+
+def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+         threads: int | None, precision: str | None) -> OnnxRuntime:
+    """Without a manifest the spec comes from the file's own metadata."""
+    return OnnxRuntime(path, spec, device, threads, precision)
+
+
+BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES, precisions=("f32", "fp16", "int8"),
+                  devices=("cpu", "cuda"), libraries=("onnxruntime",), available=available,
+                  load=load)
