@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 
 # fvcore op names whose count is a dense multiply-accumulate (the figure papers quote)
 DENSE_OPS = ("conv", "linear", "addmm", "matmul", "mm", "bmm", "einsum")
@@ -404,7 +405,7 @@ def _onnx_external_files(path: Path) -> set[str]:
     return files
 
 
-def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+def flops_subject(path: str | Path) -> tuple[ModelSpec, dict[str, int]]:
     """The model spec to count, and the size on disk of every file that holds the model.
 
     ``path`` is a checkpoint, an artifact with ``manifest.json`` beside it, or an export
@@ -444,16 +445,16 @@ def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     src = source_checkpoint(manifest) if path.is_dir() else None  # checked against its sha256
     if src is not None:
         files[str(src)] = size_on_disk(src)
-    return manifest["spec"], files
+    return ModelSpec.from_dict(manifest["spec"], directory / MANIFEST_NAME), files
 
 
-def format_flops(result: FlopsResult, spec: dict[str, Any], files: dict[str, int | None]) -> str:
+def format_flops(result: FlopsResult, spec: ModelSpec, files: dict[str, int | None]) -> str:
     """A readable summary: params, GMACs, per-operator and per-part tables, sizes on disk."""
     h, w = result.size
     p = result.params
     lines = [
         (
-            f"{spec.get('arch')} / {spec.get('encoder')}, {spec.get('classes')} classes, "
+            f"{spec.arch} / {spec.encoder}, {spec.classes} classes, "
             f"input 1x3x{h}x{w}"
         ),
         f"params     {p['total'] / 1e6:10.3f} M total, {p['trainable'] / 1e6:.3f} M trainable",

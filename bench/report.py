@@ -33,6 +33,7 @@ from bench.latency import (
     time_loaded,
 )
 from compress.errors import InputError
+from compress.spec import ModelSpec
 
 COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
 FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
@@ -77,7 +78,7 @@ def evaluate_runtime(
     return scores(conf, class_names)
 
 
-def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | None):
+def _dataset(data, split: str, kind: str, size, spec: ModelSpec, max_images: int | None):
     import torch
 
     from compress.config import DataConfig
@@ -92,9 +93,9 @@ def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | No
     ds = build_split(
         dcfg,
         split,
-        spec["mean"],
-        spec["std"],
-        spec["ignore_index"],
+        spec.mean,
+        spec.std,
+        spec.ignore_index,
         root=str(data) if data else None,
         kind=kind,
     )
@@ -108,7 +109,7 @@ def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | No
 # ---------------------------------------------------------------- rows
 
 
-def _read_spec(path: Path) -> dict:
+def _read_spec(path: Path) -> ModelSpec:
     from compress.models import read_checkpoint
 
     spec = read_checkpoint(path)["spec"]
@@ -232,7 +233,7 @@ def build_report(
                          "give files with different names")
     t_spec = _read_spec(teacher)
     s_specs = [_read_spec(p) for p in students]
-    size = tuple(size or s_specs[0]["input_size"])
+    size = tuple(size or s_specs[0].input_size)
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     gpu_needed = [d for d in devices if d.startswith("cuda")]
@@ -307,14 +308,14 @@ def build_report(
             row = _row(t, device, cost, timing=trow, error=trow["error"])
             if rt is not None and row["status"] == "ok":
                 spec = rt.spec
-                key = (tuple(spec["mean"]), tuple(spec["std"]), spec["ignore_index"])
+                key = (tuple(spec.mean), tuple(spec.std), spec.ignore_index)
                 if key not in datasets:
                     datasets[key] = _dataset(data, split, kind, size, spec, max_images)
                 ds = datasets[key]
                 class_names = class_names or list(ds.class_names)
-                if spec["classes"] != len(ds.class_names):
+                if spec.classes != len(ds.class_names):
                     row["accuracy_note"] = (
-                        f"mIoU n/a: model has {spec['classes']} classes, "
+                        f"mIoU n/a: model has {spec.classes} classes, "
                         f"the data {len(ds.class_names)}"
                     )
                 else:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.errors import BackendUnavailable, DeployError
 
 RT_INFO_KEY = ["segcompress", "spec"]
@@ -25,7 +26,7 @@ DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
 
 def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
-                        spec: dict[str, Any] | None = None) -> Path:
+                        spec: ModelSpec | None = None) -> Path:
     """Convert an ONNX model (f32 or QDQ int8) to OpenVINO IR ``.xml`` + ``.bin``.
 
     Weights are kept as they are (no fp16 compression), so the f32 IR is numerically the
@@ -43,7 +44,7 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
     try:
         model = ov.convert_model(str(onnx_path))
         if spec is not None:
-            model.set_rt_info(json.dumps(spec), RT_INFO_KEY)
+            model.set_rt_info(json.dumps(spec.to_dict()), RT_INFO_KEY)
         ov.save_model(model, str(xml_path), compress_to_fp16=False)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own classes
         raise DeployError(f"openvino: converting {Path(onnx_path).name} failed: "
@@ -51,10 +52,11 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
     return xml_path
 
 
-def spec_from_openvino(model) -> dict[str, Any] | None:
-    """The spec stored by :func:`convert_to_openvino` in the IR's rt_info, or None."""
+def spec_from_openvino(model, source: str | Path | None = None) -> ModelSpec | None:
+    """The spec stored by :func:`convert_to_openvino` in the IR's rt_info, checked, or
+    None; ``source`` (the ``.xml``) names the file in errors."""
     if model.has_rt_info(RT_INFO_KEY):
-        return json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
+        return ModelSpec.from_dict(json.loads(model.get_rt_info(RT_INFO_KEY).astype(str)), source)
     return None
 
 

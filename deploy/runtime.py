@@ -15,12 +15,14 @@ tell: OpenVINO on a CPU with bf16 support runs f32 models in bf16 unless told ot
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.errors import BackendUnavailable, DeployError, ManifestError
 from deploy.manifest import artifact_spec, find_artifact
@@ -48,7 +50,7 @@ class Runtime:
 
     Attributes:
         path: the file loaded.
-        spec: the model spec; ``spec["output"]`` is ``"logits"`` or ``"argmax"``.
+        spec: the model spec; ``spec.output`` is ``"logits"`` or ``"argmax"``.
         backend: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``.
         precision: what really executes (``f32``, ``bf16``, ``fp16``, ``int8``).
         device: where it runs (``cpu``, ``cuda``, ``CPU``...).
@@ -57,18 +59,18 @@ class Runtime:
 
     backend = "none"
 
-    def __init__(self, path: Path, spec: dict[str, Any], device: str, precision: str,
+    def __init__(self, path: Path, spec: ModelSpec, device: str, precision: str,
                  info: dict[str, Any] | None = None) -> None:
         self.path, self.spec, self.device, self.precision = path, spec, device, precision
         self.info = info or {}
 
     @property
     def output(self) -> str:
-        return self.spec.get("output", "logits")
+        return self.spec.output or "logits"
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` normalised -> ``float32 [N, C, H, W]`` logits, or
-        ``int64 [N, H, W]`` class ids when ``spec["output"] == "argmax"``."""
+        ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"``."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
@@ -95,19 +97,19 @@ def _first_line(e: BaseException) -> str:
     return text[:300]
 
 
-def _check_shapes(path: Path, spec: dict, in_shape: list, out_shape: list) -> None:
+def _check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list) -> None:
     """Refuse a model file whose own graph contradicts its spec: another class count, or
     a fixed input size other than the spec's (it would score or time the wrong thing)."""
-    if spec.get("output", "logits") == "logits" and len(out_shape) == 4:
+    if (spec.output or "logits") == "logits" and len(out_shape) == 4:
         c = out_shape[1]
-        if isinstance(c, int) and c != spec["classes"]:
+        if isinstance(c, int) and c != spec.classes:
             raise ManifestError(f"runtime: {path} outputs {c} classes but its spec says "
-                                f"{spec['classes']}: refusing it")
+                                f"{spec.classes}: refusing it")
     if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
         raise ManifestError(f"runtime: {path} takes input {in_shape}; expected [N, 3, H, W] "
                             "(NCHW, RGB)")
     hw = in_shape[2:]
-    want = list(spec.get("input_size", hw))
+    want = list(spec.input_size)
     if all(isinstance(v, int) for v in hw) and hw != want:
         raise ManifestError(f"runtime: {path} has a fixed input size {hw[0]}x{hw[1]} but its "
                             f"spec says {want[0]}x{want[1]}: refusing it")
@@ -134,7 +136,7 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
         self._torch = torch
         self.model, spec = load_model(path, device=device, return_spec=True)
-        super().__init__(path, {**spec, "output": "logits"}, str(device), "f32")
+        super().__init__(path, replace(spec, output="logits"), str(device), "f32")
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         with self._torch.no_grad():
@@ -174,7 +176,7 @@ class OnnxRuntime(Runtime):
 
     backend = "onnxruntime"
 
-    def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
+    def __init__(self, path: Path, spec: ModelSpec | None, device: str = "cpu",
                  threads: int | None = None, precision: str | None = None) -> None:
         import onnx
         import onnxruntime as ort
@@ -184,7 +186,7 @@ class OnnxRuntime(Runtime):
         except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ManifestError(f"runtime: {path} is not a readable ONNX model ({msg})") from None
-        spec = spec or spec_from_onnx(proto)
+        spec = spec or spec_from_onnx(proto, path)
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
                                 "manifest.json lists it: export it with compress export")
@@ -243,11 +245,11 @@ class OpenVINORuntime(Runtime):
 
     backend = "openvino"
 
-    def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
+    def __init__(self, path: Path, spec: ModelSpec | None, device: str = "cpu",
                  threads: int | None = None, precision: str | None = None) -> None:
         compiled, model, info = compile_openvino(path, device=device, threads=threads,
                                                  precision=precision)
-        spec = spec or spec_from_openvino(model)
+        spec = spec or spec_from_openvino(model, path)
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
                                 "manifest.json lists it: export it with compress export")
@@ -280,7 +282,7 @@ class TensorRTRuntime(Runtime):
 
     backend = "tensorrt"
 
-    def __init__(self, path: Path, spec: dict | None, device: str = "cuda",
+    def __init__(self, path: Path, spec: ModelSpec | None, device: str = "cuda",
                  threads: int | None = None, precision: str | None = None,
                  entry: dict | None = None) -> None:
         if spec is None:
@@ -352,7 +354,7 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
 
 
 
-def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
+def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
     """``compress eval``'s loader for any file :func:`load_runtime` takes: a checkpoint
     as the eval-mode PyTorch model (``compress.evaluate.load_predictor``), an exported
     artifact as a ``predict(images: torch.Tensor) -> logits`` over its runtime; class ids
@@ -369,10 +371,10 @@ def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         out = rt.predict(x.cpu().numpy())
-        if out.ndim == 3 and rt.spec["classes"] == 1:  # binary ids -> a logit of +-1
+        if out.ndim == 3 and rt.spec.classes == 1:  # binary ids -> a logit of +-1
             out = out[:, None] * 2.0 - 1.0
         elif out.ndim == 3:  # class ids from an argmax export: one-hot, argmax(1) gives them
-            out = np.eye(rt.spec["classes"], dtype=np.float32)[out].transpose(0, 3, 1, 2)
+            out = np.eye(rt.spec.classes, dtype=np.float32)[out].transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     return predict, rt.spec

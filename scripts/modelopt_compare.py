@@ -28,11 +28,13 @@ def calib(export_dir: Path, data: Path, count: int = 300, seed: int = 0) -> Path
 
     from compress.config import DataConfig
     from compress.data import build_split
+    from compress.spec import ModelSpec
 
-    spec = json.loads((export_dir / "manifest.json").read_text())["spec"]
-    size = tuple(spec["input_size"])
+    manifest = export_dir / "manifest.json"
+    spec = ModelSpec.from_dict(json.loads(manifest.read_text())["spec"], manifest)
+    size = tuple(spec.input_size)
     cfg = DataConfig(kind="camvid", root=str(data), size=size)
-    ds = build_split(cfg, "train", spec["mean"], spec["std"], spec["ignore_index"],
+    ds = build_split(cfg, "train", spec.mean, spec.std, spec.ignore_index,
                      root=str(data), kind="camvid")
     n = min(count, len(ds))
     idx = (range(n) if n == len(ds) else

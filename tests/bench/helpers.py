@@ -71,7 +71,7 @@ def make_export_dir(
         "format": MANIFEST_FORMAT,
         "source_checkpoint": str(checkpoint.resolve()),
         "source_sha256": _sha(checkpoint),
-        "spec": {**spec, "output": "logits"},
+        "spec": {**spec.to_dict(), "output": "logits"},
         "artifacts": [
             {
                 "file": f,
