@@ -20,6 +20,7 @@ import numpy as np
 
 from compress.errors import InputError
 from compress.macs import GMACS_DEFINITION
+from compress.spec import ModelSpec
 
 # backend key -> (runtime backend, artifact precision); where each is timed comes from
 # deploy's registry (the CPU where the backend runs there, else CUDA)
@@ -45,7 +46,7 @@ class Candidate:
     """A student to measure: ``name`` labels its rows, ``source`` is ``zoo`` or a recipe."""
 
     name: str
-    spec: dict[str, Any]
+    spec: ModelSpec
     source: str = "zoo"
     artifacts: dict[str, Path] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -273,17 +274,17 @@ def run_candidates(
         if t_spec is None:
             raise InputError(f"{teacher}: a plain state_dict has no model spec; give a "
                              "segcompress checkpoint as --teacher")
-    n_classes = t_spec["classes"] if t_spec else (classes or 11)
+    n_classes = t_spec.classes if t_spec else (classes or 11)
     cands = resolve_candidates(
-        names, classes=n_classes, class_names=t_spec["class_names"] if t_spec else None,
-        size=size, ignore_index=t_spec["ignore_index"] if t_spec else 255)
+        names, classes=n_classes, class_names=t_spec.class_names if t_spec else None,
+        size=size, ignore_index=t_spec.ignore_index if t_spec else 255)
     kind = data_kind if data is not None else "synthetic"
     calib_frames, calib_note = load_images(data, "train", kind, count=calib_images, size=size)
     frames, frames_note = load_images(data, "val", kind, count=8, size=size, seed=1)
     for i, c in enumerate(cands, 1):
         log(f"[{i}/{len(cands)}] {c.name}: build untrained, export "
             f"({', '.join(b for b in backends if b != 'torch') or 'none'})")
-        pre = make_preprocess(calib_frames, size, c.spec["mean"], c.spec["std"])
+        pre = make_preprocess(calib_frames, size, c.spec.mean, c.spec.std)
         calibration = [pre(j)[0] for j in range(len(calib_frames))]
         build_candidate(c, out / "models" / c.name, size, backends, calibration)
         for b, why in c.errors.items():
@@ -333,14 +334,14 @@ def _stats(timing: dict[str, Any] | None) -> tuple[float | None, float | None, f
     return lat["median"], lat["std"], lat["p90"]
 
 
-def _teacher_row(timing: dict[str, Any], spec: dict[str, Any], size) -> dict[str, Any]:
+def _teacher_row(timing: dict[str, Any], spec: ModelSpec, size) -> dict[str, Any]:
     from bench.flops import count_flops
     from compress.models import create_model
 
     fl = count_flops(create_model(spec).eval(), size, breakdown=False)
     median, std, p90 = _stats(timing)
     return {"name": "teacher", "role": "teacher", "source": timing["path"],
-            "arch": spec["arch"], "encoder": spec["encoder"], "backend": "torch",
+            "arch": spec.arch, "encoder": spec.encoder, "backend": "torch",
             "precision": timing.get("precision"), "params": fl.params["total"],
             "gmacs": fl.gmacs, "median_ms": median, "std_ms": std, "p90_ms": p90,
             "speedup_vs_teacher": 1.0 if median else None, "fits_budget": None,
@@ -357,8 +358,8 @@ def _row(c: Candidate, backend: str, timing: dict[str, Any] | None, with_teacher
     if with_teacher and median is not None:
         ratio = timing.get("ratio_to_first")  # paired by round against the teacher
         speedup = 1.0 / ratio if ratio and not math.isnan(ratio) else None
-    return {"name": c.name, "role": "candidate", "source": c.source, "arch": c.spec["arch"],
-            "encoder": c.spec["encoder"], "backend": backend,
+    return {"name": c.name, "role": "candidate", "source": c.source, "arch": c.spec.arch,
+            "encoder": c.spec.encoder, "backend": backend,
             "precision": (timing or {}).get("precision") or BACKENDS[backend][1],
             "params": c.facts.get("params"), "gmacs": c.facts.get("gmacs"),
             "median_ms": median, "std_ms": std, "p90_ms": p90, "speedup_vs_teacher": speedup,

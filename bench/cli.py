@@ -79,7 +79,7 @@ def flops(
     from compress.models import create_model
 
     spec, files = flops_subject(model)
-    hw = _size(size) or tuple(spec["input_size"])
+    hw = _size(size) or tuple(spec.input_size)
     result = count_flops(create_model(spec), hw)
     typer.echo(format_flops(result, spec, files))
     if json_path:
@@ -87,7 +87,7 @@ def flops(
 
         atomic_write_json(
             json_path,
-            {"model": str(model), "spec": spec, **result.to_dict(), "size_on_disk": files},
+            {"model": str(model), "spec": spec.to_dict(), **result.to_dict(), "size_on_disk": files},
         )
         typer.echo(f"json: {json_path}")
 

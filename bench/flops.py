@@ -7,7 +7,6 @@ comparison study and ``compress prune``); its names are re-exported here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from compress.errors import InputError
 from compress.macs import (
@@ -20,6 +19,7 @@ from compress.macs import (
     flops_breakdown,
     op_handles,
 )
+from compress.spec import ModelSpec
 
 __all__ = [
     "DENSE_OPS",
@@ -69,7 +69,7 @@ def _onnx_external_files(path: Path) -> set[str]:
     return files
 
 
-def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
+def flops_subject(path: str | Path) -> tuple[ModelSpec, dict[str, int]]:
     """The model spec to count, and the size on disk of every file that holds the model.
 
     ``path`` is a checkpoint, an artifact with ``manifest.json`` beside it, or an export
@@ -109,16 +109,16 @@ def flops_subject(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
     src = source_checkpoint(manifest) if path.is_dir() else None  # checked against its sha256
     if src is not None:
         files[str(src)] = size_on_disk(src)
-    return manifest["spec"], files
+    return ModelSpec.from_dict(manifest["spec"], directory / MANIFEST_NAME), files
 
 
-def format_flops(result: FlopsResult, spec: dict[str, Any], files: dict[str, int | None]) -> str:
+def format_flops(result: FlopsResult, spec: ModelSpec, files: dict[str, int | None]) -> str:
     """A readable summary: params, GMACs, per-operator and per-part tables, sizes on disk."""
     h, w = result.size
     p = result.params
     lines = [
         (
-            f"{spec.get('arch')} / {spec.get('encoder')}, {spec.get('classes')} classes, "
+            f"{spec.arch} / {spec.encoder}, {spec.classes} classes, "
             f"input 1x3x{h}x{w}"
         ),
         f"params     {p['total'] / 1e6:10.3f} M total, {p['trainable'] / 1e6:.3f} M trainable",

@@ -138,30 +138,30 @@ def gpu_check(checkpoint: str | Path, export_dir: str | Path | None = None, *,
     checkpoint = Path(checkpoint)
     export_dir = Path(export_dir) if export_dir else None
     _, spec = load_model(checkpoint, return_spec=True)
-    size = tuple(spec["input_size"])
+    size = tuple(spec.input_size)
     targets, missing = _targets(checkpoint, export_dir)
 
     dkind = kind if data else "synthetic"
-    ds = split_images(dkind, str(data) if data else None, split, size=size, mean=spec["mean"],
-                      std=spec["std"], ignore_index=spec["ignore_index"], count=score_images)
+    ds = split_images(dkind, str(data) if data else None, split, size=size, mean=spec.mean,
+                      std=spec.std, ignore_index=spec.ignore_index, count=score_images)
     n = len(ds) if score_images is None else min(score_images, len(ds))
     items = [ds[i] for i in range(n)]
     batches = [(np.stack([it["image"].numpy() for it in items[i:i + 8]]),
                 np.stack([it["mask"].numpy() for it in items[i:i + 8]])) for i in range(0, n, 8)]
     frames = [np.ascontiguousarray(np.moveaxis(
-        (it["image"].numpy() * np.asarray(spec["std"])[:, None, None]
-         + np.asarray(spec["mean"])[:, None, None]).clip(0, 1) * 255, 0, -1).astype(np.uint8))
+        (it["image"].numpy() * np.asarray(spec.std)[:, None, None]
+         + np.asarray(spec.mean)[:, None, None]).clip(0, 1) * 255, 0, -1).astype(np.uint8))
         for it in items[:8]]
 
     loaded = load_targets(targets, "cuda", None, probe=first_run(frames, size))
     rows = time_loaded(loaded, frames, size, "cuda", runs=runs, warmup=warmup)
     ok = [(row, e["runtime"]) for row, e in zip(rows, loaded) if e["runtime"] is not None]
     if ok and ok[0][1].backend == "torch":
-        _score(ok, batches, spec["class_names"], spec["ignore_index"])
+        _score(ok, batches, spec.class_names, spec.ignore_index)
     handle, nvml_note = nvml_handle()
     if handle is not None:
         for row, rt in ok:
-            pre = make_preprocess(frames, size, spec["mean"], spec["std"], 1)
+            pre = make_preprocess(frames, size, spec.mean, spec.std, 1)
             row["energy_mj_per_image"] = energy_per_image(rt.predict, pre(0), handle, runs)
     graph = next((m for m in missing if m["label"] == "int8_graph"), None)
     for m in missing:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy import runtime as registry
 from deploy.manifest import cpu_name
 
@@ -567,7 +568,7 @@ def check_device(device: str) -> None:
             )
 
 
-def spec_of(path: str | Path) -> dict[str, Any] | None:
+def spec_of(path: str | Path) -> ModelSpec | None:
     """The model spec of a checkpoint, or of an artifact from the manifest beside it
     (None when neither says)."""
     path = Path(path)
@@ -579,7 +580,7 @@ def spec_of(path: str | Path) -> dict[str, Any] | None:
         from deploy.manifest import MANIFEST_NAME, read_manifest
 
         if (path.parent / MANIFEST_NAME).is_file():
-            return read_manifest(path.parent)["spec"]
+            return ModelSpec.from_dict(read_manifest(path.parent)["spec"])
         if path.suffix == ".onnx":  # a bare ONNX: the spec embedded at export
             import onnx
 
@@ -596,7 +597,7 @@ def first_run(frames: Sequence[np.ndarray], size: tuple[int, int]) -> Callable[[
     first run's allocations and a model that cannot take this input says so at once."""
 
     def probe(rt) -> None:
-        rt.predict(make_preprocess(frames, size, rt.spec["mean"], rt.spec["std"])(0))
+        rt.predict(make_preprocess(frames, size, rt.spec.mean, rt.spec.std)(0))
 
     return probe
 
@@ -778,7 +779,7 @@ def time_rows(
         if rt is None:
             continue
         spec = rt.spec
-        pre = make_preprocess(frames, size, spec["mean"], spec["std"], batch)
+        pre = make_preprocess(frames, size, spec.mean, spec.std, batch)
         try:  # a fixed-shape artifact may refuse this size or batch: say so on its row
             out = rt.predict(pre(0))
             if np.asarray(out).shape[0] != batch:
@@ -913,7 +914,7 @@ def run_latency(
     pin_threads(threads)
     if size is None:
         size = next(
-            (tuple(sp["input_size"]) for sp in map(spec_of, (t.path for t in targets)) if sp),
+            (tuple(sp.input_size) for sp in map(spec_of, (t.path for t in targets)) if sp),
             (128, 128),
         )
     frames, note = load_images(data, split, kind, count=8, size=size)

@@ -34,6 +34,7 @@ from bench.latency import (
     time_loaded,
 )
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.runtime import canonical_precision, get_backend
 
 COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
@@ -60,7 +61,7 @@ def evaluate_runtime(
     return score_predictor(runtime.predict, batches(), class_names, ignore_index)[0]
 
 
-def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | None):
+def _dataset(data, split: str, kind: str, size, spec: ModelSpec, max_images: int | None):
     import torch
 
     from compress.data import split_images
@@ -70,9 +71,9 @@ def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | No
         str(data) if data else None,
         split,
         size=tuple(size),
-        mean=spec["mean"],
-        std=spec["std"],
-        ignore_index=spec["ignore_index"],
+        mean=spec.mean,
+        std=spec.std,
+        ignore_index=spec.ignore_index,
         count=max_images,
     )
     if max_images and len(ds) > max_images:
@@ -85,7 +86,7 @@ def _dataset(data, split: str, kind: str, size, spec: dict, max_images: int | No
 # ---------------------------------------------------------------- rows
 
 
-def _read_spec(path: Path) -> dict:
+def _read_spec(path: Path) -> ModelSpec:
     from compress.models import read_checkpoint
 
     spec = read_checkpoint(path)["spec"]
@@ -209,7 +210,7 @@ def build_report(
                          "give files with different names")
     t_spec = _read_spec(teacher)
     s_specs = [_read_spec(p) for p in students]
-    size = tuple(size or s_specs[0]["input_size"])
+    size = tuple(size or s_specs[0].input_size)
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     gpu_needed = [d for d in devices if d.startswith("cuda")]
@@ -284,14 +285,14 @@ def build_report(
             row = _row(t, device, cost, timing=trow, error=trow["error"])
             if rt is not None and row.status == "ok":
                 spec = rt.spec
-                key = (tuple(spec["mean"]), tuple(spec["std"]), spec["ignore_index"])
+                key = (tuple(spec.mean), tuple(spec.std), spec.ignore_index)
                 if key not in datasets:
                     datasets[key] = _dataset(data, split, kind, size, spec, max_images)
                 ds = datasets[key]
                 class_names = class_names or list(ds.class_names)
-                if spec["classes"] != len(ds.class_names):
+                if spec.classes != len(ds.class_names):
                     row.accuracy_note = (
-                        f"mIoU n/a: model has {spec['classes']} classes, "
+                        f"mIoU n/a: model has {spec.classes} classes, "
                         f"the data {len(ds.class_names)}"
                     )
                 else:

@@ -247,7 +247,7 @@ def collect_run(recipe: str, run_dir: Path, trained_here: bool) -> dict:
     cfg = ckpt.get("config") or {}
     return {
         "recipe": recipe, "run_dir": str(run_dir), "seed": cfg.get("seed"),
-        "trained_here": trained_here, "checkpoint": str(best), "spec": ckpt["spec"],
+        "trained_here": trained_here, "checkpoint": str(best), "spec": ckpt["spec"].to_dict(),
         "miou": float(metrics.get("miou", summary["best_val_miou"])),
         "best_epoch": ckpt.get("epoch"), "epochs": summary["epochs"],
         "final_miou": (summary.get("final") or {}).get("val_miou"),

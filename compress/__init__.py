@@ -17,6 +17,7 @@ from typing import Any
 
 _LAZY = {
     "ConfigError": "compress.config",
+    "ModelSpec": "compress.spec",
     "RunConfig": "compress.config",
     "load_config": "compress.config",
     "create_model": "compress.models",
@@ -25,8 +26,8 @@ _LAZY = {
     "save_checkpoint": "compress.models",
 }
 
-__all__ = ["ConfigError", "RunConfig", "create_model", "load_config", "load_model", "make_spec",
-           "save_checkpoint"]
+__all__ = ["ConfigError", "ModelSpec", "RunConfig", "create_model", "load_config", "load_model",
+           "make_spec", "save_checkpoint"]
 
 
 def __getattr__(name: str) -> Any:

@@ -56,8 +56,8 @@ def cache_key(teacher, parts: list, scale: float) -> dict:
     return {
         "format": CACHE_FORMAT,
         "teacher_weights": _weights_digest(teacher.model),
-        "teacher_mean": list(teacher.spec["mean"]),
-        "teacher_std": list(teacher.spec["std"]),
+        "teacher_mean": list(teacher.spec.mean),
+        "teacher_std": list(teacher.spec.std),
         "student_norm": [list(map(float, p.mean)) + list(map(float, p.std)) for p in parts],
         "images": sum(len(p) for p in parts),
         "names": names.hexdigest(),

@@ -11,6 +11,7 @@ import torch
 from compress.data import split_classes, split_images
 from compress.errors import InputError
 from compress.io import atomic_write_json
+from compress.spec import ModelSpec
 from compress.train import collate, evaluate
 
 
@@ -29,10 +30,10 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 # (path, device, spec or None) -> (predict, spec): how ``evaluate_checkpoint`` opens a file
-PredictorLoader = Callable[[Path, str, "dict | None"], tuple[Predict, dict]]
+PredictorLoader = Callable[[Path, str, "ModelSpec | None"], tuple[Predict, ModelSpec]]
 
 
-def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
+def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
     """A ``predict(images) -> logits`` callable (the eval-mode model) and its spec, for a
     checkpoint. Exported artifacts need deploy's runtimes: ``deploy.runtime.load_predictor``
     opens both (the ``compress eval`` command passes it in)."""
@@ -107,16 +108,16 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
         spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
                          class_names=_data_class_names(kind, data, split))
     predict, spec = load(path, str(dev), spec)
-    size = size or tuple(spec["input_size"])
-    ds = split_images(kind, str(data), split, size=size, mean=spec["mean"], std=spec["std"],
-                      ignore_index=spec["ignore_index"])
-    if len(ds.class_names) != spec["classes"]:
-        raise InputError(f"{path}: model has {spec['classes']} classes but {data} has "
+    size = size or tuple(spec.input_size)
+    ds = split_images(kind, str(data), split, size=size, mean=spec.mean, std=spec.std,
+                      ignore_index=spec.ignore_index)
+    if len(ds.class_names) != spec.classes:
+        raise InputError(f"{path}: model has {spec.classes} classes but {data} has "
                          f"{len(ds.class_names)}")
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
-    result, conf = evaluate(predict, loader, spec["class_names"], spec["ignore_index"], dev,
+    result, conf = evaluate(predict, loader, spec.class_names, spec.ignore_index, dev,
                             flip=flip, show=True)
     out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,

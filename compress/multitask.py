@@ -1,10 +1,7 @@
 """Multi-task models: one shared network, a head per task, a dict of named outputs.
 
-A model spec declares extra tasks under ``tasks`` (absent or empty: a single-task
-segmentation model, whose forward keeps returning logits)::
-
-    tasks:
-      - {name: depth, kind: depth, unit: m, min_depth: 0.5, max_depth: 30.0, channels: 32}
+A model spec declares extra tasks under ``tasks`` (:mod:`compress.tasks`; absent or empty:
+a single-task segmentation model, whose forward keeps returning logits).
 
 Segmentation is always the first task (named ``seg``; its classes are the spec's
 ``classes`` / ``class_names``). A dense-regression task (``kind: depth``) gets a light head
@@ -19,92 +16,11 @@ is ``[N, H, W]``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.errors import UserError
-
-TASK_KINDS = ("depth",)
-SEG = "seg"
-MAX_TASKS = 4
-
-
-class TaskSpecError(UserError, ValueError):
-    """A bent ``tasks`` entry of a model spec; the message names the file and key."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One extra (non-segmentation) task of a multi-task model."""
-
-    name: str
-    kind: str = "depth"
-    unit: str = "m"
-    min_depth: float = 0.5
-    max_depth: float = 80.0
-    channels: int = 32
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def parse_tasks(value: Any, where: str = "") -> tuple[TaskSpec, ...]:
-    """The spec's ``tasks`` as :class:`TaskSpec` s (``None`` / ``[]``: single task).
-
-    Raises:
-        TaskSpecError: one line naming ``where`` and the bad key or value.
-    """
-    if value is None:
-        return ()
-    pre = f"{where}: " if where else ""
-    if not isinstance(value, (list, tuple)) or len(value) > MAX_TASKS:
-        raise TaskSpecError(f"{pre}model spec key 'tasks': a list of at most {MAX_TASKS} tasks "
-                         f"(got {str(value)[:60]})")
-    fields = set(TaskSpec.__dataclass_fields__)
-    out: list[TaskSpec] = []
-    for n, item in enumerate(value):
-        key = f"tasks[{n}]"
-        if not isinstance(item, dict):
-            raise TaskSpecError(f"{pre}model spec key '{key}': a mapping (got {str(item)[:60]})")
-        unknown = sorted(set(item) - fields)
-        if unknown:
-            raise TaskSpecError(f"{pre}model spec key '{key}.{unknown[0]}' is unknown; valid: "
-                             f"{', '.join(sorted(fields))}")
-        name = item.get("name")
-        if not isinstance(name, str) or not name.isidentifier() or name in (SEG, "logits"):
-            raise TaskSpecError(f"{pre}model spec key '{key}.name': an identifier other than "
-                             f"'seg' and 'logits' (got {name!r})")
-        if item.get("kind", "depth") not in TASK_KINDS:
-            raise TaskSpecError(f"{pre}model spec key '{key}.kind': one of "
-                             f"{', '.join(TASK_KINDS)} (got {item.get('kind')!r})")
-        lo, hi = item.get("min_depth", 0.5), item.get("max_depth", 80.0)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)) \
-                or not 0 < lo < hi <= 1e5:
-            raise TaskSpecError(f"{pre}model spec key '{key}': 0 < min_depth < max_depth <= 1e5 "
-                             f"(got {lo!r}, {hi!r})")
-        ch = item.get("channels", 32)
-        if not isinstance(ch, int) or isinstance(ch, bool) or not 1 <= ch <= 1024:
-            raise TaskSpecError(f"{pre}model spec key '{key}.channels': an integer in 1..1024 "
-                             f"(got {ch!r})")
-        unit = item.get("unit", "m")
-        if not isinstance(unit, str) or not 0 < len(unit) <= 8:
-            raise TaskSpecError(f"{pre}model spec key '{key}.unit': a short string (got {unit!r})")
-        out.append(TaskSpec(name=name, kind="depth", unit=unit, min_depth=float(lo),
-                            max_depth=float(hi), channels=ch))
-    if len({t.name for t in out}) != len(out):
-        raise TaskSpecError(f"{pre}model spec key 'tasks': task names repeat")
-    return tuple(out)
-
-
-def task_names(spec: dict[str, Any]) -> list[str]:
-    """Output names of a spec's model: ``["seg", ...extra tasks]`` for a multi-task
-    model, ``["logits"]`` for a single-task one."""
-    extra = parse_tasks(spec.get("tasks"))
-    return [SEG, *(t.name for t in extra)] if extra else ["logits"]
+from compress.tasks import SEG, TaskSpec, parse_tasks, task_names
 
 
 class DenseHead(nn.Module):
@@ -172,10 +88,10 @@ class MultiTaskModel(nn.Module):
         return {SEG: logits, **{name: head(feats, size) for name, head in self.heads.items()}}
 
 
-def attach_tasks(model: nn.Module, spec: dict[str, Any]) -> nn.Module:
-    """``model`` with the heads of ``spec["tasks"]`` (unchanged when there are none)."""
-    tasks = parse_tasks(spec.get("tasks"))
-    return MultiTaskModel(model, int(spec["classes"]), tasks) if tasks else model
+def attach_tasks(model: nn.Module, spec) -> nn.Module:
+    """``model`` with the heads of ``spec.tasks`` (unchanged when there are none)."""
+    tasks = parse_tasks(spec.tasks)
+    return MultiTaskModel(model, spec.classes, tasks) if tasks else model
 
 
 def seg_logits(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
@@ -214,3 +130,7 @@ class TaskBalance(nn.Module):
     def weights(self) -> dict[str, float]:
         w = self.fixed if self.log_vars is None else torch.exp(-self.log_vars.detach())
         return {n: float(v) for n, v in zip(self.names, w)}
+
+
+__all__ = ["SEG", "DenseHead", "MultiTaskModel", "TaskBalance", "TaskSpec", "attach_tasks",
+           "classifier_layer", "parse_tasks", "seg_logits", "task_names"]

@@ -13,7 +13,7 @@ import copy
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from compress.macs import count_flops
+from compress.spec import ModelSpec
 
 log = logging.getLogger("compress")
 
@@ -264,18 +265,18 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
                                  ratio_high, k)
 
 
-def taylor_batches(data_kind: str, root: str | None, spec: dict, size: tuple[int, int],
+def taylor_batches(data_kind: str, root: str | None, spec: ModelSpec, size: tuple[int, int],
                    batches: int, batch_size: int) -> Callable[[nn.Module], None]:
     """A ``grad_fn`` for Taylor importance: cross-entropy on ``batches`` batches of the
     train split (the data's own labels), gradients accumulated into the model."""
     from compress.data import split_images
 
     n = batches * batch_size
-    ds = split_images(data_kind, root, "train", size=size, mean=spec["mean"], std=spec["std"],
-                      ignore_index=spec["ignore_index"], count=max(n, 1))
-    if len(ds.class_names) != spec["classes"]:
+    ds = split_images(data_kind, root, "train", size=size, mean=spec.mean, std=spec.std,
+                      ignore_index=spec.ignore_index, count=max(n, 1))
+    if len(ds.class_names) != spec.classes:
         raise ValueError(f"prune: the {data_kind} data has {len(ds.class_names)} classes, the "
-                         f"model {spec['classes']}: Taylor importance needs the model's own data")
+                         f"model {spec.classes}: Taylor importance needs the model's own data")
     items = [ds[i] for i in range(min(n, len(ds)))]
     groups = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
 
@@ -285,7 +286,7 @@ def taylor_batches(data_kind: str, root: str | None, spec: dict, size: tuple[int
             x = torch.stack([it["image"] for it in group])
             y = torch.stack([it["mask"] for it in group])
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, ignore_index=spec["ignore_index"])
+            loss = nn.functional.cross_entropy(logits, y, ignore_index=spec.ignore_index)
             loss.backward()
 
     return grad_fn
@@ -324,10 +325,13 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
     if out.exists():
         raise ValueError(f"prune: {out} exists: refusing to overwrite it")
     model, spec = load_model(checkpoint, return_spec=True)
-    if spec.get("factory"):
+    if spec.tasks:
+        raise ModelError(f"{checkpoint}: a multi-task model (spec key 'tasks') cannot be "
+                         "pruned yet; prune the segmentation model, then add the tasks")
+    if spec.factory:
         raise ModelError(f"{checkpoint}: a custom-factory model cannot be pruned into a spec "
                          "(only smp and zoo architectures are rebuilt by name)")
-    h, w = size or tuple(spec["input_size"])
+    h, w = size or tuple(spec.input_size)
     example = torch.zeros(1, 3, h, w)
     macs0, _ = cost(model, example)
     target = macs0 * macs_ratio if macs_ratio is not None else target_gmacs * 1e9
@@ -341,11 +345,11 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
         grad_fn = taylor_batches(data_kind, str(data) if data else None, spec, (h, w),
                                  batches, batch_size)
     pruned, res = prune_model(model, example, target_macs=target, importance=importance,
-                              steps=steps, round_to=round_to, classes=spec["classes"],
+                              steps=steps, round_to=round_to, classes=spec.classes,
                               grad_fn=grad_fn)
-    base = {k: v for k, v in spec.items() if k != "pruned_shapes"}
+    base = replace(spec, pruned_shapes=None)
     shapes = changed_shapes(pruned, create_model(base))
-    new_spec = {**base, "pruned_shapes": shapes}
+    new_spec = replace(base, pruned_shapes=shapes)
     record = {"from": Path(checkpoint).name, "importance": importance, "steps": steps,
               "round_to": round_to, "size": [h, w], "ratio": round(res.ratio, 4),
               "ratio_high": None if res.ratio_high is None else round(res.ratio_high, 4),

@@ -79,10 +79,10 @@ class Ensemble:
                 p.requires_grad_(False)
             self.models.append(model.eval())
             self.specs.append(spec)
-        names = self.specs[0]["class_names"]
+        names = self.specs[0].class_names
         for ck, spec in zip(checkpoints[1:], self.specs[1:]):
-            if spec["class_names"] != names:
-                raise InputError(f"{ck}: classes {spec['class_names']} differ from "
+            if spec.class_names != names:
+                raise InputError(f"{ck}: classes {spec.class_names} differ from "
                                  f"{checkpoints[0]}'s {names}; an ensemble needs one label set")
         self.class_names, self.device = list(names), device
         self.size, self.scales, self.flip = size, tuple(scales), flip
@@ -94,11 +94,11 @@ class Ensemble:
         h0, w0 = image.shape[:2]
         out = []
         for model, spec in zip(self.models, self.specs):
-            base = self.size or tuple(spec["input_size"])
+            base = self.size or tuple(spec.input_size)
             total, n = 0, 0
             for s in self.scales:
                 hw = (_round32(base[0] * s), _round32(base[1] * s))
-                x = normalize(resize_pair(image, None, hw)[0], spec["mean"], spec["std"])
+                x = normalize(resize_pair(image, None, hw)[0], spec.mean, spec.std)
                 x = torch.from_numpy(x)[None].to(self.device)
                 p = model(x).float().softmax(1)
                 if self.flip:
@@ -272,7 +272,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         names, cmap = t_names, None
     c = len(names)
     if ignore_index is None:
-        ignore_index = ens.specs[0]["ignore_index"]
+        ignore_index = ens.specs[0].ignore_index
         if 0 <= ignore_index < c:  # a teacher class id cannot double as the ignore value
             ignore_index = 255
     if 0 <= ignore_index < c or not 0 <= ignore_index < 65536:

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.spec import ModelSpec
+
 QAT_FORMAT = "segcompress-qat/1"
 NNCF_PREFIX = "__nncf_hooks."
 QUANTIZER_MODULE = "nncf.torch.quantization.layers"
@@ -164,7 +166,7 @@ def restore_qat(model: nn.Module, state: Any, source: str | Path | None = None) 
                        f"{type(model).__name__}: {' '.join(str(e).split())[:200]}") from None
 
 
-def load_qat_model(path: str | Path) -> tuple[nn.Module, dict, dict] | None:
+def load_qat_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict] | None:
     """The fake-quantized model of a QAT checkpoint, in eval mode, with its spec and
     ``quantization`` state; None for a checkpoint without one.
 

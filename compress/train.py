@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from compress.models import (
     save_checkpoint,
     unwrap,
 )
+from compress.spec import ModelSpec
 
 log = logging.getLogger("compress")
 
@@ -102,7 +103,7 @@ def check_task_settings(cfg: RunConfig, class_names: list[str]) -> None:
                          f"{len(class_names)} classes")
 
 
-def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None = None) -> dict:
+def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None = None) -> ModelSpec:
     """The student's spec: from the recipe's model keys, or from ``model.init_from``'s
     checkpoint (a resume reads it from the run's own ``last.pt``)."""
     m = cfg.model
@@ -119,27 +120,27 @@ def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None
 
 
 def _init_spec(path: str, cfg: RunConfig, class_names: list[str],
-               last_state: dict | None) -> dict:
+               last_state: dict | None) -> ModelSpec:
     if last_state is not None and last_state.get("spec"):
-        return dict(last_state["spec"])
+        return last_state["spec"]
     if not Path(path).is_file():
         raise FileNotFoundError(f"model.init_from not found: {path}")
     spec = read_checkpoint(path)["spec"]
     if spec is None:
         raise ValueError(f"model.init_from {path} is a plain state_dict: give a segcompress "
                          "checkpoint (its spec rebuilds the student)")
-    names = [n.lower() for n in spec["class_names"]]
+    names = [n.lower() for n in spec.class_names]
     generic = names == [f"class_{i}" for i in range(len(names))]  # names unknown: count only
     if (names != [n.lower() for n in class_names]
             and not (generic and len(names) == len(class_names))):
-        raise ValueError(f"model.init_from {path}: its classes ({', '.join(spec['class_names'][:6])}"
+        raise ValueError(f"model.init_from {path}: its classes ({', '.join(spec.class_names[:6])}"
                          f"{' ...' if len(names) > 6 else ''}) are not the data's "
                          f"({', '.join(class_names[:6])}{' ...' if len(class_names) > 6 else ''})")
-    return {**spec, "class_names": list(class_names), "ignore_index": cfg.ignore_index,
-            "input_size": [int(s) for s in cfg.data.size]}
+    return replace(spec, class_names=list(class_names), ignore_index=cfg.ignore_index,
+                   input_size=[int(s) for s in cfg.data.size])
 
 
-def _quantize_student(student: nn.Module, cfg: RunConfig, spec: dict,
+def _quantize_student(student: nn.Module, cfg: RunConfig, spec: ModelSpec,
                       last_state: dict | None, run_dir: Path) -> nn.Module:
     """``quant.qat``: NNCF's quantizers in the student (:mod:`compress.qat`)."""
     from compress.qat import calibration_batches, quantize_student, restore_qat
@@ -149,7 +150,7 @@ def _quantize_student(student: nn.Module, cfg: RunConfig, spec: dict,
             raise ValueError(f"cannot resume {run_dir} with quant.qat: its last.pt holds no "
                              "quantizers")
         return restore_qat(student, last_state["quantization"], run_dir)
-    calib = build_split(cfg.data, cfg.data.train_split, spec["mean"], spec["std"],
+    calib = build_split(cfg.data, cfg.data.train_split, spec.mean, spec.std,
                         cfg.ignore_index, False, cfg.seed)
     batches = calibration_batches(calib, cfg.quant.calib_samples, cfg.data.batch_size)
     log.info(f"quant.qat: nncf.quantize ({cfg.quant.preset}) calibrated on "
@@ -247,7 +248,7 @@ class Teacher:
 
     class_map: torch.Tensor | None = None
 
-    def __init__(self, model: nn.Module, spec: dict, student_spec: dict, levels: list[str],
+    def __init__(self, model: nn.Module, spec: ModelSpec, student_spec: ModelSpec, levels: list[str],
                  half: bool = False, device: torch.device | str = "cpu") -> None:
         self.model = model.eval().to(device)
         for p in self.model.parameters():
@@ -255,8 +256,8 @@ class Teacher:
         self.spec, self.levels, self.device = spec, list(levels), torch.device(device)
         self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
         self.model.to(self.dtype)
-        s_mean, s_std = torch.tensor(student_spec["mean"]), torch.tensor(student_spec["std"])
-        t_mean, t_std = torch.tensor(spec["mean"]), torch.tensor(spec["std"])
+        s_mean, s_std = torch.tensor(student_spec.mean), torch.tensor(student_spec.std)
+        t_mean, t_std = torch.tensor(spec.mean), torch.tensor(spec.std)
         # x_t = (x_s * std_s + mean_s - mean_t) / std_t  ==  x_s * a + b
         self.a = (s_std / t_std).view(1, 3, 1, 1).to(self.device)
         self.b = ((s_mean - t_mean) / t_std).view(1, 3, 1, 1).to(self.device)
@@ -277,7 +278,8 @@ class Teacher:
                          .clamp_min(1e-8))
 
 
-def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tuple[Teacher, dict]:
+def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
+                 ) -> tuple[Teacher, ModelSpec]:
     """Load the teacher checkpoint (a segcompress checkpoint, or a plain state_dict with
     ``teacher.model``) and check that every weight loaded."""
     tc = cfg.teacher
@@ -293,12 +295,12 @@ def load_teacher(cfg: RunConfig, s_spec: dict, levels: list[str], device) -> tup
                          "model spec: set teacher.model (arch, encoder, decoder_channels)")
     if ckpt["spec"] is None:  # a plain state_dict: the architecture comes from teacher.model
         m = tc.model
-        classes = m.classes or _head_classes(ckpt["state_dict"]) or s_spec["classes"]
-        names = s_spec["class_names"] if classes == s_spec["classes"] else None
+        classes = m.classes or _head_classes(ckpt["state_dict"]) or s_spec.classes
+        names = s_spec.class_names if classes == s_spec.classes else None
         spec = make_spec(arch=m.arch, encoder=m.encoder, classes=classes,
-                         class_names=names, ignore_index=s_spec["ignore_index"],
+                         class_names=names, ignore_index=s_spec.ignore_index,
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
-                         mean=m.mean, std=m.std, input_size=s_spec["input_size"])
+                         mean=m.mean, std=m.std, input_size=s_spec.input_size)
     model, spec = load_model(tc.checkpoint, spec=spec,
                              strict=not (tc.allow_missing_keys or tc.adapter),
                              return_spec=True, trusted=recipe_factories(cfg))
@@ -337,9 +339,9 @@ def _check_teacher_weights(model: nn.Module, tc) -> None:
                     f"fit no weight of the model (e.g. {unexpected[0]}) and were ignored")
 
 
-def model_label(spec: dict) -> str:
+def model_label(spec: ModelSpec) -> str:
     """How a model is named to the user: its factory when it has one, else arch/encoder."""
-    return f"factory {spec['factory']}" if spec.get("factory") else f"{spec['arch']}/{spec['encoder']}"
+    return f"factory {spec.factory}" if spec.factory else f"{spec.arch}/{spec.encoder}"
 
 
 def _head_classes(state: dict) -> int | None:
@@ -350,10 +352,10 @@ def _head_classes(state: dict) -> int | None:
     return None
 
 
-def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None) -> list[str]:
+def check_label_maps(t_spec: ModelSpec, s_spec: ModelSpec, class_map: torch.Tensor | None) -> list[str]:
     """Preflight: do the teacher's classes line up with the student's? Returns summary
     lines; raises when they silently would not (same count, different names, no map)."""
-    t_names, s_names = list(t_spec["class_names"]), list(s_spec["class_names"])
+    t_names, s_names = list(t_spec.class_names), list(s_spec.class_names)
     if class_map is None:
         generic = all(n == f"class_{i}" for i, n in enumerate(t_names))
         diff = [(i, t, s) for i, (t, s) in enumerate(zip(t_names, s_names))
@@ -376,7 +378,7 @@ def check_label_maps(t_spec: dict, s_spec: dict, class_map: torch.Tensor | None)
     return lines
 
 
-def feature_channels(model: nn.Module, spec: dict, levels: list[str], device) -> dict[str, int]:
+def feature_channels(model: nn.Module, spec: ModelSpec, levels: list[str], device) -> dict[str, int]:
     """Channels of each tapped level, from one tiny forward pass (also checks strides)."""
     if not levels:
         return {}
@@ -878,8 +880,8 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     torch.manual_seed(cfg.seed)
     class_names = cfg.class_names or dataset_classes(cfg.data, cfg.ignore_index)
     spec = student_spec(cfg, class_names, last_state)
-    train_set = build_train_set(cfg.data, spec["mean"], spec["std"], cfg.ignore_index, cfg.seed)
-    val_set = build_split(cfg.data, cfg.data.val_split, spec["mean"], spec["std"],
+    train_set = build_train_set(cfg.data, spec.mean, spec.std, cfg.ignore_index, cfg.seed)
+    val_set = build_split(cfg.data, cfg.data.val_split, spec.mean, spec.std,
                           cfg.ignore_index, False, cfg.seed)
     if len(train_set.class_names) != len(class_names):
         raise ConfigError(f"class_names has {len(class_names)} entries but the data has "
@@ -905,7 +907,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     if needs_teacher:
         teacher, t_spec = load_teacher(cfg, spec, taps, device)
         try:
-            class_map = kd_class_map(kd.class_map, t_spec["class_names"], spec["class_names"])
+            class_map = kd_class_map(kd.class_map, t_spec.class_names, spec.class_names)
         except ValueError as e:
             raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
         for line in check_label_maps(t_spec, spec, class_map):
@@ -1082,7 +1084,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     return run_dir
 
 
-def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: dict,
+def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: ModelSpec,
                      class_names: list[str], device) -> dict | None:
     """Score best.pt on the data's test split (when it has one): ``test/eval.json`` and
     ``visualizations/test.png``. Synthetic data has no held-out test split."""
@@ -1093,7 +1095,7 @@ def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: dict
     if not split or cfg.data.kind == "synthetic" or not best.is_file():
         return None
     try:
-        test_set = build_split(cfg.data, split, spec["mean"], spec["std"], cfg.ignore_index,
+        test_set = build_split(cfg.data, split, spec.mean, spec.std, cfg.ignore_index,
                                False, cfg.seed)
     except DataError:
         return None  # no such split: nothing to report
@@ -1121,12 +1123,12 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _write_summary(run_dir: Path, history: list[dict], spec: dict, best: float,
+def _write_summary(run_dir: Path, history: list[dict], spec: ModelSpec, best: float,
                    test: dict | None = None) -> None:
     total = sum(r.get("epoch_seconds", 0) for r in history)
     atomic_write_json(run_dir / "summary.json", {
         "best_val_miou": best, "epochs": len(history), "train_seconds": round(total, 1),
-        "spec": spec, "final": history[-1] if history else None,
+        "spec": spec.to_dict(), "final": history[-1] if history else None,
         "test_miou": test["miou"] if test else None,
     })
 

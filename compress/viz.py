@@ -9,6 +9,7 @@ import torch
 
 from compress.data import denormalize
 from compress.io import atomic_write
+from compress.spec import ModelSpec
 
 
 def palette(classes: int) -> np.ndarray:
@@ -36,7 +37,7 @@ def labels(logits: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device, n: int = 3) -> Path:
+def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, device, n: int = 3) -> Path:
     """Grid: input | ground truth | teacher | student | overlay | teacher-student difference."""
     import matplotlib
 
@@ -44,7 +45,7 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device,
     import matplotlib.pyplot as plt
 
     student.eval()
-    classes = max(2, spec["classes"])  # a binary task: background + its one class
+    classes = max(2, spec.classes)  # a binary task: background + its one class
     n = min(n, len(dataset))
     cols = ["input", "ground truth", "teacher", "student", "overlay", "teacher != student"]
     if teacher is None:
@@ -55,7 +56,7 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device,
     for r in range(n):
         item = dataset[int(picks[r])]
         x = item["image"][None].to(device)
-        img = denormalize(item["image"], spec["mean"], spec["std"])
+        img = denormalize(item["image"], spec.mean, spec.std)
         gt = item["mask"].numpy()
         s = labels(student(x))
         panels = [img, colorize(gt, classes)]
@@ -64,7 +65,7 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: dict, device,
             panels.append(colorize(t, classes))
         panels.append(colorize(s, classes))
         panels.append((0.55 * img + 0.45 * colorize(s, classes)).astype(np.uint8))
-        ref = t if teacher is not None else np.where(gt == spec["ignore_index"], s, gt)
+        ref = t if teacher is not None else np.where(gt == spec.ignore_index, s, gt)
         panels.append((s != ref).astype(np.uint8) * 255)
         for c, (ax, p) in enumerate(zip(axes[r], panels)):
             ax.imshow(p, cmap="magma" if p.ndim == 2 else None, vmin=0, vmax=255)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress.spec import ModelSpec
 from deploy.arrays import class_ids
 from deploy.errors import ExportError, VerificationError, first_line
 from deploy.metadata import set_spec_metadata
@@ -47,12 +49,10 @@ class ExportHead(nn.Module):
         return logits.argmax(1)
 
 
-def export_spec(spec: dict[str, Any], size: tuple[int, int], argmax: bool) -> dict[str, Any]:
+def export_spec(spec: ModelSpec, size: tuple[int, int], argmax: bool) -> ModelSpec:
     """The spec of an exported model: input size fixed to ``size``, ``output`` recorded."""
-    out = dict(spec)
-    out["input_size"] = [int(size[0]), int(size[1])]
-    out["output"] = "argmax" if argmax else "logits"
-    return out
+    return replace(spec, input_size=[int(size[0]), int(size[1])],
+                   output="argmax" if argmax else "logits")
 
 
 def input_shape(size: tuple[int, int], batch_size: int, dynamic_batch: bool,
@@ -63,7 +63,7 @@ def input_shape(size: tuple[int, int], batch_size: int, dynamic_batch: bool,
             "height" if dynamic_spatial else h, "width" if dynamic_spatial else w]
 
 
-def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
+def export_onnx(model: nn.Module, path: str | Path, spec: ModelSpec, *,
                 size: tuple[int, int], opset: int = DEFAULT_OPSET, batch_size: int = 1,
                 dynamic_batch: bool = True, dynamic_spatial: bool = False,
                 argmax: bool = False, simplify: bool = True) -> Path:
@@ -260,7 +260,7 @@ def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
         VerificationError: agreement below ``min_agreement``.
     """
     rt = load_runtime(path, threads=threads)
-    argmax = rt.spec.get("output") == "argmax"
+    argmax = rt.spec.output == "argmax"
     res = compare(torch_predictor(model, argmax), rt.predict, batches, class_names, ignore_index,
                   reference_name=reference_name)
     res["min_agreement"] = min_agreement

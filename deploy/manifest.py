@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from compress.spec import ModelSpec
 from deploy.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
@@ -81,7 +82,7 @@ def cpu_name() -> str:
 
 
 def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
-                   input_shape: list, output: str, output_name: str, spec: dict,
+                   input_shape: list, output: str, output_name: str, spec: ModelSpec,
                    companions: list[Path] = (), **extra: Any) -> dict[str, Any]:
     """One ``artifacts`` item for ``path`` (hashed now; companions hashed too)."""
     return {
@@ -95,25 +96,25 @@ def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
         "output": output,
         "output_name": output_name,
         "normalization": {
-            "mean": spec["mean"], "std": spec["std"], "scale": 1 / 255,
+            "mean": spec.mean, "std": spec.std, "scale": 1 / 255,
             "layout": "NCHW", "channels": "RGB",
             "formula": "(pixel / 255 - mean) / std",
         },
-        "class_names": list(spec["class_names"]),
-        "ignore_index": spec["ignore_index"],
+        "class_names": list(spec.class_names),
+        "ignore_index": spec.ignore_index,
         "files": [{"file": p.name, "sha256": sha256_file(p)} for p in companions],
         **extra,
     }
 
 
-def new_manifest(checkpoint: Path, source_sha256: str, spec: dict, options: dict,
+def new_manifest(checkpoint: Path, source_sha256: str, spec: ModelSpec, options: dict,
                  data: dict) -> dict[str, Any]:
     return {
         "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source_checkpoint": str(Path(checkpoint).resolve()),
         "source_sha256": source_sha256,
-        "spec": spec,
+        "spec": spec.to_dict(),
         "export": options,
         "data": data,
         "artifacts": [],
@@ -210,6 +211,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if digest != manifest_digest(manifest):
         raise ManifestError(f"manifest: {path} was changed after export (its content does not "
                             f"match its {DIGEST_KEY}): refusing it")
+    ModelSpec.from_dict(manifest["spec"], path)  # its spec is checked before anything uses it
     return manifest
 
 
@@ -263,8 +265,8 @@ def find_artifact(path: str | Path) -> tuple[dict | None, dict | None]:
     return manifest, entry
 
 
-def artifact_spec(manifest: dict, entry: dict) -> dict[str, Any]:
+def artifact_spec(manifest: dict, entry: dict) -> ModelSpec:
     """The model spec for one artifact: the manifest's spec with the artifact's output."""
     spec = dict(manifest["spec"])
     spec["output"] = entry.get("output", spec.get("output", "logits"))
-    return spec
+    return ModelSpec.from_dict(spec, MANIFEST_NAME)

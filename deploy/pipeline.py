@@ -35,6 +35,7 @@ import numpy as np
 
 from compress.errors import InputError
 from compress.io import current_umask
+from compress.spec import ModelSpec
 from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
 
 Log = Callable[[str], None]
@@ -214,7 +215,7 @@ class _FolderImages:
         return {"image": torch.from_numpy(normalize(image, self.mean, self.std)), "mask": mask}
 
 
-def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
+def _load_folder(cfg: ExportConfig, spec: ModelSpec, size: tuple[int, int]
                  ) -> tuple[ImageSet, ImageSet, dict]:
     """``--calib-images``: (calibration set, held-back set, info); both unlabelled."""
     from compress.pseudo import list_images
@@ -224,7 +225,7 @@ def _load_folder(cfg: ExportConfig, spec: dict, size: tuple[int, int]
     if len(paths) < 2:
         raise ExportError(f"export: --calib-images {folder} holds {len(paths)} image(s); "
                           "at least 2 are needed (one to calibrate, one held back)")
-    ds = _FolderImages(paths, size, spec["mean"], spec["std"])
+    ds = _FolderImages(paths, size, spec.mean, spec.std)
     held = [i for i in range(len(paths)) if i % cfg.holdout_every == cfg.holdout_every - 1]
     held = held or [len(paths) - 1]
     calib = [i for i in range(len(paths)) if i not in set(held)][:cfg.calib_size]
@@ -261,7 +262,7 @@ class _Reiterable:
         return self.length
 
 
-def _load_split(cfg: ExportConfig, spec: dict, size: tuple[int, int], split: str, count: int | None,
+def _load_split(cfg: ExportConfig, spec: ModelSpec, size: tuple[int, int], split: str, count: int | None,
                 seed: int) -> tuple[ImageSet, dict]:
     from compress.data import split_images
 
@@ -270,9 +271,9 @@ def _load_split(cfg: ExportConfig, spec: dict, size: tuple[int, int], split: str
         raise InputError(f"export: data kind {kind!r} needs a dataset root (--calib-data DIR)")
     n_synth = count or cfg.synthetic_val_length
     ds = split_images(kind, str(cfg.data) if cfg.data else None, split, size=size,
-                      mean=spec["mean"], std=spec["std"], ignore_index=spec["ignore_index"],
+                      mean=spec.mean, std=spec.std, ignore_index=spec.ignore_index,
                       count=max(n_synth, 1))
-    labelled = len(ds.class_names) == spec["classes"]
+    labelled = len(ds.class_names) == spec.classes
     n = len(ds) if count is None else min(count, len(ds))
     if seed < 0 or n == len(ds):
         indices = list(range(n))
@@ -476,7 +477,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     qat = _qat_model(checkpoint, cfg) if cfg.int8 else None
     if qat is not None:
         preset = qat[1]
-    size = tuple(cfg.size or spec["input_size"])
+    size = tuple(cfg.size or spec.input_size)
     check_size(size)
 
     calib = calib_info = None
@@ -488,11 +489,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         val, val_info = _load_split(cfg, spec, size, cfg.val_split, cfg.val_size, seed=-1)
         if cfg.calib_images is not None:
             calib, _, calib_info = _load_folder(cfg, spec, size)
-    class_names = spec["class_names"] if val.labelled else None
+    class_names = spec.class_names if val.labelled else None
     if cfg.int8 and calib is None and qat is None:  # a QAT checkpoint needs no calibration
         if not val.labelled:
             raise QuantizationError(
-                f"quantize: the model has {spec['classes']} classes but the "
+                f"quantize: the model has {spec.classes} classes but the "
                 f"{val_info['kind']} data has {len(val_info['class_names'])}: INT8 needs "
                 "labelled images like the model's own (--calib-data DIR, --data-kind) to "
                 "calibrate and to check the mIoU budget, or a folder of unlabelled images "
@@ -557,10 +558,10 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     from deploy.manifest import artifact_entry
     from deploy.runtime import backend_for_path, load_runtime
 
-    ignore = spec["ignore_index"]
+    ignore = spec.ignore_index
     out_spec = export_spec(spec, size, cfg.argmax)
-    manifest["spec"] = out_spec
-    output = out_spec["output"]
+    manifest["spec"] = out_spec.to_dict()
+    output = out_spec.output
     shape = input_shape(size, cfg.batch_size, cfg.dynamic_batch, cfg.dynamic_spatial)
     common = {"input_name": "images", "input_shape": shape, "output": output,
               "output_name": OUTPUT_NAMES[output], "spec": out_spec}
@@ -588,7 +589,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     reference = load_runtime(onnx_path, threads=cfg.threads)
     budget = "labels"
     if cfg.int8 and not val.labelled:  # unlabelled images: the f32 model's own predictions
-        val, class_names, budget = _label_with(reference, val), spec["class_names"], \
+        val, class_names, budget = _label_with(reference, val), spec.class_names, \
             "fp32-predictions"
         log(f"int8: no labels: the budget is mIoU against the f32 model's predictions on "
             f"{len(val)} held-back images")
@@ -742,7 +743,7 @@ def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, 
     }
 
 
-def _qat_int8(qat_model, int8_path: Path, spec: dict, size, cfg: ExportConfig, preset: str,
+def _qat_int8(qat_model, int8_path: Path, spec: ModelSpec, size, cfg: ExportConfig, preset: str,
               val: ImageSet, class_names, ignore: int, check, load_runtime, log: Log) -> dict:
     """The INT8 QDQ ONNX of a QAT checkpoint: its trained quantizers exported as
     QuantizeLinear/DequantizeLinear pairs (no calibration), scored like PTQ's."""
@@ -800,7 +801,8 @@ def _tensorrt(onnx_path: Path, int8_path: Path | None, size, cfg: ExportConfig, 
     for precision, src, dst in jobs:
         info = build_engine(src, dst, precision=precision, shapes=shapes,
                             workspace_gib=cfg.trt_workspace_gib, timing_cache=cfg.trt_timing_cache)
-        rt = TensorRTRuntime(dst, manifest["spec"], "cuda", entry={"precision": precision})
+        rt = TensorRTRuntime(dst, ModelSpec.from_dict(manifest["spec"]), "cuda",
+                             entry={"precision": precision})
         r = check(rt, False, f"TensorRT ({precision})")
         add(dst, precision, verification=r, tensorrt=info, source=src.name,
             source_sha256=sha256_file(src))

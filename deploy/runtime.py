@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.backends import onnxruntime as onnxruntime_backend
 from deploy.backends import openvino as openvino_backend
@@ -140,7 +141,7 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
     return backend.load(path, spec, entry, str(device), threads, precision)
 
 
-def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
+def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
     """``compress eval``'s loader for any file :func:`load_runtime` takes: a checkpoint
     as the eval-mode PyTorch model (``compress.evaluate.load_predictor``), an exported
     artifact as a ``predict(images: torch.Tensor) -> logits`` over its runtime; class ids
@@ -157,10 +158,10 @@ def load_predictor(path: Path, device: str = "cpu", spec: dict | None = None):
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         out = rt.predict(x.cpu().numpy())
-        if out.ndim == 3 and rt.spec["classes"] == 1:  # binary ids -> a logit of +-1
+        if out.ndim == 3 and rt.spec.classes == 1:  # binary ids -> a logit of +-1
             out = out[:, None] * 2.0 - 1.0
         elif out.ndim == 3:  # class ids from an argmax export: one-hot, argmax(1) gives them
-            out = np.eye(rt.spec["classes"], dtype=np.float32)[out].transpose(0, 3, 1, 2)
+            out = np.eye(rt.spec.classes, dtype=np.float32)[out].transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
     return predict, rt.spec

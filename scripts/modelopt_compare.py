@@ -27,11 +27,13 @@ def calib(export_dir: Path, data: Path, count: int = 300, seed: int = 0) -> Path
     import json
 
     from compress.data import split_images
+    from compress.spec import ModelSpec
 
-    spec = json.loads((export_dir / "manifest.json").read_text())["spec"]
-    size = tuple(spec["input_size"])
-    ds = split_images("camvid", str(data), "train", size=size, mean=spec["mean"],
-                      std=spec["std"], ignore_index=spec["ignore_index"])
+    manifest = export_dir / "manifest.json"
+    spec = ModelSpec.from_dict(json.loads(manifest.read_text())["spec"], manifest)
+    size = tuple(spec.input_size)
+    ds = split_images("camvid", str(data), "train", size=size, mean=spec.mean,
+                      std=spec.std, ignore_index=spec.ignore_index)
     n = min(count, len(ds))
     idx = (range(n) if n == len(ds) else
            sorted(np.random.default_rng(seed).choice(len(ds), n, replace=False).tolist()))

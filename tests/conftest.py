@@ -9,6 +9,7 @@ import torch
 
 from compress.config import RunConfig, load_config
 from compress.models import create_model, make_spec, save_checkpoint
+from compress.spec import ModelSpec
 
 # one thread: the suite runs beside other work on small machines; tiny models gain little
 torch.set_num_threads(1)
@@ -20,7 +21,7 @@ TINY_DECODER = [16, 16, 8, 8, 8]
 
 
 def tiny_spec(classes: int = 5, size=(64, 64), encoder: str = "tu-efficientnet_lite0", *,
-              synthetic_names: bool = False, **kw) -> dict:
+              synthetic_names: bool = False, **kw) -> ModelSpec:
     """The one tiny model spec of the suite (a Unet on EfficientNet-Lite0 with a slim
     decoder, 64x64); ``synthetic_names`` names 5 classes as the synthetic dataset does.
     Other ``make_spec`` arguments (``arch``, ``decoder_channels``...) pass through."""

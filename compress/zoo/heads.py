@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.spec import ModelSpec
 from compress.zoo.registry import ZooError
 
 ENCODER_STRIDES = (4, 8, 16, 32)
@@ -229,34 +230,34 @@ class ZooSegModel(nn.Module):
         return logits, {**dict(zip(TAP_NAMES, feats)), "decoder": dec}
 
 
-def create_head_model(spec: dict, encoder_weights: str | None = None) -> ZooSegModel:
+def create_head_model(spec: ModelSpec, encoder_weights: str | None = None) -> ZooSegModel:
     """Build a project-head model from a spec (``arch`` in :data:`HEADS`).
 
-    ``spec["decoder_channels"]`` gives the head widths (one for SegFormerMLP / LRASPP,
-    three for PPLiteSeg); ``spec["kwargs"]`` may hold ``encoder_width`` (channel
+    ``spec.decoder_channels`` gives the head widths (one for SegFormerMLP / LRASPP,
+    three for PPLiteSeg); ``spec.kwargs`` may hold ``encoder_width`` (channel
     multiplier of the encoder, random init only).
 
     Raises:
         ZooError: unknown head, unknown kwargs, an encoder without stride 4-32 features.
     """
-    arch = spec["arch"]
+    arch = spec.arch
     if arch not in HEADS:
         raise ZooError(f"unknown zoo head {arch!r}; valid: {', '.join(HEADS)}")
-    kwargs = dict(spec.get("kwargs") or {})
+    kwargs = dict(spec.kwargs)
     width = float(kwargs.pop("encoder_width", 1.0))
     if kwargs:
         raise ZooError(f"{arch}: unknown kwargs {sorted(kwargs)} (valid: encoder_width)")
-    encoder = TimmFeatures(spec["encoder"], width, pretrained=encoder_weights == "imagenet")
-    widths = spec.get("decoder_channels")
+    encoder = TimmFeatures(spec.encoder, width, pretrained=encoder_weights == "imagenet")
+    widths = spec.decoder_channels
     head_cls = HEADS[arch]
     if widths:
         arg = tuple(widths) if head_cls is PPLiteSeg else int(widths[0])
-        decoder = head_cls(encoder.channels, spec["classes"], arg)
+        decoder = head_cls(encoder.channels, spec.classes, arg)
     else:
-        decoder = head_cls(encoder.channels, spec["classes"])
+        decoder = head_cls(encoder.channels, spec.classes)
     model = ZooSegModel(encoder, decoder)
     if encoder_weights not in (None, "imagenet"):
         from compress.models import load_encoder_weights
 
-        load_encoder_weights(model, spec["encoder"], encoder_weights)
+        load_encoder_weights(model, spec.encoder, encoder_weights)
     return model

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.errors import ManifestError
 
 INSTALL_GPU = "pip install 'segcompress[gpu]'"  # the install hint of every GPU backend
@@ -62,7 +63,7 @@ class Runtime:
 
     Attributes:
         path: the file loaded.
-        spec: the model spec; ``spec["output"]`` is ``"logits"`` or ``"argmax"``.
+        spec: the model spec; ``spec.output`` is ``"logits"`` or ``"argmax"``.
         backend: ``torch``, ``onnxruntime``, ``openvino`` or ``tensorrt``.
         precision: what really executes (``f32``, ``bf16``, ``fp16``, ``int8``).
         device: where it runs (``cpu``, ``cuda``, ``CPU``...).
@@ -71,18 +72,18 @@ class Runtime:
 
     backend = "none"
 
-    def __init__(self, path: Path, spec: dict[str, Any], device: str, precision: str,
+    def __init__(self, path: Path, spec: ModelSpec, device: str, precision: str,
                  info: dict[str, Any] | None = None) -> None:
         self.path, self.spec, self.device, self.precision = path, spec, device, precision
         self.info = info or {}
 
     @property
     def output(self) -> str:
-        return self.spec.get("output", "logits")
+        return self.spec.output or "logits"
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` normalised -> ``float32 [N, C, H, W]`` logits, or
-        ``int64 [N, H, W]`` class ids when ``spec["output"] == "argmax"``."""
+        ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"``."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
@@ -104,19 +105,19 @@ class Runtime:
                 f"precision={self.precision}, device={self.device})")
 
 
-def check_shapes(path: Path, spec: dict, in_shape: list, out_shape: list) -> None:
+def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list) -> None:
     """Refuse a model file whose own graph contradicts its spec: another class count, or
     a fixed input size other than the spec's (it would score or time the wrong thing)."""
-    if spec.get("output", "logits") == "logits" and len(out_shape) == 4:
+    if (spec.output or "logits") == "logits" and len(out_shape) == 4:
         c = out_shape[1]
-        if isinstance(c, int) and c != spec["classes"]:
+        if isinstance(c, int) and c != spec.classes:
             raise ManifestError(f"runtime: {path} outputs {c} classes but its spec says "
-                                f"{spec['classes']}: refusing it")
+                                f"{spec.classes}: refusing it")
     if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
         raise ManifestError(f"runtime: {path} takes input {in_shape}; expected [N, 3, H, W] "
                             "(NCHW, RGB)")
     hw = in_shape[2:]
-    want = list(spec.get("input_size", hw))
+    want = list(spec.input_size)
     if all(isinstance(v, int) for v in hw) and hw != want:
         raise ManifestError(f"runtime: {path} has a fixed input size {hw[0]}x{hw[1]} but its "
                             f"spec says {want[0]}x{want[1]}: refusing it")

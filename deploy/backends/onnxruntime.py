@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.backends.base import (
     INSTALL_GPU,
@@ -43,7 +44,7 @@ class OnnxRuntime(Runtime):
 
     backend = NAME
 
-    def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
+    def __init__(self, path: Path, spec: ModelSpec | None, device: str = "cpu",
                  threads: int | None = None, precision: str | None = None) -> None:
         import onnx
         import onnxruntime as ort
@@ -53,7 +54,7 @@ class OnnxRuntime(Runtime):
         except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
             raise ManifestError(f"runtime: {path} is not a readable ONNX model "
                                 f"({first_line(e)})") from None
-        spec = spec or spec_from_onnx(proto)
+        spec = spec or spec_from_onnx(proto, path)
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
                                 "manifest.json lists it: export it with compress export")
@@ -120,7 +121,7 @@ def available(device: str) -> str | None:
     return None
 
 
-def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
          threads: int | None, precision: str | None) -> OnnxRuntime:
     """Without a manifest the spec comes from the file's own metadata."""
     return OnnxRuntime(path, spec, device, threads, precision)

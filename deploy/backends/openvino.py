@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.backends.base import Backend, Runtime, check_shapes
 from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
@@ -34,7 +35,7 @@ DEVICES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU", "auto": "AUTO"}
 
 
 def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
-                        spec: dict[str, Any] | None = None) -> Path:
+                        spec: ModelSpec | None = None) -> Path:
     """Convert an ONNX model (f32 or QDQ int8) to OpenVINO IR ``.xml`` + ``.bin``.
 
     Weights are kept as they are (no fp16 compression), so the f32 IR is numerically the
@@ -52,7 +53,7 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
     try:
         model = ov.convert_model(str(onnx_path))
         if spec is not None:
-            model.set_rt_info(json.dumps(spec), RT_INFO_KEY)
+            model.set_rt_info(json.dumps(spec.to_dict()), RT_INFO_KEY)
         ov.save_model(model, str(xml_path), compress_to_fp16=False)
     except Exception as e:  # noqa: BLE001 - OpenVINO raises its own classes
         raise DeployError(f"openvino: converting {Path(onnx_path).name} failed: "
@@ -60,10 +61,11 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path,
     return xml_path
 
 
-def spec_from_openvino(model) -> dict[str, Any] | None:
-    """The spec stored by :func:`convert_to_openvino` in the IR's rt_info, or None."""
+def spec_from_openvino(model, source: str | Path | None = None) -> ModelSpec | None:
+    """The spec stored by :func:`convert_to_openvino` in the IR's rt_info, checked, or
+    None; ``source`` (the ``.xml``) names the file in errors."""
     if model.has_rt_info(RT_INFO_KEY):
-        return json.loads(model.get_rt_info(RT_INFO_KEY).astype(str))
+        return ModelSpec.from_dict(json.loads(model.get_rt_info(RT_INFO_KEY).astype(str)), source)
     return None
 
 
@@ -163,11 +165,11 @@ class OpenVINORuntime(Runtime):
 
     backend = NAME
 
-    def __init__(self, path: Path, spec: dict | None, device: str = "cpu",
+    def __init__(self, path: Path, spec: ModelSpec | None, device: str = "cpu",
                  threads: int | None = None, precision: str | None = None) -> None:
         compiled, model, info = compile_openvino(path, device=device, threads=threads,
                                                  precision=precision)
-        spec = spec or spec_from_openvino(model)
+        spec = spec or spec_from_openvino(model, path)
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
                                 "manifest.json lists it: export it with compress export")
@@ -206,7 +208,7 @@ def available(device: str) -> str | None:
     return None
 
 
-def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
          threads: int | None, precision: str | None) -> OpenVINORuntime:
     """Without a manifest the spec comes from the IR's rt_info."""
     return OpenVINORuntime(path, spec, device, threads, precision)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.backends.base import INSTALL_GPU, Backend, Runtime
 from deploy.errors import BackendUnavailable, DeployError, ManifestError
@@ -339,7 +340,7 @@ class TensorRTRuntime(Runtime):
 
     backend = NAME
 
-    def __init__(self, path: Path, spec: dict | None, device: str = "cuda",
+    def __init__(self, path: Path, spec: ModelSpec | None, device: str = "cuda",
                  threads: int | None = None, precision: str | None = None,
                  entry: dict | None = None) -> None:
         if spec is None:
@@ -374,7 +375,7 @@ def available(device: str) -> str | None:
     return None
 
 
-def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
          threads: int | None, precision: str | None) -> TensorRTRuntime:
     """An engine carries no spec: it must come from the manifest beside it."""
     return TensorRTRuntime(path, spec, device, threads, precision, entry)

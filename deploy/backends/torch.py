@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from compress.errors import InputError
+from compress.spec import ModelSpec
 from deploy.backends.base import Backend, Runtime, cuda_missing
 
 NAME = "torch"
@@ -32,7 +34,7 @@ class TorchRuntime(Runtime):
             torch.set_num_threads(threads)  # process-wide: torch has no per-model setting
         self._torch = torch
         self.model, spec = load_model(path, device=device, return_spec=True)
-        super().__init__(path, {**spec, "output": "logits"}, str(device), "f32")
+        super().__init__(path, replace(spec, output="logits"), str(device), "f32")
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         with self._torch.no_grad():
@@ -59,7 +61,7 @@ def available(device: str) -> str | None:
     return cuda_missing(LABEL, device)
 
 
-def load(path: Path, spec: dict | None, entry: dict | None, device: str,
+def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
          threads: int | None, precision: str | None) -> TorchRuntime:
     """A checkpoint carries its own spec: a manifest's is not needed."""
     return TorchRuntime(path, device, threads, precision)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,7 +64,7 @@ def make_export_dir(
     if with_engine:
         (root / "model_fp16.engine").write_bytes(b"not a real engine")
         entries.append(("model_fp16.engine", "tensorrt", "fp16", []))
-    manifest = new_manifest(checkpoint, sha256_file(checkpoint), spec, {}, {})
+    manifest = new_manifest(checkpoint, sha256_file(checkpoint), replace(spec, output="logits"), {}, {})
     for f, backend, precision, companions in entries:
         manifest["artifacts"].append(artifact_entry(
             root / f, backend=backend, precision=precision, input_name="images",

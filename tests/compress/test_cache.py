@@ -10,7 +10,7 @@ from compress.cache import CachedTeacher
 from compress.data import build_train_set
 from compress.models import load_model, make_spec
 from compress.train import Teacher, collate, fit
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, tiny_spec
 
 
 class Counting(nn.Module):
@@ -32,7 +32,7 @@ def _setup(tmp_path, levels=()):
     cfg = tiny_config(tmp_path, ["data.color_jitter=0", "data.scale_range=[0.6,1.4]",
                                  "data.extra_train=[{kind: synthetic, length: 4, seed: 5}]"])
     spec = make_spec(arch="Unet", encoder="tu-efficientnet_lite0", classes=5, input_size=(64, 64))
-    train_set = build_train_set(cfg.data, spec["mean"], spec["std"], 255, seed=0)
+    train_set = build_train_set(cfg.data, spec.mean, spec.std, 255, seed=0)
     model = Counting()
     return Teacher(model, spec, spec, list(levels)), model, train_set
 
@@ -134,20 +134,24 @@ def test_distill_checkpoint_holds_the_student_alone(trained_teacher, tmp_path):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 64, 64)
 
 
+def _named(*names: str):
+    """A spec whose only part that matters here is its class names."""
+    return tiny_spec(classes=len(names), class_names=list(names))
+
+
 def test_label_map_preflight():
     from compress.classmap import kd_class_map
     from compress.train import check_label_maps
 
-    same = {"class_names": ["Sky", "Road"]}
+    same = _named("Sky", "Road")
     assert check_label_maps(same, same, None) == ["label map: identity, 2 classes"]
     with pytest.raises(ValueError, match="teacher 'Sky' / student 'Road'"):
-        check_label_maps(same, {"class_names": ["Road", "Sky"]}, None)
-    generic = check_label_maps({"class_names": ["class_0", "class_1"]}, same, None)
+        check_label_maps(same, _named("Road", "Sky"), None)
+    generic = check_label_maps(_named("class_0", "class_1"), same, None)
     assert "assumed the same order" in generic[0]
     cm = kd_class_map([[1, 0, 0], [0, 0.7, 0.3], [1, 0, 0]], ["a", "b", "c"], ["x", "y", "z"])
-    lines = check_label_maps({"class_names": ["a", "b", "c"]}, {"class_names": ["x", "y", "z"]}, cm)
+    lines = check_label_maps(_named("a", "b", "c"), _named("x", "y", "z"), cm)
     assert lines[1].split() == ["x", "<-", "a", "1.00,", "c", "1.00"]
     assert "y" in lines[2] and "b 0.70" in lines[2] and "b 0.30" in lines[3]
     cm2 = kd_class_map([[1, 0], [1, 0]], ["a", "b"], ["x", "y"])
-    assert "nothing" in check_label_maps({"class_names": ["a", "b"]},
-                                         {"class_names": ["x", "y"]}, cm2)[2]
+    assert "nothing" in check_label_maps(_named("a", "b"), _named("x", "y"), cm2)[2]

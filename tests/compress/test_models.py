@@ -155,6 +155,7 @@ def test_pack_half_checkpoint(tmp_path):
     key = next(k for k, v in big.items() if v.is_floating_point())
     big[key].fill_(1e6)
     bad = tmp_path / "big.pt"
-    torch.save({"format": "segcompress-checkpoint/1", "spec": spec, "state_dict": big}, bad)
+    torch.save({"format": "segcompress-checkpoint/1", "spec": spec.to_dict(), "state_dict": big},
+               bad)
     with pytest.raises(ModelError, match="float16"):
         pack_checkpoint(bad, tmp_path / "big16.pt")

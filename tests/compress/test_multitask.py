@@ -5,12 +5,13 @@ outputs that ONNX Runtime reproduces, and task specs refused in one line when be
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from compress.models import create_model
+from compress.models import create_model, load_model, save_checkpoint
 from compress.multitask import MultiTaskModel, attach_tasks, parse_tasks, seg_logits, task_names
 from compress.zoo import student_spec
 from tests.conftest import tiny_spec
@@ -21,14 +22,14 @@ DEPTH = [{"name": "depth", "kind": "depth", "min_depth": 1.0, "max_depth": 30.0,
 
 def _model(spec):
     torch.manual_seed(0)
-    return attach_tasks(create_model(spec), spec).eval()
+    return create_model(spec).eval()  # create_model attaches the spec's task heads
 
 
-@pytest.mark.parametrize("spec", [tiny_spec() | {"tasks": DEPTH},
-                                  student_spec("segformer-lite0", 5, input_size=(64, 64))
-                                  | {"tasks": DEPTH},
-                                  student_spec("lraspp-lite0", 5, input_size=(64, 64))
-                                  | {"tasks": DEPTH}],
+@pytest.mark.parametrize("spec", [replace(tiny_spec(), tasks=DEPTH),
+                                  replace(student_spec("segformer-lite0", 5, input_size=(64, 64)),
+                                          tasks=DEPTH),
+                                  replace(student_spec("lraspp-lite0", 5, input_size=(64, 64)),
+                                          tasks=DEPTH)],
                          ids=["smp-unet", "segformer", "lraspp"])
 def test_forward_gives_named_outputs_and_keeps_the_logits(spec):
     model = _model(spec)
@@ -46,12 +47,25 @@ def test_forward_gives_named_outputs_and_keeps_the_logits(spec):
 
 def test_single_task_spec_is_unchanged():
     spec = tiny_spec()
-    model = attach_tasks(create_model(spec), spec)
+    model = create_model(spec)
     assert not isinstance(model, MultiTaskModel) and task_names(spec) == ["logits"]
+    assert attach_tasks(model, spec) is model and "tasks" not in spec.to_dict()
+
+
+def test_multitask_checkpoint_round_trip(tmp_path):
+    spec = replace(tiny_spec(), tasks=DEPTH)
+    model = _model(spec)
+    path = save_checkpoint(tmp_path / "mt.pt", model, spec, metrics=None, epoch=0)
+    back, back_spec = load_model(path, return_spec=True)
+    assert back_spec == spec and back_spec.to_dict()["tasks"][0]["max_depth"] == 30.0
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), back.eval()(x)
+    assert all(torch.equal(a[k], b[k]) for k in ("seg", "depth"))
 
 
 def test_deepcopy_and_state_dict_round_trip():
-    spec = tiny_spec() | {"tasks": DEPTH}
+    spec = replace(tiny_spec(), tasks=DEPTH)
     model = _model(spec)
     x = torch.randn(1, 3, 64, 64)
     clone = copy.deepcopy(model)
@@ -59,7 +73,7 @@ def test_deepcopy_and_state_dict_round_trip():
         clone.heads["depth"].block[3].bias.add_(1.0)  # the copy's own head, own features
         a, b = model(x), clone(x)
     assert torch.equal(a["seg"], b["seg"]) and not torch.equal(a["depth"], b["depth"])
-    fresh = attach_tasks(create_model(spec), spec).eval()
+    fresh = create_model(spec).eval()
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         c = fresh(x)
@@ -70,7 +84,7 @@ def test_deepcopy_and_state_dict_round_trip():
 def test_onnx_export_has_two_named_outputs_that_onnxruntime_reproduces(tmp_path):
     import onnxruntime as ort
 
-    spec = tiny_spec() | {"tasks": DEPTH}
+    spec = replace(tiny_spec(), tasks=DEPTH)
     model = _model(spec)
     x = torch.randn(1, 3, 64, 64)
     path = tmp_path / "mt.onnx"
@@ -95,9 +109,13 @@ def test_onnx_export_has_two_named_outputs_that_onnxruntime_reproduces(tmp_path)
     ([{"name": "d"}, {"name": "d"}], "task names repeat"),
 ])
 def test_bent_task_specs_are_refused_naming_the_key(tasks, match):
-    with pytest.raises(ValueError, match=match) as e:
+    from compress.spec import ModelError, ModelSpec
+
+    with pytest.raises(ModelError, match=match) as e:
         parse_tasks(tasks, "ckpt.pt")
     assert str(e.value).startswith("ckpt.pt: model spec key")
+    with pytest.raises(ModelError, match=match):  # the way in from a file
+        ModelSpec.from_dict({**tiny_spec().to_dict(), "tasks": tasks}, "ckpt.pt")
 
 
 def test_fixed_balance_is_the_weighted_sum():

@@ -38,7 +38,7 @@ def test_pruning_hits_the_target_and_keeps_the_output_shape(unpruned, pruned):
     gmacs = count_gmacs(model, (64, 64))
     assert abs(gmacs - 0.5 * count_gmacs(base, (64, 64))) <= 0.05 * pruned["target_gmacs"]
     assert abs(gmacs - pruned["gmacs_after"]) < 1e-9
-    shapes = spec["pruned_shapes"]
+    shapes = spec.pruned_shapes
     assert shapes and all(s[0] % 8 == 0 for k, s in shapes.items() if k.endswith("conv.weight"))
     assert shapes.get("segmentation_head.0.weight", [5])[0] == 5  # its inputs thin, not the classes
     assert "segmentation_head.0.bias" not in shapes
@@ -76,8 +76,8 @@ def test_crafted_pruned_shapes_are_refused_in_one_line(tmp_path, pruned, shapes,
 
 def test_validate_spec_accepts_no_pruned_shapes():
     spec = tiny_spec()
-    assert validate_spec({**spec, "pruned_shapes": None})
-    assert validate_spec(spec)
+    assert validate_spec({**spec.to_dict(), "pruned_shapes": None})
+    assert validate_spec(spec.to_dict())
 
 
 def test_taylor_importance_on_training_batches(unpruned, tmp_path):
@@ -114,7 +114,7 @@ def test_distill_fine_tunes_a_pruned_student(pruned, unpruned, tmp_path):
                                  "kd.cwd.weight=1.0"])
     run = fit(cfg, show_progress=False)
     _, spec = load_model(run / "checkpoints" / "best.pt", return_spec=True)
-    assert spec["pruned_shapes"] == load_model(pruned["out"], return_spec=True)[1]["pruned_shapes"]
+    assert spec.pruned_shapes == load_model(pruned["out"], return_spec=True)[1].pruned_shapes
     assert "student initialised from" in (run / "train.log").read_text()
 
 
@@ -130,7 +130,7 @@ def test_a_target_inside_a_rounding_jump_is_reached_by_the_refinement():
     x = torch.zeros(1, 3, 64, 64)
     full = count_gmacs(model, (64, 64)) * 1e9
     pruned, res = prune_model(model, x, target_macs=0.75 * full, steps=1, round_to=8,
-                              classes=spec["classes"])
+                              classes=spec.classes)
     assert res.layers_at_high > 0 and res.ratio_high is not None
     assert abs(res.macs_after - res.target_macs) <= 0.05 * res.target_macs
     assert pruned(x).shape == model(x).shape

@@ -32,7 +32,7 @@ def test_zoo_checkpoint_loads_and_matches_its_sha256(name):
     assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
                if v.is_floating_point())
     model, spec = load_model(path, return_spec=True)
-    assert spec["classes"] == 11 and list(spec["input_size"]) == [192, 256]
+    assert spec.classes == 11 and list(spec.input_size) == [192, 256]
     with torch.no_grad():
         out = model(torch.randn(1, 3, 192, 256))
     assert out.shape == (1, 11, 192, 256) and torch.isfinite(out).all()

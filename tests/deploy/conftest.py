@@ -13,6 +13,7 @@ import torch
 from compress.config import DataConfig
 from compress.data import build_split
 from compress.models import create_model, save_checkpoint
+from compress.spec import ModelSpec
 from tests.conftest import tiny_spec as base_tiny_spec
 
 SIZE = (64, 64)
@@ -24,10 +25,10 @@ tiny_spec = partial(base_tiny_spec, size=SIZE, encoder=TINY["encoder"],
                     decoder_channels=TINY["decoder_channels"], synthetic_names=True)
 
 
-def synthetic_batches(spec: dict, split: str = "val", n: int = 8, batch: int = 4):
+def synthetic_batches(spec: ModelSpec, split: str = "val", n: int = 8, batch: int = 4):
     """``[(images float32 [B, 3, H, W], masks int64 [B, H, W])]`` from the synthetic set."""
     cfg = DataConfig(kind="synthetic", size=SIZE, synthetic_length=n, synthetic_val_length=n)
-    ds = build_split(cfg, split, spec["mean"], spec["std"], spec["ignore_index"])
+    ds = build_split(cfg, split, spec.mean, spec.std, spec.ignore_index)
     items = [ds[i] for i in range(n)]
     return [(np.stack([it["image"].numpy() for it in items[i:i + batch]]),
              np.stack([it["mask"].numpy() for it in items[i:i + batch]]))
@@ -43,7 +44,7 @@ def trained_ckpt(tmp_path_factory) -> Path:
     spec = tiny_spec()
     model = create_model(spec).eval()
     cfg = DataConfig(kind="synthetic", size=SIZE, synthetic_length=16, synthetic_val_length=8)
-    ds = build_split(cfg, "train", spec["mean"], spec["std"], spec["ignore_index"])
+    ds = build_split(cfg, "train", spec.mean, spec.std, spec.ignore_index)
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
     masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
     with torch.no_grad():

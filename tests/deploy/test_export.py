@@ -27,7 +27,7 @@ def batches(model_and_spec):
 def test_onnx_round_trip_matches_pytorch(tmp_path, model_and_spec, batches):
     model, spec = model_and_spec
     path = export_onnx(model, tmp_path / "m.onnx", spec, size=SIZE)
-    res = verify_onnx(path, model, batches, class_names=spec["class_names"])
+    res = verify_onnx(path, model, batches, class_names=spec.class_names)
     assert res["agreement"] >= 0.999
     assert res["max_abs_diff"] < 1e-3
     assert res["miou"] == pytest.approx(res["miou_reference"], abs=1e-3)
@@ -38,15 +38,15 @@ def test_onnx_round_trip_matches_pytorch(tmp_path, model_and_spec, batches):
                                torch.from_numpy(torch_predictor(model)(images)),
                                atol=1e-4, rtol=1e-4)
     # the lone .onnx describes itself
-    assert spec_from_onnx(path)["class_names"] == spec["class_names"]
-    assert rt.spec["input_size"] == list(SIZE)
+    assert spec_from_onnx(path).class_names == spec.class_names
+    assert rt.spec.input_size == list(SIZE)
 
 
 def test_argmax_variant_gives_the_same_class_ids(tmp_path, model_and_spec, batches):
     model, spec = model_and_spec
     path = export_onnx(model, tmp_path / "ids.onnx", spec, size=SIZE, argmax=True)
     rt = load_runtime(path)
-    assert rt.spec["output"] == "argmax"
+    assert rt.spec.output == "argmax"
     images = batches[0][0]
     ids = rt.predict(images)
     assert ids.dtype == np.int64 and ids.shape == (images.shape[0], *SIZE)

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from compress.spec import ModelSpec
 from deploy.errors import DeployError, ExportError, ManifestError, QuantizationError
 from deploy.manifest import read_manifest, sha256_file
 from deploy.pipeline import ExportConfig, export_checkpoint
@@ -50,7 +51,7 @@ def test_manifest_describes_every_artifact(export_dir, trained_ckpt):
 def test_int8_runs_on_onnxruntime_and_openvino(export_dir):
     m = read_manifest(export_dir)
     files = {a["file"]: a for a in m["artifacts"]}
-    images = synthetic_batches(m["spec"], "val", n=4)[0][0]
+    images = synthetic_batches(ModelSpec.from_dict(m["spec"]), "val", n=4)[0][0]
     fp32 = load_runtime(export_dir / "model.onnx").predict(images).argmax(1)
     for name in ("model_int8.onnx", "model_int8.xml"):
         rt = load_runtime(export_dir / name)
@@ -70,7 +71,7 @@ def test_openvino_reports_the_precision_it_ran(export_dir):
     m = read_manifest(export_dir)
     xml = next(a for a in m["artifacts"] if a["file"] == "model.xml")
     assert xml["verification"]["precision_default_here"] == default.precision
-    images = synthetic_batches(m["spec"], "val", n=2)[0][0]
+    images = synthetic_batches(ModelSpec.from_dict(m["spec"]), "val", n=2)[0][0]
     ref = load_runtime(export_dir / "model.onnx").predict(images)
     np.testing.assert_allclose(forced.predict(images), ref, atol=1e-3)
     with pytest.raises(ValueError, match="cannot force bf16"):
@@ -164,7 +165,7 @@ def test_int8_from_a_folder_of_unlabelled_images(trained_ckpt, tmp_path):
     folder.mkdir()
     images = np.concatenate([b[0] for b in synthetic_batches(spec, "train", n=12)])
     for i, x in enumerate(images):  # camera frames: plain RGB files, larger than the input
-        Image.fromarray(denormalize(x, spec["mean"], spec["std"])).resize((96, 80)).save(
+        Image.fromarray(denormalize(x, spec.mean, spec.std)).resize((96, 80)).save(
             folder / f"frame_{i:03d}.png")
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "exp"

@@ -30,7 +30,7 @@ def test_float_layers_stay_float_and_are_named(fp32):
     assert keep in quantized_layers(full)
     assert quantized_layers(full) - quantized_layers(q) == {keep}
     assert keep in float_layers_of(q)
-    assert spec_from_onnx(q)["class_names"] == spec_from_onnx(proto)["class_names"]
+    assert spec_from_onnx(q).class_names == spec_from_onnx(proto).class_names
 
 
 def test_bad_quantization_options_name_the_valid_ones(fp32):

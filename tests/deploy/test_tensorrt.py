@@ -7,6 +7,7 @@ import importlib.util
 import pytest
 import torch
 
+from compress.spec import ModelSpec
 from deploy.backends.tensorrt import check_tensorrt
 from deploy.errors import BackendUnavailable
 
@@ -49,7 +50,7 @@ def test_tensorrt_build_and_run(trained_ckpt, tmp_path):
     assert set(engines) == {"model_fp16.engine", "model_int8.engine"}
     assert m["environment"]["gpu"]["gpu"] and m["environment"]["gpu"]["tensorrt"]
     assert (tmp_path / "timing.cache").stat().st_size > 0
-    images = synthetic_batches(m["spec"], "val", n=4)[0][0]
+    images = synthetic_batches(ModelSpec.from_dict(m["spec"]), "val", n=4)[0][0]
     ref = load_runtime(out / "model.onnx").predict(images).argmax(1)
     for name, floor in (("model_fp16.engine", 0.99), ("model_int8.engine", 0.95)):
         rt = load_runtime(out / name, device="cuda")

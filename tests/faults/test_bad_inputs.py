@@ -32,6 +32,7 @@ from PIL import Image
 
 from compress.data import SYNTHETIC_CLASSES
 from compress.models import create_model, save_checkpoint
+from compress.spec import ModelSpec
 from tests.conftest import REPO, tiny_spec
 from tests.faults._helpers import (
     command_available,
@@ -68,7 +69,7 @@ class _Payload:
 def payload_checkpoint(path: Path, marker: Path) -> Path:
     spec = tiny_spec()
     state = create_model(spec).state_dict()
-    torch.save({"format": "segcompress-checkpoint/1", "spec": spec, "state_dict": state,
+    torch.save({"format": "segcompress-checkpoint/1", "spec": spec.to_dict(), "state_dict": state,
                 "extra": _Payload(marker)}, path)
     return path
 
@@ -141,7 +142,7 @@ def _manifest(directory: Path, onnx_bytes: bytes, sha: str) -> Path:
 
     write_manifest(directory, {
         "format": "segcompress-export/1", "source_checkpoint": "best.pt",
-        "source_sha256": "0" * 64, "spec": tiny_spec(),
+        "source_sha256": "0" * 64, "spec": tiny_spec().to_dict(),
         "artifacts": [{"file": "model.onnx", "sha256": sha, "backend": "onnxruntime",
                        "precision": "f32", "input_shape": [1, 3, 64, 64],
                        "input_dtype": "float32", "output": "logits"}]})
@@ -285,7 +286,7 @@ def _bent_onnx_files(f: dict, d: Path) -> None:
     from compress.models import create_model
     from deploy.export import export_onnx
 
-    spec = json.loads(spec_json)
+    spec = ModelSpec.from_dict(json.loads(spec_json))
     (d / "other_size").mkdir()
     static = export_onnx(create_model(spec), d / "other_size" / "tmp.onnx", spec,
                          size=(96, 96), simplify=False)
@@ -309,7 +310,7 @@ def _bent_onnx_files(f: dict, d: Path) -> None:
 
     f["ov_wrong_classes"] = d / "lying_ov" / "model.xml"
     f["ov_wrong_classes"].parent.mkdir()
-    convert_to_openvino(f["onnx_wrong_classes"], f["ov_wrong_classes"], spec=json.loads(spec_json))
+    convert_to_openvino(f["onnx_wrong_classes"], f["ov_wrong_classes"], spec=ModelSpec.from_dict(json.loads(spec_json)))
 
 
 # ---------------------------------------------------------------- the table

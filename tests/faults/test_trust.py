@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def evil(tmp_path_factory) -> dict[str, Path]:
         "    raise SystemExit(0)\n")
     spec = tiny_spec()
     model = create_model(spec)
-    evil_spec = {**spec, "factory": EVIL}
+    evil_spec = replace(spec, factory=EVIL)
     f = {"marker": marker, "mods": mods}
     f["ckpt"] = save_checkpoint(d / "evil.pt", model, evil_spec, metrics={"miou": 0.5}, epoch=1)
     f["good"] = save_checkpoint(d / "good.pt", model, spec, metrics=None, epoch=1)
@@ -119,7 +120,7 @@ def test_nothing_is_imported_before_the_decision(evil, monkeypatch):
 
     monkeypatch.syspath_prepend(str(evil["mods"]))
     with pytest.raises(ModelError):
-        create_model({**tiny_spec(), "factory": EVIL})
+        create_model(replace(tiny_spec(), factory=EVIL))
     assert EVIL_MODULE not in sys.modules
 
 
