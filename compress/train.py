@@ -282,6 +282,7 @@ def restore_scheduler(scheduler: Scheduler, saved: dict | None) -> bool:
     scheduler.load_state_dict(state)
     return True
 
+
 def model_label(spec: dict) -> str:
     """How a model is named to the user: its factory when it has one, else arch/encoder."""
     return f"factory {spec['factory']}" if spec.get("factory") else f"{spec['arch']}/{spec['encoder']}"
