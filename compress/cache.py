@@ -67,11 +67,12 @@ def cache_key(teacher, parts: list, scale: float) -> dict:
 
 
 class CachedTeacher:
-    """Stands in for :class:`compress.train.Teacher` during training.
+    """Stands in for :class:`compress.distill.Teacher` during training (same interface).
 
-    ``teacher(batch, images)`` returns ``(logits [N, C, H, W], {})`` from the cache for a
-    training batch (one that carries ``geometry``), and falls back to the live teacher
-    for anything else (validation, pictures). ``predict`` always uses the live teacher.
+    ``teacher(images, batch)`` returns ``(logits [N, C, H, W], {})`` from the cache for a
+    training batch (one that carries ``index`` and ``geometry``), and falls back to the
+    live teacher for anything else (validation, pictures). ``predict`` always uses the
+    live teacher.
     """
 
     def __init__(self, teacher, logits: np.ndarray, parts: list, cache_dir: Path) -> None:
@@ -85,7 +86,7 @@ class CachedTeacher:
         """Fill the cache (or reuse a matching one) and return the cached teacher.
 
         Args:
-            teacher: a :class:`compress.train.Teacher` with no feature levels.
+            teacher: a :class:`compress.distill.Teacher` with no feature levels.
             train_set: the training :class:`SegDataset` or mixture; its items must carry
                 ``geometry`` (training augmentation) and ``index`` (global index).
             cache_dir: where ``logits.npy`` (float16 ``[N, C, h, w]``) and ``meta.json`` go.
@@ -122,9 +123,9 @@ class CachedTeacher:
         k = bisect.bisect_right(self.offsets, index) - 1
         return self.parts[k].augment
 
-    def __call__(self, batch: dict | None, images: torch.Tensor):
+    def __call__(self, images: torch.Tensor, batch: dict | None = None):
         if batch is None or "geometry" not in batch:
-            return self.teacher(batch, images)
+            return self.teacher(images, batch)
         idx = batch["index"].tolist()
         # one read from the memmap, one copy to the device; the warp runs where the images are
         stored = torch.from_numpy(np.stack([self.logits[i] for i in idx]))
@@ -179,7 +180,7 @@ def _fill(teacher, parts: list, cache_dir: Path, key: dict, scale: float, batch_
                 idx = range(start, min(start + batch_size, len(p)))
                 imgs = [resize_pair(p.source.load(i)[0], None, size)[0] for i in idx]
                 x = torch.from_numpy(normalize(np.stack(imgs), p.mean, p.std)).to(teacher.device)
-                logits = teacher(None, x)[0].float()
+                logits = teacher(x)[0].float()
                 logits = F.interpolate(logits, size=small, mode="bilinear", align_corners=False,
                                        antialias=True)
                 if arr is None:

@@ -13,7 +13,6 @@ the click context (``ctx.obj["load_predictor"]``).
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -66,8 +65,7 @@ def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | No
     if config is None:
         config = find_resume(resume)[0] / "config.yaml"
     cfg = load_config(config, overrides)
-    kd = cfg.kd
-    has_kd = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
+    has_kd = cfg.kd.enabled
     if distill and not has_kd:
         raise typer.BadParameter(f"{config}: no kd.*.weight is set: use `compress train` or set "
                                  "kd.response.weight / kd.feature.weight / kd.cwd.weight")
@@ -75,11 +73,10 @@ def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | No
         raise typer.BadParameter(f"{config}: sets KD weights: use `compress distill`")
     if distill:
         prepare_teacher(cfg, show_progress=not quiet)
-    run_dir = fit(cfg, resume=resume, show_progress=not quiet, resume_changed=resume_changed)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    typer.echo(f"best val mIoU {summary['best_val_miou'] * 100:.2f} after {summary['epochs']} "
-               f"epochs ({summary['train_seconds']:.0f}s training)")
-    typer.echo(f"run dir: {run_dir}")
+    result = fit(cfg, resume=resume, show_progress=not quiet, resume_changed=resume_changed)
+    typer.echo(f"best val mIoU {result.best_miou * 100:.2f} after {result.epochs} "
+               f"epochs ({result.train_seconds:.0f}s training)")
+    typer.echo(f"run dir: {result.run_dir}")
 
 
 @commands.command()

@@ -206,6 +206,12 @@ class KDConfig(_Strict):
     cache: bool = Field(False, description="run the teacher once and reuse its logits")
     cache_scale: float = Field(0.5, gt=0, le=1)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the run distils: any KD term has a weight (then it needs a teacher).
+        The one place that decides it (CLI checks, set-up, the study)."""
+        return bool(self.response.weight or self.feature.weight or self.cwd.weight)
+
 
 class TeacherConfig(_Strict):
     checkpoint: str | None = None

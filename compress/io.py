@@ -28,11 +28,34 @@ class WriteError(UserError, OSError):
 
 FAULT_ENV = "SEGCOMPRESS_FAULT"
 FAULT_MARKER_ENV = "SEGCOMPRESS_FAULT_MARKER"
+
+
+def parse_fault(spec: str | None) -> tuple[str, int, str] | None:
+    """``<name>@<n>[:<action>]`` as ``(name, n, action)``; None for no fault."""
+    if not spec:
+        return None
+    target, _, rest = spec.partition("@")
+    nth, _, action = rest.partition(":")
+    return target, int(nth or 1), action or "pause"
+
+
+# bound once, at import: a normal run never reads the environment again (a subprocess
+# test sets the variable before the process starts; an in-process test calls arm_fault)
+_fault = parse_fault(os.environ.get(FAULT_ENV))
 _fault_hits: dict[str, int] = {}
 
 
+def arm_fault(spec: str | None) -> None:
+    """Arm (or, with None, disarm) the fault point of ``spec`` in this process, counters
+    reset as in a fresh process: what ``SEGCOMPRESS_FAULT`` does at start-up."""
+    global _fault
+    _fault = parse_fault(spec)
+    _fault_hits.clear()
+
+
 def fault_point(name: str) -> bool:
-    """Test hook for the fault-injection suite (``tests/faults``); a no-op in normal use.
+    """Test hook for the fault-injection suite (``tests/faults``); a no-op in normal use
+    (one comparison: the fault is read from the environment at import).
 
     With ``SEGCOMPRESS_FAULT=<name>@<n>[:<action>]`` the ``n``-th time execution reaches
     point ``name`` (``train_step``, ``eval_batch``, ``loss``, ``write:<file name>``) the
@@ -40,20 +63,16 @@ def fault_point(name: str) -> bool:
     the default action ``pause``, sleeps there until the test kills it; any other action
     (e.g. ``nan``) makes this return True for the caller to act on.
     """
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    if _fault is None or _fault[0] != name:
         return False
-    target, _, rest = spec.partition("@")
-    if target != name:
-        return False
-    nth, _, action = rest.partition(":")
+    _, nth, action = _fault
     _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] != int(nth or 1):
+    if _fault_hits[name] != nth:
         return False
     marker = os.environ.get(FAULT_MARKER_ENV)
     if marker:
         Path(marker).write_text(f"{name}@{_fault_hits[name]}\n")
-    if (action or "pause") == "pause":
+    if action == "pause":
         while True:  # the test sends SIGKILL
             time.sleep(60)
     return True
@@ -92,7 +111,8 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
             raise WriteError(getattr(e, "errno", None) or errno.EIO,
                              f"cannot write {path} ({why}); the previous file, if any, is "
                              "untouched") from e
-        fault_point(f"write:{path.name}")
+        if _fault is not None:  # test hook (tests/faults): a kill before the rename
+            fault_point(f"write:{path.name}")
         os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes it 0600: honour the umask
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())

@@ -181,7 +181,8 @@ class Distiller(nn.Module):
     ``forward`` returns ``{"loss": total, "task": ..., "kd": ..., "feat": ..., "cwd": ...}``
     (only the enabled terms); total = ``w_task*task + w_kd*kd + w_feat*feat + w_cwd*cwd``.
     Holds the learnable 1x1 adapters that map student feature channels onto the teacher's;
-    they train with the student and are never saved with it.
+    they train with the student and are never saved with it. The KD step around it (the
+    models, the teacher's outputs) is :class:`compress.distill.DistillationTask`.
     """
 
     def __init__(self, *, task: TaskLoss, w_task: float = 1.0, w_kd: float = 0.0,
@@ -204,10 +205,6 @@ class Distiller(nn.Module):
         for lv in self.feature_levels:
             cs, ct = (student_channels or {})[lv], (teacher_channels or {})[lv]
             self.adapters[lv] = nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()
-
-    @property
-    def needs_teacher(self) -> bool:
-        return bool(self.w_kd or self.w_feat or self.w_cwd)
 
     def forward(self, student_logits, target, teacher_logits=None, student_feats=None,
                 teacher_feats=None) -> dict[str, torch.Tensor]:

@@ -1,8 +1,12 @@
 """The one training loop. ``compress train`` and ``compress distill`` both call :func:`fit`;
-distillation is training plus a frozen teacher plus extra named loss terms.
+distillation is training plus a frozen teacher plus extra named loss terms, all in one
+:class:`compress.distill.DistillationTask` that the loop only calls.
 
-Read top to bottom: :func:`fit` sets up (run dir, data, model, teacher, optimizer, resume),
-then loops :func:`train_one_epoch` and :func:`evaluate`, writing checkpoints atomically.
+Read top to bottom: :func:`fit` runs the named set-up steps (:func:`setup_context`,
+:func:`setup_data`, :func:`setup_student`, :func:`setup_teacher`, :func:`setup_task`,
+:func:`build_optimizer`, :func:`setup_schedule`, :func:`restore_run` on a resume), then
+loops :func:`train_one_epoch`, :func:`validate` and :func:`save_epoch` (checkpoints written
+atomically), and returns a :class:`FitResult`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,12 +26,22 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler, StepLRScheduler
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from tqdm import tqdm
 
 from compress.classmap import kd_class_map
 from compress.config import ConfigError, RunConfig, dump_config
 from compress.data import build_split, build_train_set, dataset_classes
+from compress.distill import (
+    DistillationTask,
+    Teacher,
+    check_label_maps,
+    feature_channels,
+    load_teacher,
+    recipe_factories,
+)
 from compress.errors import InputError, UserError
 from compress.io import (
     atomic_write,
@@ -34,18 +50,10 @@ from compress.io import (
     fault_point,
     remove_stale_temps,
 )
-from compress.losses import (
-    Distiller,
-    TaskLoss,
-    map_classes,
-    tap_levels,
-    two_way,
-)
+from compress.losses import Distiller, TaskLoss, tap_levels, two_way
 from compress.metrics import scores, update_confusion
 from compress.models import (
     create_model,
-    forward_with_features,
-    load_adapter,
     load_model,
     make_spec,
     read_checkpoint,
@@ -76,12 +84,6 @@ def resolve_device(name: str) -> torch.device:
 def distributed_info() -> tuple[int, int]:
     """(rank, world size) from torchrun's environment; (0, 1) when not distributed."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def recipe_factories(cfg: RunConfig) -> set[str]:
-    """Custom model factories the user named in the recipe (trusted: they wrote it)."""
-    models = [cfg.model, cfg.teacher.model]
-    return {m.factory for m in models if m is not None and m.factory}
 
 
 VOID_NAMES = ("void", "unlabelled", "unlabeled", "ignore")
@@ -167,18 +169,6 @@ def _qat_extra(student: nn.Module, cfg: RunConfig) -> dict:
     return {"quantization": qat_state(unwrap(student), cfg.quant.preset)}
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up to 1, then cosine or poly(0.9) decay to 0, or constant."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return (1 - progress) ** 0.9
-
-
 def build_optimizer(model: nn.Module, extra: nn.Module | None, cfg: RunConfig):
     """AdamW; the encoder (usually pretrained) at ``lr * encoder_lr_mult``."""
     enc, rest = [], []
@@ -234,171 +224,70 @@ def collate(batch: list[dict]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- teacher
+# ---------------------------------------------------------------- schedule
 
 
-class Teacher:
-    """A frozen teacher: eval mode, no grad, never in the optimizer, never wrapped in DDP.
+def create_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int,
+                        warmup_steps: int) -> Scheduler:
+    """The recipe's LR schedule as a timm scheduler stepped per optimizer step
+    (``t_in_epochs=False``; drive it with :func:`set_step_lr`).
 
-    Calling it with a batch returns ``(logits, {level: feature})``. Images are converted
-    from the student's normalisation to the teacher's, and resized when the teacher was
-    trained at another input size. With ``class_map`` set, :meth:`predict` returns
-    log-probabilities over the student's classes (what preflight scores and figures show).
+    Linear warm-up over ``warmup_steps`` (from ``lr / warmup_steps`` on the first step to
+    ``lr``), then ``cosine`` or ``poly`` (power 0.9) decay to 0 at ``total_steps``, or
+    ``constant``. Every param group follows it at its own base LR (the encoder's is
+    ``lr * encoder_lr_mult``).
     """
-
-    class_map: torch.Tensor | None = None
-
-    def __init__(self, model: nn.Module, spec: ModelSpec, student_spec: ModelSpec, levels: list[str],
-                 half: bool = False, device: torch.device | str = "cpu") -> None:
-        self.model = model.eval().to(device)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.spec, self.levels, self.device = spec, list(levels), torch.device(device)
-        self.dtype = torch.float16 if half and self.device.type == "cuda" else torch.float32
-        self.model.to(self.dtype)
-        s_mean, s_std = torch.tensor(student_spec.mean), torch.tensor(student_spec.std)
-        t_mean, t_std = torch.tensor(spec.mean), torch.tensor(spec.std)
-        # x_t = (x_s * std_s + mean_s - mean_t) / std_t  ==  x_s * a + b
-        self.a = (s_std / t_std).view(1, 3, 1, 1).to(self.device)
-        self.b = ((s_mean - t_mean) / t_std).view(1, 3, 1, 1).to(self.device)
-
-    @torch.no_grad()
-    def __call__(self, batch: dict, images: torch.Tensor):
-        x = (images * self.a + self.b).to(self.dtype)
-        logits, feats = forward_with_features(self.model, x, self.levels)
-        return logits.float(), {k: v.float() for k, v in feats.items()}
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Teacher logits ``[N, Ct, H, W]``, or ``[N, Cs, H, W]`` log-probabilities in the
-        student's classes when a class map is set."""
-        logits = self(None, images)[0]
-        if self.class_map is None:
-            return logits
-        return torch.log(map_classes(logits.softmax(1), self.class_map.to(logits.device))
-                         .clamp_min(1e-8))
+    decay = max(1, total_steps - warmup_steps)
+    common = {"warmup_t": warmup_steps, "warmup_lr_init": 0.0, "t_in_epochs": False}
+    if schedule == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=decay, lr_min=0.0, warmup_prefix=True,
+                                 **common)
+    if schedule == "poly":
+        return PolyLRScheduler(optimizer, t_initial=decay, power=0.9, lr_min=0.0,
+                               warmup_prefix=True, **common)
+    return StepLRScheduler(optimizer, decay_t=decay, decay_rate=1.0, **common)  # constant
 
 
-def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
-                 ) -> tuple[Teacher, ModelSpec]:
-    """Load the teacher checkpoint (a segcompress checkpoint, or a plain state_dict with
-    ``teacher.model``) and check that every weight loaded."""
-    tc = cfg.teacher
-    if not tc.checkpoint:
-        raise ConfigError("distillation needs teacher.checkpoint (or teacher.train_epochs)")
-    spec = None
-    if not Path(tc.checkpoint).is_file():
-        raise FileNotFoundError(f"teacher.checkpoint not found: {tc.checkpoint} (give a "
-                                "checkpoint, or teacher.train_epochs > 0 to train one)")
-    ckpt = read_checkpoint(tc.checkpoint)
-    if ckpt["spec"] is None and tc.model is None:
-        raise ConfigError(f"teacher.checkpoint {tc.checkpoint} is a plain state_dict without a "
-                         "model spec: set teacher.model (arch, encoder, decoder_channels)")
-    if ckpt["spec"] is None:  # a plain state_dict: the architecture comes from teacher.model
-        m = tc.model
-        classes = m.classes or _head_classes(ckpt["state_dict"]) or s_spec.classes
-        names = s_spec.class_names if classes == s_spec.classes else None
-        spec = make_spec(arch=m.arch, encoder=m.encoder, classes=classes,
-                         class_names=names, ignore_index=s_spec.ignore_index,
-                         decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
-                         mean=m.mean, std=m.std, input_size=s_spec.input_size)
-    model, spec = load_model(tc.checkpoint, spec=spec,
-                             strict=not (tc.allow_missing_keys or tc.adapter),
-                             return_spec=True, trusted=recipe_factories(cfg))
-    _check_teacher_weights(model, tc)
-    return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+def set_step_lr(scheduler: Scheduler, step: int) -> None:
+    """Set every group's LR for optimizer step ``step`` (counted from 0).
+
+    timm's warm-up reaches the base LR at ``t == warmup_t``; ours reaches it on the last
+    warm-up step (step ``warmup - 1``: the first step already trains at ``lr / warmup``),
+    so a warm-up step is passed as ``step + 1``. The decay then starts at the base LR on
+    step ``warmup`` and ends at 0 on ``total_steps``.
+    """
+    scheduler.step_update(step + 1 if step < scheduler.warmup_t else step)
 
 
-def _check_teacher_weights(model: nn.Module, tc) -> None:
-    """Load ``teacher.adapter`` over the base weights, then refuse (or, with
-    ``teacher.allow_missing_keys``, warn with the count) the weights neither file held."""
-    report, total = dict(model.load_report), len(model.state_dict())
-    source = tc.checkpoint
-    if tc.adapter:
-        if not Path(tc.adapter).is_file():
-            raise FileNotFoundError(f"teacher.adapter not found: {tc.adapter}")
-        from_adapter = load_adapter(model, tc.adapter)
-        base = total - len(report["missing"])
-        replaced = len(set(from_adapter) - set(report["missing"]))  # the base had them too
-        report["missing"] = [k for k in report["missing"] if k not in set(from_adapter)]
-        log.info(f"teacher weights: {base} tensors from the base {tc.checkpoint}, "
-                 f"{len(from_adapter)} from the adapter {tc.adapter}"
-                 + (f" ({replaced} of them replace base tensors)" if replaced else ""))
-        source = f"{tc.checkpoint} + adapter {tc.adapter}"
-    missing, unexpected = report["missing"], report["unexpected"]
-    if (missing or unexpected) and not tc.allow_missing_keys:
-        parts = [f"{len(missing)} of {total} weights missing (e.g. {missing[0]})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []
-        raise ConfigError(f"teacher {source}: {'; '.join(parts)}: refusing to run weights on "
-                         "their initial values (teacher.allow_missing_keys=true to allow it)")
-    if missing:  # allowed by teacher.allow_missing_keys, never silently
-        log.warning(f"teacher {source}: {len(missing)} of {total} weights missing from "
-                    f"{'both files' if tc.adapter else 'the file'} (e.g. {missing[0]}) run on "
-                    "their random initial values (teacher.allow_missing_keys=true)")
-    if unexpected:
-        log.warning(f"teacher {tc.checkpoint}: {len(unexpected)} tensors in the file "
-                    f"fit no weight of the model (e.g. {unexpected[0]}) and were ignored")
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """The schedule's LR at ``step`` as a fraction of the base LR (for logs and tests)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = create_lr_scheduler(opt, schedule, total, warmup)
+    set_step_lr(scheduler, step)
+    return opt.param_groups[0]["lr"]
+
+
+def restore_scheduler(scheduler: Scheduler, saved: dict | None) -> bool:
+    """Load the schedule state a resumed run's ``last.pt`` saved; True when loaded.
+
+    A timm scheduler's LR is a function of the step (restored with the run), so its state
+    is its settings. Saved settings that differ from what today's recipe builds
+    (``train.epochs`` changed, or the LR / schedule under ``--resume-changed``) are not
+    loaded: today's recipe rules, as for the optimizer's hyperparameters, and the caller
+    logs the change. A ``last.pt`` written before the schedules came from timm holds no
+    ``state``: the schedule is rebuilt from the recipe, which gives the same LRs.
+    """
+    state = (saved or {}).get("state")
+    if state is None or state != scheduler.state_dict():
+        return False
+    scheduler.load_state_dict(state)
+    return True
 
 
 def model_label(spec: ModelSpec) -> str:
     """How a model is named to the user: its factory when it has one, else arch/encoder."""
     return f"factory {spec.factory}" if spec.factory else f"{spec.arch}/{spec.encoder}"
 
-
-def _head_classes(state: dict) -> int | None:
-    """The class count of a plain smp state_dict, from its segmentation head's bias."""
-    for key in ("segmentation_head.0.bias", "module.segmentation_head.0.bias"):
-        if key in state and state[key].ndim == 1:
-            return int(state[key].shape[0])
-    return None
-
-
-def check_label_maps(t_spec: ModelSpec, s_spec: ModelSpec, class_map: torch.Tensor | None) -> list[str]:
-    """Preflight: do the teacher's classes line up with the student's? Returns summary
-    lines; raises when they silently would not (same count, different names, no map)."""
-    t_names, s_names = list(t_spec.class_names), list(s_spec.class_names)
-    if class_map is None:
-        generic = all(n == f"class_{i}" for i, n in enumerate(t_names))
-        diff = [(i, t, s) for i, (t, s) in enumerate(zip(t_names, s_names))
-                if t.lower() != s.lower()]
-        if diff and not generic:
-            shown = ", ".join(f"{i}: teacher {t!r} / student {s!r}" for i, t, s in diff[:6])
-            raise ConfigError(f"teacher and student class names differ ({shown}): give "
-                             "kd.class_map (teacher class name -> student class name) or fix "
-                             "class_names")
-        return [f"label map: identity, {len(s_names)} classes"
-                + (" (teacher names unknown, assumed the same order)" if generic else "")]
-    lines = [f"label map: {len(t_names)} teacher -> {len(s_names)} student classes"]
-    for j, s in enumerate(s_names):
-        src = [f"{t_names[i]} {class_map[i, j]:.2f}" for i in range(len(t_names)) if class_map[i, j] > 0]
-        lines.append(f"  {s:<16} <- " + (", ".join(src) if src else
-                     "nothing: KD pushes this class towards 0 (check kd.class_map)"))
-    ignored = [t for i, t in enumerate(t_names) if not class_map[i].any()]
-    if ignored:
-        lines.append(f"  {'(ignored)':<16} <- {', '.join(ignored)}")
-    return lines
-
-
-def feature_channels(model: nn.Module, spec: ModelSpec, levels: list[str], device) -> dict[str, int]:
-    """Channels of each tapped level, from one tiny forward pass (also checks strides)."""
-    if not levels:
-        return {}
-    h, w = 64, 64
-    x = torch.zeros(1, 3, h, w, device=device, dtype=next(model.parameters()).dtype)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        _, feats = forward_with_features(model, x, levels)
-    model.train(was_training)
-    from compress.models import LEVEL_STRIDES
-
-    out = {}
-    for lv, f in feats.items():
-        stride = LEVEL_STRIDES.get(lv)
-        if stride and tuple(f.shape[-2:]) != (h // stride, w // stride):
-            raise ConfigError(f"feature level {lv!r} taps a tensor of size {tuple(f.shape[-2:])} "
-                             f"for a {h}x{w} input: expected stride {stride}")
-        out[lv] = f.shape[1]
-    return out
 
 
 # ---------------------------------------------------------------- loop
@@ -413,24 +302,37 @@ class EpochResult:
     step_seconds: list[float] = field(default_factory=list)
 
 
-def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConfig, epoch: int,
-                    step: int, total_steps: int, warmup_steps: int, device, show: bool = True,
-                    nan_hook=None) -> tuple[EpochResult, int]:
-    """One pass over the loader. Returns the mean of every loss term and the new step."""
-    student.train()
+StepHook = Callable[[torch.Tensor, int, int], torch.Tensor]
+_step_hooks: list[StepHook] = []  # empty in normal use: the loop checks it once per step
+
+
+@contextmanager
+def step_hook(fn: StepHook) -> Iterator[None]:
+    """Test hook: inside the ``with``, every training step's loss goes through
+    ``fn(loss, epoch, step) -> loss`` before the finiteness check (epoch counted from 0,
+    ``step`` the optimizer steps done). Tests stop a run there (raise) or poison it."""
+    _step_hooks.append(fn)
+    try:
+        yield
+    finally:
+        _step_hooks.remove(fn)
+
+
+def train_one_epoch(task: DistillationTask, loader, optimizer, scheduler: Scheduler,
+                    cfg: RunConfig, epoch: int, step: int, device,
+                    show: bool = True) -> tuple[EpochResult, int]:
+    """One pass over the loader: ``task`` gives the named terms of each step, their
+    ``loss`` is backpropagated. Returns the mean of every term and the new step count."""
+    task.train()
     if cfg.quant.qat and cfg.quant.freeze_bn:  # the quantizer ranges were set with these stats
-        for m in student.modules():
+        for m in task.student.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
-    distiller.train()
     tc = cfg.train
     sums: dict[str, float] = {}
     n = 0
     t0 = time.perf_counter()
-    levels = distiller.feature_levels
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
-    use_amp = amp_dtype is not None and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    scaler = torch.amp.GradScaler("cuda", enabled=task.amp_dtype == torch.float16)
     limit = tc.max_steps_per_epoch
     total = min(len(loader), limit * tc.accum_steps) if limit else len(loader)
     bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show,
@@ -444,25 +346,19 @@ def train_one_epoch(student, distiller, teacher, loader, optimizer, cfg: RunConf
         ts = time.perf_counter()
         x = batch["image"].to(device, non_blocking=True)
         y = batch["mask"].to(device, non_blocking=True)
-        t_logits = t_feats = None
-        if distiller.needs_teacher:
-            t_logits, t_feats = teacher(batch, x)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=use_amp):
-            s_logits, s_feats = forward_with_features(student, x, levels)
-            terms = distiller(s_logits, y, t_logits, s_feats, t_feats)
+        terms = task(x, y, batch)
         loss = terms["loss"]
-        if nan_hook is not None:
-            loss = nan_hook(loss, epoch, step)
+        if _step_hooks:
+            for hook in _step_hooks:
+                loss = hook(loss, epoch, step)
         if fault_point("loss"):  # test hook (tests/faults): poison this loss
             loss = loss * float("nan")
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
         scaler.scale(loss / tc.accum_steps).backward()
         if (i + 1) % tc.accum_steps == 0 or i + 1 == total:
-            lr = optimizer.param_groups[0]["base_lr"] * lr_factor(step, total_steps, warmup_steps,
-                                                                   tc.schedule)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(step, total_steps, warmup_steps, tc.schedule)
+            set_step_lr(scheduler, step)
+            lr = optimizer.param_groups[0]["lr"]
             if tc.clip_grad:
                 scaler.unscale_(optimizer)
                 params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -807,9 +703,33 @@ def clear_failed(run_dir: Path) -> None:
         log.info(f"{path} removed: the run has finished")
 
 
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: where the run is and how it ended.
+
+    Attributes:
+        run_dir: the run dir (``config.yaml``, ``metrics.csv``, ``checkpoints/``...).
+        best_checkpoint: ``checkpoints/best.pt``, the best validated epoch (None when
+            there is none).
+        best_miou: its validation mIoU (-1 when no epoch was validated).
+        last_metrics: the last epoch's ``metrics.csv`` row (``train_<term>``, ``lr``,
+            ``val_miou``...).
+        epochs: epochs done; train_seconds: their total time.
+        test_metrics: ``test/eval.json`` (best.pt on the test split), when there is one.
+    """
+
+    run_dir: Path
+    best_checkpoint: Path | None
+    best_miou: float
+    last_metrics: dict[str, Any] | None
+    epochs: int
+    train_seconds: float
+    test_metrics: dict | None = None
+
+
 def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path | None = None,
-        show_progress: bool = True, nan_hook=None, resume_changed: bool = False) -> Path:
-    """Train (or distil, when any kd weight is set) and return the run dir.
+        show_progress: bool = True, resume_changed: bool = False) -> FitResult:
+    """Train (or distil, when ``cfg.kd.enabled``) and return where and how it ended.
 
     Args:
         cfg: the resolved recipe.
@@ -818,7 +738,6 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
         run_dir: where to write; default ``output_dir/name/timestamp``.
         resume_changed: continue a resumed run whose model / loss / data / optimiser recipe
             differs from its ``config.yaml`` (the change is logged and recorded).
-        nan_hook: test hook ``f(loss, epoch, step) -> loss``.
 
     Raises:
         TrainingDiverged: a NaN/inf loss (the last good checkpoint is kept).
@@ -828,21 +747,154 @@ def fit(cfg: RunConfig, *, resume: str | Path | None = None, run_dir: str | Path
     """
     progress = RunProgress()
     try:
-        done = _fit(cfg, progress, resume=resume, run_dir=run_dir, show_progress=show_progress,
-                    nan_hook=nan_hook, resume_changed=resume_changed)
+        result = _fit(cfg, progress, resume=resume, run_dir=run_dir,
+                      show_progress=show_progress, resume_changed=resume_changed)
     except (Exception, KeyboardInterrupt) as e:
         if progress.run_dir is not None:
             mark_failed(progress.run_dir, e, progress)
         raise
     if progress.run_dir is not None:
-        clear_failed(done)
-    return done
+        clear_failed(result.run_dir)
+    return result
+
+
+@dataclass
+class RunState:
+    """What changes from epoch to epoch (and what ``last.pt`` restores)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -1.0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    """Where a run is: its dir, process rank and device, and what it resumes from
+    (``last.pt``'s content, the recipe changes a resume allowed)."""
+
+    run_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+    last_state: dict | None
+    changes: dict[str, tuple[Any, Any]]
+
+
+@dataclass
+class TrainData:
+    """The training set (``set_epoch`` each epoch), the validation split, the sampler
+    and both loaders."""
+
+    train_set: Any
+    val_set: Any
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
 
 
 def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
-         run_dir: str | Path | None, show_progress: bool, nan_hook,
-         resume_changed: bool) -> Path:
-    """The body of :func:`fit`; records in ``progress`` where it is."""
+         run_dir: str | Path | None, show_progress: bool, resume_changed: bool) -> FitResult:
+    """The body of :func:`fit`: the set-up steps, then the epochs; records in
+    ``progress`` where it is."""
+    ctx = setup_context(cfg, progress, resume, run_dir, resume_changed)
+    torch.manual_seed(cfg.seed)
+    class_names = cfg.class_names or dataset_classes(cfg.data, cfg.ignore_index)
+    spec = student_spec(cfg, class_names, ctx.last_state)
+    data = setup_data(cfg, spec, class_names, ctx.rank, ctx.world)
+    student = setup_student(cfg, spec, ctx)
+    teacher, t_spec = setup_teacher(cfg, spec, ctx.device)
+    task = setup_task(cfg, student, spec, teacher, t_spec, ctx.device, ctx.world)
+    optimizer = build_optimizer(task.student, task.criterion.adapters, cfg)
+    scheduler, total_steps, warmup_steps = setup_schedule(optimizer, cfg, len(data.loader))
+    span = {"total_steps": total_steps, "warmup_steps": warmup_steps}  # recorded in last.pt
+    state = RunState()
+    if ctx.last_state is not None:
+        state = restore_run(ctx.last_state, task, optimizer, scheduler, cfg, total_steps,
+                            warmup_steps, ctx.run_dir)
+    elif resume is not None:
+        log.info(f"{ctx.run_dir} has no checkpoints/last.pt yet (stopped in its first "
+                 "epoch): starting over in the same run dir")
+    for k, (old, new) in ctx.changes.items():
+        log.info(f"resume: {k} changed from {old!r} to {new!r}"
+                 + ("" if k in RESUME_FREE_KEYS else " (--resume-changed)"))
+
+    teacher_score = None
+    if teacher is not None and ctx.rank == 0:
+        teacher_score = preflight_teacher(cfg, teacher, data.val_loader, class_names,
+                                          ctx.device)
+    if resume is not None and ctx.rank == 0:  # every check passed: the run dir may change
+        _commit_resume(cfg, ctx, progress, state)
+    _commit_log(ctx.run_dir, ctx.rank)
+    if teacher is not None and cfg.kd.cache:  # writes into the run dir: after the checks
+        from compress.cache import CachedTeacher
+
+        task.teacher = CachedTeacher.build(teacher, data.train_set, ctx.run_dir / "cache",
+                                           cfg.kd.cache_scale, batch_size=cfg.data.batch_size,
+                                           show=show_progress)
+
+    ckpt_dir = ctx.run_dir / "checkpoints"
+    if ctx.rank == 0 and cfg.train.save_untrained and ctx.last_state is None:
+        save_checkpoint(ckpt_dir / "untrained.pt", student, spec, metrics=None,
+                        config=cfg.model_dump(mode="json"), epoch=0, **_qat_extra(student, cfg))
+    writer = _tensorboard(ctx.run_dir) if ctx.rank == 0 else None
+    log.info(f"run dir {ctx.run_dir}: {cfg.name}, {len(data.train_set)} train / "
+             f"{len(data.val_set)} val images, {model_label(spec)}, {len(class_names)} "
+             f"classes, device {ctx.device}, world {ctx.world}")
+    progress.epochs = cfg.train.epochs
+    for epoch in range(state.epoch, cfg.train.epochs):
+        progress.epoch = epoch + 1
+        data.sampler.set_epoch(epoch)
+        data.train_set.set_epoch(epoch)
+        try:
+            res, state.step = train_one_epoch(task, data.loader, optimizer, scheduler, cfg,
+                                              epoch, state.step, ctx.device,
+                                              show_progress and ctx.rank == 0)
+        except TrainingDiverged as e:
+            good = ckpt_dir / "last.pt"
+            where = f"last good checkpoint: {good}" if good.exists() else "no checkpoint yet"
+            raise TrainingDiverged(f"{e}; {where}") from None
+        _check_finite(student, epoch, state.step, ckpt_dir / "last.pt")
+        row = epoch_row(epoch, res, data)
+        metrics = None
+        if ctx.rank == 0 and ((epoch + 1) % cfg.train.val_every == 0
+                                or epoch + 1 == cfg.train.epochs):
+            metrics = validate(cfg, epoch, student, task.teacher, data, spec, class_names,
+                               ctx, row)
+        state.history.append(row)
+        state.epoch = epoch + 1
+        if ctx.rank == 0:
+            save_epoch(cfg, ctx.run_dir, state, student, spec, metrics, task, optimizer,
+                       scheduler, span, teacher_score, writer, row)
+            msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
+            val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
+            drawn = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("drawn_"))
+            log.info(f"epoch {epoch + 1}/{cfg.train.epochs} {msg} lr={res.lr:.2e}{val} "
+                     f"({res.seconds:.1f}s){' ' + drawn if drawn else ''}")
+        if ctx.world > 1:
+            dist.barrier()
+    if writer is not None:
+        writer.close()
+    test = None
+    if ctx.rank == 0:
+        test = _test_split_pass(cfg, ctx.run_dir, student, task.teacher, spec, class_names,
+                                ctx.device)
+        _write_summary(ctx.run_dir, state.history, spec, state.best, test)
+    if ctx.world > 1:
+        dist.barrier()
+    best = ckpt_dir / "best.pt"
+    return FitResult(ctx.run_dir, best if best.is_file() else None, state.best,
+                     state.history[-1] if state.history else None, len(state.history),
+                     round(sum(r.get("epoch_seconds", 0) for r in state.history), 1), test)
+
+
+# ---------------------------------------------------------------- the set-up steps
+
+
+def setup_context(cfg: RunConfig, progress: RunProgress, resume: str | Path | None,
+                run_dir: str | Path | None, resume_changed: bool) -> RunContext:
+    """Processes, device and threads; a resume's checks (nothing is written until its
+    state loaded); the run dir, its ``config.yaml`` (new runs) and the log."""
     rank, world = distributed_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -876,10 +928,13 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     if rank == 0 and resume is None:
         progress.run_dir = run_dir  # a new run dir: an error from here on marks it FAILED
         atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return RunContext(run_dir, rank, world, device, last_state, changes)
 
-    torch.manual_seed(cfg.seed)
-    class_names = cfg.class_names or dataset_classes(cfg.data, cfg.ignore_index)
-    spec = student_spec(cfg, class_names, last_state)
+
+def setup_data(cfg: RunConfig, spec: ModelSpec, class_names: list[str], rank: int,
+               world: int) -> TrainData:
+    """The training set (augmented, a mixture when ``data.extra_train``), the validation
+    split, the per-epoch sampler and both loaders."""
     train_set = build_train_set(cfg.data, spec.mean, spec.std, cfg.ignore_index, cfg.seed)
     val_set = build_split(cfg.data, cfg.data.val_split, spec.mean, spec.std,
                           cfg.ignore_index, False, cfg.seed)
@@ -887,49 +942,6 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
         raise ConfigError(f"class_names has {len(class_names)} entries but the data has "
                          f"{len(train_set.class_names)} classes")
     check_task_settings(cfg, class_names)
-
-    if cfg.model.init_from and last_state is None:  # architecture and weights of a checkpoint
-        student = load_model(cfg.model.init_from, spec=spec, trusted=recipe_factories(cfg))
-        log.info(f"student initialised from {cfg.model.init_from}")
-    else:
-        student = create_model(spec, cfg.model.encoder_weights if last_state is None else None,
-                               trusted=recipe_factories(cfg))
-    student.to(device)
-    if cfg.quant.qat:  # fake INT8 quantizers: fresh from calibration, or as last.pt had them
-        student = _quantize_student(student, cfg, spec, last_state, run_dir)
-
-    kd = cfg.kd
-    needs_teacher = bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
-    feat_levels = kd.feature.levels if kd.feature.weight else []
-    cwd_levels = kd.cwd.levels if kd.cwd.weight else []
-    taps = tap_levels(feat_levels, cwd_levels)
-    teacher, class_map, t_channels, teacher_score = None, None, {}, None
-    if needs_teacher:
-        teacher, t_spec = load_teacher(cfg, spec, taps, device)
-        try:
-            class_map = kd_class_map(kd.class_map, t_spec.class_names, spec.class_names)
-        except ValueError as e:
-            raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
-        for line in check_label_maps(t_spec, spec, class_map):
-            log.info(line)
-        teacher.class_map = class_map  # preflight and figures score it in student classes
-        t_channels = feature_channels(teacher.model, t_spec, taps, device)
-    s_channels = feature_channels(student, spec, taps, device)
-    distiller = Distiller(
-        task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
-        w_task=cfg.w_task, w_kd=kd.response.weight, temperature=kd.response.temperature,
-        w_feat=kd.feature.weight, feat_levels=feat_levels, feat_kind=kd.feature.kind,
-        w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=cwd_levels,
-        student_channels=s_channels, teacher_channels=t_channels, class_map=class_map,
-        ignore_index=cfg.ignore_index,
-    ).to(device)
-
-    model = student
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, distiller.adapters, cfg)
-
     weights = train_set.sample_weights() if hasattr(train_set, "sample_weights") else None
     sampler = EpochSampler(len(train_set), cfg.seed, weights, cfg.data.epoch_samples, rank, world)
     loader = torch.utils.data.DataLoader(
@@ -940,148 +952,207 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     if len(loader) == 0:
         raise ConfigError(f"training split has {len(train_set)} samples, fewer than one batch "
                          f"of data.batch_size={cfg.data.batch_size}")
-    steps_per_epoch = math.ceil(min(len(loader), (cfg.train.max_steps_per_epoch or 10**9)
-                                    * cfg.train.accum_steps) / cfg.train.accum_steps)
-    total_steps = steps_per_epoch * cfg.train.epochs
-    warmup_steps = int(cfg.train.warmup_epochs * steps_per_epoch)
+    return TrainData(train_set, val_set, sampler, loader, val_loader)
 
-    start_epoch, step, best, history = 0, 0, -1.0, []
-    if last_state is not None:
-        student.load_state_dict(last_state["state_dict"])
-        recipe_hp = [(g["base_lr"], g["weight_decay"]) for g in optimizer.param_groups]
-        optimizer.load_state_dict(last_state["optimizer"])
-        for g, (base_lr, wd) in zip(optimizer.param_groups, recipe_hp):  # today's recipe rules
-            g["base_lr"], g["weight_decay"] = base_lr, wd
-        distiller.load_state_dict(last_state.get("distiller_state", {}), strict=False)
-        start_epoch, step = last_state["epoch"], last_state["step"]
-        best, history = last_state["best_miou"], list(last_state["history"])
-        torch.set_rng_state(last_state["rng"]["torch"])
-        log.info(f"resumed from {run_dir} at epoch {start_epoch}")
-        old_total = (last_state.get("scheduler") or {}).get("total_steps", total_steps)
-        if old_total != total_steps:
-            lr0 = cfg.train.lr
-            log.info(f"lr schedule recomputed for {cfg.train.epochs} epochs ({old_total} -> "
-                     f"{total_steps} steps): lr at step {step} goes from "
-                     f"{lr0 * lr_factor(step, old_total, warmup_steps, cfg.train.schedule):.3g} "
-                     f"to {lr0 * lr_factor(step, total_steps, warmup_steps, cfg.train.schedule):.3g}")
-    elif resume is not None:
-        log.info(f"{run_dir} has no checkpoints/last.pt yet (stopped in its first epoch): "
-                 "starting over in the same run dir")
 
-    for k, (old, new) in changes.items():
-        log.info(f"resume: {k} changed from {old!r} to {new!r}"
-                 + ("" if k in RESUME_FREE_KEYS else " (--resume-changed)"))
+def setup_student(cfg: RunConfig, spec: ModelSpec, ctx: RunContext) -> nn.Module:
+    """The student on the device: new (encoder weights as the recipe says), from
+    ``model.init_from``, or (a resume) its architecture for ``last.pt``'s weights; with
+    ``quant.qat``, with NNCF's fake quantizers in it."""
+    last_state = ctx.last_state
+    if cfg.model.init_from and last_state is None:  # architecture and weights of a checkpoint
+        student = load_model(cfg.model.init_from, spec=spec, trusted=recipe_factories(cfg))
+        log.info(f"student initialised from {cfg.model.init_from}")
+    else:
+        student = create_model(spec, cfg.model.encoder_weights if last_state is None else None,
+                               trusted=recipe_factories(cfg))
+    student.to(ctx.device)
+    if cfg.quant.qat:  # fake INT8 quantizers: fresh from calibration, or as last.pt had them
+        student = _quantize_student(student, cfg, spec, last_state, ctx.run_dir)
+    return student
 
-    if teacher is not None and rank == 0:
-        teacher_score, t_conf = evaluate(teacher.predict, val_loader, class_names,
-                                         cfg.ignore_index, device)
-        log.info(f"teacher val mIoU {teacher_score['miou'] * 100:.2f}")
-        weak = weak_teacher(teacher_score, t_conf)
-        if weak and not cfg.teacher.allow_weak:
-            raise ConfigError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
-                             "distil from it (teacher.allow_weak=true to override)")
-        if weak:
-            log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
-    if resume is not None and rank == 0:  # every check passed: now the run dir may change
-        progress.run_dir = run_dir
-        for folder in (run_dir, run_dir / "checkpoints"):  # temp files of interrupted writes
-            remove_stale_temps(folder)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        note = None
-        if changes:
-            note = (f"resumed {datetime.now():%Y-%m-%d %H:%M:%S} at epoch {start_epoch}: "
-                    + ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in changes.items()))
-        atomic_write_text(run_dir / "config.yaml", _resumed_config_text(run_dir, cfg, note))
-        if last_state is not None:  # a kill between last.pt and metrics.csv left it a row behind
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-    _commit_log(run_dir, rank)
-    if teacher is not None and kd.cache:  # writes into the run dir: after the checks
-        from compress.cache import CachedTeacher
 
-        teacher = CachedTeacher.build(teacher, train_set, run_dir / "cache", kd.cache_scale,
-                                      batch_size=cfg.data.batch_size, show=show_progress)
+def _levels(cfg: RunConfig) -> tuple[list[str], list[str]]:
+    """(feature-KD levels, CWD levels) of the enabled terms."""
+    kd = cfg.kd
+    return (kd.feature.levels if kd.feature.weight else [],
+            kd.cwd.levels if kd.cwd.weight else [])
 
-    if rank == 0 and cfg.train.save_untrained and last_state is None:
-        save_checkpoint(run_dir / "checkpoints" / "untrained.pt", student, spec, metrics=None,
-                        config=cfg.model_dump(mode="json"), epoch=0, **_qat_extra(student, cfg))
-    writer = _tensorboard(run_dir) if rank == 0 else None
-    log.info(f"run dir {run_dir}: {cfg.name}, {len(train_set)} train / {len(val_set)} val "
-             f"images, {model_label(spec)}, {len(class_names)} classes, "
-             f"device {device}, world {world}")
-    ckpt_dir = run_dir / "checkpoints"
-    resolved = cfg.model_dump(mode="json")
-    progress.epochs = cfg.train.epochs
-    for epoch in range(start_epoch, cfg.train.epochs):
-        progress.epoch = epoch + 1
-        sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        try:
-            res, step = train_one_epoch(model, distiller, teacher, loader, optimizer, cfg, epoch,
-                                        step, total_steps, warmup_steps, device,
-                                        show_progress and rank == 0, nan_hook)
-        except TrainingDiverged as e:
-            good = ckpt_dir / "last.pt"
-            where = f"last good checkpoint: {good}" if good.exists() else "no checkpoint yet"
-            raise TrainingDiverged(f"{e}; {where}") from None
-        _check_finite(student, epoch, step, ckpt_dir / "last.pt")
-        row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}": round(v, 6)
-                                                      for k, v in res.terms.items()},
-                               **drawn_mixture(train_set, sampler),
-                               "lr": res.lr, "epoch_seconds": round(res.seconds, 2),
-                               "step_ms_median": round(sorted(res.step_seconds)[len(res.step_seconds) // 2] * 1000, 2)}
-        metrics = None
-        if rank == 0 and ((epoch + 1) % cfg.train.val_every == 0 or epoch + 1 == cfg.train.epochs):
-            metrics, _ = evaluate(student, val_loader, class_names, cfg.ignore_index, device)
-            row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
-                       val_dice=round(metrics["dice"], 6))
-            for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
-                if k in metrics:
-                    row[f"val_{k}"] = round(metrics[k], 4)
-            vis = cfg.train.vis_every
-            if vis and ((epoch + 1) % vis == 0 or epoch + 1 == cfg.train.epochs):
-                from compress.viz import save_epoch_visual
 
-                save_epoch_visual(run_dir / "visualizations" / f"epoch_{epoch + 1:03d}.png",
-                                  student, teacher, val_set, spec, device)
-        history.append(row)
-        if rank == 0:
-            if writer is not None:
-                for k, v in row.items():
-                    if k != "epoch" and isinstance(v, (int, float)):
-                        writer.add_scalar(k.replace("_", "/", 1), v, epoch + 1)
-                writer.flush()
-            common = {"config": resolved, "epoch": epoch + 1, "teacher_val": teacher_score,
-                      **_qat_extra(student, cfg)}
-            if metrics is not None and metrics["miou"] > best:
-                best = metrics["miou"]
-                save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)
-            if cfg.train.save_every and (epoch + 1) % cfg.train.save_every == 0:
-                save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:03d}.pt", student, spec,
-                                metrics=metrics, **common)
-            save_checkpoint(
-                ckpt_dir / "last.pt", student, spec, metrics=metrics, **common, step=step,
-                best_miou=best, history=history, optimizer=optimizer.state_dict(),
-                scheduler={"step": step, "total_steps": total_steps, "warmup_steps": warmup_steps},
-                distiller_state={k: v.cpu() for k, v in distiller.state_dict().items()},
-                rng={"torch": torch.get_rng_state()},
-            )
-            _write_metrics_csv(run_dir / "metrics.csv", history)
-            msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
-            val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
-            drawn = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("drawn_"))
-            log.info(f"epoch {epoch + 1}/{cfg.train.epochs} {msg} lr={res.lr:.2e}{val} "
-                     f"({res.seconds:.1f}s){' ' + drawn if drawn else ''}")
-        if world > 1:
-            dist.barrier()
-    if writer is not None:
-        writer.close()
-    test = None
-    if rank == 0:
-        test = _test_split_pass(cfg, run_dir, student, teacher, spec, class_names, device)
-        _write_summary(run_dir, history, spec, best, test)
+def setup_teacher(cfg: RunConfig, spec: ModelSpec, device
+                  ) -> tuple[Teacher | None, ModelSpec | None]:
+    """The frozen teacher and its spec when the run distils (``cfg.kd.enabled``), else
+    ``(None, None)``; its label map onto the student's classes is checked and set."""
+    if not cfg.kd.enabled:
+        return None, None
+    teacher, t_spec = load_teacher(cfg, spec, tap_levels(*_levels(cfg)), device)
+    try:
+        class_map = kd_class_map(cfg.kd.class_map, t_spec.class_names, spec.class_names)
+    except ValueError as e:
+        raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
+    for line in check_label_maps(t_spec, spec, class_map):
+        log.info(line)
+    teacher.class_map = class_map  # preflight and figures score it in student classes
+    return teacher, t_spec
+
+
+def setup_task(cfg: RunConfig, student: nn.Module, spec: ModelSpec, teacher: Teacher | None,
+               t_spec: ModelSpec | None, device, world: int = 1) -> DistillationTask:
+    """The KD step: the loss terms resolved once from the recipe, the adapters sized
+    from one tiny forward of each model, the student wrapped in DDP when distributed."""
+    kd = cfg.kd
+    feat_levels, cwd_levels = _levels(cfg)
+    taps = tap_levels(feat_levels, cwd_levels)
+    t_channels = feature_channels(teacher.model, t_spec, taps, device) if teacher else {}
+    s_channels = feature_channels(student, spec, taps, device)
+    criterion = Distiller(
+        task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
+        w_task=cfg.w_task, w_kd=kd.response.weight, temperature=kd.response.temperature,
+        w_feat=kd.feature.weight, feat_levels=feat_levels, feat_kind=kd.feature.kind,
+        w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=cwd_levels,
+        student_channels=s_channels, teacher_channels=t_channels,
+        class_map=teacher.class_map if teacher else None, ignore_index=cfg.ignore_index,
+    ).to(device)
+    model = student
     if world > 1:
-        dist.barrier()
-    return run_dir
+        model = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+    return DistillationTask(model, criterion, teacher, amp if device.type == "cuda" else None)
+
+
+def setup_schedule(optimizer, cfg: RunConfig, batches: int) -> tuple[Scheduler, int, int]:
+    """The LR scheduler and the (total, warm-up) optimizer steps it spans."""
+    tc = cfg.train
+    steps_per_epoch = math.ceil(min(batches, (tc.max_steps_per_epoch or 10**9)
+                                    * tc.accum_steps) / tc.accum_steps)
+    total_steps = steps_per_epoch * tc.epochs
+    warmup_steps = int(tc.warmup_epochs * steps_per_epoch)
+    return (create_lr_scheduler(optimizer, tc.schedule, total_steps, warmup_steps),
+            total_steps, warmup_steps)
+
+
+def restore_run(last_state: dict, task: DistillationTask, optimizer, scheduler: Scheduler,
+                cfg: RunConfig, total_steps: int, warmup_steps: int, run_dir: Path) -> RunState:
+    """A resume: weights, optimizer, schedule, adapters, RNG and history from ``last.pt``."""
+    unwrap(task.student).load_state_dict(last_state["state_dict"])
+    recipe_hp = [(g["base_lr"], g["initial_lr"], g["weight_decay"])
+                 for g in optimizer.param_groups]
+    optimizer.load_state_dict(last_state["optimizer"])
+    for g, (base_lr, initial, wd) in zip(optimizer.param_groups, recipe_hp):  # today's recipe
+        g["base_lr"], g["initial_lr"], g["weight_decay"] = base_lr, initial, wd
+    task.criterion.load_state_dict(last_state.get("distiller_state", {}), strict=False)
+    state = RunState(last_state["epoch"], last_state["step"], last_state["best_miou"],
+                     list(last_state["history"]))
+    torch.set_rng_state(last_state["rng"]["torch"])
+    log.info(f"resumed from {run_dir} at epoch {state.epoch}")
+    saved = last_state.get("scheduler") or {}
+    restore_scheduler(scheduler, saved)
+    old_total = saved.get("total_steps", total_steps)
+    if old_total != total_steps:
+        lr0, sched, step = cfg.train.lr, cfg.train.schedule, state.step
+        log.info(f"lr schedule recomputed for {cfg.train.epochs} epochs ({old_total} -> "
+                 f"{total_steps} steps): lr at step {step} goes from "
+                 f"{lr0 * lr_factor(step, old_total, warmup_steps, sched):.3g} "
+                 f"to {lr0 * lr_factor(step, total_steps, warmup_steps, sched):.3g}")
+    return state
+
+
+def preflight_teacher(cfg: RunConfig, teacher: Teacher, val_loader, class_names: list[str],
+                      device) -> dict:
+    """Score the teacher on the validation split (in the student's classes); refuse one
+    at chance unless ``teacher.allow_weak``."""
+    score, conf = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index, device)
+    log.info(f"teacher val mIoU {score['miou'] * 100:.2f}")
+    weak = weak_teacher(score, conf)
+    if weak and not cfg.teacher.allow_weak:
+        raise ConfigError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
+                         "distil from it (teacher.allow_weak=true to override)")
+    if weak:
+        log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
+    return score
+
+
+def _commit_resume(cfg: RunConfig, ctx: RunContext, progress: RunProgress,
+                   state: RunState) -> None:
+    """A resume passed every check: the run dir is ours again. Clear temp files of
+    interrupted writes, record the resume in ``config.yaml``, catch metrics.csv up."""
+    run_dir = ctx.run_dir
+    progress.run_dir = run_dir
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_stale_temps(folder)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    note = None
+    if ctx.changes:
+        note = (f"resumed {datetime.now():%Y-%m-%d %H:%M:%S} at epoch {state.epoch}: "
+                + ", ".join(f"{k} {o!r} -> {n!r}" for k, (o, n) in ctx.changes.items()))
+    atomic_write_text(run_dir / "config.yaml", _resumed_config_text(run_dir, cfg, note))
+    if ctx.last_state is not None:  # a kill between last.pt and metrics.csv left it behind
+        _write_metrics_csv(run_dir / "metrics.csv", state.history)
+
+
+# ---------------------------------------------------------------- validate / save
+
+
+def epoch_row(epoch: int, res: EpochResult, data: TrainData) -> dict[str, Any]:
+    """The epoch's ``metrics.csv`` row so far: ``train_<term>`` for every named term, the
+    draws of a mixture, the last LR and the timing (:func:`validate` adds ``val_*``)."""
+    return {"epoch": epoch + 1, **{f"train_{k}": round(v, 6) for k, v in res.terms.items()},
+            **drawn_mixture(data.train_set, data.sampler), "lr": res.lr,
+            "epoch_seconds": round(res.seconds, 2),
+            "step_ms_median": round(sorted(res.step_seconds)[len(res.step_seconds) // 2]
+                                    * 1000, 2)}
+
+
+def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: TrainData, spec: ModelSpec,
+             class_names: list[str], ctx: RunContext, row: dict[str, Any]) -> dict:
+    """Score the student on the validation split into ``row`` (``val_*``); the epoch's
+    figure when ``train.vis_every`` says so. Returns the scores."""
+    metrics, _ = evaluate(student, data.val_loader, class_names, cfg.ignore_index, ctx.device)
+    row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
+               val_dice=round(metrics["dice"], 6))
+    for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
+        if k in metrics:
+            row[f"val_{k}"] = round(metrics[k], 4)
+    vis = cfg.train.vis_every
+    if vis and ((epoch + 1) % vis == 0 or epoch + 1 == cfg.train.epochs):
+        from compress.viz import save_epoch_visual
+
+        save_epoch_visual(ctx.run_dir / "visualizations" / f"epoch_{epoch + 1:03d}.png",
+                          student, teacher, data.val_set, spec, ctx.device)
+    return metrics
+
+
+def save_epoch(cfg: RunConfig, run_dir: Path, state: RunState, student: nn.Module, spec: ModelSpec,
+               metrics: dict | None, task: DistillationTask, optimizer, scheduler: Scheduler,
+               span: dict[str, int], teacher_score: dict | None, writer,
+               row: dict[str, Any]) -> None:
+    """After an epoch (rank 0): TensorBoard scalars, ``best.pt`` when the mIoU improved,
+    ``epoch_NNN.pt`` every ``train.save_every``, ``last.pt`` (everything a resume needs),
+    then ``metrics.csv``; each written atomically."""
+    epoch, ckpt_dir = state.epoch, run_dir / "checkpoints"
+    if writer is not None:
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)):
+                writer.add_scalar(k.replace("_", "/", 1), v, epoch)
+        writer.flush()
+    common = {"config": cfg.model_dump(mode="json"), "epoch": epoch,
+              "teacher_val": teacher_score, **_qat_extra(student, cfg)}
+    if metrics is not None and metrics["miou"] > state.best:
+        state.best = metrics["miou"]
+        save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)
+    if cfg.train.save_every and epoch % cfg.train.save_every == 0:
+        save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.pt", student, spec, metrics=metrics,
+                        **common)
+    save_checkpoint(
+        ckpt_dir / "last.pt", student, spec, metrics=metrics, **common, step=state.step,
+        best_miou=state.best, history=state.history, optimizer=optimizer.state_dict(),
+        scheduler={"step": state.step, **span, "state": scheduler.state_dict()},
+        distiller_state={k: v.cpu() for k, v in task.criterion.state_dict().items()},
+        rng={"torch": torch.get_rng_state()},
+    )
+    _write_metrics_csv(run_dir / "metrics.csv", state.history)
+
 
 
 def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: ModelSpec,
@@ -1148,6 +1219,5 @@ def prepare_teacher(cfg: RunConfig, show_progress: bool = True) -> None:
     t_cfg.kd = type(cfg.kd)()
     t_cfg.train.epochs = tc.train_epochs
     log.info(f"teacher {tc.checkpoint} not found: training it for {tc.train_epochs} epochs")
-    t_run = fit(t_cfg, show_progress=show_progress)
-    src = t_run / "checkpoints" / "best.pt"
+    src = fit(t_cfg, show_progress=show_progress).best_checkpoint
     atomic_write(tc.checkpoint, lambda p: p.write_bytes(src.read_bytes()))

@@ -59,5 +59,5 @@ def trained_teacher(tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("teacher")
     cfg = tiny_config(tmp, ["name=teacher", "train.epochs=3", "model.decoder_channels=[32,16,16,8,8]"])
-    run = fit(cfg, show_progress=False)
+    run = fit(cfg, show_progress=False).run_dir
     return run / "checkpoints" / "best.pt"

@@ -33,7 +33,7 @@ def _binary_cfg(tmp_path, data, extra=()):
 def test_one_class_dataset_trains_bce_plus_dice_with_terms_apart(tmp_path, shapes):
     """Before: the mask value 1 was rejected for a one-class dataset; CE and Dice were one
     logged term; no Dice / HD95 per validation."""
-    run = fit(_binary_cfg(tmp_path, shapes, ["train.vis_every=1"]), show_progress=False)
+    run = fit(_binary_cfg(tmp_path, shapes, ["train.vis_every=1"]), show_progress=False).run_dir
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert {"train_task_bce", "train_task_dice", "train_task", "val_fg_dice", "val_fg_iou",
             "val_hd95"} <= set(rows[0])
@@ -72,7 +72,7 @@ def test_binary_kd_term_compares_sigmoids():
 def test_eval_of_a_binary_checkpoint_reports_hd95_and_two_confusion_rows(tmp_path, shapes):
     from compress.evaluate import evaluate_checkpoint
 
-    run = fit(_binary_cfg(tmp_path, shapes, ["train.epochs=1"]), show_progress=False)
+    run = fit(_binary_cfg(tmp_path, shapes, ["train.epochs=1"]), show_progress=False).run_dir
     res = evaluate_checkpoint(run / "checkpoints" / "best.pt", shapes, "val", kind="folder",
                               out=tmp_path / "ev")
     saved = json.loads((tmp_path / "ev" / "eval.json").read_text())

@@ -8,8 +8,9 @@ from torch import nn
 
 from compress.cache import CachedTeacher
 from compress.data import build_train_set
+from compress.distill import Teacher
 from compress.models import load_model, make_spec
-from compress.train import Teacher, collate, fit
+from compress.train import collate, fit
 from tests.conftest import tiny_config, tiny_spec
 
 
@@ -46,8 +47,8 @@ def test_cached_logits_follow_the_augmentation(tmp_path):
         train_set.set_epoch(epoch)
         batch = collate([train_set[i] for i in (0, 7, 16, 19)])  # both parts of the mixture
         assert batch["index"].tolist() == [0, 7, 16, 19]
-        got, feats = cached(batch, batch["image"])
-        want = teacher(batch, batch["image"])[0]
+        got, feats = cached(batch["image"], batch)
+        want = teacher(batch["image"], batch)[0]
         valid = (batch["mask"] != 255)[:, None].expand_as(want)
         assert feats == {} and got.shape == want.shape
         assert (got - want)[valid].abs().max() < 0.05
@@ -58,7 +59,7 @@ def test_cached_logits_follow_the_augmentation(tmp_path):
     assert flips > 0
     # validation batches (no geometry) and predict() use the live teacher
     x = torch.randn(2, 3, 64, 64)
-    torch.testing.assert_close(cached({"image": x}, x)[0], teacher.predict(x))
+    torch.testing.assert_close(cached(x, {"image": x})[0], teacher.predict(x))
     torch.testing.assert_close(cached.predict(x), teacher.predict(x))
 
 
@@ -106,7 +107,7 @@ def test_distill_with_cache_end_to_end(trained_teacher, tmp_path):
     cfg = tiny_config(tmp_path, ["train.epochs=1", f"teacher.checkpoint={trained_teacher}",
                                  "teacher.allow_weak=true", "w_task=0.5", "kd.response.weight=0.5",
                                  "kd.cwd.weight=1", "kd.cwd.levels=[logits]", "kd.cache=true"])
-    run = fit(cfg, show_progress=False)
+    run = fit(cfg, show_progress=False).run_dir
     assert (run / "cache" / "logits.npy").is_file() and (run / "cache" / "meta.json").is_file()
     row = (run / "metrics.csv").read_text().splitlines()
     assert "train_kd" in row[0] and "train_cwd" in row[0]
@@ -122,7 +123,7 @@ def test_distill_checkpoint_holds_the_student_alone(trained_teacher, tmp_path):
                                  f"teacher.checkpoint={trained_teacher}", "teacher.allow_weak=true",
                                  "kd.feature.weight=1", "kd.feature.levels=[stride8,decoder]",
                                  "kd.cwd.weight=1", "kd.cwd.levels=[logits,decoder]"])
-    run = fit(cfg, show_progress=False)
+    run = fit(cfg, show_progress=False).run_dir
     last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert any(k.startswith("adapters.decoder") for k in last["distiller_state"])
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
@@ -141,7 +142,7 @@ def _named(*names: str):
 
 def test_label_map_preflight():
     from compress.classmap import kd_class_map
-    from compress.train import check_label_maps
+    from compress.distill import check_label_maps
 
     same = _named("Sky", "Road")
     assert check_label_maps(same, same, None) == ["label map: identity, 2 classes"]

@@ -112,7 +112,7 @@ def test_distill_fine_tunes_a_pruned_student(pruned, unpruned, tmp_path):
     cfg = tiny_config(tmp_path, [f"model.init_from={pruned['out']}", "train.epochs=1",
                                  f"teacher.checkpoint={unpruned}", "teacher.allow_weak=true",
                                  "kd.cwd.weight=1.0"])
-    run = fit(cfg, show_progress=False)
+    run = fit(cfg, show_progress=False).run_dir
     _, spec = load_model(run / "checkpoints" / "best.pt", return_spec=True)
     assert spec.pruned_shapes == load_model(pruned["out"], return_spec=True)[1].pruned_shapes
     assert "student initialised from" in (run / "train.log").read_text()

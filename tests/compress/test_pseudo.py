@@ -144,7 +144,7 @@ def test_cli_and_mixture_training(trained_teacher, image_dir, tmp_path):
     assert len(train_set) == 16 + 6
     assert w[:16].sum().item() == pytest.approx(0.25) and w[16:].sum().item() == pytest.approx(0.75)
     assert train_set[17]["index"] == 17  # global index (the teacher cache relies on it)
-    run = fit(cfg, show_progress=False)
+    run = fit(cfg, show_progress=False).run_dir
     assert (run / "checkpoints" / "best.pt").is_file()
 
 

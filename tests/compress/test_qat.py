@@ -11,7 +11,7 @@ import torch
 from compress.config import ConfigError
 from compress.models import load_model
 from compress.qat import QATError, load_qat_model
-from compress.train import fit
+from compress.train import fit, step_hook
 from tests.conftest import tiny_config
 
 # distil from a trained FP32 copy of the same model, logits only: the INT8 student learns
@@ -23,14 +23,14 @@ QAT = ["quant.qat=true", "kd.response.weight=1.0", "w_task=0", "train.lr=0.0003"
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fp32")
-    run = fit(tiny_config(tmp, ["name=fp32", "train.epochs=3"]), show_progress=False)
+    run = fit(tiny_config(tmp, ["name=fp32", "train.epochs=3"]), show_progress=False).run_dir
     return run / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
 def qat_best(tmp_path_factory, fp32):
     tmp = tmp_path_factory.mktemp("qat")
-    run = fit(qat_config(tmp, fp32, ["train.epochs=1"]), show_progress=False)
+    run = fit(qat_config(tmp, fp32, ["train.epochs=1"]), show_progress=False).run_dir
     return run / "checkpoints" / "best.pt"
 
 
@@ -40,15 +40,15 @@ def qat_config(tmp, fp32, extra=()):
 
 
 def test_qat_resumes_exactly(tmp_path, fp32):
-    whole = fit(qat_config(tmp_path / "a", fp32), show_progress=False)
+    whole = fit(qat_config(tmp_path / "a", fp32), show_progress=False).run_dir
 
     def stop(loss, epoch, step):
         if epoch == 1:
             raise RuntimeError("stopped for the test")
         return loss
 
-    with pytest.raises(RuntimeError, match="stopped for the test"):
-        fit(qat_config(tmp_path / "b", fp32), show_progress=False, nan_hook=stop)
+    with step_hook(stop), pytest.raises(RuntimeError, match="stopped for the test"):
+        fit(qat_config(tmp_path / "b", fp32), show_progress=False)
     run = next((tmp_path / "b" / "runs" / "qat").iterdir())
     fit(qat_config(tmp_path / "b", fp32), resume=run, show_progress=False)
     a = torch.load(whole / "checkpoints" / "last.pt", weights_only=True)
@@ -71,7 +71,7 @@ def test_qat_int8_agrees_with_fp32_at_least_as_well_as_ptq_and_runs_everywhere(t
     from deploy.pipeline import ExportConfig, export_checkpoint
     from tests.deploy.conftest import synthetic_batches, tiny_spec
 
-    run = fit(qat_config(tmp_path, fp32, ["train.epochs=3"]), show_progress=False)
+    run = fit(qat_config(tmp_path, fp32, ["train.epochs=3"]), show_progress=False).run_dir
     qat_ckpt = run / "checkpoints" / "last.pt"
     cfg = ExportConfig(int8=True, openvino=True, synthetic_val_length=8, calib_size=16,
                        max_drop=100.0)

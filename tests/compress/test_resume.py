@@ -25,7 +25,7 @@ def _snapshot(folder):
 
 @pytest.fixture
 def one_epoch_run(tmp_path):
-    return fit(tiny_config(tmp_path, ["train.epochs=1"]), show_progress=False)
+    return fit(tiny_config(tmp_path, ["train.epochs=1"]), show_progress=False).run_dir
 
 
 def test_last_pt_outside_checkpoints_is_refused_and_nothing_changes(tmp_path, one_epoch_run):
@@ -68,7 +68,7 @@ def test_resume_changed_continues_logs_and_records_the_change(tmp_path, one_epoc
 
 
 def test_fewer_epochs_than_done_is_refused(tmp_path):
-    run = fit(tiny_config(tmp_path, ["train.epochs=2"]), show_progress=False)
+    run = fit(tiny_config(tmp_path, ["train.epochs=2"]), show_progress=False).run_dir
     with pytest.raises(ValueError, match="has run 2 epochs already"):
         fit(tiny_config(tmp_path, ["train.epochs=1"]), resume=run, show_progress=False)
 

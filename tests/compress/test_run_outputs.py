@@ -17,7 +17,7 @@ def test_save_every_untrained_and_test_split(tmp_path):
                                {"train": 8, "val": 4, "test": 4})
     run = fit(tiny_config(tmp_path, ["data.kind=folder", f"data.root={data}", "train.epochs=2",
                                      "train.save_every=1", "train.save_untrained=true"]),
-              show_progress=False)
+              show_progress=False).run_dir
     ck = run / "checkpoints"
     assert sorted(p.name for p in ck.glob("*.pt")) == ["best.pt", "epoch_001.pt", "epoch_002.pt",
                                                       "last.pt", "untrained.pt"]
@@ -32,6 +32,6 @@ def test_save_every_untrained_and_test_split(tmp_path):
 
 
 def test_no_test_split_no_test_pass(tmp_path):
-    run = fit(tiny_config(tmp_path, ["train.epochs=1"]), show_progress=False)
+    run = fit(tiny_config(tmp_path, ["train.epochs=1"]), show_progress=False).run_dir
     assert not (run / "test").exists()
     assert json.loads((run / "summary.json").read_text())["test_miou"] is None

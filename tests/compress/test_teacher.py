@@ -53,7 +53,7 @@ def test_teacher_with_more_classes_is_scored_through_the_class_map(tmp_path, dat
     and died with "shape '[6, 6]' is invalid"."""
     t = _teacher8(tmp_path / "t8.pt")
     run = fit(_cfg(tmp_path, data6, t, [f"kd.class_map={MAP_8_TO_6}", "train.vis_every=1"]),
-              show_progress=False)
+              show_progress=False).run_dir
     log = (run / "train.log").read_text()
     assert "label map: 8 teacher -> 6 student classes" in log
     assert "Grassland        <- Rangeland 0.70" in log
@@ -67,10 +67,10 @@ def test_plain_state_dict_teacher_reads_its_class_count_from_its_head(tmp_path, 
     """Before: a plain state_dict teacher was built with the student's class count."""
     t = _teacher8(tmp_path / "t8_plain.pt", plain=True)
     extra = [f"kd.class_map={MAP_8_TO_6}", "teacher.model.decoder_channels=[16,16,8,8,8]"]
-    run = fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False)
+    run = fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False).run_dir
     assert "label map: 8 teacher -> 6 student classes" in (run / "train.log").read_text()
     run = fit(_cfg(tmp_path / "b", data6, t, [*extra, "teacher.model.classes=8"]),
-              show_progress=False)
+              show_progress=False).run_dir
     assert (run / "checkpoints" / "best.pt").is_file()
 
 
@@ -82,7 +82,7 @@ def test_factory_teacher_takes_its_class_count_from_teacher_model_classes(tmp_pa
     extra = [f"kd.class_map={MAP_8_TO_6}",
              "teacher.model.factory=tests.compress.custom_teacher:build",
              "teacher.model.classes=8"]
-    run = fit(_cfg(tmp_path, data6, t, extra), show_progress=False)
+    run = fit(_cfg(tmp_path, data6, t, extra), show_progress=False).run_dir
     assert "label map: 8 teacher -> 6 student classes" in (run / "train.log").read_text()
 
 
@@ -108,7 +108,7 @@ def test_missing_teacher_weights_allowed_are_warned_with_the_count(tmp_path, dat
     with pytest.raises(ValueError, match=r"\d+ missing"):
         fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False)
     run = fit(_cfg(tmp_path / "b", data6, t, [*extra, "teacher.allow_missing_keys=true"]),
-              show_progress=False)
+              show_progress=False).run_dir
     log = (run / "train.log").read_text()
     line = next(ln for ln in log.splitlines() if "weights missing from the file" in ln)
     n, total = (int(v) for v in line.split("t8.pt: ")[1].split(" weights")[0].split(" of "))
@@ -117,7 +117,7 @@ def test_missing_teacher_weights_allowed_are_warned_with_the_count(tmp_path, dat
 
 def test_factory_student_is_named_by_its_factory(tmp_path, data6):
     run = fit(tiny_config(tmp_path, ["model.factory=tests.compress.custom_teacher:build",
-                                     "train.epochs=1"]), show_progress=False)
+                                     "train.epochs=1"]), show_progress=False).run_dir
     assert "factory tests.compress.custom_teacher:build, 5 classes" in \
         (run / "train.log").read_text()
 
@@ -135,7 +135,7 @@ def test_example_custom_teacher_teaches_feature_kd(tmp_path):
                                  "teacher.model.kwargs={width: 8}", "w_task=1.0",
                                  "kd.response.weight=0.5", "kd.feature.weight=0.3",
                                  "kd.feature.levels=[stride8,decoder]"])
-    run = fit(cfg, show_progress=False)
+    run = fit(cfg, show_progress=False).run_dir
     import csv
 
     row = next(csv.DictReader((run / "metrics.csv").open()))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from compress.cli import app
 from compress.models import load_model
-from compress.train import TrainingDiverged, fit
+from compress.train import TrainingDiverged, fit, step_hook
 from tests.conftest import REPO, tiny_config
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ def _weights(run_dir: Path) -> dict:
 
 
 def test_run_dir_contents(tmp_path):
-    run = fit(tiny_config(tmp_path, ["train.vis_every=1"]), show_progress=False)
+    run = fit(tiny_config(tmp_path, ["train.vis_every=1"]), show_progress=False).run_dir
     for f in ["config.yaml", "train.log", "metrics.csv", "summary.json", "checkpoints/best.pt",
               "checkpoints/last.pt", "visualizations/epoch_002.png"]:
         assert (run / f).is_file(), f
@@ -36,7 +36,7 @@ def test_run_dir_contents(tmp_path):
 
 
 def test_resume_after_interrupt_gives_same_weights(tmp_path):
-    full = fit(tiny_config(tmp_path / "a", ["train.epochs=3"]), show_progress=False)
+    full = fit(tiny_config(tmp_path / "a", ["train.epochs=3"]), show_progress=False).run_dir
     # interrupt in the second epoch of a 3-epoch schedule, then resume to the end
     cfg = tiny_config(tmp_path / "b", ["train.epochs=3"])
 
@@ -45,8 +45,8 @@ def test_resume_after_interrupt_gives_same_weights(tmp_path):
             raise KeyboardInterrupt
         return loss
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, show_progress=False, nan_hook=stop_in_second_epoch)
+    with step_hook(stop_in_second_epoch), pytest.raises(KeyboardInterrupt):
+        fit(cfg, show_progress=False)
     run_b = next((tmp_path / "b" / "runs" / "tiny").iterdir())
     assert torch.load(run_b / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
     fit(cfg, resume=run_b, show_progress=False)
@@ -63,8 +63,8 @@ def test_nan_loss_stops_with_epoch_step_and_last_good_checkpoint(tmp_path):
     def poison(loss, epoch, step):
         return loss * float("nan") if epoch == 1 and step == 6 else loss
 
-    with pytest.raises(TrainingDiverged) as e:
-        fit(tiny_config(tmp_path), show_progress=False, nan_hook=poison)
+    with step_hook(poison), pytest.raises(TrainingDiverged) as e:
+        fit(tiny_config(tmp_path), show_progress=False)
     msg = str(e.value)
     assert "epoch 2" in msg and "step 6" in msg and "last.pt" in msg
     good = Path(msg.split("last good checkpoint: ")[1])
@@ -149,7 +149,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
     from compress.config import load_config
 
     single = fit(load_config(REPO / "configs" / "quickstart.yaml",
-                             [*args, "name=single", "data.batch_size=4"]), show_progress=False)
+                             [*args, "name=single", "data.batch_size=4"]), show_progress=False).run_dir
     one = list(csv.DictReader((single / "metrics.csv").open()))
     assert len(one) == len(rows)
     for r2, r1 in zip(rows, one):

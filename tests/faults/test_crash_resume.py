@@ -221,7 +221,7 @@ def test_truncated_checkpoints_never_load_as_valid(tmp_path, tiny_checkpoint):
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
     """In-process: a run dir with config.yaml but no last.pt resumes from epoch 0 in the
     same dir; a folder that is not a run dir says there is nothing to resume."""
-    from compress.train import fit
+    from compress.train import fit, step_hook
     from tests.conftest import tiny_config
 
     cfg = tiny_config(tmp_path, ["train.epochs=1", "train.threads=1"])
@@ -229,11 +229,11 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path
     def stop(loss, epoch, step):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, show_progress=False, nan_hook=stop)
+    with step_hook(stop), pytest.raises(KeyboardInterrupt):
+        fit(cfg, show_progress=False)
     run = next((tmp_path / "runs" / "tiny").iterdir())
     assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.pt").exists()
-    assert fit(cfg, resume=run, show_progress=False) == run
+    assert fit(cfg, resume=run, show_progress=False).run_dir == run
     assert (run / "checkpoints" / "last.pt").is_file()
     assert "starting over in the same run dir" in (run / "train.log").read_text()
     (tmp_path / "empty").mkdir()

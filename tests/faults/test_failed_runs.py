@@ -46,10 +46,7 @@ def train_inprocess(monkeypatch, argv: list[str], fault: str | None = None):
     """``compress train`` through ``main()``; ``fault`` arms the test hook (its counters
     reset, as in a fresh process)."""
     monkeypatch.setattr(compress.io, "_fault_hits", {})
-    if fault:
-        monkeypatch.setenv(compress.io.FAULT_ENV, fault)
-    else:
-        monkeypatch.delenv(compress.io.FAULT_ENV, raising=False)
+    monkeypatch.setattr(compress.io, "_fault", compress.io.parse_fault(fault))
     return run_inprocess("compress", argv)
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from compress.models import load_model
-from compress.train import TrainingDiverged, fit
+from compress.train import TrainingDiverged, fit, step_hook
 from tests.conftest import REPO, tiny_config
 from tests.faults._helpers import error_line, record, run_console, run_inprocess
 
@@ -103,8 +103,8 @@ def test_weights_turning_nan_under_a_finite_loss_are_never_checkpointed(tmp_path
     def poison_gradients(loss, epoch, step):
         return _NaNGradient.apply(loss) if (epoch, step) == (1, 7) else loss
 
-    with pytest.raises(TrainingDiverged) as e:
-        fit(cfg, show_progress=False, nan_hook=poison_gradients)
+    with step_hook(poison_gradients), pytest.raises(TrainingDiverged) as e:
+        fit(cfg, show_progress=False)
     msg = str(e.value)
     assert "weights became NaN/inf" in msg and "epoch 2, step 8" in msg, msg
     good = _good_checkpoint(msg)
