@@ -49,9 +49,10 @@ def test_masked_positions_do_not_matter():
 
 
 def test_zero_when_equal_and_invariant_to_channel_shift():
-    s = torch.randn(2, 3, 5, 5)
+    s = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     mask = torch.ones(2, 1, 5, 5)
-    assert channel_wise_kd(s, s, mask).item() == pytest.approx(0.0, abs=1e-6)
+    # float32 KL of equal distributions: zero up to rounding (seen -1.1e-6 unseeded)
+    assert channel_wise_kd(s, s, mask).item() == pytest.approx(0.0, abs=1e-5)
     # a spatial softmax per channel ignores a constant added to that channel
     shift = torch.tensor([3.0, -7.0, 0.5]).view(1, 3, 1, 1)
     t = torch.randn(2, 3, 5, 5)
