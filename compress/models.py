@@ -197,6 +197,12 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
     why = pruned_shapes_error(spec.get("pruned_shapes"))
     if why:
         raise ModelError(f"{where}model spec key 'pruned_shapes' must be {why}")
+    from compress.multitask import TaskSpecError, parse_tasks
+
+    try:
+        parse_tasks(spec.get("tasks"), str(source) if source else "")
+    except TaskSpecError as e:
+        raise ModelError(str(e)) from None
     return spec
 
 
@@ -249,7 +255,9 @@ def create_model(spec: dict[str, Any], encoder_weights: str | None = None, *,
         from compress.prune import shrink_to_shapes
 
         shrink_to_shapes(model, spec["pruned_shapes"], source)
-    return model
+    from compress.multitask import attach_tasks
+
+    return attach_tasks(model, spec)
 
 
 def _create_unpruned(spec: dict[str, Any], encoder_weights: str | None, *, trusted,

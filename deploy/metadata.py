@@ -31,3 +31,54 @@ def spec_from_onnx(path_or_proto) -> dict[str, Any] | None:
         if p.key == SPEC_METADATA_KEY:
             return json.loads(p.value)
     return None
+
+
+# ---------------------------------------------------------------- named outputs
+
+SINGLE_OUTPUT_NAMES = {"logits": "logits", "argmax": "classes"}  # single-task graphs
+
+
+def _extra_tasks(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The spec's extra (non-segmentation) tasks as plain dicts (checked), or ``[]``."""
+    if not spec.get("tasks"):
+        return []
+    from compress.multitask import parse_tasks
+
+    return [t.to_dict() for t in parse_tasks(spec.get("tasks"))]
+
+
+def output_names(spec: dict[str, Any]) -> list[str]:
+    """The names of a model's outputs, in graph order, segmentation first.
+
+    A single-task model has one: ``logits`` (``[N, C, H, W]``), or ``classes`` (int64
+    ``[N, H, W]``) when ``spec["output"] == "argmax"``. A multi-task model (``spec["tasks"]``)
+    has ``seg`` (logits, or class ids with argmax) and one per extra task (``depth``:
+    float32 ``[N, H, W]`` in the task's unit); see ``compress.multitask.task_names``.
+    """
+    extra = _extra_tasks(spec)
+    if not extra:
+        return [SINGLE_OUTPUT_NAMES[spec.get("output", "logits")]]
+    return ["seg", *(t["name"] for t in extra)]
+
+
+def is_multi_output(spec: dict[str, Any]) -> bool:
+    """Whether the spec's model has more than one named output (a multi-task model)."""
+    return bool(_extra_tasks(spec))
+
+
+def output_info(spec: dict[str, Any], input_shape: list) -> list[dict[str, Any]]:
+    """What a manifest says of each output: ``name``, ``kind`` (``segmentation`` or the
+    task's kind), ``shape`` (symbolic dims as in ``input_shape``), ``dtype``, and for a
+    dense task its ``unit`` and ``range`` ``[min, max]``."""
+    n, _, h, w = input_shape
+    argmax = spec.get("output") == "argmax"
+    seg = {"name": output_names(spec)[0], "kind": "segmentation",
+           "shape": [n, h, w] if argmax else [n, spec["classes"], h, w],
+           "dtype": "int64" if argmax else "float32",
+           "content": "class ids" if argmax else "logits"}
+    out = [seg]
+    for t in _extra_tasks(spec):
+        out.append({"name": t["name"], "kind": t["kind"], "shape": [n, h, w],
+                    "dtype": "float32", "unit": t["unit"],
+                    "range": [t["min_depth"], t["max_depth"]]})
+    return out
