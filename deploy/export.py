@@ -2,8 +2,11 @@
 
 The exported graph takes ``images`` float32 ``[N, 3, H, W]`` normalised with the spec's
 mean/std, and returns ``logits`` float32 ``[N, C, H, W]`` or, with ``argmax=True``,
-``classes`` int64 ``[N, H, W]``. The model spec (with ``"output"``) is stored in the ONNX
-metadata under ``segcompress.spec`` so a lone ``.onnx`` file still describes itself.
+``classes`` int64 ``[N, H, W]``. A multi-task model (``spec["tasks"]``) gives one output per
+task, named by :func:`deploy.metadata.output_names` (``seg``: logits or, with argmax, class
+ids; ``depth``: float32 ``[N, H, W]``), verified output by output (:func:`compare`). The
+model spec (with ``"output"``) is stored in the ONNX metadata under ``segcompress.spec``
+so a lone ``.onnx`` file still describes itself.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def export_onnx(model: nn.Module, path: str | Path, spec: dict[str, Any], *,
     """Export the student to ONNX, check it with ``onnx.checker`` and simplify it (onnxslim).
 
     Args:
-        model: eval-mode student, ``[N, 3, H, W]`` -> ``[N, C, H, W]`` logits.
+        model: eval-mode student, ``[N, 3, H, W]`` -> ``[N, C, H, W]`` logits (or a dict
+            of named outputs, segmentation first: one graph output each).
         path: where the ``.onnx`` goes.
         spec: the model spec (stored in the file's metadata, with ``output``).
         size: ``(H, W)`` of the example input (multiples of 32).
@@ -358,13 +362,15 @@ def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
     Args:
         path: the ``.onnx`` from :func:`export_onnx`.
         model: the PyTorch student it came from.
-        batches: ``(images float32 [N, 3, H, W], masks int64 [N, H, W] | None)`` pairs.
+        batches: ``(images float32 [N, 3, H, W], masks int64 [N, H, W] | None)`` pairs,
+            or triples with depth labels ``float32 [N, H, W]`` (a multi-task model's).
         min_agreement: smallest allowed fraction of pixels with the same class.
         class_names: score mIoU of both when given (with masks).
         reference_name: PyTorch's mIoU comes back as ``miou_<reference_name>``.
 
     Returns:
-        :meth:`Comparison.result` plus ``"min_agreement"``.
+        :func:`compare`'s result (per output for a multi-task model) plus
+        ``"min_agreement"``.
 
     Raises:
         VerificationError: agreement below ``min_agreement``.

@@ -59,7 +59,9 @@ def canonical_precision(precision: Any) -> str | None:
 
 
 class Runtime:
-    """A loaded model: ``predict(images) -> logits`` (or class ids).
+    """A loaded model: ``predict(images) -> logits`` (or class ids), and
+    ``run_outputs(images) -> {name: array}`` with every named output of a multi-task
+    model (``seg``, ``depth``); ``predict`` is always the segmentation output.
 
     Attributes:
         path: the file loaded.

@@ -139,3 +139,18 @@ def test_int8_and_openvino_return_both_outputs(mt_export):
         assert list(got) == ["seg", "depth"], name
         assert got["seg"].shape == ref["seg"].shape and got["depth"].shape == (2, 64, 64)
         assert np.abs(got["depth"] - ref["depth"]).mean() < 3.0, name  # metres, 0.5..30 range
+
+
+def test_argmax_export_gives_class_ids_and_depth(mt_ckpt, tmp_path):
+    out = tmp_path / "ids"
+    export_checkpoint(mt_ckpt, out, ExportConfig(argmax=True, val_size=4, synthetic_val_length=4))
+    a = read_manifest(out)["artifacts"][0]
+    seg, depth = a["outputs"]
+    assert seg == {"name": "seg", "kind": "segmentation", "shape": ["batch", 64, 64],
+                   "dtype": "int64", "content": "class ids"}
+    assert depth["name"] == "depth" and depth["dtype"] == "float32"
+    v = a["verification"]
+    assert v["agreement"] >= 0.999 and v["max_abs_diff"] is None  # ids: no logit diff
+    assert v["outputs"]["depth"]["max_abs_diff"] < 1e-2
+    got = load_runtime(out / "model.onnx").run_outputs(np.zeros((1, 3, 64, 64), np.float32))
+    assert got["seg"].dtype == np.int64 and got["seg"].shape == (1, 64, 64)
