@@ -154,3 +154,17 @@ def test_argmax_export_gives_class_ids_and_depth(mt_ckpt, tmp_path):
     assert v["outputs"]["depth"]["max_abs_diff"] < 1e-2
     got = load_runtime(out / "model.onnx").run_outputs(np.zeros((1, 3, 64, 64), np.float32))
     assert got["seg"].dtype == np.int64 and got["seg"].shape == (1, 64, 64)
+
+
+def test_eval_predictor_of_an_artifact_returns_what_the_checkpoint_returns(mt_ckpt, mt_export):
+    from deploy.runtime import load_predictor
+
+    out, _ = mt_export
+    x = torch.from_numpy(synthetic_batches(multitask_spec(), n=2, batch=2)[0][0])
+    predict, spec = load_predictor(out / "model.onnx")
+    got = predict(x)
+    with torch.no_grad():
+        want = load_model(mt_ckpt)(x)
+    assert list(got) == list(want) == ["seg", "depth"]
+    torch.testing.assert_close(got["depth"], want["depth"], atol=1e-3, rtol=1e-3)
+    assert got["seg"].shape == want["seg"].shape and spec["tasks"][0]["name"] == "depth"
