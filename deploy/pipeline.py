@@ -691,7 +691,9 @@ def _log_dense(res: dict, what: str, reference: str, log: Log) -> None:
         gt = ""
         if r.get("rmse") is not None:
             key = f"rmse_{'pytorch' if reference == 'PyTorch' else reference}"
-            gt = (f", RMSE vs labels {r['rmse']:.4g} ({reference} {_fmt(r.get(key), False)}), "
+            ref = r.get(key)
+            gt = (f", RMSE vs labels {r['rmse']:.4g} ({reference} "
+                  f"{'n/a' if ref is None else format(ref, '.4g')}), "
                   f"AbsRel {r['abs_rel']:.4g}, delta1 {_fmt(r['delta1'])}%")
         log(f"{what}: {name}: max |diff| {_fmt(r['max_abs_diff'], False)}, RMSE vs "
             f"{reference} {_fmt(r['rmse_vs_reference'], False)}{gt}")

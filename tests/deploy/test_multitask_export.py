@@ -127,6 +127,10 @@ def test_export_manifest_lists_outputs_and_depth_figures(mt_export):
         onnx_v["rmse"], rel=1e-3)
     assert files["model_int8.onnx"]["quantization"]["miou_drop_points"] is not None
     assert any("depth: max |diff|" in line and "RMSE vs labels" in line for line in logs)
+    from deploy.cli import format_artifacts
+
+    table = format_artifacts(m).splitlines()
+    assert table[0].split()[-4:] == ["depth", "RMSE", "vs", "ref"] and len(table) == 5
 
 
 def test_int8_and_openvino_return_both_outputs(mt_export):
