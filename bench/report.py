@@ -35,6 +35,7 @@ from bench.latency import (
 )
 from compress.errors import InputError
 from compress.spec import ModelSpec
+from deploy.metadata import is_multi_output
 from deploy.runtime import canonical_precision, get_backend
 
 COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
@@ -49,19 +50,47 @@ def evaluate_runtime(
 ) -> dict[str, Any]:
     """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids),
     by :func:`compress.metrics.score_predictor` (outputs at another size than the masks
-    are resized: bilinear logits, nearest ids, the same rule as ``compress eval``)."""
+    are resized: bilinear logits, nearest ids, the same rule as ``compress eval``).
+
+    A multi-task runtime (more than one output) whose dataset items carry ``"depth"``
+    is scored in the same pass on its dense outputs too: ``result["depth"]`` is
+    ``{output name: compress.depth.DepthMeter.compute()}`` (RMSE, AbsRel, delta1...)."""
     from compress.metrics import score_predictor
+
+    multi = len(getattr(runtime, "output_names", ())) > 1
+    meters: dict[str, Any] = {}
+    labels: dict[str, np.ndarray | None] = {"depth": None}
 
     def batches():
         for start in range(0, len(dataset), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            if multi and "depth" in items[0]:
+                labels["depth"] = np.stack([it["depth"].numpy() for it in items])
             yield (np.stack([it["image"].numpy() for it in items]),
                    np.stack([it["mask"].numpy() for it in items]))
 
-    return score_predictor(runtime.predict, batches(), class_names, ignore_index)[0]
+    def predict(images: np.ndarray) -> np.ndarray:
+        import torch
+
+        from compress.depth import DepthMeter
+
+        (_, seg), *rest = runtime.run_outputs(images).items()
+        target = labels["depth"]
+        for name, pred in rest:
+            if target is not None and pred.shape == target.shape:
+                meters.setdefault(name, DepthMeter()).update(
+                    torch.from_numpy(pred), torch.from_numpy(target))
+        return seg
+
+    res = score_predictor(predict if multi else runtime.predict, batches(), class_names,
+                          ignore_index)[0]
+    if meters:
+        res["depth"] = {name: m.compute() for name, m in meters.items()}
+    return res
 
 
-def _dataset(data, split: str, kind: str, size, spec: ModelSpec, max_images: int | None):
+def _dataset(data, split: str, kind: str, size, spec: ModelSpec, max_images: int | None,
+             depth: str = "none"):
     import torch
 
     from compress.data import split_images
@@ -75,6 +104,7 @@ def _dataset(data, split: str, kind: str, size, spec: ModelSpec, max_images: int
         std=spec.std,
         ignore_index=spec.ignore_index,
         count=max_images,
+        depth=depth,
     )
     if max_images and len(ds) > max_images:
         sub = torch.utils.data.Subset(ds, range(max_images))
@@ -195,6 +225,7 @@ def build_report(
     """
     import torch
 
+    from compress.data import split_has_depth
     from compress.models import create_model
 
     teacher = Path(teacher)
@@ -285,9 +316,12 @@ def build_report(
             row = _row(t, device, cost, timing=trow, error=trow["error"])
             if rt is not None and row.status == "ok":
                 spec = rt.spec
-                key = (tuple(spec.mean), tuple(spec.std), spec.ignore_index)
+                # a multi-task model is scored on the split's depth too, where it has some
+                depth = (split_has_depth(kind, str(data) if data else None, split)
+                         if is_multi_output(spec) else "none")
+                key = (tuple(spec.mean), tuple(spec.std), spec.ignore_index, depth)
                 if key not in datasets:
-                    datasets[key] = _dataset(data, split, kind, size, spec, max_images)
+                    datasets[key] = _dataset(data, split, kind, size, spec, max_images, depth)
                 ds = datasets[key]
                 class_names = class_names or list(ds.class_names)
                 if spec.classes != len(ds.class_names):
@@ -301,6 +335,7 @@ def build_report(
                         res = evaluate_runtime(rt, ds, list(ds.class_names), ds.ignore_index)
                         row.miou = res["miou"]
                         row.per_class_iou = res["per_class_iou"]
+                        row.set_depth(res.get("depth"))
                     except Exception as e:  # noqa: BLE001 - the row keeps its latency, says why
                         row.accuracy_note = f"scoring failed: {str(e).splitlines()[0]}"
             rows.append(row)
@@ -404,19 +439,41 @@ class ReportRow:
     # set when the row was timed (its keys then appear in the JSON), else left out
     timing: dict[str, Any] | None = None
     accuracy_note: str | None = None  # why mIoU is n/a (left out of the JSON when None)
+    # a multi-task row scored on depth labels (left out of the JSON when None)
+    depth_rmse: float | None = None
+    depth_abs_rel: float | None = None
+    depth_delta1: float | None = None
+    depth: dict[str, dict[str, float]] | None = None  # every dense output's figures
 
     @property
     def median_ms(self) -> float | None:
         return self.latency_ms["median"] if self.latency_ms else None
 
+    def set_depth(self, figures: dict[str, dict[str, float]] | None) -> None:
+        """Keep a multi-task row's depth figures (:func:`evaluate_runtime`'s ``depth``);
+        the first dense output's RMSE, AbsRel and delta1 are the row's columns."""
+        if not figures:
+            return
+        first = next(iter(figures.values()))
+        if not first.get("pixels"):
+            return
+        self.depth = figures
+        self.depth_rmse, self.depth_abs_rel = first["rmse"], first["abs_rel"]
+        self.depth_delta1 = first["delta1"]
+
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__
-               if k not in ("timing", "accuracy_note")}
+               if k not in ("timing", "accuracy_note") and k not in DEPTH_KEYS}
         if self.timing is not None:
             out.update({k: self.timing.get(k) for k in TIMING_KEYS})
         if self.accuracy_note is not None:
             out["accuracy_note"] = self.accuracy_note
+        if self.depth is not None:
+            out.update({k: getattr(self, k) for k in DEPTH_KEYS})
         return out
+
+
+DEPTH_KEYS = ("depth_rmse", "depth_abs_rel", "depth_delta1", "depth")
 
 
 def _row(
@@ -574,12 +631,29 @@ SUMMARY_COLUMNS = [
 ]
 
 
+DEPTH_COLUMNS = ["depth RMSE", "depth AbsRel", "depth δ1"]  # only when a row has depth
+
+
+def has_depth(report: dict) -> bool:
+    """Whether some row was scored on depth (a multi-task model on a split with depth)."""
+    return any(r.get("depth_rmse") is not None for r in report["rows"])
+
+
+def _depth_cells(r: dict) -> list[str]:
+    return [_fmt(r.get("depth_rmse"), ".3f"), _fmt(r.get("depth_abs_rel"), ".3f"),
+            _fmt(r.get("depth_delta1"), ".2f", 100)]
+
+
 def summary_table(report: dict) -> list[list[str]]:
-    """The summary as rows of strings (header first), one per model, format and device."""
-    table = [SUMMARY_COLUMNS]
+    """The summary as rows of strings (header first), one per model, format and device;
+    depth columns after Δ mIoU when some row has depth figures."""
+    depth = has_depth(report)
+    cut = SUMMARY_COLUMNS.index("Δ mIoU") + 1
+    table = [SUMMARY_COLUMNS[:cut] + DEPTH_COLUMNS + SUMMARY_COLUMNS[cut:]
+             if depth else SUMMARY_COLUMNS]
     for r in report["rows"]:
         mem = r.get("memory") or {}
-        table.append(
+        line = (
             [
                 r["model"],
                 r["backend"],
@@ -598,6 +672,7 @@ def summary_table(report: dict) -> list[list[str]]:
                 "; ".join(r["notes"]),
             ]
         )
+        table.append(line[:cut] + _depth_cells(r) + line[cut:] if depth else line)
     return table
 
 
@@ -637,6 +712,10 @@ def _markdown_table(table: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+DEPTH_NOTE = ("- depth (multi-task models, on the split's depth labels): RMSE and AbsRel in "
+              "the task's unit, δ1 = % of pixels within 1.25× of the label")
+
+
 def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     s = report["settings"]
     out = ["# Teacher vs student", ""]
@@ -658,6 +737,7 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
             "and post-processing (argmax, resize back) are in the JSON"
         ),
         f"- {GMACS_DEFINITION}, at the report size (see docs/bench.md)",
+        *([DEPTH_NOTE] if has_depth(report) else []),
         "",
         "## Summary",
         "",
@@ -710,11 +790,18 @@ CSV_COLUMNS = [
 ]
 
 
+CSV_DEPTH_COLUMNS = ["depth_rmse", "depth_abs_rel", "depth_delta1"]  # after delta_miou
+
+
 def render_csv(report: dict) -> str:
     names = report["classes"]
+    columns = CSV_COLUMNS
+    if has_depth(report):
+        cut = CSV_COLUMNS.index("delta_miou") + 1
+        columns = CSV_COLUMNS[:cut] + CSV_DEPTH_COLUMNS + CSV_COLUMNS[cut:]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(CSV_COLUMNS + [f"iou_{n}" for n in names] + [f"delta_iou_{n}" for n in names])
+    w.writerow(columns + [f"iou_{n}" for n in names] + [f"delta_iou_{n}" for n in names])
     for r in report["rows"]:
         lat = r["latency_ms"] or {}
         mem = r.get("memory") or {}
@@ -732,7 +819,7 @@ def render_csv(report: dict) -> str:
             "notes": "; ".join(r["notes"]),
         }
         w.writerow(
-            [_csv(values.get(c)) for c in CSV_COLUMNS]
+            [_csv(values.get(c)) for c in columns]
             + [_csv(r["per_class_iou"].get(n)) for n in names]
             + [_csv(r["per_class_delta"].get(n)) for n in names]
         )

@@ -89,7 +89,10 @@ class MultiTaskModel(nn.Module):
 
 
 def attach_tasks(model: nn.Module, spec) -> nn.Module:
-    """``model`` with the heads of ``spec.tasks`` (unchanged when there are none)."""
+    """``model`` with the heads of ``spec.tasks`` (unchanged when there are none, or when
+    it already has them: ``compress.models.create_model`` attaches them itself)."""
+    if isinstance(model, MultiTaskModel):
+        return model
     tasks = parse_tasks(spec.tasks)
     return MultiTaskModel(model, spec.classes, tasks) if tasks else model
 

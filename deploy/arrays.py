@@ -5,15 +5,17 @@ the runtimes and the exporters can all use them without importing each other."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 
-def in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
-               fixed_batch: int | None) -> np.ndarray:
+def in_batches(run: Callable[[np.ndarray], Any], images: np.ndarray,
+               fixed_batch: int | None) -> Any:
     """Call ``run`` on chunks of ``fixed_batch`` images (padding the last chunk by
     repeating its last image) and concatenate the outputs; one call when the model takes
-    any batch (``fixed_batch`` None) or exactly this one."""
+    any batch (``fixed_batch`` None) or exactly this one. ``run`` returns an array or a
+    dict of named arrays (a multi-output model); each is concatenated on its own."""
     n = images.shape[0]
     if fixed_batch is None or fixed_batch == n:
         return run(images)
@@ -23,7 +25,11 @@ def in_batches(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray,
         k = chunk.shape[0]
         if k < fixed_batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - k, 0)])
-        outs.append(run(chunk)[:k])
+        out = run(chunk)
+        outs.append({name: v[:k] for name, v in out.items()} if isinstance(out, dict)
+                    else out[:k])
+    if isinstance(outs[0], dict):
+        return {name: np.concatenate([o[name] for o in outs]) for name in outs[0]}
     return np.concatenate(outs)
 
 

@@ -112,15 +112,26 @@ def export(
 
 
 def format_artifacts(manifest: dict) -> str:
-    """A table: file, backend, precision, agreement with the reference, mIoU."""
+    """A table: file, backend, precision, agreement with the reference, mIoU; for a
+    multi-task export also each dense output's RMSE against the depth labels (n/a
+    without them) and against the reference's output."""
     def pct(v):
         return "n/a" if v is None else f"{v * 100:.2f}"
 
-    rows = [f"{'file':<20}{'backend':<13}{'precision':<11}{'agreement %':>12}{'mIoU':>8}"]
+    def num(v):
+        return "n/a" if v is None else f"{v:.4g}"
+
+    dense = [o["name"] for o in (manifest["artifacts"] or [{}])[0].get("outputs", [])[1:]]
+    head = f"{'file':<20}{'backend':<13}{'precision':<11}{'agreement %':>12}{'mIoU':>8}"
+    rows = [head + "".join(f"{n + ' RMSE':>14}{'vs ref':>11}" for n in dense)]
     for a in manifest["artifacts"]:
         v = a.get("verification", {})
+        outs = v.get("outputs", {})
         rows.append(f"{a['file']:<20}{a['backend']:<13}{a['precision']:<11}"
-                    f"{pct(v.get('agreement')):>12}{pct(v.get('miou')):>8}")
+                    f"{pct(v.get('agreement')):>12}{pct(v.get('miou')):>8}"
+                    + "".join(f"{num(outs.get(n, {}).get('rmse')):>14}"
+                              f"{num(outs.get(n, {}).get('rmse_vs_reference')):>11}"
+                              for n in dense))
     return "\n".join(rows)
 
 

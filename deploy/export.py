@@ -2,8 +2,11 @@
 
 The exported graph takes ``images`` float32 ``[N, 3, H, W]`` normalised with the spec's
 mean/std, and returns ``logits`` float32 ``[N, C, H, W]`` or, with ``argmax=True``,
-``classes`` int64 ``[N, H, W]``. The model spec (with ``"output"``) is stored in the ONNX
-metadata under ``segcompress.spec`` so a lone ``.onnx`` file still describes itself.
+``classes`` int64 ``[N, H, W]``. A multi-task model (``spec.tasks``) gives one output per
+task, named by :func:`deploy.metadata.output_names` (``seg``: logits or, with argmax, class
+ids; ``depth``: float32 ``[N, H, W]``), verified output by output (:func:`compare`). The
+model spec (with ``"output"``) is stored in the ONNX metadata under ``segcompress.spec``
+so a lone ``.onnx`` file still describes itself.
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ from torch import nn
 from compress.spec import ModelSpec
 from deploy.arrays import class_ids
 from deploy.errors import ExportError, VerificationError, first_line
-from deploy.metadata import set_spec_metadata
+from deploy.metadata import SINGLE_OUTPUT_NAMES, output_names, set_spec_metadata
 from deploy.runtime import load_runtime
 
 INPUT_NAME = "images"
-OUTPUT_NAMES = {"logits": "logits", "argmax": "classes"}
+OUTPUT_NAMES = SINGLE_OUTPUT_NAMES  # single-task graphs; multi-task: deploy.metadata.output_names
 DEFAULT_OPSET = 17
 
 Batches = Iterable[tuple[np.ndarray, np.ndarray | None]]
@@ -34,14 +37,24 @@ Predict = Callable[[np.ndarray], np.ndarray]
 
 
 class ExportHead(nn.Module):
-    """The student alone, optionally followed by argmax over classes (class ids out)."""
+    """The student alone, optionally followed by argmax over classes (class ids out).
+
+    A multi-task student (its forward returns a dict) gives a tuple in task order,
+    segmentation first (argmax applies to it alone): the graph's named outputs.
+    """
 
     def __init__(self, model: nn.Module, argmax: bool = False) -> None:
         super().__init__()
         self.model, self.argmax = model, argmax
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.model(images)
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        if isinstance(out, dict):
+            seg, *rest = out.values()
+            return (self._classes(seg), *rest)
+        return self._classes(out)
+
+    def _classes(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.argmax:
             return logits
         if logits.shape[1] == 1:  # binary head: one logit, class 1 where it is positive
@@ -70,7 +83,8 @@ def export_onnx(model: nn.Module, path: str | Path, spec: ModelSpec, *,
     """Export the student to ONNX, check it with ``onnx.checker`` and simplify it (onnxslim).
 
     Args:
-        model: eval-mode student, ``[N, 3, H, W]`` -> ``[N, C, H, W]`` logits.
+        model: eval-mode student, ``[N, 3, H, W]`` -> ``[N, C, H, W]`` logits (or a dict
+            of named outputs, segmentation first: one graph output each).
         path: where the ``.onnx`` goes.
         spec: the model spec (stored in the file's metadata, with ``output``).
         size: ``(H, W)`` of the example input (multiples of 32).
@@ -91,7 +105,8 @@ def export_onnx(model: nn.Module, path: str | Path, spec: ModelSpec, *,
 
     path = Path(path)
     head = ExportHead(model, argmax).eval()
-    output_name = OUTPUT_NAMES["argmax" if argmax else "logits"]
+    names = output_names(export_spec(spec, size, argmax))
+    output_name = names[0]
     dyn: dict[str, dict[int, str]] = {}
     if dynamic_batch or dynamic_spatial:
         axes = {}
@@ -101,6 +116,8 @@ def export_onnx(model: nn.Module, path: str | Path, spec: ModelSpec, *,
             axes.update({2: "height", 3: "width"})
         out_axes = {k if argmax is False or k == 0 else k - 1: v for k, v in axes.items()}
         dyn = {INPUT_NAME: axes, output_name: out_axes}
+        for name in names[1:]:  # dense task outputs: [N, H, W]
+            dyn[name] = {k if k == 0 else k - 1: v for k, v in axes.items()}
     example = torch.zeros(batch_size, 3, *size)
     buf = io.BytesIO()
     try:
@@ -109,7 +126,7 @@ def export_onnx(model: nn.Module, path: str | Path, spec: ModelSpec, *,
             # The TorchScript exporter: it needs no onnxscript and gives plain ops that
             # NNCF, OpenVINO and TensorRT's parser all read.
             torch.onnx.export(head, (example,), buf, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[output_name],
+                              input_names=[INPUT_NAME], output_names=names,
                               dynamic_axes=dyn or None, do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types; one message
         raise ExportError(f"export: torch.onnx.export failed at opset {opset}: "
@@ -215,26 +232,123 @@ class Comparison:
         return res
 
 
+class DenseComparison:
+    """Running comparison of one dense output (a depth map, float ``[N, H, W]``) of a
+    candidate against the reference's, and of both against ground-truth depth where a
+    batch carries it (0 = no value; :class:`compress.depth.DepthMeter`'s protocol)."""
+
+    def __init__(self, reference_name: str = "reference") -> None:
+        from compress.depth import DepthMeter
+
+        self.reference_name = reference_name
+        self.max_abs = self.sum_abs = self.sum_sq = 0.0
+        self.values = 0
+        self.meter_ref, self.meter_out = DepthMeter(), DepthMeter()
+
+    def update(self, ref: np.ndarray, out: np.ndarray, target: np.ndarray | None = None) -> None:
+        ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+        if ref.shape != out.shape:
+            raise VerificationError(f"verify: dense output shapes differ: reference "
+                                    f"{ref.shape}, candidate {out.shape}")
+        diff = np.abs(ref - out)
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.sum_abs += float(diff.sum())
+        self.sum_sq += float((diff ** 2).sum())
+        self.values += diff.size
+        if target is not None and np.shape(target) == ref.shape:
+            t = torch.from_numpy(np.asarray(target, np.float32))
+            self.meter_ref.update(torch.from_numpy(ref.astype(np.float32)), t)
+            self.meter_out.update(torch.from_numpy(out.astype(np.float32)), t)
+
+    def result(self) -> dict[str, Any]:
+        """``{"max_abs_diff", "mean_abs_diff", "rmse_vs_reference", "rmse", "abs_rel",
+        "delta1", "rmse_<reference_name>", "depth_pixels"}``: the ground-truth figures of
+        the candidate (``rmse`` ...) and the reference's RMSE are None without depth labels."""
+        n = self.values
+        res: dict[str, Any] = {
+            "max_abs_diff": self.max_abs if n else None,
+            "mean_abs_diff": self.sum_abs / n if n else None,
+            "rmse_vs_reference": float(np.sqrt(self.sum_sq / n)) if n else None,
+            "rmse": None, "abs_rel": None, "delta1": None,
+            f"rmse_{self.reference_name}": None, "depth_pixels": 0,
+        }
+        if self.meter_out.n:
+            got, ref = self.meter_out.compute(), self.meter_ref.compute()
+            res.update(rmse=got["rmse"], abs_rel=got["abs_rel"], delta1=got["delta1"],
+                       depth_pixels=got["pixels"])
+            res[f"rmse_{self.reference_name}"] = ref["rmse"]
+        return res
+
+
+def _seg_of(out: np.ndarray | dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(segmentation output, the other named outputs) of a predictor's output."""
+    if not isinstance(out, dict):
+        return out, {}
+    (_, seg), *rest = out.items()
+    return seg, dict(rest)
+
+
 def compare(reference: Predict, candidate: Predict, batches: Batches,
             class_names: list[str] | None = None, ignore_index: int = 255, *,
             reference_name: str = "reference") -> dict[str, Any]:
     """Run both predictors on every batch and return :meth:`Comparison.result` (the
-    reference's mIoU as ``miou_<reference_name>``)."""
+    reference's mIoU as ``miou_<reference_name>``).
+
+    Predictors return an array (the segmentation output) or a dict of named outputs,
+    segmentation first (:meth:`deploy.runtime.Runtime.run_outputs`). With more than one
+    output the result adds ``"outputs"``: per output name, the segmentation figures
+    (``agreement``, ``max_abs_diff``, ``mean_abs_diff``, ``miou``...) and each dense
+    output's :meth:`DenseComparison.result`. Batches are ``(images, masks)`` or
+    ``(images, masks, depth)``; the depth labels score every dense output.
+    """
     cmp = Comparison(class_names, ignore_index, reference_name)
-    for images, masks in batches:
-        cmp.update(reference(images), candidate(images), masks)
+    dense: dict[str, DenseComparison] = {}
+    seg_name = None
+    for batch in batches:
+        images, masks = batch[0], batch[1]
+        depth = batch[2] if len(batch) > 2 else None
+        ref, out = reference(images), candidate(images)
+        if isinstance(ref, dict) and seg_name is None:
+            seg_name = next(iter(ref))
+        (ref, ref_rest), (out, out_rest) = _seg_of(ref), _seg_of(out)
+        for name in ref_rest.keys() & out_rest.keys():
+            dense.setdefault(name, DenseComparison(reference_name)).update(
+                ref_rest[name], out_rest[name], depth)
+        cmp.update(ref, out, masks)
     if not cmp.images:
         raise VerificationError("verify: no images to verify on")
-    return cmp.result()
+    res = cmp.result()
+    if dense:
+        seg_keys = ("agreement", "max_abs_diff", "mean_abs_diff", cmp.reference_key, "miou")
+        res["outputs"] = {seg_name: {"kind": "segmentation", **{k: res[k] for k in seg_keys}},
+                          **{n: {"kind": "depth", **d.result()} for n, d in dense.items()}}
+    return res
 
 
 def torch_predictor(model: nn.Module, argmax: bool = False) -> Predict:
-    """``numpy -> numpy`` predictor for an eval-mode PyTorch model on the CPU."""
+    """``numpy -> numpy`` predictor for an eval-mode PyTorch model on the CPU (the
+    segmentation output of a multi-task model)."""
     head = ExportHead(model, argmax).eval()
 
     @torch.no_grad()
     def predict(images: np.ndarray) -> np.ndarray:
-        return head(torch.from_numpy(np.ascontiguousarray(images, np.float32))).numpy()
+        out = head(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
+        return (out[0] if isinstance(out, tuple) else out).numpy()
+
+    return predict
+
+
+def torch_outputs(model: nn.Module, argmax: bool, names: list[str]
+                  ) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """``numpy -> {name: numpy}`` for an eval-mode PyTorch model on the CPU: every output
+    of the exported graph, named ``names`` (:func:`deploy.metadata.output_names`)."""
+    head = ExportHead(model, argmax).eval()
+
+    @torch.no_grad()
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        out = head(torch.from_numpy(np.ascontiguousarray(images, np.float32)))
+        out = out if isinstance(out, tuple) else (out,)
+        return {n: o.numpy() for n, o in zip(names, out)}
 
     return predict
 
@@ -248,21 +362,23 @@ def verify_onnx(path: str | Path, model: nn.Module, batches: Batches, *,
     Args:
         path: the ``.onnx`` from :func:`export_onnx`.
         model: the PyTorch student it came from.
-        batches: ``(images float32 [N, 3, H, W], masks int64 [N, H, W] | None)`` pairs.
+        batches: ``(images float32 [N, 3, H, W], masks int64 [N, H, W] | None)`` pairs,
+            or triples with depth labels ``float32 [N, H, W]`` (a multi-task model's).
         min_agreement: smallest allowed fraction of pixels with the same class.
         class_names: score mIoU of both when given (with masks).
         reference_name: PyTorch's mIoU comes back as ``miou_<reference_name>``.
 
     Returns:
-        :meth:`Comparison.result` plus ``"min_agreement"``.
+        :func:`compare`'s result (per output for a multi-task model) plus
+        ``"min_agreement"``.
 
     Raises:
         VerificationError: agreement below ``min_agreement``.
     """
     rt = load_runtime(path, threads=threads)
     argmax = rt.spec.output == "argmax"
-    res = compare(torch_predictor(model, argmax), rt.predict, batches, class_names, ignore_index,
-                  reference_name=reference_name)
+    res = compare(torch_outputs(model, argmax, rt.output_names), rt.run_outputs, batches,
+                  class_names, ignore_index, reference_name=reference_name)
     res["min_agreement"] = min_agreement
     if not res["agreement"] >= min_agreement:
         m = res["max_abs_diff"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from compress.spec import ModelSpec
 
@@ -38,3 +39,54 @@ def spec_from_onnx(path_or_proto, source: str | Path | None = None) -> ModelSpec
         if p.key == SPEC_METADATA_KEY:
             return ModelSpec.from_dict(json.loads(p.value), source)
     return None
+
+
+# ---------------------------------------------------------------- named outputs
+
+SINGLE_OUTPUT_NAMES = {"logits": "logits", "argmax": "classes"}  # single-task graphs
+
+
+def _extra_tasks(spec: ModelSpec) -> list[dict[str, Any]]:
+    """The spec's extra (non-segmentation) tasks as plain dicts (checked), or ``[]``."""
+    if not spec.tasks:
+        return []
+    from compress.tasks import parse_tasks
+
+    return [t.to_dict() for t in parse_tasks(spec.tasks)]
+
+
+def output_names(spec: ModelSpec) -> list[str]:
+    """The names of a model's outputs, in graph order, segmentation first.
+
+    A single-task model has one: ``logits`` (``[N, C, H, W]``), or ``classes`` (int64
+    ``[N, H, W]``) when ``spec.output == "argmax"``. A multi-task model (``spec.tasks``)
+    has ``seg`` (logits, or class ids with argmax) and one per extra task (``depth``:
+    float32 ``[N, H, W]`` in the task's unit); see ``compress.multitask.task_names``.
+    """
+    extra = _extra_tasks(spec)
+    if not extra:
+        return [SINGLE_OUTPUT_NAMES[(spec.output or "logits")]]
+    return ["seg", *(t["name"] for t in extra)]
+
+
+def is_multi_output(spec: ModelSpec) -> bool:
+    """Whether the spec's model has more than one named output (a multi-task model)."""
+    return bool(_extra_tasks(spec))
+
+
+def output_info(spec: ModelSpec, input_shape: list) -> list[dict[str, Any]]:
+    """What a manifest says of each output: ``name``, ``kind`` (``segmentation`` or the
+    task's kind), ``shape`` (symbolic dims as in ``input_shape``), ``dtype``, and for a
+    dense task its ``unit`` and ``range`` ``[min, max]``."""
+    n, _, h, w = input_shape
+    argmax = spec.output == "argmax"
+    seg = {"name": output_names(spec)[0], "kind": "segmentation",
+           "shape": [n, h, w] if argmax else [n, spec.classes, h, w],
+           "dtype": "int64" if argmax else "float32",
+           "content": "class ids" if argmax else "logits"}
+    out = [seg]
+    for t in _extra_tasks(spec):
+        out.append({"name": t["name"], "kind": t["kind"], "shape": [n, h, w],
+                    "dtype": "float32", "unit": t["unit"],
+                    "range": [t["min_depth"], t["max_depth"]]})
+    return out

@@ -158,12 +158,15 @@ class ImageSet:
     """Some images of one split, re-iterable, read lazily.
 
     Iterating yields ``(image float32 [3, H, W], mask int64 [H, W] | None)``;
-    :meth:`batches` yields ``(images [B, 3, H, W], masks [B, H, W] | None)``.
+    :meth:`batches` yields ``(images [B, 3, H, W], masks [B, H, W] | None)``, plus
+    ``depth float32 [B, H, W]`` (0 = no value) when the dataset's items carry depth
+    (``with_depth``: a multi-task model's split with depth labels).
     """
 
     def __init__(self, dataset, indices: list[int], labelled: bool, batch_size: int = 4) -> None:
         self.dataset, self.indices, self.labelled = dataset, indices, labelled
         self.batch_size = batch_size
+        self.depth = bool(getattr(dataset, "with_depth", False))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -173,19 +176,16 @@ class ImageSet:
             item = self.dataset[i]
             yield item["image"].numpy(), (item["mask"].numpy() if self.labelled else None)
 
-    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        images, masks = [], []
-        for image, mask in self:
-            images.append(image)
-            masks.append(mask)
-            if len(images) == self.batch_size:
-                yield self._stack(images, masks)
-                images, masks = [], []
-        if images:
-            yield self._stack(images, masks)
-
-    def _stack(self, images, masks):
-        return np.stack(images), (np.stack(masks) if self.labelled else None)
+    def batches(self) -> Iterator[tuple[np.ndarray, ...]]:
+        for start in range(0, len(self.indices), self.batch_size):
+            chunk = self.indices[start:start + self.batch_size]
+            items = [self.dataset[i] for i in chunk]
+            images = np.stack([it["image"].numpy() for it in items])
+            masks = np.stack([it["mask"].numpy() for it in items]) if self.labelled else None
+            if self.depth:
+                yield images, masks, np.stack([it["depth"].numpy() for it in items])
+            else:
+                yield images, masks
 
     def images_only(self) -> Iterator[np.ndarray]:
         for image, _ in self:
@@ -270,9 +270,10 @@ def _load_split(cfg: ExportConfig, spec: ModelSpec, size: tuple[int, int], split
     if kind != "synthetic" and cfg.data is None:
         raise InputError(f"export: data kind {kind!r} needs a dataset root (--calib-data DIR)")
     n_synth = count or cfg.synthetic_val_length
-    ds = split_images(kind, str(cfg.data) if cfg.data else None, split, size=size,
-                      mean=spec.mean, std=spec.std, ignore_index=spec.ignore_index,
-                      count=max(n_synth, 1))
+    root = str(cfg.data) if cfg.data else None
+    ds = split_images(kind, root, split, size=size, mean=spec.mean, std=spec.std,
+                      ignore_index=spec.ignore_index, count=max(n_synth, 1),
+                      depth=_depth_mode(spec, kind, root, split))
     labelled = len(ds.class_names) == spec.classes
     n = len(ds) if count is None else min(count, len(ds))
     if seed < 0 or n == len(ds):
@@ -282,7 +283,21 @@ def _load_split(cfg: ExportConfig, spec: ModelSpec, size: tuple[int, int], split
     info = {"kind": kind, "root": str(cfg.data) if cfg.data else None, "split": split,
             "images": n, "of": len(ds), "class_names": list(ds.class_names),
             "labelled": labelled}
+    if getattr(ds, "with_depth", False):
+        info["depth_labels"] = True
     return ImageSet(ds, indices, labelled, cfg.eval_batch), info
+
+
+def _depth_mode(spec: ModelSpec, kind: str, root: str | None, split: str) -> str:
+    """How a multi-task model's split gets depth labels: the synthetic scenes' own dense
+    depth, a folder's ``depth/<split>`` files when present; else none (and always none
+    for a single-task model, whose data is read as before)."""
+    from compress.data import split_has_depth
+    from deploy.metadata import is_multi_output
+
+    if not is_multi_output(spec):
+        return "none"
+    return split_has_depth(kind, root, split)
 
 
 TMP_MARK = ".segcompress-export-tmp"  # inside every temp export dir: ours to clean up
@@ -548,7 +563,6 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
            calib: ImageSet | None, class_names, manifest: dict, tmp: Path, log: Log,
            qat_model=None) -> None:
     from deploy.export import (
-        OUTPUT_NAMES,
         compare,
         export_onnx,
         export_spec,
@@ -556,6 +570,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
         verify_onnx,
     )
     from deploy.manifest import artifact_entry
+    from deploy.metadata import output_info, output_names
     from deploy.runtime import backend_for_path, load_runtime
 
     ignore = spec.ignore_index
@@ -563,8 +578,11 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     manifest["spec"] = out_spec.to_dict()
     output = out_spec.output
     shape = input_shape(size, cfg.batch_size, cfg.dynamic_batch, cfg.dynamic_spatial)
+    names = output_names(out_spec)
     common = {"input_name": "images", "input_shape": shape, "output": output,
-              "output_name": OUTPUT_NAMES[output], "spec": out_spec}
+              "output_name": names[0], "spec": out_spec}
+    if len(names) > 1:  # a multi-task graph: every named output (a single-task entry as before)
+        common["outputs"] = output_info(out_spec, shape)
 
     def add(path: Path, precision: str, companions=(), **extra) -> dict:
         backend = backend_for_path(path).name  # the registry's name for the file's suffix
@@ -586,6 +604,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     log(f"onnx: {onnx_path.name} agrees with PyTorch on {_fmt(res['agreement'])}% of pixels, "
         f"max |diff| {_fmt(res['max_abs_diff'], False)}, mIoU PyTorch "
         f"{_fmt(verification['miou_pytorch'])} / ONNX {_fmt(res['miou'])}")
+    _log_dense(res, "onnx", "PyTorch", log)
     reference = load_runtime(onnx_path, threads=cfg.threads)
     budget = "labels"
     if cfg.int8 and not val.labelled:  # unlabelled images: the f32 model's own predictions
@@ -595,13 +614,15 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
             f"{len(val)} held-back images")
 
     def check(candidate, enforce: bool, what: str) -> dict:
-        r = compare(reference.predict, candidate.predict, val.batches(), class_names, ignore,
-                    reference_name="f32")
+        # every named output (a multi-task graph's depth too); the budget stays on seg
+        r = compare(reference.run_outputs, candidate.run_outputs, val.batches(), class_names,
+                    ignore, reference_name="f32")
         r = {"reference": "onnxruntime f32", "data": f"{cfg.val_split} split", **r}
         if enforce and not r["agreement"] >= cfg.min_agreement:
             raise VerificationError(
                 f"verify: {what} agrees with the f32 ONNX model on {r['agreement'] * 100:.3f}% "
                 f"of pixels, below the required {cfg.min_agreement * 100:.3f}%; nothing was kept")
+        _log_dense(r, what, "f32", log)
         return r
 
     int8_path = None
@@ -660,6 +681,23 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
 
     if cfg.trt:
         _tensorrt(onnx_path, int8_path, size, cfg, tmp, add, check, manifest, log)
+
+
+def _log_dense(res: dict, what: str, reference: str, log: Log) -> None:
+    """One line per dense output (depth) of a multi-task comparison: its difference from
+    the reference and, with depth labels, its RMSE beside the reference's."""
+    for name, r in res.get("outputs", {}).items():
+        if r.get("kind") == "segmentation":
+            continue
+        gt = ""
+        if r.get("rmse") is not None:
+            key = f"rmse_{'pytorch' if reference == 'PyTorch' else reference}"
+            ref = r.get(key)
+            gt = (f", RMSE vs labels {r['rmse']:.4g} ({reference} "
+                  f"{'n/a' if ref is None else format(ref, '.4g')}), "
+                  f"AbsRel {r['abs_rel']:.4g}, delta1 {_fmt(r['delta1'])}%")
+        log(f"{what}: {name}: max |diff| {_fmt(r['max_abs_diff'], False)}, RMSE vs "
+            f"{reference} {_fmt(r['rmse_vs_reference'], False)}{gt}")
 
 
 def _quantize(onnx_path: Path, int8_path: Path, cfg: ExportConfig, preset: str, calib: ImageSet,

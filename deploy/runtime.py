@@ -146,7 +146,9 @@ def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = Non
     as the eval-mode PyTorch model (``compress.evaluate.load_predictor``), an exported
     artifact as a ``predict(images: torch.Tensor) -> logits`` over its runtime; class ids
     from an argmax export come back one-hot (a logit of +-1 for a binary model), so
-    ``argmax(1)`` gives them. Returns ``(predict, spec)``."""
+    ``argmax(1)`` gives them. A multi-task artifact's predict returns what its checkpoint's
+    model returns: ``{"seg": logits, "depth": [N, H, W], ...}`` (``compress.multitask.
+    seg_logits`` reads either). Returns ``(predict, spec)``."""
     import torch
 
     from compress.evaluate import load_predictor as load_checkpoint
@@ -156,12 +158,18 @@ def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = Non
         return load_checkpoint(path, device, spec)
     rt = load_runtime(path, device=device)
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        out = rt.predict(x.cpu().numpy())
+    def as_logits(out: np.ndarray) -> torch.Tensor:
         if out.ndim == 3 and rt.spec.classes == 1:  # binary ids -> a logit of +-1
             out = out[:, None] * 2.0 - 1.0
         elif out.ndim == 3:  # class ids from an argmax export: one-hot, argmax(1) gives them
             out = np.eye(rt.spec.classes, dtype=np.float32)[out].transpose(0, 3, 1, 2)
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
-    return predict, rt.spec
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return as_logits(rt.predict(x.cpu().numpy()))
+
+    def predict_all(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        (seg_name, seg), *rest = rt.run_outputs(x.cpu().numpy()).items()
+        return {seg_name: as_logits(seg), **{n: torch.from_numpy(v) for n, v in rest}}
+
+    return (predict_all if len(rt.output_names) > 1 else predict), rt.spec

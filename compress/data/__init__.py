@@ -35,6 +35,7 @@ __all__ = [
     "read_image",
     "resize_pair",
     "split_classes",
+    "split_has_depth",
     "split_images",
 ]
 
@@ -95,7 +96,7 @@ def build_split(data_cfg, split: str, mean, std, ignore_index: int, train: bool 
 
 def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, int], mean,
                  std, ignore_index: int, count: int | None = None,
-                 synthetic_seed: int = 0) -> SegDataset:
+                 synthetic_seed: int = 0, depth: str = "none") -> SegDataset:
     """The images of one split as a network sees them: resized to ``size`` and normalised
     with ``mean`` / ``std``, no augmentation, masks beside them.
 
@@ -108,18 +109,35 @@ def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, in
         count: synthetic only: how many scenes (default 96 for ``train``, else 32, the
             training config's defaults); other kinds hold what their files hold.
         synthetic_seed: the scenes' seed (a split's scenes depend on it and the split only).
+        depth: ``none`` (default: items as always), ``dense`` / ``lidar`` (synthetic) or
+            ``files`` (a folder's ``depth/``): items also carry ``"depth"`` float32
+            ``[H, W]`` (0 = no value); :func:`split_has_depth` says which a split has.
 
     Returns:
         A :class:`SegDataset` (items ``{"image": float32 [3, H, W], "mask": int64 [H, W],
-        "index", "name"}``) with ``class_names`` and ``ignore_index``.
+        "index", "name"}``, plus ``"depth"`` with ``depth``) with ``class_names`` and
+        ``ignore_index``.
 
     Raises:
         DataError: an unknown kind, a missing root, unreadable files (named).
     """
     length = count or (96 if split == "train" else 32)
     src = create_source(kind, root, split, ignore_index=ignore_index, length=length,
-                        size=tuple(size), seed=synthetic_seed)
-    return SegDataset(src, tuple(size), mean, std, train=False)
+                        size=tuple(size), seed=synthetic_seed, depth=depth)
+    return SegDataset(src, tuple(size), mean, std, train=False, with_depth=depth != "none")
+
+
+def split_has_depth(kind: str, root: str | None, split: str) -> str:
+    """The ``depth`` mode :func:`split_images` can read a split with: ``dense`` for
+    synthetic scenes (they draw their own), ``files`` for a folder with ``depth/<split>``
+    (or ``depth/``), else ``none``."""
+    from compress.data.depth import depth_dir_of
+
+    if kind == "synthetic":
+        return "dense"
+    if kind == "folder" and root is not None and depth_dir_of(root, split).is_dir():
+        return "files"
+    return "none"
 
 
 def split_classes(kind: str, root: str | None, split: str, ignore_index: int = 255

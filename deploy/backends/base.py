@@ -14,7 +14,8 @@ import numpy as np
 
 from compress.errors import InputError
 from compress.spec import ModelSpec
-from deploy.errors import ManifestError
+from deploy.errors import DeployError, ManifestError
+from deploy.metadata import output_names
 
 INSTALL_GPU = "pip install 'segcompress[gpu]'"  # the install hint of every GPU backend
 
@@ -59,7 +60,9 @@ def canonical_precision(precision: Any) -> str | None:
 
 
 class Runtime:
-    """A loaded model: ``predict(images) -> logits`` (or class ids).
+    """A loaded model: ``predict(images) -> logits`` (or class ids), and
+    ``run_outputs(images) -> {name: array}`` with every named output of a multi-task
+    model (``seg``, ``depth``); ``predict`` is always the segmentation output.
 
     Attributes:
         path: the file loaded.
@@ -81,14 +84,38 @@ class Runtime:
     def output(self) -> str:
         return self.spec.output or "logits"
 
+    @property
+    def output_names(self) -> list[str]:
+        """The model's outputs in graph order, segmentation first (``["logits"]``,
+        ``["classes"]``, or ``["seg", "depth"]`` for a multi-task model)."""
+        return output_names(self.spec)
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` normalised -> ``float32 [N, C, H, W]`` logits, or
-        ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"``."""
+        ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"``: the segmentation
+        output alone, for single- and multi-task models alike."""
+        return next(iter(self.run_outputs(images).values()))
+
+    def run_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (:attr:`output_names`, in that order): the segmentation
+        output as :meth:`predict` gives it, a dense task's (``depth``) float32 ``[N, H, W]``.
+        """
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
             raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
-        out = self._predict(images)
-        return out.astype(np.int64) if self.output == "argmax" else out.astype(np.float32)
+        names = self.output_names
+        outs = self._outputs(images)
+        missing = [n for n in names if n not in outs]
+        if missing:
+            raise DeployError(f"runtime: {self.path.name} gave outputs {sorted(outs)}, "
+                              f"not {missing[0]!r}")
+        seg = np.int64 if self.output == "argmax" else np.float32
+        return {n: np.asarray(outs[n]).astype(seg if i == 0 else np.float32)
+                for i, n in enumerate(names)}
+
+    def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Each backend's outputs by name; by default its one output from :meth:`_predict`."""
+        return {self.output_names[0]: self._predict(images)}
 
     def _predict(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -105,9 +132,16 @@ class Runtime:
                 f"precision={self.precision}, device={self.device})")
 
 
-def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list) -> None:
-    """Refuse a model file whose own graph contradicts its spec: another class count, or
-    a fixed input size other than the spec's (it would score or time the wrong thing)."""
+def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list,
+                 out_names: list[str] | None = None) -> None:
+    """Refuse a model file whose own graph contradicts its spec: another class count, a
+    fixed input size other than the spec's (it would score or time the wrong thing), or,
+    for a multi-task spec, graph outputs (``out_names``) that lack one of its outputs."""
+    if out_names is not None and len(output_names(spec)) > 1:
+        missing = [n for n in output_names(spec) if n not in out_names]
+        if missing:
+            raise ManifestError(f"runtime: {path} has outputs {list(out_names)} but its spec "
+                                f"names {output_names(spec)}: no {missing[0]!r}; refusing it")
     if (spec.output or "logits") == "logits" and len(out_shape) == 4:
         c = out_shape[1]
         if isinstance(c, int) and c != spec.classes:

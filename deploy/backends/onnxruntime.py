@@ -88,16 +88,21 @@ class OnnxRuntime(Runtime):
                                      f"for {path.name} (got {used[0]})")
         inp = self.session.get_inputs()[0]
         out_shape = self.session.get_outputs()[0].shape
-        check_shapes(path, spec, list(inp.shape), list(out_shape))
+        self.graph_outputs = [o.name for o in self.session.get_outputs()]
+        check_shapes(path, spec, list(inp.shape), list(out_shape), self.graph_outputs)
         self.input_name = inp.name
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
         super().__init__(path, spec, device, model_precision,
                          {"providers": used, "input_shape": list(inp.shape)})
 
-    def _predict(self, images: np.ndarray) -> np.ndarray:
+    def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        names = self.output_names
+        # a single-output graph's one output whatever its name; a multi-task graph's by name
+        fetch = names if len(names) > 1 else [self.graph_outputs[0]]
+
         def run(x):
             try:
-                return self.session.run(None, {self.input_name: x})[0]
+                return dict(zip(names, self.session.run(fetch, {self.input_name: x})))
             except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
                 raise DeployError(f"runtime: ONNX Runtime failed on {self.path} with input "
                                   f"{list(x.shape)}: {one_line(e)}") from None

@@ -177,19 +177,25 @@ class OpenVINORuntime(Runtime):
         self.request = compiled.create_infer_request()
         shape = model.inputs[0].get_partial_shape()
         out = model.outputs[0].get_partial_shape()
+        self.graph_outputs = [o.get_any_name() for o in compiled.outputs]
         check_shapes(path, spec, [d.get_length() if d.is_static else None for d in shape],
-                     [d.get_length() if d.is_static else None for d in out])
+                     [d.get_length() if d.is_static else None for d in out],
+                     [n for o in compiled.outputs for n in o.get_names()])
         self.fixed_batch = shape[0].get_length() if shape[0].is_static else None
         super().__init__(path, spec, device, info["precision"], info)
 
-    def _predict(self, images: np.ndarray) -> np.ndarray:
+    def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        names = self.output_names
+
         def run(x):
             try:
                 self.request.infer({0: x})
             except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
                 raise DeployError(f"runtime: OpenVINO failed on {self.path} with input "
                                   f"{list(x.shape)}: {one_line(e)}") from None
-            return self.request.get_output_tensor(0).data.copy()
+            if len(names) == 1:  # a single-output IR's one output, whatever its name
+                return {names[0]: self.request.get_output_tensor(0).data.copy()}
+            return {n: self.request.get_tensor(n).data.copy() for n in names}
 
         return in_batches(run, images, self.fixed_batch)
 

@@ -310,6 +310,11 @@ class TensorRTEngine:
     def enqueue(self, x):
         """Run the engine on a device tensor on the current stream; the first output stays
         on the device (no host copy, no synchronisation)."""
+        return self.enqueue_all(x)[self.outputs[0]]
+
+    def enqueue_all(self, x) -> dict:
+        """Like :meth:`enqueue`, every output binding by its tensor name (each on the
+        device, in the engine's order: a multi-task engine's ``seg`` and ``depth``)."""
         torch = self._torch
         name = self.inputs[0]
         self.context.set_input_shape(name, tuple(x.shape))
@@ -323,16 +328,22 @@ class TensorRTEngine:
         stream = torch.cuda.current_stream(self.device)
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise DeployError(f"tensorrt: executing {self.path.name} failed")
-        return outs[self.outputs[0]]
+        return outs
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
-        y = self.enqueue(self.upload(images))
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.enqueue_all(self.upload(images))
         self._torch.cuda.current_stream(self.device).synchronize()
-        return (y.float() if y.is_floating_point() else y.long()).cpu().numpy()
+        return {n: (y.float() if y.is_floating_point() else y.long()).cpu().numpy()
+                for n, y in outs.items()}
+
+    def run_all(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """``float32 [N, 3, H, W]`` -> every output binding as numpy (float32 or int64),
+        by tensor name."""
+        return in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """``float32 [N, 3, H, W]`` -> the first output as numpy (float32 or int64)."""
-        return in_batches(self._run, np.ascontiguousarray(images, np.float32), self.fixed_batch)
+        return self.run_all(images)[self.outputs[0]]
 
 
 class TensorRTRuntime(Runtime):
@@ -353,9 +364,18 @@ class TensorRTRuntime(Runtime):
             raise InputError(f"runtime: {path.name} was built for {built}; a TensorRT engine "
                              f"runs as built and cannot switch to {precision}")
         super().__init__(path, spec, device, built or "unknown", self.engine.info)
+        if len(self.output_names) > 1:
+            missing = [n for n in self.output_names if n not in self.engine.outputs]
+            if missing:
+                raise ManifestError(f"runtime: {path} has output bindings "
+                                    f"{self.engine.outputs} but its spec names "
+                                    f"{self.output_names}: no {missing[0]!r}; refusing it")
 
-    def _predict(self, images: np.ndarray) -> np.ndarray:
-        return self.engine.run(images)
+    def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        outs = self.engine.run_all(images)
+        if len(self.output_names) == 1:  # a single-output engine's first binding
+            return {self.output_names[0]: outs[self.engine.outputs[0]]}
+        return {n: outs[n] for n in self.output_names}
 
     def device_call(self):
         return self.engine.upload, self.engine.enqueue

@@ -36,10 +36,13 @@ class TorchRuntime(Runtime):
         self.model, spec = load_model(path, device=device, return_spec=True)
         super().__init__(path, replace(spec, output="logits"), str(device), "f32")
 
-    def _predict(self, images: np.ndarray) -> np.ndarray:
+    def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         with self._torch.no_grad():
             x = self._torch.from_numpy(images).to(self.device)
-            return self.model(x).float().cpu().numpy()
+            out = self.model(x)
+            if not isinstance(out, dict):  # a single-task model: its logits
+                out = {self.output_names[0]: out}
+            return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     def device_call(self):
         if not str(self.device).startswith("cuda"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import pytest
 import torch
@@ -140,3 +141,68 @@ def test_qdq_check_refuses_the_asymmetric_cpu_graph(trained_ckpt, tmp_path):
         int8=True, val_size=8, calib_size=16, max_drop=10.0, synthetic_val_length=8))
     with pytest.raises(DeployError, match="not signed symmetric INT8"):
         check_qdq_graph(onnx.load(str(tmp_path / "cpu" / "model_int8.onnx")))
+
+
+def test_multi_output_engine_maps_bindings_by_name(tmp_path, monkeypatch):
+    """The multi-binding path without TensorRT (the engine faked): a multi-task spec's
+    outputs come from the engine's bindings by name, in any binding order; a single-task
+    one from its first binding; a missing binding is refused at load."""
+    import numpy as np
+
+    import deploy.backends.tensorrt as t
+    from deploy.errors import ManifestError
+    from tests.deploy.conftest import tiny_spec
+
+    class FakeEngine:
+        outputs = ("depth", "seg")  # TensorRT may list bindings in another order
+
+        def __init__(self, path, device="cuda"):
+            self.info = {}
+
+        def run_all(self, images):
+            n = images.shape[0]
+            return {"seg": np.ones((n, 5, 4, 4), np.float32),
+                    "depth": np.full((n, 4, 4), 2.0, np.float32)}
+
+    monkeypatch.setattr(t, "TensorRTEngine", FakeEngine)
+    spec = replace(tiny_spec(), output="logits", tasks=[{"name": "depth"}])
+    rt = t.TensorRTRuntime(tmp_path / "m.engine", spec, entry={"precision": "fp16"})
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    out = rt.run_outputs(x)
+    assert list(out) == ["seg", "depth"] and out["depth"].shape == (2, 4, 4)
+    assert out["depth"].dtype == np.float32 and (out["depth"] == 2.0).all()
+    assert rt.predict(x).shape == (2, 5, 4, 4)
+    single = t.TensorRTRuntime(tmp_path / "s.engine", replace(tiny_spec(), output="logits"))
+    FakeEngine.outputs = ("seg", "depth")
+    assert list(single.run_outputs(x)) == ["logits"]
+    FakeEngine.outputs = ("seg",)  # a multi-task spec on an engine without its depth binding
+    with pytest.raises(ManifestError, match="no 'depth'"):
+        t.TensorRTRuntime(tmp_path / "m.engine", spec)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_CUDA and HAS_TRT),
+                    reason="needs an NVIDIA GPU (torch.cuda) and the tensorrt package")
+def test_tensorrt_multitask_engine_returns_both_outputs(trained_ckpt, tmp_path):
+    from compress.models import create_model, load_model, save_checkpoint
+    from deploy.manifest import read_manifest
+    from deploy.pipeline import ExportConfig, export_checkpoint
+    from deploy.runtime import load_runtime
+    from tests.deploy.conftest import synthetic_batches, tiny_spec
+
+    spec = replace(tiny_spec(), tasks=[{"name": "depth", "max_depth": 30.0, "channels": 8}])
+    model = create_model(spec)
+    model.base.load_state_dict(load_model(trained_ckpt).state_dict())
+    ckpt = save_checkpoint(tmp_path / "mt.pt", model.eval(), spec, epoch=1)
+    out = tmp_path / "exp"
+    export_checkpoint(ckpt, out, ExportConfig(trt=True, val_size=4, synthetic_val_length=4,
+                                              trt_workspace_gib=1.0))
+    m = read_manifest(out)
+    engine = next(a for a in m["artifacts"] if a["backend"] == "tensorrt")
+    assert [o["name"] for o in engine["outputs"]] == ["seg", "depth"]
+    assert engine["verification"]["outputs"]["depth"]["max_abs_diff"] is not None
+    images = synthetic_batches(m["spec"], "val", n=2, batch=2)[0][0]
+    ref = load_runtime(out / "model.onnx").run_outputs(images)
+    got = load_runtime(out / engine["file"], device="cuda").run_outputs(images)
+    assert list(got) == ["seg", "depth"]
+    assert abs(got["depth"] - ref["depth"]).max() < 0.5  # metres, fp16
