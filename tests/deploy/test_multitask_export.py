@@ -12,6 +12,7 @@ import torch
 
 from compress.models import create_model, load_model, save_checkpoint
 from compress.multitask import MultiTaskModel
+from compress.spec import ModelSpec
 from deploy.export import compare, export_onnx
 from deploy.manifest import read_manifest
 from deploy.pipeline import ExportConfig, export_checkpoint
@@ -138,7 +139,7 @@ def test_export_manifest_lists_outputs_and_depth_figures(mt_export):
 def test_int8_and_openvino_return_both_outputs(mt_export):
     out, _ = mt_export
     m = read_manifest(out)
-    x = synthetic_batches(m["spec"], n=2, batch=2)[0][0]
+    x = synthetic_batches(ModelSpec.from_dict(m["spec"]), n=2, batch=2)[0][0]
     ref = load_runtime(out / "model.onnx").run_outputs(x)
     for name in ("model_int8.onnx", "model.xml", "model_int8.xml"):
         got = load_runtime(out / name).run_outputs(x)
