@@ -724,24 +724,6 @@ class LatencyRow:
         return out
 
 
-def time_loaded(
-    loaded: Sequence[dict[str, Any]],
-    frames: Sequence[np.ndarray],
-    size: tuple[int, int],
-    device: str,
-    *,
-    runs: int,
-    warmup: int,
-    batch: int = 1,
-    clock: Callable[[], float] = time.perf_counter,
-) -> list[dict[str, Any]]:
-    """:func:`time_rows` as dicts (:meth:`LatencyRow.to_dict`): ``{"label", "path",
-    "backend", "precision", "device", "batch", "latency_ms", "preprocess_ms",
-    "postprocess_ms", "end_to_end_ms", "ratio_to_first", "memory", "error"}``."""
-    return [r.to_dict() for r in time_rows(loaded, frames, size, device, runs=runs,
-                                           warmup=warmup, batch=batch, clock=clock)]
-
-
 def time_rows(
     loaded: Sequence[dict[str, Any]],
     frames: Sequence[np.ndarray],
@@ -800,6 +782,15 @@ def time_rows(
     if pipelines and device.startswith("cuda"):
         time_device_compute(order, runs=runs, warmup=warmup)
     return rows
+
+
+
+def time_loaded(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """:func:`time_rows` (same arguments) as dicts (:meth:`LatencyRow.to_dict`):
+    ``{"label", "path", "backend", "precision", "device", "batch", "latency_ms",
+    "preprocess_ms", "postprocess_ms", "end_to_end_ms", "ratio_to_first", "memory",
+    "error"}``."""
+    return [r.to_dict() for r in time_rows(*args, **kwargs)]
 
 
 def time_device_compute(order, *, runs: int, warmup: int) -> None:
