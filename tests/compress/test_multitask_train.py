@@ -138,3 +138,28 @@ def test_multitask_keys_without_tasks_are_refused(tmp_path):
         tiny_config(tmp_path, ["multitask.weights={seg: 1.0}"])
     with pytest.raises(ConfigError, match="one depth task"):
         tiny_config(tmp_path, ["model.tasks=[{name: a}, {name: b}]", "data.depth=dense"])
+
+
+def test_compare_shows_depth_columns_only_when_runs_have_depth():
+    from bench.study import comparison_csv, comparison_markdown
+
+    def res(depth):
+        run = {"recipe": "mt", "seed": 0, "miou": 0.5, "params": 1000, "gmacs": 0.1,
+               "train_seconds": 1.0, "epochs": 2, "run_dir": "r", "trained_here": True,
+               "best_epoch": 2, "per_class_iou": {}, "depth_rmse": depth,
+               "depth_abs_rel": depth and 0.1, "depth_delta1": depth and 0.9}
+        agg = {"recipe": "mt", "seeds": 1, "miou_mean": 0.5, "miou_std": None, "miou_min": 0.5,
+               "miou_max": 0.5, "per_class_iou": {}, "train_seconds_mean": 1.0,
+               "params": 1000, "gmacs": 0.1}
+        if depth:
+            agg.update(depth_rmse_mean=depth, depth_rmse_std=None, depth_abs_rel_mean=0.1,
+                       depth_delta1_mean=0.9)
+        return {"study": "s", "baseline": "mt", "recipes": [agg], "runs": [run],
+                "missing": [], "skipped": [], "latency": {"enabled": False, "threads": 1},
+                "hardware": {"summary": "cpu", "packages": {}, "python": "3"}}
+
+    md, table = comparison_markdown(res(2.5)), comparison_csv(res(2.5))
+    assert "## Depth" in md and "| mt | 1 | 2.500 | 0.100 | 90.00 |" in md
+    assert "depth_rmse" in table.splitlines()[0] and "2.5" in table.splitlines()[1]
+    assert "Depth" not in comparison_markdown(res(None))
+    assert "depth_rmse" not in comparison_csv(res(None))
