@@ -163,3 +163,22 @@ def test_compare_shows_depth_columns_only_when_runs_have_depth():
     assert "depth_rmse" in table.splitlines()[0] and "2.5" in table.splitlines()[1]
     assert "Depth" not in comparison_markdown(res(None))
     assert "depth_rmse" not in comparison_csv(res(None))
+
+
+def test_eval_of_a_multitask_checkpoint_scores_depth_when_the_split_has_it(tmp_path):
+    from dataclasses import replace
+
+    from compress.evaluate import evaluate_checkpoint, format_table
+    from compress.models import create_model, save_checkpoint
+    from tests.conftest import tiny_spec
+
+    spec = replace(tiny_spec(synthetic_names=True),
+                   tasks=[{"name": "depth", "max_depth": 30.0, "channels": 8}])
+    ckpt = save_checkpoint(tmp_path / "mt.pt", create_model(spec), spec, metrics=None, epoch=0)
+    res = evaluate_checkpoint(ckpt, tmp_path, kind="synthetic", out=tmp_path / "ev")
+    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert saved["depth"]["rmse"] > 0 and saved["depth"]["targets"] == "dense"
+    assert 0 <= saved["miou"] <= 1 and "depth RMSE" in format_table(res)
+    res = evaluate_checkpoint(ckpt, tmp_path, kind="synthetic", depth="none",
+                              out=tmp_path / "ev2")
+    assert "depth" not in res
