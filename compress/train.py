@@ -1066,6 +1066,9 @@ def setup_task(cfg: RunConfig, student: nn.Module, spec: ModelSpec, teacher: Tea
         depth_loss=_depth_loss(cfg),
     ).to(device)
     model = student
+    if world > 1 and any(w == 0 for w in cfg.task_weights.values()):
+        raise ConfigError("a multi-task task weight of 0 leaves its head without gradients, "
+                          "which DistributedDataParallel refuses: train it in one process")
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
