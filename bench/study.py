@@ -254,6 +254,9 @@ def collect_run(recipe: str, run_dir: Path, trained_here: bool) -> dict:
         "per_class_iou": metrics.get("per_class_iou") or {},
         "train_seconds": summary.get("train_seconds"),
         "history": _read_metrics_csv(run_dir / "metrics.csv"),
+        # a multi-task student: best.pt's depth metrics (None for a single-task run)
+        **{f"depth_{k}": (metrics.get("depth") or {}).get(k)
+           for k in ("rmse", "abs_rel", "delta1")},
     }
 
 
@@ -361,6 +364,10 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             "train_seconds_mean": statistics.fmean([r["train_seconds"] or 0 for r in mine]),
             **{k: mine[0].get(k) for k in ("params", "gmacs", "ms_median", "ms_std")},
         }
+        for k in DEPTH_KEYS:  # multi-task students: mean (± std) over the seeds
+            vals = [r[k] for r in mine if r.get(k) is not None]
+            if vals:
+                agg[f"{k}_mean"], agg[f"{k}_std"] = _mean_std(vals)
         if base_mean is not None:
             d = (mean - base_mean) * 100
             agg["delta_pts"] = d
@@ -386,6 +393,13 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
 
 
 # ---------------------------------------------------------------- writing
+
+
+DEPTH_KEYS = ("depth_rmse", "depth_abs_rel", "depth_delta1")
+
+
+def _has_depth(res: dict) -> bool:
+    return any(r.get("depth_rmse") is not None for r in res["runs"])
 
 
 def _f(v, fmt: str = ".2f", none: str = "-") -> str:
@@ -426,6 +440,16 @@ def comparison_markdown(res: dict) -> str:
                      f"{_f(r.get('delta_pts'), '+.2f')} | {_f(r.get('delta_pct'), '+.1f')} | "
                      f"{r['best_epoch']} / {r['epochs']} | {_f(r['train_seconds'], '.1f')} | "
                      f"`{where}` |")
+    if _has_depth(res):
+        lines += ["", "## Depth (multi-task students, best.pt)", "",
+                  "| recipe | seeds | depth RMSE (m) mean ± std | AbsRel | δ < 1.25 (%) |",
+                  "|---|---|---|---|---|"]
+        for a in res["recipes"]:
+            d1 = a.get("depth_delta1_mean")
+            lines.append(f"| {a['recipe']} | {a['seeds']} | "
+                         f"{_pm(a.get('depth_rmse_mean'), a.get('depth_rmse_std'), '.3f')} | "
+                         f"{_f(a.get('depth_abs_rel_mean'), '.3f')} | "
+                         f"{_f(None if d1 is None else d1 * 100)} |")
     classes = list(res["recipes"][0]["per_class_iou"]) if res["recipes"] else []
     if classes:
         lines += ["", "## Per-class IoU (mean over seeds, points)", "",
@@ -460,6 +484,9 @@ def comparison_csv(res: dict) -> str:
     cols = ["row", "recipe", "seed", "seeds", "miou", "miou_std", "miou_min", "miou_max",
             "delta_pts", "delta_pct", "verdict", "paired_delta_pts", "paired_delta_std", "params", "gmacs", "ms_median", "ms_std",
             "threads", "train_seconds", "epochs", "run_dir"] + [f"iou_{c}" for c in classes]
+    depth = _has_depth(res)
+    if depth:  # multi-task students: their depth metrics (best.pt)
+        cols += list(DEPTH_KEYS)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
@@ -479,7 +506,8 @@ def comparison_csv(res: dict) -> str:
                     "ms_std": r4(r.get("ms_std")), "threads": threads,
                     "train_seconds": r["train_seconds"], "epochs": r["epochs"],
                     "run_dir": r["run_dir"],
-                    **{f"iou_{c}": pts(r["per_class_iou"].get(c)) for c in classes}})
+                    **{f"iou_{c}": pts(r["per_class_iou"].get(c)) for c in classes},
+                    **{k: r4(r.get(k)) for k in DEPTH_KEYS if depth}})
     for a in res["recipes"]:
         w.writerow({"row": "recipe", "recipe": a["recipe"], "seed": "mean", "seeds": a["seeds"],
                     "miou": pts(a["miou_mean"]), "miou_std": pts(a["miou_std"]),
@@ -489,7 +517,8 @@ def comparison_csv(res: dict) -> str:
                     "paired_delta_std": r4(a.get("paired_delta_std")), "params": a["params"], "gmacs": r4(a["gmacs"]),
                     "ms_median": r4(a.get("ms_median")), "ms_std": r4(a.get("ms_std")),
                     "threads": threads, "train_seconds": round(a["train_seconds_mean"], 1),
-                    **{f"iou_{c}": pts(a["per_class_iou"].get(c)) for c in classes}})
+                    **{f"iou_{c}": pts(a["per_class_iou"].get(c)) for c in classes},
+                    **{k: r4(a.get(f"{k}_mean")) for k in DEPTH_KEYS if depth}})
     return buf.getvalue()
 
 

@@ -93,6 +93,14 @@ def distill(config: FitConfigOpt = None, overrides: Overrides = None, resume: Re
     _run_fit(config, overrides, resume, quiet, distill=True, resume_changed=resume_changed)
 
 
+class EvalDepth(str, Enum):
+    auto = "auto"
+    none = "none"
+    dense = "dense"
+    lidar = "lidar"
+    files = "files"
+
+
 @commands.command("eval")
 def eval_(
     ctx: typer.Context,
@@ -112,13 +120,17 @@ def eval_(
     score_at: Annotated[str, typer.Option(
         help="network: score at the input size; source: resize logits back to each "
              "image's own size (CamVid 360x480)")] = "network",
+    depth: Annotated[EvalDepth, typer.Option(
+        help="a multi-task model's depth targets: auto (a folder's depth/, synthetic "
+             "dense), none, dense, lidar (synthetic) or files")] = EvalDepth.auto,
 ) -> None:
-    """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix."""
+    """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix
+    (+ depth metrics for a multi-task model when the split has depth)."""
     from compress.evaluate import evaluate_checkpoint, format_table, load_predictor, parse_size
 
     result = evaluate_checkpoint(checkpoint, data, split, kind=data_kind.value, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
-                                 device=device, score_at=score_at,
+                                 device=device, score_at=score_at, depth=depth.value,
                                  load=(ctx.obj or {}).get("load_predictor", load_predictor))
     typer.echo(format_table(result))
     typer.echo(f"eval: {result['eval_json']}")

@@ -26,6 +26,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+DepthMode = Literal["none", "dense", "lidar", "files"]
+
+
 class SourceConfig(_Strict):
     """One data source: a labelled split of a dataset, or a folder of images + masks."""
 
@@ -35,6 +38,10 @@ class SourceConfig(_Strict):
     weight: float = Field(1.0, gt=0, description="sampling ratio in a mixture")
     length: int = Field(64, ge=1, description="synthetic only: number of samples")
     seed: int = 0
+    depth: DepthMode = Field("none", description="depth targets: none, dense / lidar "
+                             "(synthetic), files (a folder's depth/: docs/multitask.md)")
+    masks: bool = Field(True, description="false: a depth-only source (no segmentation "
+                        "labels; its segmentation terms see ignored pixels only)")
 
 
 class DataConfig(_Strict):
@@ -59,6 +66,12 @@ class DataConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
     epoch_samples: int | None = Field(None, ge=1, description="samples per epoch in a mixture")
+    depth: DepthMode = Field("none", description="depth targets of the main train and val "
+                             "splits: none, dense / lidar (synthetic), files (folder depth/)")
+    masks: bool = Field(True, description="false: the main train split has no masks")
+    depth_val: SourceConfig | None = Field(
+        None, description="where a multi-task run scores depth (kind, root, split, depth, "
+        "masks); default: the main val split, when data.depth is not none")
 
     @field_validator("size")
     @classmethod
@@ -111,6 +124,24 @@ class ModelConfig(_Strict):
         None, description="a segcompress checkpoint whose spec and weights make the student "
         "(e.g. a teacher pruned by `compress prune`): its architecture, pruned widths and "
         "normalisation replace arch/encoder/decoder_channels/kwargs/mean/std")
+    tasks: list[dict[str, Any]] | None = Field(
+        None, description="extra task heads, e.g. [{name: depth, kind: depth, unit: m, "
+        "min_depth: 0.5, max_depth: 30, channels: 32}]: a multi-task student (multitask.*)")
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        from compress.spec import ModelError
+        from compress.tasks import parse_tasks
+
+        try:
+            parsed = parse_tasks(v)
+        except ModelError as e:
+            raise ValueError(str(e)) from None
+        if len(parsed) > 1:
+            raise ValueError("training supports one depth task (the data carries one depth "
+                             "map per sample)")
+        return [t.to_dict() for t in parsed] or None
 
     @model_validator(mode="before")
     @classmethod
@@ -132,6 +163,33 @@ class ModelConfig(_Strict):
         if "classes" in v:
             raise ValueError("the class count is not a kwarg: set 'classes' beside 'kwargs' "
                              "(e.g. teacher.model.classes=8)")
+        return v
+
+
+class MultiTaskConfig(_Strict):
+    """How a multi-task student (``model.tasks``) adds its tasks' losses up
+    (docs/multitask.md). ``weights`` names ``seg`` and every task of ``model.tasks``."""
+
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="loss weight per task, e.g. {seg: 0.5, depth: 0.5} "
+        "(default: 1 each); a weight 0 leaves that task untrained (seg 0: a depth-only student)")
+    balance: Literal["fixed", "uncertainty"] = Field(
+        "fixed", description="fixed weights, or learned uncertainty weighting (Kendall 2018) "
+        "started from them")
+    depth_loss: Literal["silog", "l1", "berhu"] = Field(
+        "silog", description="depth loss on valid pixels: silog (Eigen), l1 or berhu")
+    silog_lambda: float = Field(0.5, ge=0, le=1, description="silog: 1 = scale invariant")
+    berhu_c: float = Field(0.2, gt=0, le=1, description="berhu: threshold / max error")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        import math
+
+        if any(not math.isfinite(w) or w < 0 for w in v.values()):
+            raise ValueError(f"task weights must be finite and >= 0 (got {v})")
+        if v and not any(w > 0 for w in v.values()):
+            raise ValueError("every task weight is 0: nothing to train on")
         return v
 
 
@@ -286,6 +344,46 @@ class RunConfig(_Strict):
     kd: KDConfig = Field(default_factory=KDConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
+    multitask: MultiTaskConfig = Field(default_factory=MultiTaskConfig)
+
+    @property
+    def task_weights(self) -> dict[str, float]:
+        """``{"seg": w, <task>: w}`` of a multi-task student (``multitask.weights``, 1 each
+        by default); empty for a single-task one."""
+        if not self.model.tasks:
+            return {}
+        names = ["seg", *(t["name"] for t in self.model.tasks)]
+        return {n: float(self.multitask.weights.get(n, 1.0)) for n in names}
+
+    @model_validator(mode="after")
+    def _multitask(self) -> RunConfig:
+        mt, tasks = self.multitask, self.model.tasks
+        if not tasks:
+            if mt.weights:
+                raise ValueError("multitask.weights is set but model.tasks is empty: declare "
+                                 "the student's tasks (model.tasks) or drop multitask.*")
+            return self
+        names = ["seg", *(t["name"] for t in tasks)]
+        if mt.weights and sorted(mt.weights) != sorted(names):
+            raise ValueError(f"multitask.weights names {sorted(mt.weights)} but the student's "
+                             f"tasks are {names} (model.tasks): give one weight per task")
+        kd = self.kd
+        if (kd.feature.weight or (kd.cwd.weight and any(lv != "logits" for lv in kd.cwd.levels))):
+            raise ValueError("model.tasks: feature taps (kd.feature, kd.cwd.levels other than "
+                             "logits) are not supported for a multi-task student; distil on "
+                             "the logits (kd.response, kd.cwd.levels: [logits])")
+        if self.quant.qat:
+            raise ValueError("model.tasks: quant.qat does not support a multi-task student yet")
+        if self.model.init_from:
+            raise ValueError("model.tasks with model.init_from: the checkpoint's spec decides "
+                             "the tasks; drop model.tasks")
+        if self.task_weights["seg"] == 0 and kd.enabled:
+            raise ValueError("multitask.weights.seg is 0 but kd.* distils the segmentation "
+                             "head: set the KD weights to 0 or give seg a weight")
+        if self.data.depth == "none" and self.data.depth_val is None:
+            raise ValueError("model.tasks: nothing scores depth; set data.depth_val (a source "
+                             "with depth) or data.depth (the main val split carries depth)")
+        return self
 
     @model_validator(mode="after")
     def _weights(self) -> RunConfig:

@@ -24,6 +24,7 @@ from compress.models import (
     make_spec,
     read_checkpoint,
 )
+from compress.multitask import seg_logits
 from compress.spec import ModelSpec
 
 log = logging.getLogger("compress")
@@ -66,14 +67,20 @@ class DistillationTask(nn.Module):
                 batch: dict | None = None) -> dict[str, torch.Tensor]:
         """Args: ``images [N, 3, H, W]`` (student normalisation, on the device), ``target
         [N, H, W]``, ``batch`` the collated batch they came from (the cached teacher
-        finds its logits through its ``index`` and ``geometry``)."""
+        finds its logits through its ``index`` and ``geometry``; a multi-task student's
+        depth maps are its ``"depth"``, ``[N, H, W]``, 0 = no value)."""
         t_logits = t_feats = None
         if self.teacher is not None:
             t_logits, t_feats = self.teacher(images, batch)
+        depth = None
+        if batch is not None and "depth" in batch:
+            depth = batch["depth"].to(images.device, non_blocking=True)
         with torch.autocast(images.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            s_logits, s_feats = forward_with_features(self.student, images, self.levels)
-            return self.criterion(s_logits, target, t_logits, s_feats, t_feats)
+            s_out, s_feats = forward_with_features(self.student, images, self.levels)
+            if isinstance(s_out, dict):  # a multi-task student: {"seg": logits, "depth": ...}
+                return self.criterion(s_out, target, t_logits, depth=depth)
+            return self.criterion(s_out, target, t_logits, s_feats, t_feats)
 
 
 def recipe_factories(cfg: RunConfig) -> set[str]:
@@ -114,7 +121,7 @@ class Teacher:
     def __call__(self, images: torch.Tensor, batch: dict | None = None):
         x = (images * self.a + self.b).to(self.dtype)
         logits, feats = forward_with_features(self.model, x, self.levels)
-        return logits.float(), {k: v.float() for k, v in feats.items()}
+        return seg_logits(logits).float(), {k: v.float() for k, v in feats.items()}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher logits ``[N, Ct, H, W]``, or ``[N, Cs, H, W]`` log-probabilities in the

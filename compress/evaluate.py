@@ -12,7 +12,7 @@ from compress.data import split_classes, split_images
 from compress.errors import InputError
 from compress.io import atomic_write_json
 from compress.spec import ModelSpec
-from compress.train import collate, evaluate
+from compress.train import collate, depth_task, evaluate, evaluate_depth
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -75,7 +75,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                         out: Path | None = None, arch: str | None = None,
                         encoder: str | None = None, classes: int | None = None,
                         device: str = "cpu", batch_size: int = 4,
-                        score_at: str = "network",
+                        score_at: str = "network", depth: str = "auto",
                         load: PredictorLoader = load_predictor) -> dict:
     """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``
     into ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
@@ -90,9 +90,16 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     ``size`` (required) and its class names come from the data.
 
     ``load`` opens ``path``: :func:`load_predictor` (checkpoints) by default;
-    ``deploy.runtime.load_predictor`` for exported artifacts too."""
+    ``deploy.runtime.load_predictor`` for exported artifacts too.
+
+    A multi-task model (its spec has ``tasks``) is also scored on depth when the split
+    has depth (``depth``: ``auto`` = a folder's ``depth/`` or synthetic dense depth;
+    ``none``; ``dense`` / ``lidar`` / ``files``): ``eval.json`` then holds ``depth``
+    (``rmse``, ``abs_rel``, ``delta1..3``, ``pixels``) beside the segmentation scores."""
     if score_at not in SCORE_AT:
         raise InputError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
+    if depth not in ("auto", "none", "dense", "lidar", "files"):
+        raise InputError(f"--depth {depth!r}: expected auto, none, dense, lidar or files")
     from compress.models import make_spec
     from compress.train import resolve_device
 
@@ -119,6 +126,15 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     result, conf = evaluate(predict, loader, spec.class_names, spec.ignore_index, dev,
                             flip=flip, show=True)
+    dt = depth_task(spec)
+    mode = _depth_mode(depth, kind, data, split) if dt is not None else "none"
+    if mode != "none":  # a multi-task model on a split with depth
+        dset = split_images(kind, str(data), split, size=size, mean=spec.mean, std=spec.std,
+                            ignore_index=spec.ignore_index, depth=mode)
+        dloader = torch.utils.data.DataLoader(dset, batch_size=batch_size, collate_fn=collate)
+        result["depth"] = evaluate_depth(predict, dloader, dt.name, dev,
+                                         max_depth=dt.max_depth, show=True)
+        result["depth"].update(task=dt.name, unit=dt.unit, targets=mode)
     out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
                   images=len(ds), scored_at=score_at,
@@ -133,6 +149,18 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
     result["eval_json"] = str(out / "eval.json")
     return result
+
+
+def _depth_mode(depth: str, kind: str, data: Path, split: str) -> str:
+    """The depth targets to score against: ``auto`` is a folder's ``depth/`` when it has
+    one, synthetic dense depth for synthetic data, else none."""
+    if depth != "auto":
+        return depth
+    if kind == "synthetic":
+        return "dense"
+    if kind == "folder" and (Path(data) / "depth").is_dir():
+        return "files"
+    return "none"
 
 
 def _data_class_names(kind: str, data: Path, split: str) -> list[str] | None:
@@ -154,4 +182,11 @@ def format_table(result: dict) -> str:
     if "scored_at" in result:
         sizes = ", ".join(f"{h}x{w}" for h, w in result["score_sizes"])
         lines.append(f"scored at {result['scored_at']} resolution ({sizes})")
+    d = result.get("depth")
+    if d:
+        unit = d.get("unit", "m")
+        lines += ["-" * 24, f"{'depth RMSE':<16}{d['rmse']:>8.3f} {unit}",
+                  f"{'depth AbsRel':<16}{d['abs_rel']:>8.3f}",
+                  f"{'depth d<1.25':<16}{d['delta1'] * 100:>8.2f}",
+                  f"({d['pixels']} valid pixels, {d.get('targets', '')} depth)"]
     return "\n".join(lines)

@@ -183,6 +183,14 @@ class Distiller(nn.Module):
     Holds the learnable 1x1 adapters that map student feature channels onto the teacher's;
     they train with the student and are never saved with it. The KD step around it (the
     models, the teacher's outputs) is :class:`compress.distill.DistillationTask`.
+
+    A multi-task student (``task_weights`` given, e.g. ``{"seg": 0.5, "depth": 0.5}``)
+    gives a dict of outputs: the terms above apply to its ``seg`` logits and add up to the
+    ``seg`` term; ``depth`` is ``depth_loss(pred, target)`` over the valid pixels (target
+    > 0) of the batch; :class:`compress.multitask.TaskBalance` (``balance``: fixed or
+    uncertainty, its parameters trained and saved with the adapters) combines the tasks
+    of positive weight into ``loss``. With uncertainty weighting the weights in use are
+    logged as ``w_<task>``.
     """
 
     def __init__(self, *, task: TaskLoss, w_task: float = 1.0, w_kd: float = 0.0,
@@ -190,8 +198,18 @@ class Distiller(nn.Module):
                  feat_kind: str = "cosine", w_cwd: float = 0.0, cwd_temperature: float = 4.0,
                  cwd_levels=(), student_channels: dict[str, int] | None = None,
                  teacher_channels: dict[str, int] | None = None,
-                 class_map: torch.Tensor | None = None, ignore_index: int = 255) -> None:
+                 class_map: torch.Tensor | None = None, ignore_index: int = 255,
+                 task_weights: dict[str, float] | None = None, balance: str = "fixed",
+                 depth_loss=None) -> None:
         super().__init__()
+        self.task_weights = dict(task_weights or {})
+        self.depth_loss = depth_loss
+        self.balance = None
+        if self.task_weights:
+            from compress.multitask import TaskBalance
+
+            active = {k: w for k, w in self.task_weights.items() if w > 0}
+            self.balance = TaskBalance(active, balance)
         self.task, self.w_task = task, w_task
         self.w_kd, self.temperature = w_kd, temperature
         self.w_feat, self.feat_levels, self.feat_kind = w_feat, list(feat_levels), feat_kind
@@ -207,7 +225,36 @@ class Distiller(nn.Module):
             self.adapters[lv] = nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()
 
     def forward(self, student_logits, target, teacher_logits=None, student_feats=None,
-                teacher_feats=None) -> dict[str, torch.Tensor]:
+                teacher_feats=None, depth=None) -> dict[str, torch.Tensor]:
+        if isinstance(student_logits, dict):
+            return self._multitask(student_logits, target, teacher_logits, depth)
+        return self._seg_terms(student_logits, target, teacher_logits, student_feats,
+                               teacher_feats)
+
+    def _multitask(self, out: dict[str, torch.Tensor], target, teacher_logits,
+                   depth) -> dict[str, torch.Tensor]:
+        """The seg terms on ``out["seg"]``, each depth task's loss, their balance."""
+        terms: dict[str, torch.Tensor] = {}
+        losses: dict[str, torch.Tensor] = {}
+        if self.task_weights.get("seg", 0) > 0:
+            seg = self._seg_terms(out["seg"], target, teacher_logits, None, None)
+            losses["seg"] = seg.pop("loss")
+            terms.update(seg)
+            terms["seg"] = losses["seg"]
+        for name in self.task_weights:
+            if name == "seg" or self.task_weights[name] <= 0:
+                continue
+            if depth is None:
+                raise ValueError("a multi-task step needs the batch's depth maps")
+            losses[name] = self.depth_loss(out[name].float(), depth.float())
+            terms[name] = losses[name]
+        terms["loss"] = self.balance(losses)
+        if self.balance.mode == "uncertainty":
+            terms.update({f"w_{k}": torch.tensor(v) for k, v in self.balance.weights().items()})
+        return terms
+
+    def _seg_terms(self, student_logits, target, teacher_logits=None, student_feats=None,
+                   teacher_feats=None) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         task_parts: dict[str, torch.Tensor] = {}
         if self.w_task:

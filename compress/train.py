@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from compress.classmap import kd_class_map
 from compress.config import ConfigError, RunConfig, dump_config
-from compress.data import build_split, build_train_set, dataset_classes
+from compress.data import build_depth_val, build_split, build_train_set, dataset_classes
 from compress.distill import (
     DistillationTask,
     Teacher,
@@ -60,6 +60,7 @@ from compress.models import (
     save_checkpoint,
     unwrap,
 )
+from compress.multitask import seg_logits
 from compress.spec import ModelSpec
 
 log = logging.getLogger("compress")
@@ -114,11 +115,12 @@ def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None
     if m.classes is not None and m.classes != len(class_names):
         raise ConfigError(f"model.classes={m.classes} but the data has {len(class_names)} "
                          f"classes ({', '.join(class_names[:8])})")
-    return make_spec(
+    spec = make_spec(
         arch=m.arch, encoder=m.encoder, classes=len(class_names), class_names=class_names,
         ignore_index=cfg.ignore_index, decoder_channels=m.decoder_channels, factory=m.factory,
         kwargs=m.kwargs, mean=m.mean, std=m.std, input_size=tuple(cfg.data.size),
     )
+    return replace(spec, tasks=m.tasks) if m.tasks else spec  # a multi-task student
 
 
 def _init_spec(path: str, cfg: RunConfig, class_names: list[str],
@@ -218,6 +220,8 @@ def collate(batch: list[dict]) -> dict:
            "mask": torch.stack([b["mask"] for b in batch]),
            "index": torch.tensor([b["index"] for b in batch]),
            "name": [b["name"] for b in batch]}
+    if "depth" in batch[0]:  # a multi-task run: [N, H, W] metres, 0 = no value
+        out["depth"] = torch.stack([b["depth"] for b in batch])
     if "geometry" in batch[0]:
         out["geometry"] = [b["geometry"] for b in batch]
         out["orig_size"] = [b["orig_size"] for b in batch]
@@ -404,10 +408,10 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
     for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
         fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
         x = batch["image"].to(device)
-        logits = predict(x)
+        logits = seg_logits(predict(x))  # a multi-task model: its "seg" output
         if flip:
             logits = (two_way(logits).softmax(1)
-                      + two_way(predict(x.flip(-1)).flip(-1)).softmax(1))
+                      + two_way(seg_logits(predict(x.flip(-1))).flip(-1)).softmax(1))
         if logits.shape[-2:] != batch["mask"].shape[-2:]:
             logits = torch.nn.functional.interpolate(logits, size=batch["mask"].shape[-2:],
                                                      mode="bilinear", align_corners=False)
@@ -427,6 +431,38 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         finite = [d for d in distances if math.isfinite(d)]
         result["hd95"] = sum(finite) / len(finite) if finite else float("nan")
     return result, conf
+
+
+@torch.no_grad()
+def evaluate_depth(predict, loader, task: str = "depth", device="cpu", min_depth: float = 1e-3,
+                   max_depth: float = float("inf"), show: bool = False) -> dict:
+    """Depth metrics (:class:`compress.depth.DepthMeter`: ``rmse``, ``abs_rel``,
+    ``delta1..3``, ``pixels``) of ``predict(images)[task]`` against the batches'
+    ``"depth"`` maps, on valid pixels (target > 0) inside ``[min_depth, max_depth]``."""
+    from compress.depth import DepthMeter
+
+    if isinstance(predict, nn.Module):
+        predict.eval()
+    meter = DepthMeter(min_depth, max_depth)
+    for batch in tqdm(loader, desc="eval depth", disable=not show, leave=False):
+        out = predict(batch["image"].to(device))
+        if not isinstance(out, dict) or task not in out:
+            raise ValueError(f"the model has no {task!r} output (single-task model?)")
+        pred = torch.as_tensor(out[task]).float().cpu()
+        target = batch["depth"]
+        if pred.shape[-2:] != target.shape[-2:]:
+            pred = torch.nn.functional.interpolate(pred[:, None], size=target.shape[-2:],
+                                                   mode="bilinear", align_corners=False)[:, 0]
+        meter.update(pred, target)
+    return meter.compute()
+
+
+def depth_task(spec: ModelSpec):
+    """The spec's depth task (:class:`compress.tasks.TaskSpec`), or None (single-task)."""
+    from compress.tasks import parse_tasks
+
+    tasks = parse_tasks(spec.tasks)
+    return tasks[0] if tasks else None
 
 
 def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
@@ -791,6 +827,8 @@ class TrainData:
     sampler: EpochSampler
     loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
+    depth_set: Any = None  # a multi-task run: where depth is scored (data.depth_val)
+    depth_loader: torch.utils.data.DataLoader | None = None
 
 
 def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
@@ -805,7 +843,8 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     student = setup_student(cfg, spec, ctx)
     teacher, t_spec = setup_teacher(cfg, spec, ctx.device)
     task = setup_task(cfg, student, spec, teacher, t_spec, ctx.device, ctx.world)
-    optimizer = build_optimizer(task.student, task.criterion.adapters, cfg)
+    # the criterion's parameters: KD adapters, a multi-task run's TaskBalance
+    optimizer = build_optimizer(task.student, task.criterion, cfg)
     scheduler, total_steps, warmup_steps = setup_schedule(optimizer, cfg, len(data.loader))
     span = {"total_steps": total_steps, "warmup_steps": warmup_steps}  # recorded in last.pt
     state = RunState()
@@ -868,6 +907,8 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
                        scheduler, span, teacher_score, writer, row)
             msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
             val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
+            if metrics and "depth" in metrics:
+                val += f" val_depth_RMSE={metrics['depth']['rmse']:.3f}"
             drawn = " ".join(f"{k}={v}" for k, v in row.items() if k.startswith("drawn_"))
             log.info(f"epoch {epoch + 1}/{cfg.train.epochs} {msg} lr={res.lr:.2e}{val} "
                      f"({res.seconds:.1f}s){' ' + drawn if drawn else ''}")
@@ -935,7 +976,9 @@ def setup_data(cfg: RunConfig, spec: ModelSpec, class_names: list[str], rank: in
                world: int) -> TrainData:
     """The training set (augmented, a mixture when ``data.extra_train``), the validation
     split, the per-epoch sampler and both loaders."""
-    train_set = build_train_set(cfg.data, spec.mean, spec.std, cfg.ignore_index, cfg.seed)
+    multitask = bool(spec.tasks)
+    train_set = build_train_set(cfg.data, spec.mean, spec.std, cfg.ignore_index, cfg.seed,
+                                with_depth=multitask)
     val_set = build_split(cfg.data, cfg.data.val_split, spec.mean, spec.std,
                           cfg.ignore_index, False, cfg.seed)
     if len(train_set.class_names) != len(class_names):
@@ -952,7 +995,14 @@ def setup_data(cfg: RunConfig, spec: ModelSpec, class_names: list[str], rank: in
     if len(loader) == 0:
         raise ConfigError(f"training split has {len(train_set)} samples, fewer than one batch "
                          f"of data.batch_size={cfg.data.batch_size}")
-    return TrainData(train_set, val_set, sampler, loader, val_loader)
+    depth_set = depth_loader = None
+    if multitask:
+        depth_set = build_depth_val(cfg.data, spec.mean, spec.std, cfg.ignore_index,
+                                    list(class_names))
+        depth_loader = torch.utils.data.DataLoader(
+            depth_set, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+            collate_fn=collate)
+    return TrainData(train_set, val_set, sampler, loader, val_loader, depth_set, depth_loader)
 
 
 def setup_student(cfg: RunConfig, spec: ModelSpec, ctx: RunContext) -> nn.Module:
@@ -1012,13 +1062,34 @@ def setup_task(cfg: RunConfig, student: nn.Module, spec: ModelSpec, teacher: Tea
         w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=cwd_levels,
         student_channels=s_channels, teacher_channels=t_channels,
         class_map=teacher.class_map if teacher else None, ignore_index=cfg.ignore_index,
+        task_weights=cfg.task_weights, balance=cfg.multitask.balance,
+        depth_loss=_depth_loss(cfg),
     ).to(device)
     model = student
+    if world > 1 and any(w == 0 for w in cfg.task_weights.values()):
+        raise ConfigError("a multi-task task weight of 0 leaves its head without gradients, "
+                          "which DistributedDataParallel refuses: train it in one process")
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
     return DistillationTask(model, criterion, teacher, amp if device.type == "cuda" else None)
+
+
+def _depth_loss(cfg: RunConfig):
+    """``multitask.depth_loss`` with its parameter, or None for a single-task run."""
+    if not cfg.model.tasks:
+        return None
+    from functools import partial
+
+    from compress.depth import berhu_loss, depth_loss_fn, silog_loss
+
+    mt = cfg.multitask
+    if mt.depth_loss == "silog":
+        return partial(silog_loss, lam=mt.silog_lambda)
+    if mt.depth_loss == "berhu":
+        return partial(berhu_loss, c_ratio=mt.berhu_c)
+    return depth_loss_fn(mt.depth_loss)
 
 
 def setup_schedule(optimizer, cfg: RunConfig, batches: int) -> tuple[Scheduler, int, int]:
@@ -1114,12 +1185,22 @@ def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: Trai
     for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
         if k in metrics:
             row[f"val_{k}"] = round(metrics[k], 4)
+    dt = depth_task(spec)
+    if dt is not None and data.depth_loader is not None:  # a multi-task student
+        depth = evaluate_depth(student, data.depth_loader, dt.name, ctx.device,
+                               max_depth=dt.max_depth)
+        metrics["depth"] = depth
+        row.update({f"val_depth_{k}": round(depth[k], 6)
+                    for k in ("rmse", "abs_rel", "delta1")})
     vis = cfg.train.vis_every
     if vis and ((epoch + 1) % vis == 0 or epoch + 1 == cfg.train.epochs):
-        from compress.viz import save_epoch_visual
+        from compress.viz import save_depth_visual, save_epoch_visual
 
         save_epoch_visual(ctx.run_dir / "visualizations" / f"epoch_{epoch + 1:03d}.png",
                           student, teacher, data.val_set, spec, ctx.device)
+        if dt is not None and data.depth_set is not None:
+            save_depth_visual(ctx.run_dir / "visualizations" / f"epoch_{epoch + 1:03d}_depth.png",
+                              student, data.depth_set, spec, ctx.device)
     return metrics
 
 
@@ -1197,11 +1278,17 @@ def _tensorboard(run_dir: Path):
 def _write_summary(run_dir: Path, history: list[dict], spec: ModelSpec, best: float,
                    test: dict | None = None) -> None:
     total = sum(r.get("epoch_seconds", 0) for r in history)
-    atomic_write_json(run_dir / "summary.json", {
+    summary = {
         "best_val_miou": best, "epochs": len(history), "train_seconds": round(total, 1),
         "spec": spec.to_dict(), "final": history[-1] if history else None,
         "test_miou": test["miou"] if test else None,
-    })
+    }
+    if spec.tasks:  # a multi-task run: the last validated epoch's depth metrics
+        rows = [r for r in history if "val_depth_rmse" in r]
+        summary["final_val_depth"] = ({k.removeprefix("val_depth_"): v for k, v in
+                                       rows[-1].items() if k.startswith("val_depth_")}
+                                      if rows else None)
+    atomic_write_json(run_dir / "summary.json", summary)
 
 
 def prepare_teacher(cfg: RunConfig, show_progress: bool = True) -> None:

@@ -9,6 +9,7 @@ import torch
 
 from compress.data import denormalize
 from compress.io import atomic_write
+from compress.multitask import seg_logits
 from compress.spec import ModelSpec
 
 
@@ -58,7 +59,7 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, de
         x = item["image"][None].to(device)
         img = denormalize(item["image"], spec.mean, spec.std)
         gt = item["mask"].numpy()
-        s = labels(student(x))
+        s = labels(seg_logits(student(x)))  # a multi-task student: its "seg" output
         panels = [img, colorize(gt, classes)]
         if teacher is not None:
             t = labels(teacher.predict(x))
@@ -69,6 +70,50 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, de
         panels.append((s != ref).astype(np.uint8) * 255)
         for c, (ax, p) in enumerate(zip(axes[r], panels)):
             ax.imshow(p, cmap="magma" if p.ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def save_depth_visual(path: Path, student, dataset, spec: ModelSpec, device, n: int = 3,
+                      task: str = "depth") -> Path:
+    """Grid for a multi-task student: input | depth ground truth | predicted depth |
+    absolute error on the measured pixels (one colour scale per row, metres; black where
+    the ground truth has no value)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    student.eval()
+    n = min(n, len(dataset))
+    cols = ["input", "depth truth", "depth prediction", "|error| (measured pixels)"]
+    picks = np.linspace(0, len(dataset) - 1, n).round().astype(int)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n), squeeze=False)
+    for r in range(n):
+        item = dataset[int(picks[r])]
+        x = item["image"][None].to(device)
+        img = denormalize(item["image"], spec.mean, spec.std)
+        pred = student(x)[task][0].float().cpu().numpy()
+        truth = item["depth"].numpy() if "depth" in item else np.zeros_like(pred)
+        valid = truth > 0
+        hi = float(max(pred.max(), truth.max(), 1e-3))
+        err = np.where(valid, np.abs(pred - truth), 0.0)
+        panels = [(img, None), (np.ma.masked_where(~valid, truth), hi), (pred, hi),
+                  (np.ma.masked_where(~valid, err), hi)]
+        for c, (ax, (p, vmax)) in enumerate(zip(axes[r], panels)):
+            if vmax is None:
+                ax.imshow(p)
+            else:
+                ax.set_facecolor("black")
+                ax.imshow(p, cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -27,6 +27,7 @@ __all__ = [
     "SegDataset",
     "SyntheticSource",
     "TrainAugment",
+    "build_depth_val",
     "build_split",
     "build_train_set",
     "create_source",
@@ -82,16 +83,40 @@ def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
 
 
 def build_split(data_cfg, split: str, mean, std, ignore_index: int, train: bool = False,
-                seed: int = 0, root: str | None = None, kind: str | None = None) -> SegDataset:
-    """One split of the configured dataset as a :class:`SegDataset`."""
+                seed: int = 0, root: str | None = None, kind: str | None = None, *,
+                depth: str = "none", masks: bool = True, with_depth: bool = False
+                ) -> SegDataset:
+    """One split of the configured dataset as a :class:`SegDataset`.
+
+    ``depth`` / ``masks`` as in :func:`create_source`; ``with_depth``: items carry a
+    ``"depth"`` map (zeros where the source has none: a multi-task run's batches)."""
     length = data_cfg.synthetic_length if split == "train" else data_cfg.synthetic_val_length
     # the synthetic scenes depend on data.synthetic_seed only, so every run seed is
     # scored on the same val images; ``seed`` drives augmentation
     src = create_source(kind or data_cfg.kind, root or data_cfg.root, split,
                         ignore_index=ignore_index, length=length,
-                        size=tuple(data_cfg.size), seed=data_cfg.synthetic_seed)
+                        size=tuple(data_cfg.size), seed=data_cfg.synthetic_seed,
+                        depth=depth, masks=masks)
     aug = _augment(data_cfg, ignore_index) if train else None
-    return SegDataset(src, data_cfg.size, mean, std, train=train, augment=aug, seed=seed)
+    return SegDataset(src, data_cfg.size, mean, std, train=train, augment=aug, seed=seed,
+                      with_depth=with_depth)
+
+
+def build_depth_val(data_cfg, mean, std, ignore_index: int,
+                    class_names: list[str] | None = None) -> SegDataset:
+    """Where a multi-task run scores depth: ``data.depth_val`` when set, else the main
+    val split read with ``data.depth`` (items carry ``"depth"``)."""
+    s = data_cfg.depth_val
+    if s is None:
+        return build_split(data_cfg, data_cfg.val_split, mean, std, ignore_index,
+                           depth=data_cfg.depth, with_depth=True)
+    if s.depth == "none":
+        raise DataError("data.depth_val.depth is none: the depth validation source needs "
+                        "depth (dense / lidar for synthetic, files for a folder)")
+    src = create_source(s.kind, s.root, s.split, ignore_index=ignore_index, length=s.length,
+                        size=tuple(data_cfg.size), seed=s.seed, depth=s.depth, masks=s.masks,
+                        class_names=class_names)
+    return SegDataset(src, data_cfg.size, mean, std, train=False, with_depth=True)
 
 
 def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, int], mean,
@@ -189,17 +214,24 @@ class MixtureDataset(torch.utils.data.ConcatDataset):
         ])
 
 
-def build_train_set(data_cfg, mean, std, ignore_index: int, seed: int = 0):
-    """The training set: the main split, mixed with ``data.extra_train`` sources if any."""
-    main = build_split(data_cfg, data_cfg.train_split, mean, std, ignore_index, True, seed)
+def build_train_set(data_cfg, mean, std, ignore_index: int, seed: int = 0,
+                    with_depth: bool = False):
+    """The training set: the main split, mixed with ``data.extra_train`` sources if any.
+
+    Each source's ``depth`` / ``masks`` say which targets it carries; ``with_depth`` (a
+    multi-task run) gives every item a ``"depth"`` map (zeros: no value)."""
+    main = build_split(data_cfg, data_cfg.train_split, mean, std, ignore_index, True, seed,
+                       depth=data_cfg.depth, masks=data_cfg.masks, with_depth=with_depth)
     if not data_cfg.extra_train:
         return main
     parts, ratios = [main], [1.0]
     aug = _augment(data_cfg, ignore_index)
     for s in data_cfg.extra_train:
         src = create_source(s.kind, s.root, s.split, ignore_index=ignore_index, length=s.length,
-                            size=tuple(data_cfg.size), seed=s.seed)
-        parts.append(SegDataset(src, data_cfg.size, mean, std, True, aug, seed))
+                            size=tuple(data_cfg.size), seed=s.seed, depth=s.depth,
+                            masks=s.masks, class_names=list(main.class_names))
+        parts.append(SegDataset(src, data_cfg.size, mean, std, True, aug, seed,
+                                with_depth=with_depth))
         ratios.append(s.weight)
     return MixtureDataset(parts, ratios)
 
