@@ -43,7 +43,6 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, de
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     student.eval()
     classes = max(2, spec.classes)  # a binary task: background + its one class
@@ -51,13 +50,8 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, de
     cols = ["input", "ground truth", "teacher", "student", "overlay", "teacher != student"]
     if teacher is None:
         cols = ["input", "ground truth", "prediction", "overlay", "prediction != truth"]
-    # spread over the split: neighbouring frames of a video look alike
-    picks = np.linspace(0, len(dataset) - 1, n).round().astype(int)
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n), squeeze=False)
-    for r in range(n):
-        item = dataset[int(picks[r])]
-        x = item["image"][None].to(device)
-        img = denormalize(item["image"], spec.mean, spec.std)
+    fig, axes, rows = _grid(dataset, n, cols, spec, device)
+    for r, (item, x, img) in enumerate(rows):
         gt = item["mask"].numpy()
         s = labels(seg_logits(student(x)))  # a multi-task student: its "seg" output
         panels = [img, colorize(gt, classes)]
@@ -68,17 +62,9 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, de
         panels.append((0.55 * img + 0.45 * colorize(s, classes)).astype(np.uint8))
         ref = t if teacher is not None else np.where(gt == spec.ignore_index, s, gt)
         panels.append((s != ref).astype(np.uint8) * 255)
-        for c, (ax, p) in enumerate(zip(axes[r], panels)):
+        for ax, p in zip(axes[r], panels):
             ax.imshow(p, cmap="magma" if p.ndim == 2 else None, vmin=0, vmax=255)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(cols[c], fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
-    plt.close(fig)
-    return path
+    return _save_grid(fig, axes, cols, path)
 
 
 @torch.no_grad()
@@ -90,17 +76,12 @@ def save_depth_visual(path: Path, student, dataset, spec: ModelSpec, device, n: 
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     student.eval()
     n = min(n, len(dataset))
     cols = ["input", "depth truth", "depth prediction", "|error| (measured pixels)"]
-    picks = np.linspace(0, len(dataset) - 1, n).round().astype(int)
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n), squeeze=False)
-    for r in range(n):
-        item = dataset[int(picks[r])]
-        x = item["image"][None].to(device)
-        img = denormalize(item["image"], spec.mean, spec.std)
+    fig, axes, rows = _grid(dataset, n, cols, spec, device)
+    for r, (item, x, img) in enumerate(rows):
         pred = student(x)[task][0].float().cpu().numpy()
         truth = item["depth"].numpy() if "depth" in item else np.zeros_like(pred)
         valid = truth > 0
@@ -108,12 +89,38 @@ def save_depth_visual(path: Path, student, dataset, spec: ModelSpec, device, n: 
         err = np.where(valid, np.abs(pred - truth), 0.0)
         panels = [(img, None), (np.ma.masked_where(~valid, truth), hi), (pred, hi),
                   (np.ma.masked_where(~valid, err), hi)]
-        for c, (ax, (p, vmax)) in enumerate(zip(axes[r], panels)):
+        for ax, (p, vmax) in zip(axes[r], panels):
             if vmax is None:
                 ax.imshow(p)
             else:
                 ax.set_facecolor("black")
                 ax.imshow(p, cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest")
+    return _save_grid(fig, axes, cols, path)
+
+
+def _grid(dataset, n: int, cols: list[str], spec: ModelSpec, device):
+    """A figure of ``n`` rows x ``cols`` and the rows' ``(item, image batch, RGB image)``,
+    picked evenly over the split (neighbouring frames of a video look alike)."""
+    import matplotlib.pyplot as plt
+
+    picks = np.linspace(0, len(dataset) - 1, n).round().astype(int)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n), squeeze=False)
+
+    def rows():
+        for i in picks:
+            item = dataset[int(i)]
+            yield (item, item["image"][None].to(device),
+                   denormalize(item["image"], spec.mean, spec.std))
+
+    return fig, axes, rows()
+
+
+def _save_grid(fig, axes, cols: list[str], path: Path) -> Path:
+    """No ticks, the column titles on the first row, written atomically as PNG."""
+    import matplotlib.pyplot as plt
+
+    for r, row in enumerate(axes):
+        for c, ax in enumerate(row):
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

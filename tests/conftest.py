@@ -61,3 +61,24 @@ def trained_teacher(tmp_path_factory) -> Path:
     cfg = tiny_config(tmp, ["name=teacher", "train.epochs=3", "model.decoder_channels=[32,16,16,8,8]"])
     run = fit(cfg, show_progress=False).run_dir
     return run / "checkpoints" / "best.pt"
+
+
+def interrupted_then_resumed(cfg, runs: Path, epoch: int = 1, step: int = 5,
+                             on_interrupt=None) -> Path:
+    """Run ``cfg`` until a KeyboardInterrupt at (``epoch``, ``step``), resume it from its
+    run dir under ``runs`` to the end, and return that run dir (``on_interrupt(run)`` is
+    called in between, to check what the interrupted run left)."""
+    from compress.train import fit, step_hook
+
+    def stop(loss, e, s):
+        if e == epoch and s == step:
+            raise KeyboardInterrupt
+        return loss
+
+    with step_hook(stop), pytest.raises(KeyboardInterrupt):
+        fit(cfg, show_progress=False)
+    run = next(runs.iterdir())
+    if on_interrupt is not None:
+        on_interrupt(run)
+    fit(cfg, resume=run, show_progress=False)
+    return run

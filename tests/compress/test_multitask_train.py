@@ -14,8 +14,8 @@ from compress.config import ConfigError
 from compress.data import build_train_set
 from compress.depth import silog_loss
 from compress.losses import Distiller, TaskLoss
-from compress.train import EpochSampler, drawn_mixture, fit, step_hook
-from tests.conftest import tiny_config
+from compress.train import EpochSampler, drawn_mixture, fit
+from tests.conftest import interrupted_then_resumed, tiny_config
 
 TASKS = "model.tasks=[{name: depth, kind: depth, min_depth: 0.5, max_depth: 30.0, channels: 8}]"
 
@@ -97,16 +97,7 @@ def test_resume_continues_exactly_with_the_task_balance(tmp_path):
     extra = ["train.epochs=3", "multitask.balance=uncertainty", "train.lr=0.01"]
     full = fit(mt_config(tmp_path / "a", extra), show_progress=False).run_dir
     cfg = mt_config(tmp_path / "b", extra)
-
-    def stop_in_second_epoch(loss, epoch, step):
-        if epoch == 1 and step == 5:
-            raise KeyboardInterrupt
-        return loss
-
-    with step_hook(stop_in_second_epoch), pytest.raises(KeyboardInterrupt):
-        fit(cfg, show_progress=False)
-    run_b = next((tmp_path / "b" / "runs" / "tiny").iterdir())
-    fit(cfg, resume=run_b, show_progress=False)
+    run_b = interrupted_then_resumed(cfg, tmp_path / "b" / "runs" / "tiny")
     a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (full, run_b))
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     log_vars = a["distiller_state"]["balance.log_vars"]

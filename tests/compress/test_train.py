@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from compress.cli import app
 from compress.models import load_model
 from compress.train import TrainingDiverged, fit, step_hook
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, interrupted_then_resumed, tiny_config
 
 runner = CliRunner()
 
@@ -40,16 +40,11 @@ def test_resume_after_interrupt_gives_same_weights(tmp_path):
     # interrupt in the second epoch of a 3-epoch schedule, then resume to the end
     cfg = tiny_config(tmp_path / "b", ["train.epochs=3"])
 
-    def stop_in_second_epoch(loss, epoch, step):
-        if epoch == 1 and step == 5:
-            raise KeyboardInterrupt
-        return loss
+    def interrupted_after_epoch_1(run):
+        assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
 
-    with step_hook(stop_in_second_epoch), pytest.raises(KeyboardInterrupt):
-        fit(cfg, show_progress=False)
-    run_b = next((tmp_path / "b" / "runs" / "tiny").iterdir())
-    assert torch.load(run_b / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
-    fit(cfg, resume=run_b, show_progress=False)
+    run_b = interrupted_then_resumed(cfg, tmp_path / "b" / "runs" / "tiny",
+                                     on_interrupt=interrupted_after_epoch_1)
     a, b = _weights(full), _weights(run_b)
     assert all(torch.equal(a[k], b[k]) for k in a)
     ra = list(csv.DictReader((full / "metrics.csv").open()))
