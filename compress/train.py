@@ -51,7 +51,7 @@ from compress.io import (
     remove_stale_temps,
 )
 from compress.losses import Distiller, TaskLoss, tap_levels, two_way
-from compress.metrics import scores, update_confusion
+from compress.metrics import predicted_ids, scores, update_confusion
 from compress.models import (
     create_model,
     load_model,
@@ -412,16 +412,13 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         if flip:
             logits = (two_way(logits).softmax(1)
                       + two_way(seg_logits(predict(x.flip(-1))).flip(-1)).softmax(1))
-        if logits.shape[-2:] != batch["mask"].shape[-2:]:
-            logits = torch.nn.functional.interpolate(logits, size=batch["mask"].shape[-2:],
-                                                     mode="bilinear", align_corners=False)
-        pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
+        pred = predicted_ids(logits, batch["mask"].shape[-2:])  # the one logits -> ids rule
         if pred.max() >= c:  # a model with more classes than the data, without a class map
             raise ValueError(f"predictions reach class {int(pred.max())} but the data has {c} "
                              "classes")
-        update_confusion(conf, pred.cpu(), batch["mask"], ignore_index)
+        update_confusion(conf, pred, batch["mask"], ignore_index)
         if c == 2:
-            for p, t in zip(pred.cpu().numpy(), batch["mask"].numpy()):
+            for p, t in zip(pred.numpy(), batch["mask"].numpy()):
                 distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
     result = scores(conf, names)
     if c == 2:
