@@ -46,10 +46,13 @@ def size_on_disk(path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"artifact not found: {path}")
+    from deploy.runtime import SUFFIXES
+
     total = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").is_file():
+    backend = SUFFIXES.get(path.suffix.lower())
+    if backend == "openvino" and path.with_suffix(".bin").is_file():  # weights beside the IR
         total += path.with_suffix(".bin").stat().st_size
-    if path.suffix == ".onnx":
+    if backend == "onnxruntime":
         total += sum(path.parent.joinpath(f).stat().st_size for f in _onnx_external_files(path))
     return total
 

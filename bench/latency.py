@@ -573,7 +573,8 @@ def spec_of(path: str | Path) -> ModelSpec | None:
     (None when neither says)."""
     path = Path(path)
     try:
-        if path.suffix in (".pt", ".pth"):
+        backend = registry.backend_for_path(path).name
+        if backend == "torch":
             from compress.models import read_checkpoint
 
             return read_checkpoint(path)["spec"]
@@ -581,7 +582,7 @@ def spec_of(path: str | Path) -> ModelSpec | None:
 
         if (path.parent / MANIFEST_NAME).is_file():
             return ModelSpec.from_dict(read_manifest(path.parent)["spec"])
-        if path.suffix == ".onnx":  # a bare ONNX: the spec embedded at export
+        if backend == "onnxruntime":  # a bare ONNX: the spec embedded at export
             import onnx
 
             from deploy.metadata import spec_from_onnx
