@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.spec import ModelSpec
+from compress.tasks import parse_tasks, task_names
 
 SPEC_METADATA_KEY = "segcompress.spec"
 
@@ -46,32 +47,21 @@ def spec_from_onnx(path_or_proto, source: str | Path | None = None) -> ModelSpec
 SINGLE_OUTPUT_NAMES = {"logits": "logits", "argmax": "classes"}  # single-task graphs
 
 
-def _extra_tasks(spec: ModelSpec) -> list[dict[str, Any]]:
-    """The spec's extra (non-segmentation) tasks as plain dicts (checked), or ``[]``."""
-    if not spec.tasks:
-        return []
-    from compress.tasks import parse_tasks
-
-    return [t.to_dict() for t in parse_tasks(spec.tasks)]
-
-
 def output_names(spec: ModelSpec) -> list[str]:
     """The names of a model's outputs, in graph order, segmentation first.
 
     A single-task model has one: ``logits`` (``[N, C, H, W]``), or ``classes`` (int64
     ``[N, H, W]``) when ``spec.output == "argmax"``. A multi-task model (``spec.tasks``)
     has ``seg`` (logits, or class ids with argmax) and one per extra task (``depth``:
-    float32 ``[N, H, W]`` in the task's unit); see ``compress.multitask.task_names``.
+    float32 ``[N, H, W]`` in the task's unit): :func:`compress.tasks.task_names`.
     """
-    extra = _extra_tasks(spec)
-    if not extra:
-        return [SINGLE_OUTPUT_NAMES[(spec.output or "logits")]]
-    return ["seg", *(t["name"] for t in extra)]
+    names = task_names(spec)
+    return names if len(names) > 1 else [SINGLE_OUTPUT_NAMES[spec.output or "logits"]]
 
 
 def is_multi_output(spec: ModelSpec) -> bool:
     """Whether the spec's model has more than one named output (a multi-task model)."""
-    return bool(_extra_tasks(spec))
+    return bool(spec.tasks)
 
 
 def output_info(spec: ModelSpec, input_shape: list) -> list[dict[str, Any]]:
@@ -84,9 +74,6 @@ def output_info(spec: ModelSpec, input_shape: list) -> list[dict[str, Any]]:
            "shape": [n, h, w] if argmax else [n, spec.classes, h, w],
            "dtype": "int64" if argmax else "float32",
            "content": "class ids" if argmax else "logits"}
-    out = [seg]
-    for t in _extra_tasks(spec):
-        out.append({"name": t["name"], "kind": t["kind"], "shape": [n, h, w],
-                    "dtype": "float32", "unit": t["unit"],
-                    "range": [t["min_depth"], t["max_depth"]]})
-    return out
+    return [seg, *({"name": t.name, "kind": t.kind, "shape": [n, h, w], "dtype": "float32",
+                    "unit": t.unit, "range": [t.min_depth, t.max_depth]}
+                   for t in parse_tasks(spec.tasks))]
