@@ -56,8 +56,11 @@ def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
     """
     from compress.data.depth import DEPTH_MODES, DepthSource, depth_dir_of
 
-    if depth not in (*DEPTH_MODES, "files"):
+    if depth not in DEPTH_MODES:
         raise DataError(f"unknown depth mode {depth!r}; valid: none, dense, lidar, files")
+    if kind != "synthetic" and depth in ("dense", "lidar"):
+        raise DataError(f"{root}: depth {depth!r} is drawn for synthetic data only; "
+                        "real depth maps are depth 'files' in a folder layout")
     if kind == "synthetic":
         if depth == "files":
             raise DataError("synthetic data draws its depth: depth 'dense' or 'lidar', "
@@ -72,9 +75,6 @@ def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
         src = folder_source(root, split, ignore_index=ignore_index, masks=masks,
                             class_names=class_names)
     else:
-        if depth in ("dense", "lidar"):
-            raise DataError(f"{root}: depth {depth!r} is drawn for synthetic data only; "
-                            "real depth maps are depth 'files' in a folder layout")
         src = SOURCES[kind](root, split, ignore_index=ignore_index)
     if depth == "none" and masks:
         return src

@@ -110,7 +110,7 @@ def lidar_sample(depth: np.ndarray, seed: int, i: int, lines: int = 24,
     return sparse
 
 
-DEPTH_MODES = ("none", "dense", "lidar")
+DEPTH_MODES = ("none", "dense", "lidar", "files")  # dense / lidar: drawn for synthetic scenes
 
 
 class DepthSource:
@@ -124,7 +124,7 @@ class DepthSource:
 
     def __init__(self, base, depth: str, *, masks: bool = True,
                  depth_dir: Path | None = None) -> None:
-        if depth not in ("none", "dense", "lidar", "files"):
+        if depth not in DEPTH_MODES:
             raise DataError(f"unknown depth mode {depth!r}; valid: none, dense, lidar "
                             "(synthetic), files (a folder's depth/)")
         if depth == "files" and (depth_dir is None or not depth_dir.is_dir()):

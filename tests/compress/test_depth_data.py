@@ -142,6 +142,9 @@ def test_synthetic_depth_modes_and_bad_combinations(tmp_path):
     assert lidar.load(0)[1] is None and dense.load(0)[1] is not None
     with pytest.raises(DataError, match="'dense' is drawn for synthetic data only"):
         create_source("camvid", str(tmp_path), "train", ignore_index=11, depth="dense")
+    with pytest.raises(DataError, match="'lidar' is drawn for synthetic data only"):
+        create_source("folder", str(_folder(tmp_path / "real", classes=True)), "train",
+                      ignore_index=255, depth="lidar", masks=False)
     with pytest.raises(DataError, match="no depth/ folder"):
         create_source("folder", str(_folder(tmp_path / "nodepth", depth=False, masks=True,
                                           classes=True)),
