@@ -114,26 +114,35 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                              "trained at: give --size HxW (scores change with it)")
         spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
                          class_names=_data_class_names(kind, data, split))
+    from compress.depth import DepthMeter
+
     predict, spec = load(path, str(dev), spec)
     size = size or tuple(spec.input_size)
+    dt = depth_task(spec)
+    mode = _depth_mode(depth, kind, data, split) if dt is not None else "none"
+    # a multi-task model on a split with depth: at the network size one pass scores both
+    one_pass = mode != "none" and score_at == "network"
     ds = split_images(kind, str(data), split, size=size, mean=spec.mean, std=spec.std,
-                      ignore_index=spec.ignore_index)
+                      ignore_index=spec.ignore_index, depth=mode if one_pass else "none")
     if len(ds.class_names) != spec.classes:
         raise InputError(f"{path}: model has {spec.classes} classes but {data} has "
                          f"{len(ds.class_names)}")
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    meter = DepthMeter(max_depth=dt.max_depth) if one_pass else None
     result, conf = evaluate(predict, loader, spec.class_names, spec.ignore_index, dev,
-                            flip=flip, show=True)
-    dt = depth_task(spec)
-    mode = _depth_mode(depth, kind, data, split) if dt is not None else "none"
-    if mode != "none":  # a multi-task model on a split with depth
-        dset = split_images(kind, str(data), split, size=size, mean=spec.mean, std=spec.std,
-                            ignore_index=spec.ignore_index, depth=mode)
-        dloader = torch.utils.data.DataLoader(dset, batch_size=batch_size, collate_fn=collate)
-        result["depth"] = evaluate_depth(predict, dloader, dt.name, dev,
-                                         max_depth=dt.max_depth, show=True)
+                            flip=flip, show=True, depth=(dt.name, meter) if one_pass else None)
+    if mode != "none":
+        if one_pass:
+            result["depth"] = meter.compute()
+        else:
+            dset = split_images(kind, str(data), split, size=size, mean=spec.mean,
+                                std=spec.std, ignore_index=spec.ignore_index, depth=mode)
+            dloader = torch.utils.data.DataLoader(dset, batch_size=batch_size,
+                                                  collate_fn=collate)
+            result["depth"] = evaluate_depth(predict, dloader, dt.name, dev,
+                                             max_depth=dt.max_depth, show=True)
         result["depth"].update(task=dt.name, unit=dt.unit, targets=mode)
     out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,

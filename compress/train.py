@@ -384,12 +384,15 @@ def train_one_epoch(task: DistillationTask, loader, optimizer, scheduler: Schedu
 
 @torch.no_grad()
 def evaluate(predict, loader, class_names: list[str], ignore_index: int, device="cpu",
-             flip: bool = False, show: bool = False) -> tuple[dict, torch.Tensor]:
+             flip: bool = False, show: bool = False, depth=None) -> tuple[dict, torch.Tensor]:
     """Score ``predict(images) -> logits`` on a loader.
 
     Args:
         predict: a model or any callable from ``[N, 3, H, W]`` to ``[N, C, H, W]`` logits.
         flip: average softmax with the horizontally flipped input (test-time augmentation).
+        depth: ``(task name, compress.depth.DepthMeter)`` of a multi-task model whose
+            batches carry ``"depth"``: the same forward pass also fills the meter (one pass
+            over the split scores both tasks; the depth output is not flipped).
 
     Returns:
         ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
@@ -408,7 +411,10 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
     for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
         fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
         x = batch["image"].to(device)
-        logits = seg_logits(predict(x))  # a multi-task model: its "seg" output
+        out = predict(x)
+        logits = seg_logits(out)  # a multi-task model: its "seg" output
+        if depth is not None:
+            _update_depth(depth[1], out, depth[0], batch["depth"])
         if flip:
             logits = (two_way(logits).softmax(1)
                       + two_way(seg_logits(predict(x.flip(-1))).flip(-1)).softmax(1))
@@ -442,16 +448,19 @@ def evaluate_depth(predict, loader, task: str = "depth", device="cpu", min_depth
         predict.eval()
     meter = DepthMeter(min_depth, max_depth)
     for batch in tqdm(loader, desc="eval depth", disable=not show, leave=False):
-        out = predict(batch["image"].to(device))
-        if not isinstance(out, dict) or task not in out:
-            raise ValueError(f"the model has no {task!r} output (single-task model?)")
-        pred = torch.as_tensor(out[task]).float().cpu()
-        target = batch["depth"]
-        if pred.shape[-2:] != target.shape[-2:]:
-            pred = torch.nn.functional.interpolate(pred[:, None], size=target.shape[-2:],
-                                                   mode="bilinear", align_corners=False)[:, 0]
-        meter.update(pred, target)
+        _update_depth(meter, predict(batch["image"].to(device)), task, batch["depth"])
     return meter.compute()
+
+
+def _update_depth(meter, out, task: str, target: torch.Tensor) -> None:
+    """Add one batch's ``out[task]`` (resized to the targets' size) to a DepthMeter."""
+    if not isinstance(out, dict) or task not in out:
+        raise ValueError(f"the model has no {task!r} output (single-task model?)")
+    pred = torch.as_tensor(out[task]).float().cpu()
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = torch.nn.functional.interpolate(pred[:, None], size=target.shape[-2:],
+                                               mode="bilinear", align_corners=False)[:, 0]
+    meter.update(pred, target)
 
 
 def depth_task(spec: ModelSpec):
@@ -976,8 +985,13 @@ def setup_data(cfg: RunConfig, spec: ModelSpec, class_names: list[str], rank: in
     multitask = bool(spec.tasks)
     train_set = build_train_set(cfg.data, spec.mean, spec.std, cfg.ignore_index, cfg.seed,
                                 with_depth=multitask)
+    # a multi-task run without data.depth_val scores depth on the val split itself: its
+    # items carry depth, and validate() scores both tasks in one pass
+    depth_on_val = multitask and cfg.data.depth_val is None
     val_set = build_split(cfg.data, cfg.data.val_split, spec.mean, spec.std,
-                          cfg.ignore_index, False, cfg.seed)
+                          cfg.ignore_index, False, cfg.seed,
+                          depth=cfg.data.depth if depth_on_val else "none",
+                          with_depth=depth_on_val)
     if len(train_set.class_names) != len(class_names):
         raise ConfigError(f"class_names has {len(class_names)} entries but the data has "
                          f"{len(train_set.class_names)} classes")
@@ -993,7 +1007,9 @@ def setup_data(cfg: RunConfig, spec: ModelSpec, class_names: list[str], rank: in
         raise ConfigError(f"training split has {len(train_set)} samples, fewer than one batch "
                          f"of data.batch_size={cfg.data.batch_size}")
     depth_set = depth_loader = None
-    if multitask:
+    if depth_on_val:
+        depth_set, depth_loader = val_set, val_loader
+    elif multitask:
         depth_set = build_depth_val(cfg.data, spec.mean, spec.std, cfg.ignore_index,
                                     list(class_names))
         depth_loader = torch.utils.data.DataLoader(
@@ -1176,16 +1192,21 @@ def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: Trai
              class_names: list[str], ctx: RunContext, row: dict[str, Any]) -> dict:
     """Score the student on the validation split into ``row`` (``val_*``); the epoch's
     figure when ``train.vis_every`` says so. Returns the scores."""
-    metrics, _ = evaluate(student, data.val_loader, class_names, cfg.ignore_index, ctx.device)
+    from compress.depth import DepthMeter
+
+    dt = depth_task(spec)
+    one_pass = dt is not None and data.depth_loader is data.val_loader
+    meter = DepthMeter(max_depth=dt.max_depth) if one_pass else None
+    metrics, _ = evaluate(student, data.val_loader, class_names, cfg.ignore_index, ctx.device,
+                          depth=(dt.name, meter) if one_pass else None)
     row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
                val_dice=round(metrics["dice"], 6))
     for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
         if k in metrics:
             row[f"val_{k}"] = round(metrics[k], 4)
-    dt = depth_task(spec)
     if dt is not None and data.depth_loader is not None:  # a multi-task student
-        depth = evaluate_depth(student, data.depth_loader, dt.name, ctx.device,
-                               max_depth=dt.max_depth)
+        depth = meter.compute() if one_pass else evaluate_depth(
+            student, data.depth_loader, dt.name, ctx.device, max_depth=dt.max_depth)
         metrics["depth"] = depth
         row.update({f"val_depth_{k}": round(depth[k], 6)
                     for k in ("rmse", "abs_rel", "delta1")})

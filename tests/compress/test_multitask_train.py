@@ -27,7 +27,11 @@ def mt_config(tmp_path, extra=()):
                                   "multitask.weights={seg: 0.5, depth: 0.5}", *extra])
 
 
-def test_multitask_run_writes_seg_and_depth_metrics_every_epoch(tmp_path):
+def test_multitask_run_writes_seg_and_depth_metrics_every_epoch(tmp_path, monkeypatch):
+    def second_pass(*a, **k):
+        raise AssertionError("depth on the val split is scored in the segmentation pass")
+
+    monkeypatch.setattr("compress.train.evaluate_depth", second_pass)
     cfg = mt_config(tmp_path, ["train.vis_every=2"])
     result = fit(cfg, show_progress=False)
     run = result.run_dir
@@ -173,3 +177,37 @@ def test_eval_of_a_multitask_checkpoint_scores_depth_when_the_split_has_it(tmp_p
     res = evaluate_checkpoint(ckpt, tmp_path, kind="synthetic", depth="none",
                               out=tmp_path / "ev2")
     assert "depth" not in res
+
+
+def test_one_pass_scores_both_tasks_like_two_passes():
+    """``evaluate(..., depth=(task, meter))`` forwards each image once and gives the same
+    segmentation scores and depth metrics as the two separate passes."""
+    from dataclasses import replace
+
+    from compress.data import split_images
+    from compress.depth import DepthMeter
+    from compress.models import create_model
+    from compress.train import collate, evaluate, evaluate_depth
+    from tests.conftest import tiny_spec
+
+    spec = replace(tiny_spec(synthetic_names=True),
+                   tasks=[{"name": "depth", "max_depth": 30.0, "channels": 8}])
+    torch.manual_seed(0)
+    model = create_model(spec).eval()
+    ds = split_images("synthetic", None, "val", size=tuple(spec.input_size), mean=spec.mean,
+                      std=spec.std, ignore_index=spec.ignore_index, count=6, depth="dense")
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate)
+    seen = []
+
+    def predict(x):
+        seen.append(len(x))
+        return model(x)
+
+    meter = DepthMeter(max_depth=30.0)
+    one, conf_one = evaluate(predict, loader, spec.class_names, spec.ignore_index,
+                             depth=("depth", meter))
+    assert sum(seen) == len(ds) == 6  # one forward per image
+    two, conf_two = evaluate(model, loader, spec.class_names, spec.ignore_index)
+    assert torch.equal(conf_one, conf_two) and one["miou"] == two["miou"]
+    assert meter.compute() == pytest.approx(evaluate_depth(model, loader, "depth",
+                                                           max_depth=30.0))
