@@ -23,6 +23,12 @@ def test_every_shipped_file_is_listed():
     assert sum((ZOO / n).stat().st_size for n in NAMES) < 60 * 2**20
 
 
+def test_readme_lists_the_same_digests():
+    readme = (REPO / "README.md").read_text()
+    for name, digest in SUMS.items():
+        assert f"{digest}  {name}" in readme, f"README's sha256 of {name} is stale"
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_zoo_checkpoint_loads_and_matches_its_sha256(name):
     path = ZOO / name
