@@ -98,9 +98,22 @@ def run_and_kill(argv: list[str], point: str, marker: Path, timeout: float = 600
     """Start ``argv`` with the fault hook armed, wait until it stops at ``point``, send
     ``sig`` (SIGKILL: nothing runs after it; SIGINT: Ctrl-C, the run handles it)."""
     marker.unlink(missing_ok=True)
-    env = child_env(SEGCOMPRESS_FAULT=point, SEGCOMPRESS_FAULT_MARKER=str(marker))
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    # PYTHONFAULTHANDLER: a child that outlives the signal prints its stack on SIGABRT
+    env = child_env(SEGCOMPRESS_FAULT=point, SEGCOMPRESS_FAULT_MARKER=str(marker),
+                    PYTHONFAULTHANDLER="1")
+    # a shell that starts the suite in the background ignores SIGINT for it, and an ignored
+    # disposition survives exec: the child would never hear the Ctrl-C. A handled one is
+    # reset to the default by exec (then Python raises KeyboardInterrupt), so handle it here
+    # while the child starts.
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        if before == signal.SIG_IGN:
+            signal.signal(signal.SIGINT, before)
     deadline = time.monotonic() + timeout
     try:
         while not marker.exists():
@@ -111,7 +124,13 @@ def run_and_kill(argv: list[str], point: str, marker: Path, timeout: float = 600
                 raise AssertionError(f"run did not reach {point} in {timeout}s")
             time.sleep(0.05)
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            raise AssertionError(f"the run was still alive 300 s after {sig.name}; its "
+                                 f"stack then:\n{err[-4000:]}") from None
         if sig == signal.SIGKILL:
             assert proc.returncode == -signal.SIGKILL
         return Result(proc.returncode, "", err)
