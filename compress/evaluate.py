@@ -114,8 +114,6 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                              "trained at: give --size HxW (scores change with it)")
         spec = make_spec(arch=arch, encoder=encoder, classes=classes, input_size=size,
                          class_names=_data_class_names(kind, data, split))
-    from compress.depth import DepthMeter
-
     predict, spec = load(path, str(dev), spec)
     size = size or tuple(spec.input_size)
     dt = depth_task(spec)
@@ -130,13 +128,10 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
-    meter = DepthMeter(max_depth=dt.max_depth) if one_pass else None
     result, conf = evaluate(predict, loader, spec.class_names, spec.ignore_index, dev,
-                            flip=flip, show=True, depth=(dt.name, meter) if one_pass else None)
+                            flip=flip, show=True, depth=dt if one_pass else None)
     if mode != "none":
-        if one_pass:
-            result["depth"] = meter.compute()
-        else:
+        if not one_pass:
             dset = split_images(kind, str(data), split, size=size, mean=spec.mean,
                                 std=spec.std, ignore_index=spec.ignore_index, depth=mode)
             dloader = torch.utils.data.DataLoader(dset, batch_size=batch_size,

@@ -390,9 +390,9 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
     Args:
         predict: a model or any callable from ``[N, 3, H, W]`` to ``[N, C, H, W]`` logits.
         flip: average softmax with the horizontally flipped input (test-time augmentation).
-        depth: ``(task name, compress.depth.DepthMeter)`` of a multi-task model whose
-            batches carry ``"depth"``: the same forward pass also fills the meter (one pass
-            over the split scores both tasks; the depth output is not flipped).
+        depth: the depth task (:func:`depth_task`) of a multi-task model whose batches
+            carry ``"depth"``: the same forward pass also scores it, into the result's
+            ``"depth"`` (one pass over the split for both tasks; depth is not flipped).
 
     Returns:
         ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
@@ -400,10 +400,12 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         two classes) also get ``fg_iou``, ``fg_dice`` and ``hd95`` (pixels, mean over the
         images where both masks have foreground; NaN when none has).
     """
+    from compress.depth import DepthMeter
     from compress.metrics import hd95
 
     if isinstance(predict, nn.Module):
         predict.eval()
+    meter = DepthMeter(max_depth=depth.max_depth) if depth is not None else None
     names = ["background", *class_names] if len(class_names) == 1 else list(class_names)
     c = len(names)
     conf = torch.zeros(c, c, dtype=torch.int64)
@@ -413,8 +415,8 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         x = batch["image"].to(device)
         out = predict(x)
         logits = seg_logits(out)  # a multi-task model: its "seg" output
-        if depth is not None:
-            _update_depth(depth[1], out, depth[0], batch["depth"])
+        if meter is not None:
+            _update_depth(meter, out, depth.name, batch["depth"])
         if flip:
             logits = (two_way(logits).softmax(1)
                       + two_way(seg_logits(predict(x.flip(-1))).flip(-1)).softmax(1))
@@ -427,6 +429,8 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
             for p, t in zip(pred.numpy(), batch["mask"].numpy()):
                 distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
     result = scores(conf, names)
+    if meter is not None:
+        result["depth"] = meter.compute()
     if c == 2:
         fg = names[1]
         result["fg_iou"] = result["per_class_iou"][fg] or 0.0
@@ -1192,22 +1196,20 @@ def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: Trai
              class_names: list[str], ctx: RunContext, row: dict[str, Any]) -> dict:
     """Score the student on the validation split into ``row`` (``val_*``); the epoch's
     figure when ``train.vis_every`` says so. Returns the scores."""
-    from compress.depth import DepthMeter
-
     dt = depth_task(spec)
     one_pass = dt is not None and data.depth_loader is data.val_loader
-    meter = DepthMeter(max_depth=dt.max_depth) if one_pass else None
     metrics, _ = evaluate(student, data.val_loader, class_names, cfg.ignore_index, ctx.device,
-                          depth=(dt.name, meter) if one_pass else None)
+                          depth=dt if one_pass else None)
     row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
                val_dice=round(metrics["dice"], 6))
     for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
         if k in metrics:
             row[f"val_{k}"] = round(metrics[k], 4)
     if dt is not None and data.depth_loader is not None:  # a multi-task student
-        depth = meter.compute() if one_pass else evaluate_depth(
-            student, data.depth_loader, dt.name, ctx.device, max_depth=dt.max_depth)
-        metrics["depth"] = depth
+        if not one_pass:
+            metrics["depth"] = evaluate_depth(student, data.depth_loader, dt.name, ctx.device,
+                                              max_depth=dt.max_depth)
+        depth = metrics["depth"]
         row.update({f"val_depth_{k}": round(depth[k], 6)
                     for k in ("rmse", "abs_rel", "delta1")})
     vis = cfg.train.vis_every

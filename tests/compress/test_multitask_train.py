@@ -180,14 +180,13 @@ def test_eval_of_a_multitask_checkpoint_scores_depth_when_the_split_has_it(tmp_p
 
 
 def test_one_pass_scores_both_tasks_like_two_passes():
-    """``evaluate(..., depth=(task, meter))`` forwards each image once and gives the same
+    """``evaluate(..., depth=task)`` forwards each image once and gives the same
     segmentation scores and depth metrics as the two separate passes."""
     from dataclasses import replace
 
     from compress.data import split_images
-    from compress.depth import DepthMeter
     from compress.models import create_model
-    from compress.train import collate, evaluate, evaluate_depth
+    from compress.train import collate, depth_task, evaluate, evaluate_depth
     from tests.conftest import tiny_spec
 
     spec = replace(tiny_spec(synthetic_names=True),
@@ -203,11 +202,10 @@ def test_one_pass_scores_both_tasks_like_two_passes():
         seen.append(len(x))
         return model(x)
 
-    meter = DepthMeter(max_depth=30.0)
     one, conf_one = evaluate(predict, loader, spec.class_names, spec.ignore_index,
-                             depth=("depth", meter))
+                             depth=depth_task(spec))
     assert sum(seen) == len(ds) == 6  # one forward per image
     two, conf_two = evaluate(model, loader, spec.class_names, spec.ignore_index)
     assert torch.equal(conf_one, conf_two) and one["miou"] == two["miou"]
-    assert meter.compute() == pytest.approx(evaluate_depth(model, loader, "depth",
-                                                           max_depth=30.0))
+    assert one["depth"] == pytest.approx(evaluate_depth(model, loader, "depth",
+                                                        max_depth=30.0))
