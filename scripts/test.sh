@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/compress ] || bash scripts/setup.sh
+tmp="${TMPDIR:-/tmp}"
+free_mb=$(df -Pm "$tmp" | awk 'NR==2 {print $4}')
+if [ "${free_mb:-0}" -lt 2048 ]; then  # the suite writes small checkpoints into $tmp
+    echo "warning: only ${free_mb} MiB free in $tmp; tests fail with 'No space left on device' below ~2 GB" >&2
+fi
 .venv/bin/python -m pytest -q "$@"
 if [ $# -eq 0 ]; then  # the speed checks' bodies once each, untimed (they must not rot)
     .venv/bin/python -m pytest -q tests/benchmarks -m benchmark --benchmark-disable
