@@ -12,8 +12,11 @@
 #
 # Env: PY (default .venv/bin/python), DATA (../shared/data/camvid), OUT (artifacts/front),
 #      SEEDS ("0 1"), THREADS (2), RUNS (40), TEACHER (artifacts/camvid/front-teacher.pt).
-# Nothing is copied into zoo/: check OUT/front_table.md, then copy OUT/zoo/*.pt there
-# yourself and update zoo/camvid/SHA256SUMS and scores.json.
+# Nothing is copied into zoo/ unless ZOO is set: check OUT/front_table.md first, then rerun
+# with ZOO=zoo/camvid to install OUT/zoo/*.pt there (the teacher as teacher-unet-lite2.pt)
+# and rewrite its SHA256SUMS and scores.json (val mIoU at 192x256 from OUT/eval); the
+# README's sha256 list and table are yours to update (tests/compress/test_zoo_camvid.py
+# fails while the README lists other digests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -23,6 +26,7 @@ SEEDS=${SEEDS:-"0 1"}
 THREADS=${THREADS:-2}
 RUNS=${RUNS:-40}
 TEACHER=${TEACHER:-artifacts/camvid/front-teacher.pt}
+ZOO=${ZOO:-}
 STUDENTS=${*:-"unet-lite0 ppliteseg-lite0 segformer-lite0-w64 lraspp-lite0"}
 C=("$PY" -m segcompress.cli)
 B=("$PY" -m bench.cli)
@@ -65,3 +69,28 @@ for s in $STUDENTS; do
   done
 done
 "$PY" scripts/front_table.py --out "$OUT" "${runs[@]}" | tee "$OUT/front_table.md"
+
+if [ -n "$ZOO" ]; then  # install the packed models under their zoo names
+  mkdir -p "$ZOO"
+  for m in teacher $STUDENTS; do
+    name=$m.pt; [ "$m" = teacher ] && name=teacher-unet-lite2.pt
+    # the zoo's own teacher, repacked, would change bytes (not weights): keep the file
+    [ "$m" = teacher ] && cmp -s "$TEACHER" "$ZOO/$name" && continue
+    rm -f "$ZOO/$name"; cp "$OUT/zoo/$m.pt" "$ZOO/$name"; chmod 444 "$ZOO/$name"
+  done
+  "$PY" - "$OUT" "$ZOO" teacher $STUDENTS <<'PY'
+import hashlib, json, sys
+from pathlib import Path
+out, zoo, models = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+name = {m: ("teacher-unet-lite2.pt" if m == "teacher" else f"{m}.pt") for m in models}
+listed = zoo / "scores.json"  # other models already in the zoo keep their entries
+scores = json.loads(listed.read_text()) if listed.is_file() else {}
+scores.update({name[m]: json.loads((out / "eval" / f"{m}-network" / "eval.json").read_text())
+               ["miou"] for m in models})
+listed.write_text(json.dumps(scores, indent=1) + "\n")
+digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(zoo.glob("*.pt"))}
+(zoo / "SHA256SUMS").write_text("".join(f"{d}  {f}\n" for f, d in digests.items()))
+print(f"{zoo}: {len(models)} models in place; the README sha256 list:")
+print("".join(f"{d}  {f}\n" for f, d in digests.items()), end="")
+PY
+fi
