@@ -848,10 +848,10 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     return front
 
 
-def plot_pareto(report: dict, path: Path) -> Path | None:
+def plot_pareto(report: dict, path: Path, title: str = "accuracy vs latency") -> Path | None:
     """mIoU vs ms/image, one panel per device: a colour per model (teacher red), a marker
     per format, the Pareto front drawn and labelled; None if nothing was both timed and
-    scored."""
+    scored. A row with ``miou_std`` (e.g. over seeds) gets a vertical error bar too."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -880,6 +880,7 @@ def plot_pareto(report: dict, path: Path) -> Path | None:
             int8 = canonical_precision(r["artifact_precision"]) == "int8"
             ax.errorbar(_median(r), r["miou"] * 100,
                         xerr=[[min(std, _median(r))], [std]],
+                        yerr=r["miou_std"] * 100 if r.get("miou_std") else None,
                         fmt=FORMAT_MARKERS.get(r["backend"], "o"),
                         color=colour[r.get("name", r["role"])],
                         mfc=colour[r.get("name", r["role"])] if int8 or r["role"] == "teacher"
@@ -903,7 +904,7 @@ def plot_pareto(report: dict, path: Path) -> Path | None:
         ax.margins(x=0.12, y=0.15)
         ax.set_xlabel("ms / image (median ± std, batch 1)")
         ax.set_ylabel("mIoU (%)")
-        ax.set_title(f"{dev}: accuracy vs latency")
+        ax.set_title(f"{dev}: {title}")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -5,7 +5,7 @@
 #  3. each packed student exported to INT8 (NNCF, 300 train frames) + OpenVINO,
 #  4. `bench report`: the teacher, the students and their exports timed in one interleaved run,
 #  5. the table (Markdown) from the runs' summary.json, the eval.json files and report.json,
-#     written to OUT/front_table.md and printed.
+#     written to OUT/front_table.md and printed, and its plot OUT/front_pareto.png.
 # Steps whose output exists are skipped, so a rerun after a failure continues.
 #
 #   bash scripts/camvid_front_report.sh [student ...]   (default: the four students of the README)
@@ -68,7 +68,8 @@ for s in $STUDENTS; do
     runs+=("$s:$seed:$(newest_run "camvid-front-$s-s$seed" || echo -)")
   done
 done
-"$PY" scripts/front_table.py --out "$OUT" "${runs[@]}" | tee "$OUT/front_table.md"
+"$PY" scripts/front_table.py --out "$OUT" --plot "$OUT/front_pareto.png" "${runs[@]}" \
+    | tee "$OUT/front_table.md"
 
 if [ -n "$ZOO" ]; then  # install the packed models under their zoo names
   mkdir -p "$ZOO"

@@ -6,6 +6,8 @@ Reads each run's ``summary.json`` (best val mIoU) and ``metrics.csv`` (its epoch
 packed models' ``eval.json`` at the network and the source size (OUT/eval/<name>-<at>/),
 and OUT/report/report.json (params, GMACs, ms/image, INT8 mIoU, all from one interleaved
 run). Prints one Markdown table; a run given as ``-`` (none finished) shows as "-".
+``--plot PATH`` also draws the front: the teacher and each student in PyTorch (mIoU: mean ±
+std over the seeds) and in OpenVINO INT8 (seed 0's export), against ms/image from the report.
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ def _best_epoch(run: Path) -> int | None:
     return int(max(rows, key=lambda r: float(r["val_miou"]))["epoch"]) if rows else None
 
 
-def _seed_cell(runs: dict[int, Path | None]) -> tuple[str, str]:
-    """'65.60 / 65.58 (65.59 ± 0.01)' and the best epochs, from the runs' summaries."""
+def _seed_cell(runs: dict[int, Path | None]) -> tuple[str, str, list[float]]:
+    """'65.60 / 65.58 (65.59 ± 0.01)', the best epochs and the finished seeds' mIoU (%),
+    from the runs' summaries."""
     scores, epochs = [], []
     for seed in sorted(runs):
         run = runs[seed]
@@ -40,7 +43,28 @@ def _seed_cell(runs: dict[int, Path | None]) -> tuple[str, str]:
     done = [s for s in scores if s is not None]
     if len(done) > 1:
         cells += f" ({statistics.mean(done):.2f} ± {statistics.stdev(done):.2f})"
-    return cells, ", ".join(epochs)
+    return cells, ", ".join(epochs), done
+
+
+def plot_front(report: dict, seed_scores: dict[str, list[float]], path: Path) -> Path | None:
+    """The README's Pareto plot: report rows of the teacher (PyTorch), each student in
+    PyTorch with its mIoU replaced by the mean ± std of its seeds, and its OpenVINO INT8
+    export (seed 0, as measured)."""
+    from bench.report import plot_pareto
+
+    rows = []
+    for r in report["rows"]:
+        name, how = r["name"], (r["backend"], r["precision"])
+        if name == "teacher" and how == ("torch", "f32"):
+            rows.append({**r, "model": "teacher PyTorch"})
+        elif seed_scores.get(name) and how == ("torch", "f32"):
+            done = seed_scores[name]
+            rows.append({**r, "miou": statistics.mean(done) / 100,
+                         "miou_std": statistics.stdev(done) / 100 if len(done) > 1 else None,
+                         "model": f"{name} PyTorch ({len(done)} seeds)"})
+        elif name in seed_scores and how == ("openvino", "int8"):
+            rows.append({**r, "model": f"{name} OpenVINO INT8 (seed 0)"})
+    return plot_pareto({"rows": rows}, path, title="CamVid val mIoU vs latency")
 
 
 def _eval(out: Path, name: str, at: str) -> str:
@@ -60,6 +84,7 @@ def _ms(row: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--plot", type=Path, help="also draw the front into this PNG")
     p.add_argument("runs", nargs="+", help="NAME:SEED:RUN_DIR (RUN_DIR '-' when none finished)")
     args = p.parse_args(argv)
 
@@ -82,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| teacher | | | {_eval(args.out, 'teacher', 'network')} / "
           f"{_eval(args.out, 'teacher', 'source')} | {teacher['params'] / 1e6:.2f} M | "
           f"{teacher['gmacs']:.2f} | {_ms(teacher)} | 1.00x | | | |")
+    seed_scores = {}
     for name, seeds in runs.items():
         torch_row = rows.get((name, "torch", "f32"))
         int8 = rows.get((name, "openvino", "int8"))
-        cells, epochs = _seed_cell(seeds)
+        cells, epochs, seed_scores[name] = _seed_cell(seeds)
         params = f"{torch_row['params'] / 1e6:.2f} M" if torch_row else "-"
         gmacs = f"{torch_row['gmacs']:.2f}" if torch_row else "-"
         int8_miou = f"{100 * int8['miou']:.2f}" if int8 and int8.get("miou") is not None else "-"
@@ -95,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = report.get("hardware", {}).get("cpu", {}).get("summary", "")
     print(f"\nLatency: batch 1, {report['settings']['runs']} runs after "
           f"{report['settings']['warmup']} warm-up, all models interleaved run by run; {cpu}")
+    if args.plot:
+        plot_front(report, seed_scores, args.plot)
     return 0
 
 

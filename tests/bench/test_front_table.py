@@ -28,7 +28,9 @@ def _run(root: Path, name: str, best: float, vals: list[float]) -> Path:
 
 def _row(name, backend, precision, ms, miou=0.5, params=3_000_000, gmacs=0.44):
     return {"name": name, "backend": backend, "precision": precision, "params": params,
-            "gmacs": gmacs, "miou": miou, "latency_ms": {"median": ms, "std": ms / 10}}
+            "gmacs": gmacs, "miou": miou, "latency_ms": {"median": ms, "std": ms / 10},
+            "device": "cpu", "role": "teacher" if name == "teacher" else "student",
+            "artifact_precision": precision, "model": f"{name} {backend} {precision}"}
 
 
 def test_table_from_files(tmp_path, front_table, capsys):
@@ -44,7 +46,10 @@ def test_table_from_files(tmp_path, front_table, capsys):
         (out / "eval" / f"{m}-{at}" / "eval.json").write_text(json.dumps({"miou": v}))
     r0 = _run(tmp_path, "s0", 0.6560, [0.5, "", 0.6560, 0.64])
     r1 = _run(tmp_path, "s1", 0.6540, [0.5, 0.6540, 0.60, 0.61])
-    assert front_table.main(["--out", str(out), f"seg:0:{r0}", f"seg:1:{r1}", "other:0:-"]) == 0
+    plot = tmp_path / "front.png"
+    assert front_table.main(["--out", str(out), "--plot", str(plot), f"seg:0:{r0}", f"seg:1:{r1}",
+                             "other:0:-"]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = capsys.readouterr().out
     seg = next(line for line in text.splitlines() if line.startswith("| `seg`"))
     cells = [c.strip() for c in seg.strip("|").split("|")]
@@ -55,3 +60,23 @@ def test_table_from_files(tmp_path, front_table, capsys):
     other = next(line for line in text.splitlines() if line.startswith("| `other`"))
     assert "| - |" in other                              # no finished run: a dash, not a crash
     assert "CPU test" in text
+
+
+def test_plot_points_are_seed_means_and_the_int8_export(front_table, monkeypatch, tmp_path):
+    """The plot's PyTorch point of a student is the mean of its seeds with their std as the
+    error bar; its INT8 point is the export's own mIoU; other backends are left out."""
+    import bench.report
+
+    drawn = {}
+    monkeypatch.setattr(bench.report, "plot_pareto",
+                        lambda report, path, title: drawn.update(rows=report["rows"]) or path)
+    rows = [_row("teacher", "torch", "f32", 60.0, 0.68), _row("seg", "torch", "f32", 20.0, 0.66),
+            _row("seg", "openvino", "int8", 5.0, 0.6512), _row("seg", "onnxruntime", "f32", 9.0),
+            _row("skip", "torch", "f32", 9.0)]
+    front_table.plot_front({"rows": rows}, {"seg": [65.6, 65.4], "skip": []}, tmp_path / "p.png")
+    got = {r["model"]: r for r in drawn["rows"]}
+    assert sorted(got) == ["seg OpenVINO INT8 (seed 0)", "seg PyTorch (2 seeds)", "teacher PyTorch"]
+    assert got["seg PyTorch (2 seeds)"]["miou"] == pytest.approx(0.655)
+    assert got["seg PyTorch (2 seeds)"]["miou_std"] == pytest.approx(0.0014142, abs=1e-6)
+    assert got["seg OpenVINO INT8 (seed 0)"]["miou"] == 0.6512
+    assert "miou_std" not in got["teacher PyTorch"]
