@@ -77,20 +77,23 @@ if [ -n "$ZOO" ]; then  # install the packed models under their zoo names
     name=$m.pt; [ "$m" = teacher ] && name=teacher-unet-lite2.pt
     # the zoo's own teacher, repacked, would change bytes (not weights): keep the file
     [ "$m" = teacher ] && cmp -s "$TEACHER" "$ZOO/$name" && continue
-    rm -f "$ZOO/$name"; cp "$OUT/zoo/$m.pt" "$ZOO/$name"; chmod 444 "$ZOO/$name"
+    cp "$OUT/zoo/$m.pt" "$ZOO/.$name.tmp"; chmod 444 "$ZOO/.$name.tmp"
+    mv -f "$ZOO/.$name.tmp" "$ZOO/$name"  # a rename: the old file stays whole until then
   done
   "$PY" - "$OUT" "$ZOO" teacher $STUDENTS <<'PY'
-import hashlib, json, sys
+import json, sys
 from pathlib import Path
+from compress.io import atomic_write_text
+from deploy.manifest import sha256_file
 out, zoo, models = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 name = {m: ("teacher-unet-lite2.pt" if m == "teacher" else f"{m}.pt") for m in models}
 listed = zoo / "scores.json"  # other models already in the zoo keep their entries
 scores = json.loads(listed.read_text()) if listed.is_file() else {}
 scores.update({name[m]: json.loads((out / "eval" / f"{m}-network" / "eval.json").read_text())
                ["miou"] for m in models})
-listed.write_text(json.dumps(scores, indent=1) + "\n")
-digests = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(zoo.glob("*.pt"))}
-(zoo / "SHA256SUMS").write_text("".join(f"{d}  {f}\n" for f, d in digests.items()))
+atomic_write_text(listed, json.dumps(scores, indent=1) + "\n")
+digests = {f.name: sha256_file(f) for f in sorted(zoo.glob("*.pt"))}
+atomic_write_text(zoo / "SHA256SUMS", "".join(f"{d}  {f}\n" for f, d in digests.items()))
 print(f"{zoo}: {len(models)} models in place; the README sha256 list:")
 print("".join(f"{d}  {f}\n" for f, d in digests.items()), end="")
 PY
