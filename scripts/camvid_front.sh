@@ -7,9 +7,12 @@
 # A run that was stopped continues exactly: compress distill --resume artifacts/runs/<name>/<stamp>
 #
 #   bash scripts/camvid_front.sh [student ...]     (default: the four students of the README)
+#   RECIPE=baseline bash scripts/camvid_front.sh segformer-lite0-w64 ppliteseg-lite0
+#       the no-KD baselines instead (configs/camvid/front/baseline.yaml, `compress train`,
+#       runs named camvid-front-baseline-<student>-s<seed>): the KD gain's other side
 #
 # Env: PY (default .venv/bin/python), DATA (../shared/data/camvid), DEVICE (auto),
-#      SEEDS ("0 1"), JOBS (8 on a GPU, 1 otherwise), EXTRA / TEACHER_EXTRA / STUDENT_EXTRA
+#      SEEDS ("0 1"), RECIPE (student: CWD from the teacher; baseline: no KD), JOBS (8 on a GPU, 1 otherwise), EXTRA / TEACHER_EXTRA / STUDENT_EXTRA
 #      (more dotted overrides for both / the teacher / the students). Runs land in artifacts/runs/<name>/<stamp>/;
 #      the teacher is copied to artifacts/camvid/front-teacher.pt.
 set -euo pipefail
@@ -23,8 +26,14 @@ if [ -z "${JOBS:-}" ]; then
   JOBS=1; "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" && JOBS=8
 fi
 C=("$PY" -m segcompress.cli)
+RECIPE=${RECIPE:-student}
+case "$RECIPE" in
+  student) CMD=distill; PREFIX=camvid-front ;;
+  baseline) CMD=train; PREFIX=camvid-front-baseline ;;
+  *) echo "RECIPE must be student or baseline, not '$RECIPE'" >&2; exit 2 ;;
+esac
 TEACHER=artifacts/camvid/front-teacher.pt
-if [ ! -f "$TEACHER" ]; then
+if [ "$RECIPE" = student ] && [ ! -f "$TEACHER" ]; then
   "${C[@]}" train -q -c configs/camvid/front/teacher.yaml data.root="$DATA" train.device="$DEVICE" \
       ${EXTRA:-} ${TEACHER_EXTRA:-} | tee artifacts/front-teacher.out
   run=$(tail -n 1 artifacts/front-teacher.out | sed 's/^run dir: //')
@@ -35,7 +44,7 @@ pids=()
 fail=0
 for seed in $SEEDS; do
   for s in $STUDENTS; do
-    name="camvid-front-$s-s$seed"
+    name="$PREFIX-$s-s$seed"
     # the newest run of this name: finished -> skip; failed -> say why, skip; stopped (killed,
     # Ctrl-C) with a last.pt -> resume it; none -> start it
     last=$(ls -d artifacts/runs/"$name"/*/ 2>/dev/null | sort | tail -n 1 || true)
@@ -47,10 +56,14 @@ for seed in $SEEDS; do
       echo "$name: finished in $last"; continue
     fi
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 2; done
-    log="artifacts/front-logs/$s-s$seed.out"
+    log="artifacts/front-logs/$RECIPE-$s-s$seed.out"
     if [ -n "$last" ] && [ -f "$last/checkpoints/last.pt" ]; then
       echo "$name: resuming $last"
-      "${C[@]}" distill -q --resume "$last" >> "$log" 2>&1 &
+      "${C[@]}" "$CMD" -q --resume "$last" >> "$log" 2>&1 &
+    elif [ "$RECIPE" = baseline ]; then
+      "${C[@]}" train -q -c configs/camvid/front/baseline.yaml model.student="$s" seed="$seed" \
+          name="$name" data.root="$DATA" train.device="$DEVICE" ${EXTRA:-} ${STUDENT_EXTRA:-} \
+          > "$log" 2>&1 &
     else
       "${C[@]}" distill -q -c configs/camvid/front/student.yaml model.student="$s" seed="$seed" \
           name="$name" data.root="$DATA" train.device="$DEVICE" \
