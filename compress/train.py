@@ -51,7 +51,7 @@ from compress.io import (
     remove_stale_temps,
 )
 from compress.losses import Distiller, TaskLoss, tap_levels, two_way
-from compress.metrics import predicted_ids, scores, update_confusion
+from compress.metrics import ImageSink, predicted_ids, scores, update_confusion
 from compress.models import (
     create_model,
     load_model,
@@ -384,7 +384,8 @@ def train_one_epoch(task: DistillationTask, loader, optimizer, scheduler: Schedu
 
 @torch.no_grad()
 def evaluate(predict, loader, class_names: list[str], ignore_index: int, device="cpu",
-             flip: bool = False, show: bool = False, depth=None) -> tuple[dict, torch.Tensor]:
+             flip: bool = False, show: bool = False, depth=None,
+             per_image: ImageSink | None = None) -> tuple[dict, torch.Tensor]:
     """Score ``predict(images) -> logits`` on a loader.
 
     Args:
@@ -393,6 +394,8 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         depth: the depth task (:func:`depth_task`) of a multi-task model whose batches
             carry ``"depth"``: the same forward pass also scores it, into the result's
             ``"depth"`` (one pass over the split for both tasks; depth is not flipped).
+        per_image: also hand each batch's class ids and image names to this sink
+            (:class:`compress.evidence.ImageCounter`: per-image counts, same pixels).
 
     Returns:
         ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
@@ -425,6 +428,8 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
             raise ValueError(f"predictions reach class {int(pred.max())} but the data has {c} "
                              "classes")
         update_confusion(conf, pred, batch["mask"], ignore_index)
+        if per_image is not None:
+            per_image.add(pred, batch["mask"], ignore_index, batch["name"], names)
         if c == 2:
             for p, t in zip(pred.numpy(), batch["mask"].numpy()):
                 distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
