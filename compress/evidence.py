@@ -33,7 +33,7 @@ MIN_RESAMPLES = 1000
 LEVEL = 0.95
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare the fields, not the objects
 class ImageCounts:
     """Per-image pixel counts of one model on one split.
 
@@ -114,7 +114,7 @@ class ImageCounts:
             raise UnsafeFileError(f"{path}: counts of shape {inter.shape}/{union.shape}, "
                                   f"expected {want} integers")
         return cls(images, inter.astype(np.int64), union.astype(np.int64), names,
-                   str(path.parent) if source is None else source, meta)
+                   str(path) if source is None else source, meta)
 
 
 def _few(names: list[str], k: int = 3) -> str:

@@ -155,3 +155,26 @@ def test_counter_file_round_trip(tmp_path):
     np.savez(tmp_path / "obj.npz", images=np.array([object()]))
     with pytest.raises(ValueError, match="not a per-image scores file"):
         ImageCounts.load(tmp_path / "obj.npz")
+
+
+def test_a_run_keeps_best_pt_per_image_val_counts_and_old_runs_are_rescored(tmp_path):
+    from compress.models import read_checkpoint
+    from compress.train import VAL_PER_IMAGE, fit, val_image_counts
+    from tests.conftest import tiny_config
+
+    run = fit(tiny_config(tmp_path, ["train.epochs=2"]), show_progress=False).run_dir
+    best = read_checkpoint(run / "checkpoints" / "best.pt")
+    kept = ImageCounts.load(run / VAL_PER_IMAGE)
+    assert kept.meta["epoch"] == best["epoch"] and len(kept.images) == 8
+    assert kept.images[0].startswith("synthetic_") and len(set(kept.images)) == 8
+    assert kept.miou() == pytest.approx(best["metrics"]["miou"], abs=1e-9)
+    said = []
+    read = val_image_counts(run, say=said.append)  # the file is read, nothing rescored
+    assert said == [] and np.array_equal(read.union, kept.union)
+    (run / VAL_PER_IMAGE).unlink()  # a run from before per-image counts
+    again = val_image_counts(run, write=False, say=said.append)
+    assert len(said) == 1 and "scoring checkpoints/best.pt on its val split" in said[0]
+    assert not (run / VAL_PER_IMAGE).exists()
+    assert again.images == kept.images
+    assert np.array_equal(again.intersection, kept.intersection)
+    assert np.array_equal(again.union, kept.union)
