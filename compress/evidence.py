@@ -223,7 +223,8 @@ def paired_bootstrap(base: Sequence[ImageCounts], other: Sequence[ImageCounts], 
     for c in [*base, *other]:
         if c.class_names != ref.class_names:
             raise InputError(f"{ref.source} and {c.source} were scored on different classes "
-                             f"({len(ref.class_names)} vs {len(c.class_names)})")
+                             f"({_few(list(ref.class_names), 6)} vs "
+                             f"{_few(list(c.class_names), 6)})")
         runs.append(c.aligned_to(ref.images, ref.source))
     n = len(ref.images)
     if n == 0:

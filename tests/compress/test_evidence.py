@@ -108,6 +108,10 @@ def test_images_are_paired_by_name_and_other_lists_refused():
     with pytest.raises(InputError, match=r"runs/a and runs/c were not scored on the same "
                                          r"images.*only in the first: z.*only in the second: w"):
         paired_bootstrap([a], [other])
+    named = ImageCounts(a.images, a.intersection, a.union, ("road",), "runs/d")
+    with pytest.raises(InputError, match=r"runs/a and runs/d were scored on different "
+                                         r"classes \(c0 vs road\)"):
+        paired_bootstrap([a], [named])
 
 
 def test_verdict_from_interval():
