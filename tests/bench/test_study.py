@@ -18,6 +18,7 @@ from bench.study import (
     time_models,
 )
 from compress.config import ConfigError, load_config
+from compress.errors import InputError
 from compress.evidence import ImageCounts, paired_bootstrap
 from segcompress.cli import app
 
@@ -115,6 +116,14 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
     again = json.loads((out / "comparison.json").read_text())
     assert {a["recipe"]: a["delta_ci"] for a in again["recipes"] if "delta_ci" in a} == \
         {a["recipe"]: a["delta_ci"] for a in res["recipes"] if "delta_ci" in a}
+    # runs scored on other images are not paired: refused, naming both runs
+    c = ImageCounts.load(kept)
+    ImageCounts(tuple(f"other_{n}" for n in c.images), c.intersection, c.union,
+                c.class_names, meta=c.meta).save(kept)
+    with pytest.raises(InputError, match=rf"{out / 'runs' / 'no-kd' / 'seed0'} and "
+                                         rf"{kept.parents[1]} were not scored on the same"):
+        run_study(study, collect_only=True, show=False, log=lambda *_: None)
+    c.save(kept)
     # another config for the same run dir is refused, not silently mixed
     with pytest.raises(ConfigError, match="another config"):
         run_study(study, ["train.lr=0.01"], collect_only=True, show=False, log=lambda *_: None)
