@@ -34,6 +34,7 @@ from bench.latency import (
     time_loaded,
 )
 from compress.errors import InputError
+from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
 from compress.spec import ModelSpec
 from deploy.metadata import is_multi_output
 from deploy.runtime import canonical_precision, get_backend
@@ -46,11 +47,13 @@ FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
 
 
 def evaluate_runtime(
-    runtime, dataset, class_names: list[str], ignore_index: int, batch_size: int = 1
+    runtime, dataset, class_names: list[str], ignore_index: int, batch_size: int = 1,
+    per_image: ImageCounter | None = None,
 ) -> dict[str, Any]:
     """mIoU and per-class IoU of ``runtime.predict`` on ``dataset`` (logits or class ids),
     by :func:`compress.metrics.score_predictor` (outputs at another size than the masks
-    are resized: bilinear logits, nearest ids, the same rule as ``compress eval``).
+    are resized: bilinear logits, nearest ids, the same rule as ``compress eval``);
+    ``per_image`` also collects the per-image counts of the same predictions.
 
     A multi-task runtime (more than one output) whose dataset items carry ``"depth"``
     is scored in the same pass on its dense outputs too: ``result["depth"]`` is
@@ -67,7 +70,8 @@ def evaluate_runtime(
             if multi and "depth" in items[0]:
                 labels["depth"] = np.stack([it["depth"].numpy() for it in items])
             yield (np.stack([it["image"].numpy() for it in items]),
-                   np.stack([it["mask"].numpy() for it in items]))
+                   np.stack([it["mask"].numpy() for it in items]),
+                   [it["name"] for it in items])
 
     def predict(images: np.ndarray) -> np.ndarray:
         import torch
@@ -83,7 +87,7 @@ def evaluate_runtime(
         return seg
 
     res = score_predictor(predict if multi else runtime.predict, batches(), class_names,
-                          ignore_index)[0]
+                          ignore_index, per_image=per_image)[0]
     if meters:
         res["depth"] = {name: m.compute() for name, m in meters.items()}
     return res
@@ -332,7 +336,10 @@ def build_report(
                 else:
                     log(f"[{device}] scoring {t.label} on {len(ds)} images")
                     try:
-                        res = evaluate_runtime(rt, ds, list(ds.class_names), ds.ignore_index)
+                        counter = ImageCounter(t.label)
+                        res = evaluate_runtime(rt, ds, list(ds.class_names), ds.ignore_index,
+                                               per_image=counter)
+                        row.per_image = counter.counts()
                         row.miou = res["miou"]
                         row.per_class_iou = res["per_class_iou"]
                         row.set_depth(res.get("depth"))
@@ -407,7 +414,10 @@ class ReportRow:
     ``report.json`` (and what :func:`render_markdown` / :func:`render_csv` read).
 
     Latency figures are :meth:`bench.latency.LatencyStats.to_dict` dicts (ms per image);
-    mIoU and IoU in [0, 1]; ``delta_*`` against the teacher's PyTorch row.
+    mIoU and IoU in [0, 1]; ``delta_*`` against the teacher's PyTorch row;
+    ``delta_miou_ci`` the paired bootstrap 95% interval of ``delta_miou`` over the images
+    both rows were scored on (same units), ``verdict`` what it says
+    (:func:`compress.evidence.paired_bootstrap`).
     """
 
     model: str
@@ -424,6 +434,8 @@ class ReportRow:
     size_mb: float | None
     miou: float | None = None
     delta_miou: float | None = None
+    delta_miou_ci: list[float] | None = None
+    verdict: str | None = None
     per_class_iou: dict[str, float | None] = field(default_factory=dict)
     per_class_delta: dict[str, float | None] = field(default_factory=dict)
     latency_ms: dict[str, float] | None = None
@@ -444,6 +456,7 @@ class ReportRow:
     depth_abs_rel: float | None = None
     depth_delta1: float | None = None
     depth: dict[str, dict[str, float]] | None = None  # every dense output's figures
+    per_image: ImageCounts | None = None  # the scoring's per-image counts (not in the JSON)
 
     @property
     def median_ms(self) -> float | None:
@@ -463,7 +476,7 @@ class ReportRow:
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__
-               if k not in ("timing", "accuracy_note") and k not in DEPTH_KEYS}
+               if k not in ("timing", "accuracy_note", "per_image") and k not in DEPTH_KEYS}
         if self.timing is not None:
             out.update({k: self.timing.get(k) for k in TIMING_KEYS})
         if self.accuracy_note is not None:
@@ -525,6 +538,10 @@ def _derive(rows: list[ReportRow], class_names: list[str]) -> None:
     for r in rows:
         if t_acc and r.miou is not None:
             r.delta_miou = r.miou - t_acc.miou
+            if r is not t_acc and r.per_image is not None and t_acc.per_image is not None:
+                # the gap on the same images, resampled together: is it more than noise?
+                gap = paired_bootstrap([t_acc.per_image], [r.per_image])
+                r.delta_miou_ci, r.verdict = [gap.low / 100, gap.high / 100], gap.verdict
             for name in class_names:
                 a, b = r.per_class_iou.get(name), t_acc.per_class_iou.get(name)
                 r.per_class_delta[name] = None if a is None or b is None else a - b
@@ -606,6 +623,13 @@ def _fmt(v, spec: str = ".2f", scale: float = 1.0, none: str = "—") -> str:
     return format(v * scale, spec)
 
 
+def _ci_cell(r: dict) -> str:
+    ci = r.get("delta_miou_ci")
+    if not ci:
+        return "—"
+    return f"[{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}] {r['verdict']}"
+
+
 def _latency_cell(r: dict) -> str:
     if r["status"] != "ok":
         return f"could not run: {r['reason']}"
@@ -623,6 +647,7 @@ SUMMARY_COLUMNS = [
     "size (MB)",
     "mIoU",
     "Δ mIoU",
+    "Δ 95% CI",
     "ms/image (median ± std)",
     "× teacher same backend",
     "× teacher PyTorch",
@@ -664,6 +689,7 @@ def summary_table(report: dict) -> list[list[str]]:
                 _fmt(r["size_mb"], ".2f"),
                 _fmt(r["miou"], ".2f", 100),
                 _fmt(r["delta_miou"], "+.2f", 100),
+                _ci_cell(r),
                 _latency_cell(r),
                 _fmt(r["speedup_same_backend"], ".2f") + ("×" if r["speedup_same_backend"] else ""),
                 _fmt(r["speedup_vs_teacher_torch"], ".2f")
@@ -773,6 +799,9 @@ CSV_COLUMNS = [
     "size_mb",
     "miou",
     "delta_miou",
+    "delta_miou_ci_low",
+    "delta_miou_ci_high",
+    "verdict",
     "ms_median",
     "ms_std",
     "ms_min",
@@ -817,6 +846,7 @@ def render_csv(report: dict) -> str:
             "peak_rss_mb": mem.get("peak_rss_mb"),
             "gpu_mem_mb": mem.get("gpu_mem_mb"),
             "notes": "; ".join(r["notes"]),
+            **dict(zip(("delta_miou_ci_low", "delta_miou_ci_high"), r.get("delta_miou_ci") or ())),
         }
         w.writerow(
             [_csv(values.get(c)) for c in columns]

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bench.latency import Pipeline, describe_hardware, hardware_info, measure_latency
 from compress.config import ConfigError, dump_config, load_config
+from compress.evidence import LEVEL, RESAMPLES, paired_bootstrap
 from compress.io import (
     UnsafeFileError,
     YAMLRefused,
@@ -53,6 +54,10 @@ from compress.macs import GMACS_DEFINITION, count_flops
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
     import torch
+
+# how each recipe's delta_ci is made (comparison.json's "bootstrap" says so too)
+BOOTSTRAP = {"resamples": RESAMPLES, "level": LEVEL, "seed": 0,
+             "over": "validation images, the same draw for every seed of both recipes"}
 
 
 class _Strict(BaseModel):
@@ -219,7 +224,7 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
     if not runs:
         raise FileNotFoundError(f"study {study.name}: no finished run to compare "
                                 f"({'; '.join(missing + skipped)})")
-    result = compare_runs(runs, study, missing, skipped)
+    result = compare_runs(runs, study, missing, skipped, log=log)
     write_comparison(out, result)
     return out
 
@@ -306,26 +311,26 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def verdict(delta: float, std_recipe: float | None, std_base: float | None) -> str:
-    """Label a mean difference (points) against the seed-to-seed spread.
-
-    The spread is the larger of the two recipes' standard deviations over seeds; a
-    difference no larger than that is ``within seed spread``.
-    """
-    if std_recipe is None or std_base is None:
-        return "single seed: spread unknown"
-    spread = max(std_recipe, std_base)
-    if abs(delta) <= spread:
-        return "within seed spread"
-    return "gain beyond seed spread" if delta > 0 else "loss beyond seed spread"
-
-
 def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
-                 missing: list[str] | None = None, skipped: list[str] | None = None) -> dict:
-    """Everything the comparison files show, as one dict (also ``comparison.json``)."""
+                 missing: list[str] | None = None, skipped: list[str] | None = None,
+                 log=print) -> dict:
+    """Everything the comparison files show, as one dict (also ``comparison.json``).
+
+    Each recipe's Δ mIoU against the baseline gets a paired bootstrap interval over the
+    validation images (:func:`compress.evidence.paired_bootstrap` of every run's per-image
+    counts, :func:`compress.train.val_image_counts`; a run without them has its best.pt
+    scored now, said through ``log``, and kept when the run is this study's) and the
+    verdict that interval gives.
+
+    Raises:
+        InputError: two runs were scored on different validation images (named).
+    """
     from compress.models import load_model
+    from compress.train import val_image_counts
 
     rows = [collect_run(r, d, here) for r, d, here in runs]
+    per_image = {r["run_dir"]: val_image_counts(r["run_dir"], write=r["trained_here"], say=log)
+                 for r in rows}
     # cost per distinct architecture: params, GMACs, latency (weights do not matter)
     models, sizes, cost = {}, {}, {}
     for row in rows:
@@ -344,8 +349,8 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
     for row in rows:
         row.update(cost[row["arch_key"]])
 
-    base_runs = [r["miou"] for r in rows if r["recipe"] == study.baseline]
-    base_mean, base_std = _mean_std(base_runs) if base_runs else (None, None)
+    base_rows = [r for r in rows if r["recipe"] == study.baseline]
+    base_mean = _mean_std([r["miou"] for r in base_rows])[0] if base_rows else None
     recipes = []
     for recipe in study.recipes:
         mine = [r for r in rows if r["recipe"] == recipe.name]
@@ -372,9 +377,15 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             d = (mean - base_mean) * 100
             agg["delta_pts"] = d
             agg["delta_pct"] = (mean / base_mean - 1) * 100 if base_mean else None
-            agg["verdict"] = ("baseline" if recipe.name == study.baseline
-                              else verdict(d, None if std is None else std * 100,
-                                           None if base_std is None else base_std * 100))
+            if recipe.name == study.baseline:
+                agg["verdict"] = "baseline"
+            else:  # the same resampled val images for every seed of both recipes
+                ci = paired_bootstrap([per_image[r["run_dir"]] for r in base_rows],
+                                      [per_image[r["run_dir"]] for r in mine],
+                                      resamples=BOOTSTRAP["resamples"],
+                                      seed=BOOTSTRAP["seed"], level=BOOTSTRAP["level"])
+                agg["delta_ci"], agg["verdict"] = [ci.low, ci.high], ci.verdict
+                agg["ci_images"] = ci.images
             # the same seed gives both recipes the same initialisation and data order
             base_by_seed = {r["seed"]: r["miou"] for r in rows if r["recipe"] == study.baseline}
             pairs = [(r["miou"] - base_by_seed[r["seed"]]) * 100 for r in mine
@@ -388,7 +399,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             row["delta_pts"] = (row["miou"] - base_mean) * 100
             row["delta_pct"] = (row["miou"] / base_mean - 1) * 100 if base_mean else None
     return {"study": study.name, "baseline": study.baseline, "hardware": hardware(lat.threads if lat.enabled else None),
-            "latency": lat.model_dump(), "recipes": recipes, "runs": rows,
+            "latency": lat.model_dump(), "bootstrap": BOOTSTRAP, "recipes": recipes, "runs": rows,
             "missing": list(missing or []), "skipped": list(skipped or [])}
 
 
@@ -410,24 +421,33 @@ def _pm(mean, std, fmt=".2f") -> str:
     return _f(mean, fmt) + ("" if std is None or mean is None else f" ± {std:{fmt.lstrip('+')}}")
 
 
+def _ci(interval: list[float] | None) -> str:
+    return "-" if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]"
+
+
 def comparison_markdown(res: dict) -> str:
-    hw, lat = res["hardware"], res["latency"]
+    hw, lat, boot = res["hardware"], res["latency"], res["bootstrap"]
+    ci_pct = f"{boot['level'] * 100:g}"
     lines = [f"# Study {res['study']}", "",
              (f"Baseline: **{res['baseline']}**. mIoU is the best validation epoch of each run "
              "(what `best.pt` holds), in points; Δ is against the baseline's mean over seeds. "
-             "A difference no larger than the larger seed-to-seed std of the two recipes is "
-             "marked *within seed spread*. Δ paired: mean ± std over seeds of (recipe − "
-             "baseline) with the same seed."), ""]
-    lines += [("| recipe | seeds | mIoU mean ± std | min–max | Δ pts | Δ % | verdict | Δ paired "
-              "| params (M) | GMACs | ms/image (median ± std) | train time (s) |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Δ {ci_pct}% CI: paired bootstrap over the validation images "
+             f"({boot['resamples']} resamples, the same images drawn for every seed of both "
+             "recipes, Δ of the seed means); the verdict is *better* or *worse* only where "
+             "that interval excludes 0, else *within noise*. It covers the choice of images, "
+             "not of seeds: the seed spread is the ± of the mIoU and Δ paired, the mean ± std "
+             "over seeds of (recipe − baseline) with the same seed."), ""]
+    lines += [(f"| recipe | seeds | mIoU mean ± std | min–max | Δ pts | Δ {ci_pct}% CI | Δ % "
+              "| verdict | Δ paired | params (M) | GMACs | ms/image (median ± std) "
+              "| train time (s) |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in res["recipes"]:
         std = None if a["miou_std"] is None else a["miou_std"] * 100
         lines.append(
             f"| {a['recipe']} | {a['seeds']} | {_pm(a['miou_mean'] * 100, std)} | "
             f"{a['miou_min'] * 100:.2f}–{a['miou_max'] * 100:.2f} | "
-            f"{_f(a.get('delta_pts'), '+.2f')} | {_f(a.get('delta_pct'), '+.1f')} | "
-            f"{a.get('verdict', '-')} | "
+            f"{_f(a.get('delta_pts'), '+.2f')} | {_ci(a.get('delta_ci'))} | "
+            f"{_f(a.get('delta_pct'), '+.1f')} | {a.get('verdict', '-')} | "
             f"{_pm(a.get('paired_delta_pts'), a.get('paired_delta_std'), '+.2f')} | "
             f"{a['params'] / 1e6:.3f} | {_f(a['gmacs'], '.3f')} | "
             f"{_pm(a.get('ms_median'), a.get('ms_std'))} | {a['train_seconds_mean']:.1f} |")
@@ -482,7 +502,7 @@ def comparison_markdown(res: dict) -> str:
 def comparison_csv(res: dict) -> str:
     classes = list(res["recipes"][0]["per_class_iou"]) if res["recipes"] else []
     cols = ["row", "recipe", "seed", "seeds", "miou", "miou_std", "miou_min", "miou_max",
-            "delta_pts", "delta_pct", "verdict", "paired_delta_pts", "paired_delta_std", "params", "gmacs", "ms_median", "ms_std",
+            "delta_pts", "delta_ci_low", "delta_ci_high", "delta_pct", "verdict", "paired_delta_pts", "paired_delta_std", "params", "gmacs", "ms_median", "ms_std",
             "threads", "train_seconds", "epochs", "run_dir"] + [f"iou_{c}" for c in classes]
     depth = _has_depth(res)
     if depth:  # multi-task students: their depth metrics (best.pt)
@@ -513,6 +533,8 @@ def comparison_csv(res: dict) -> str:
                     "miou": pts(a["miou_mean"]), "miou_std": pts(a["miou_std"]),
                     "miou_min": pts(a["miou_min"]), "miou_max": pts(a["miou_max"]),
                     "delta_pts": r4(a.get("delta_pts")), "delta_pct": r4(a.get("delta_pct")),
+                    **({"delta_ci_low": r4(a["delta_ci"][0]), "delta_ci_high": r4(a["delta_ci"][1])}
+                       if a.get("delta_ci") else {}),
                     "verdict": a.get("verdict"), "paired_delta_pts": r4(a.get("paired_delta_pts")),
                     "paired_delta_std": r4(a.get("paired_delta_std")), "params": a["params"], "gmacs": r4(a["gmacs"]),
                     "ms_median": r4(a.get("ms_median")), "ms_std": r4(a.get("ms_std")),

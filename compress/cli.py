@@ -123,14 +123,20 @@ def eval_(
     depth: Annotated[EvalDepth, typer.Option(
         help="a multi-task model's depth targets: auto (a folder's depth/, synthetic "
              "dense), none, dense, lidar (synthetic) or files")] = EvalDepth.auto,
+    compare: Annotated[Path | None, typer.Option(
+        help="a second checkpoint (or artifact) scored on the same images (into OUT/reference): "
+             "Δ mIoU (CHECKPOINT − it) with its paired bootstrap 95% interval and verdict")]
+    = None,
 ) -> None:
     """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix
-    (+ depth metrics for a multi-task model when the split has depth)."""
+    + per-image counts (+ depth metrics for a multi-task model when the split has depth;
+    + the paired comparison with --compare)."""
     from compress.evaluate import evaluate_checkpoint, format_table, load_predictor, parse_size
 
     result = evaluate_checkpoint(checkpoint, data, split, kind=data_kind.value, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
                                  device=device, score_at=score_at, depth=depth.value,
+                                 reference=compare,
                                  load=(ctx.obj or {}).get("load_predictor", load_predictor))
     typer.echo(format_table(result))
     typer.echo(f"eval: {result['eval_json']}")

@@ -10,7 +10,8 @@ import torch
 
 from compress.data import split_classes, split_images
 from compress.errors import InputError
-from compress.io import atomic_write_json
+from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
+from compress.io import atomic_write_json, atomic_write_text
 from compress.spec import ModelSpec
 from compress.train import collate, depth_task, evaluate, evaluate_depth
 
@@ -76,10 +77,17 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                         encoder: str | None = None, classes: int | None = None,
                         device: str = "cpu", batch_size: int = 4,
                         score_at: str = "network", depth: str = "auto",
+                        reference: Path | None = None,
                         load: PredictorLoader = load_predictor) -> dict:
-    """Score ``path`` on ``data``/``split``; writes ``eval.json`` and ``confusion.csv``
-    into ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
+    """Score ``path`` on ``data``/``split``; writes ``eval.json``, ``confusion.csv`` and
+    ``per_image.npz`` (per-image counts, :class:`compress.evidence.ImageCounts`) into
+    ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
     checkpoints in one folder keep their own results).
+
+    With ``reference`` (a second checkpoint or artifact), that one is scored the same way
+    on the same images into ``out/reference/``, and ``eval.json`` gets ``comparison``:
+    Δ mIoU = ``path`` − ``reference`` in points with its paired bootstrap 95% interval
+    over the images and the verdict (:func:`compress.evidence.paired_bootstrap`).
 
     ``score_at="network"`` scores at the network's input size (masks resized, nearest);
     ``"source"`` resizes the logits (bilinear) back to each image's own size and scores
@@ -89,13 +97,45 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     A plain state_dict needs ``arch``, ``encoder`` and ``classes``; its input size is
     ``size`` (required) and its class names come from the data.
 
-    ``load`` opens ``path``: :func:`load_predictor` (checkpoints) by default;
-    ``deploy.runtime.load_predictor`` for exported artifacts too.
+    ``load`` opens ``path`` (and ``reference``): :func:`load_predictor` (checkpoints) by
+    default; ``deploy.runtime.load_predictor`` for exported artifacts too.
 
     A multi-task model (its spec has ``tasks``) is also scored on depth when the split
     has depth (``depth``: ``auto`` = a folder's ``depth/`` or synthetic dense depth;
     ``none``; ``dense`` / ``lidar`` / ``files``): ``eval.json`` then holds ``depth``
     (``rmse``, ``abs_rel``, ``delta1..3``, ``pixels``) beside the segmentation scores."""
+    path = Path(path)
+    out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
+    options = {"kind": kind, "size": size, "flip": flip, "device": device,
+               "batch_size": batch_size, "score_at": score_at, "depth": depth, "load": load}
+    result, conf, counts = _score(path, data, split, arch=arch, encoder=encoder,
+                                  classes=classes, **options)
+    if reference is not None:
+        ref, ref_conf, ref_counts = _score(Path(reference), data, split, **options)
+        ref["eval_json"] = str(_write_eval(out / "reference", ref, ref_conf, ref_counts))
+        delta = paired_bootstrap([ref_counts], [counts])
+        result["comparison"] = {"reference": str(reference), "reference_miou": ref["miou"],
+                                "reference_eval": ref["eval_json"], **delta.to_dict()}
+    result["eval_json"] = str(_write_eval(out, result, conf, counts))
+    return result
+
+
+def _write_eval(out: Path, result: dict, conf: torch.Tensor, counts: ImageCounts) -> Path:
+    """``eval.json``, ``confusion.csv`` and ``per_image.npz`` in ``out``, each atomically."""
+    path = atomic_write_json(out / "eval.json", result)
+    names = list(result["per_class_iou"])
+    rows = ["truth\\pred," + ",".join(names)]
+    rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
+    atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
+    counts.save(out / "per_image.npz")
+    return path
+
+
+def _score(path: Path, data: Path, split: str, *, kind: str, size: tuple[int, int] | None,
+           flip: bool, device: str, batch_size: int, score_at: str, depth: str,
+           load: PredictorLoader, arch: str | None = None, encoder: str | None = None,
+           classes: int | None = None) -> tuple[dict, torch.Tensor, ImageCounts]:
+    """The scores, confusion and per-image counts of :func:`evaluate_checkpoint`."""
     if score_at not in SCORE_AT:
         raise InputError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
     if depth not in ("auto", "none", "dense", "lidar", "files"):
@@ -103,7 +143,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     from compress.models import make_spec
     from compress.train import resolve_device
 
-    path, data = Path(path), Path(data)
+    data = Path(data)
     dev = resolve_device(device)
     spec = None
     if arch or encoder or classes:
@@ -128,8 +168,10 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    counter = ImageCounter(str(path))
     result, conf = evaluate(predict, loader, spec.class_names, spec.ignore_index, dev,
-                            flip=flip, show=True, depth=dt if one_pass else None)
+                            flip=flip, show=True, depth=dt if one_pass else None,
+                            per_image=counter)
     if mode != "none":
         if not one_pass:
             dset = split_images(kind, str(data), split, size=size, mean=spec.mean,
@@ -139,20 +181,11 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
             result["depth"] = evaluate_depth(predict, dloader, dt.name, dev,
                                              max_depth=dt.max_depth, show=True)
         result["depth"].update(task=dt.name, unit=dt.unit, targets=mode)
-    out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
                   images=len(ds), scored_at=score_at,
                   score_sizes=sorted([list(v) for v in ds.sizes]) if score_at == "source"
                   else [list(size)])
-    atomic_write_json(out / "eval.json", result)
-    names = list(result["per_class_iou"])
-    rows = ["truth\\pred," + ",".join(names)]
-    rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
-    from compress.io import atomic_write_text
-
-    atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
-    result["eval_json"] = str(out / "eval.json")
-    return result
+    return result, conf, counter.counts(split=split, checkpoint=str(path))
 
 
 def _depth_mode(depth: str, kind: str, data: Path, split: str) -> str:
@@ -186,6 +219,13 @@ def format_table(result: dict) -> str:
     if "scored_at" in result:
         sizes = ", ".join(f"{h}x{w}" for h, w in result["score_sizes"])
         lines.append(f"scored at {result['scored_at']} resolution ({sizes})")
+    c = result.get("comparison")
+    if c:
+        low, high = c["delta_ci"]
+        lines += ["-" * 24, f"vs {c['reference']}: mIoU {c['reference_miou'] * 100:.2f}",
+                  (f"Δ mIoU {c['delta_pts']:+.2f} pts, {c['ci_level'] * 100:g}% CI "
+                  f"[{low:+.2f}, {high:+.2f}] (paired bootstrap, {c['resamples']} resamples "
+                  f"of the {c['images']} images): {c['verdict']}")]
     d = result.get("depth")
     if d:
         unit = d.get("unit", "m")

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 import numpy as np
 import torch
+
+
+class ImageSink(Protocol):
+    """Where a scoring loop hands each batch's class ids for per-image counts
+    (:class:`compress.evidence.ImageCounter`)."""
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor, ignore_index: int,
+            images: Sequence[str], class_names: Sequence[str]) -> None: ...
 
 
 def update_confusion(conf: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
@@ -14,6 +25,41 @@ def update_confusion(conf: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
     idx = target[keep].long() * c + pred[keep].long()
     conf += torch.bincount(idx.cpu(), minlength=c * c).reshape(c, c).to(conf.dtype)
     return conf
+
+
+def image_counts(pred: torch.Tensor, target: torch.Tensor, ignore_index: int, classes: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image intersection and union pixel counts per class, int64 ``[N, C]`` each.
+
+    The same pixels :func:`update_confusion` counts (``ignore_index`` left out): summed
+    over the images they are the confusion's diagonal and ``truth + predicted - diagonal``,
+    so :func:`mean_iou` of the sums is :func:`scores`' mIoU of those images.
+
+    Args:
+        pred, target: class ids ``[N, H, W]``.
+    """
+    n = target.shape[0]
+    t, p = target.long().cpu(), pred.long().cpu()
+    keep = t != ignore_index
+    base = torch.arange(n).view(n, 1, 1).expand_as(t) * classes
+    size = n * classes
+    truth = torch.bincount((base + t)[keep], minlength=size)
+    predicted = torch.bincount((base + p)[keep], minlength=size)
+    hit = keep & (p == t)
+    inter = torch.bincount((base + t)[hit], minlength=size)
+    return inter.view(n, classes), (truth + predicted - inter).view(n, classes)
+
+
+def mean_iou(intersection, union) -> np.ndarray:
+    """mIoU over the last axis (classes) from intersection and union counts ``[..., C]``:
+    classes with union 0 are left out of the mean; 0.0 where no class has any pixel.
+    The one definition: :func:`scores` uses it on a split's confusion."""
+    inter = np.asarray(intersection, dtype=np.float64)
+    union = np.asarray(union, dtype=np.float64)
+    seen = union > 0
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=seen)
+    n = seen.sum(-1)
+    return np.where(n > 0, iou.sum(-1) / np.maximum(n, 1), 0.0)
 
 
 def predicted_ids(out, size: tuple[int, int]) -> torch.Tensor:
@@ -35,26 +81,32 @@ def predicted_ids(out, size: tuple[int, int]) -> torch.Tensor:
     return pred
 
 
-def score_predictor(predict, batches, class_names: list[str], ignore_index: int
-                    ) -> tuple[dict, torch.Tensor]:
+def score_predictor(predict, batches, class_names: list[str], ignore_index: int,
+                    per_image: ImageSink | None = None) -> tuple[dict, torch.Tensor]:
     """mIoU of a predictor over a split: the one loop from predictions to scores.
 
     Args:
         predict: ``images [N, 3, H, W] -> logits [N, C, h, w] or class ids [N, h, w]``
             (NumPy or torch, any output size: see :func:`predicted_ids`).
-        batches: iterable of ``(images, masks [N, H, W])`` (NumPy or torch).
+        batches: iterable of ``(images, masks [N, H, W])`` (NumPy or torch), or of
+            ``(images, masks, names)`` (the N image names) for ``per_image``.
         class_names: the classes, in id order.
         ignore_index: mask value left out of the scores.
+        per_image: also hand each batch's class ids to this sink (per-image counts).
 
     Returns:
         ``(scores(conf, class_names), confusion [C, C])``.
     """
     c = len(class_names)
     conf = torch.zeros(c, c, dtype=torch.int64)
-    for images, masks in batches:
+    for images, masks, *names in batches:
         masks = masks if isinstance(masks, torch.Tensor) else torch.from_numpy(np.asarray(masks))
-        update_confusion(conf, predicted_ids(predict(images), masks.shape[-2:]), masks.cpu(),
-                         ignore_index)
+        pred = predicted_ids(predict(images), masks.shape[-2:])
+        update_confusion(conf, pred, masks.cpu(), ignore_index)
+        if per_image is not None:
+            if not names:
+                raise ValueError("per_image needs batches of (images, masks, names)")
+            per_image.add(pred, masks, ignore_index, names[0], class_names)
     return scores(conf, class_names), conf
 
 
@@ -73,7 +125,7 @@ def scores(conf: torch.Tensor | np.ndarray, class_names: list[str]) -> dict:
         dice = np.where(gt + pr > 0, 2 * tp / (gt + pr), np.nan)
     total = conf.sum()
     return {
-        "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
+        "miou": float(mean_iou(tp, union)),
         "pixel_acc": float(tp.sum() / total) if total else 0.0,
         "dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0,
         "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(class_names, iou)},

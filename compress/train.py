@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.classmap import kd_class_map
-from compress.config import ConfigError, RunConfig, dump_config
+from compress.config import ConfigError, RunConfig, dump_config, load_config
 from compress.data import build_depth_val, build_split, build_train_set, dataset_classes
 from compress.distill import (
     DistillationTask,
@@ -43,6 +43,7 @@ from compress.distill import (
     recipe_factories,
 )
 from compress.errors import InputError, UserError
+from compress.evidence import ImageCounter, ImageCounts
 from compress.io import (
     atomic_write,
     atomic_write_json,
@@ -51,7 +52,7 @@ from compress.io import (
     remove_stale_temps,
 )
 from compress.losses import Distiller, TaskLoss, tap_levels, two_way
-from compress.metrics import predicted_ids, scores, update_confusion
+from compress.metrics import ImageSink, predicted_ids, scores, update_confusion
 from compress.models import (
     create_model,
     load_model,
@@ -384,7 +385,8 @@ def train_one_epoch(task: DistillationTask, loader, optimizer, scheduler: Schedu
 
 @torch.no_grad()
 def evaluate(predict, loader, class_names: list[str], ignore_index: int, device="cpu",
-             flip: bool = False, show: bool = False, depth=None) -> tuple[dict, torch.Tensor]:
+             flip: bool = False, show: bool = False, depth=None,
+             per_image: ImageSink | None = None) -> tuple[dict, torch.Tensor]:
     """Score ``predict(images) -> logits`` on a loader.
 
     Args:
@@ -393,6 +395,8 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
         depth: the depth task (:func:`depth_task`) of a multi-task model whose batches
             carry ``"depth"``: the same forward pass also scores it, into the result's
             ``"depth"`` (one pass over the split for both tasks; depth is not flipped).
+        per_image: also hand each batch's class ids and image names to this sink
+            (:class:`compress.evidence.ImageCounter`: per-image counts, same pixels).
 
     Returns:
         ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
@@ -425,6 +429,8 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
             raise ValueError(f"predictions reach class {int(pred.max())} but the data has {c} "
                              "classes")
         update_confusion(conf, pred, batch["mask"], ignore_index)
+        if per_image is not None:
+            per_image.add(pred, batch["mask"], ignore_index, batch["name"], names)
         if c == 2:
             for p, t in zip(pred.numpy(), batch["mask"].numpy()):
                 distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
@@ -905,16 +911,16 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
             raise TrainingDiverged(f"{e}; {where}") from None
         _check_finite(student, epoch, state.step, ckpt_dir / "last.pt")
         row = epoch_row(epoch, res, data)
-        metrics = None
+        metrics = per_image = None
         if ctx.rank == 0 and ((epoch + 1) % cfg.train.val_every == 0
                                 or epoch + 1 == cfg.train.epochs):
-            metrics = validate(cfg, epoch, student, task.teacher, data, spec, class_names,
-                               ctx, row)
+            metrics, per_image = validate(cfg, epoch, student, task.teacher, data, spec,
+                                          class_names, ctx, row)
         state.history.append(row)
         state.epoch = epoch + 1
         if ctx.rank == 0:
             save_epoch(cfg, ctx.run_dir, state, student, spec, metrics, task, optimizer,
-                       scheduler, span, teacher_score, writer, row)
+                       scheduler, span, teacher_score, writer, row, per_image)
             msg = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
             val = f" val_mIoU={metrics['miou'] * 100:.2f}" if metrics else ""
             if metrics and "depth" in metrics:
@@ -1193,13 +1199,16 @@ def epoch_row(epoch: int, res: EpochResult, data: TrainData) -> dict[str, Any]:
 
 
 def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: TrainData, spec: ModelSpec,
-             class_names: list[str], ctx: RunContext, row: dict[str, Any]) -> dict:
+             class_names: list[str], ctx: RunContext, row: dict[str, Any]
+             ) -> tuple[dict, ImageCounts]:
     """Score the student on the validation split into ``row`` (``val_*``); the epoch's
-    figure when ``train.vis_every`` says so. Returns the scores."""
+    figure when ``train.vis_every`` says so. Returns the scores and the per-image counts
+    (what ``val/per_image.npz`` keeps for the best epoch)."""
     dt = depth_task(spec)
     one_pass = dt is not None and data.depth_loader is data.val_loader
+    counter = ImageCounter(str(ctx.run_dir))
     metrics, _ = evaluate(student, data.val_loader, class_names, cfg.ignore_index, ctx.device,
-                          depth=dt if one_pass else None)
+                          depth=dt if one_pass else None, per_image=counter)
     row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
                val_dice=round(metrics["dice"], 6))
     for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks
@@ -1221,16 +1230,17 @@ def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: Trai
         if dt is not None and data.depth_set is not None:
             save_depth_visual(ctx.run_dir / "visualizations" / f"epoch_{epoch + 1:03d}_depth.png",
                               student, data.depth_set, spec, ctx.device)
-    return metrics
+    return metrics, counter.counts(epoch=epoch + 1, split=cfg.data.val_split)
 
 
 def save_epoch(cfg: RunConfig, run_dir: Path, state: RunState, student: nn.Module, spec: ModelSpec,
                metrics: dict | None, task: DistillationTask, optimizer, scheduler: Scheduler,
                span: dict[str, int], teacher_score: dict | None, writer,
-               row: dict[str, Any]) -> None:
-    """After an epoch (rank 0): TensorBoard scalars, ``best.pt`` when the mIoU improved,
-    ``epoch_NNN.pt`` every ``train.save_every``, ``last.pt`` (everything a resume needs),
-    then ``metrics.csv``; each written atomically."""
+               row: dict[str, Any], per_image: ImageCounts | None = None) -> None:
+    """After an epoch (rank 0): TensorBoard scalars, ``best.pt`` when the mIoU improved
+    (after its per-image val counts, ``val/per_image.npz``, which record the epoch they
+    belong to), ``epoch_NNN.pt`` every ``train.save_every``, ``last.pt`` (everything a
+    resume needs), then ``metrics.csv``; each written atomically."""
     epoch, ckpt_dir = state.epoch, run_dir / "checkpoints"
     if writer is not None:
         for k, v in row.items():
@@ -1241,6 +1251,8 @@ def save_epoch(cfg: RunConfig, run_dir: Path, state: RunState, student: nn.Modul
               "teacher_val": teacher_score, **_qat_extra(student, cfg)}
     if metrics is not None and metrics["miou"] > state.best:
         state.best = metrics["miou"]
+        if per_image is not None:
+            per_image.save(run_dir / VAL_PER_IMAGE)
         save_checkpoint(ckpt_dir / "best.pt", student, spec, metrics=metrics, **common)
     if cfg.train.save_every and epoch % cfg.train.save_every == 0:
         save_checkpoint(ckpt_dir / f"epoch_{epoch:03d}.pt", student, spec, metrics=metrics,
@@ -1274,9 +1286,12 @@ def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: Mode
     student.load_state_dict(read_checkpoint(best)["state_dict"])
     loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.data.batch_size,
                                          num_workers=cfg.data.num_workers, collate_fn=collate)
-    metrics, _ = evaluate(student, loader, class_names, cfg.ignore_index, device)
+    counter = ImageCounter(str(run_dir))
+    metrics, _ = evaluate(student, loader, class_names, cfg.ignore_index, device,
+                          per_image=counter)
     metrics.update(checkpoint=str(best), split=split, images=len(test_set))
     atomic_write_json(run_dir / "test" / "eval.json", metrics)
+    counter.counts(split=split).save(run_dir / "test" / "per_image.npz")
     from compress.viz import save_epoch_visual
 
     save_epoch_visual(run_dir / "visualizations" / "test.png", student, teacher, test_set, spec,
@@ -1284,6 +1299,48 @@ def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: Mode
     log.info(f"test split {split!r} ({len(test_set)} images): mIoU {metrics['miou'] * 100:.2f} "
              f"with best.pt")
     return metrics
+
+
+VAL_PER_IMAGE = Path("val") / "per_image.npz"  # best.pt's per-image counts on the val split
+
+
+def val_image_counts(run_dir: str | Path, *, write: bool = True, device: str = "cpu",
+                     show: bool = False, say: Callable[[str], None] = log.info) -> ImageCounts:
+    """Per-image counts of a run's ``best.pt`` on its val split, for paired comparisons.
+
+    ``val/per_image.npz`` when it holds ``best.pt``'s epoch; otherwise (a run from before
+    these files, or one whose file belongs to another epoch) ``best.pt`` is scored on the
+    val split of the run's ``config.yaml`` now, said through ``say``, and the file written
+    when ``write`` (leave a run dir that is not yours untouched with ``write=False``).
+    """
+    run_dir = Path(run_dir)
+    best = run_dir / "checkpoints" / "best.pt"
+    ckpt = read_checkpoint(best)
+    path = run_dir / VAL_PER_IMAGE
+    if path.is_file():
+        stored = ImageCounts.load(path, source=str(run_dir))
+        if stored.meta.get("epoch") == ckpt.get("epoch"):
+            return stored
+        why = (f"its {VAL_PER_IMAGE} is of epoch {stored.meta.get('epoch')}, best.pt of "
+               f"epoch {ckpt.get('epoch')}")
+    else:
+        why = f"no {VAL_PER_IMAGE} (a run from before per-image scores were kept)"
+    cfg = load_config(run_dir / "config.yaml")
+    spec = ckpt["spec"]
+    say(f"{run_dir}: {why}: scoring checkpoints/best.pt on its val split "
+        f"{cfg.data.val_split!r} now" + ("" if write else " (not written: not this study's run)"))
+    val_set = build_split(cfg.data, cfg.data.val_split, spec.mean, spec.std, cfg.ignore_index,
+                          False, cfg.seed)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.data.batch_size,
+                                         collate_fn=collate)
+    counter = ImageCounter(str(run_dir))
+    dev = resolve_device(device)
+    evaluate(load_model(best, device=dev, trusted=recipe_factories(cfg)), loader, list(spec.class_names), cfg.ignore_index,
+             dev, show=show, per_image=counter)
+    counts = counter.counts(epoch=ckpt.get("epoch"), split=cfg.data.val_split)
+    if write:
+        counts.save(path)
+    return counts
 
 
 def _tensorboard(run_dir: Path):

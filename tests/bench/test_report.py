@@ -218,6 +218,13 @@ def test_end_to_end_report_cli(tmp_path, checkpoints, export_dir):
         assert 0.0 <= r["miou"] <= 1.0 and set(r["per_class_iou"]) == set(rep["classes"])
         assert r["gmacs"] > 0 and r["size_mb"] > 0 and r["precision"] == "f32"
     assert t["delta_miou"] == 0.0 and t["speedup_vs_teacher_torch"] == pytest.approx(1.0)
+    # the gap's paired interval over the 2 scored images, for every row but the teacher's
+    assert t["delta_miou_ci"] is None and t["verdict"] is None
+    for r in (s, onnx):
+        low, high = r["delta_miou_ci"]
+        assert low <= r["delta_miou"] <= high
+        assert r["verdict"] in ("better", "worse", "within noise")
+    assert onnx["delta_miou_ci"] == pytest.approx(s["delta_miou_ci"], abs=1e-3)
     assert s["params"] < t["params"]
     # the ONNX export is the student's graph: same predictions, so the same mIoU
     assert onnx["miou"] == pytest.approx(s["miou"], abs=1e-3)
@@ -227,6 +234,8 @@ def test_end_to_end_report_cli(tmp_path, checkpoints, export_dir):
     assert rep["hardware"]["cpu"]["threads"] == 1
     md = (out / "report.md").read_text()
     assert "## Summary" in md and "could not run: TensorRT" in md and "pareto.png" in md
+    lo, hi = (v * 100 for v in s["delta_miou_ci"])
+    assert f"| [{lo:+.2f}, {hi:+.2f}] {s['verdict']} |" in md and "Δ 95% CI" in md
     assert (out / "pareto.png").is_file() and (out / "per_class.png").is_file()
 
 
@@ -277,3 +286,37 @@ def test_int8_note_compares_a_student_with_its_own_fp32(tmp_path):
     notes = _notes(rows)
     assert notes == [("b ONNX int8: INT8 is not faster than F32 on onnxruntime/cpu "
                       "(6.00 vs 5.00 ms/image)")]
+
+
+def test_gap_interval_is_the_paired_bootstrap_of_the_rows_own_images(tmp_path):
+    """Each scored row's gap to the teacher gets the paired interval of the per-image
+    counts both were scored with: here every image of the teacher has IoU 1/2 and every
+    image of the student 3/4 on one class, so every resample gives +25 points."""
+    import numpy as np
+
+    from compress.evidence import ImageCounts
+
+    def counts(inter, union, name):
+        return ImageCounts(("a", "b", "c"), np.array(inter).reshape(3, 1),
+                           np.array(union).reshape(3, 1), ("road",), name)
+
+    rep = fake_report(tmp_path)  # rows with no per-image counts: no interval, said as —
+    assert all(r["delta_miou_ci"] is None for r in rep["rows"])
+    assert summary_table(rep)[2][SUMMARY_COLUMNS.index("Δ 95% CI")] == "—"
+    info = {"role": "teacher", "artifact_precision": "f32", "format": "torch"}
+    f = tmp_path / "t.pt"
+    f.write_bytes(b"x")
+    teacher = _row(Target("teacher PyTorch f32", f, "torch", None, info), "cpu", COST,
+                   timing={"precision": "f32", "latency_ms": _lat(9.0)})
+    student = _row(Target("student PyTorch f32", f, "torch", None,
+                          {**info, "role": "student", "cost_key": "student"}), "cpu", COST,
+                   timing={"precision": "f32", "latency_ms": _lat(3.0)})
+    teacher.per_image = counts([1, 2, 5], [2, 4, 10], "teacher")
+    student.per_image = counts([3, 6, 30], [4, 8, 40], "student")
+    teacher.miou, student.miou = teacher.per_image.miou(), student.per_image.miou()
+    _derive([teacher, student], ["road"])
+    assert student.delta_miou == pytest.approx(0.25)
+    assert student.delta_miou_ci == [0.25, 0.25] and student.verdict == "better"
+    assert teacher.delta_miou_ci is None and "per_image" not in student.to_dict()
+    row = summary_table({"rows": [student.to_dict()]})[1]
+    assert row[SUMMARY_COLUMNS.index("Δ 95% CI")] == "[+25.00, +25.00] better"

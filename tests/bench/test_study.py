@@ -1,6 +1,7 @@
-"""``compress compare``: recipes x seeds, aggregation, seed-spread verdicts, outputs."""
+"""``compress compare``: recipes x seeds, aggregation, paired bootstrap verdicts, outputs."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from bench.study import (
     load_study,
     run_study,
     time_models,
-    verdict,
 )
 from compress.config import ConfigError, load_config
+from compress.errors import InputError
+from compress.evidence import ImageCounts, paired_bootstrap
 from segcompress.cli import app
 
 runner = CliRunner()
@@ -28,14 +30,6 @@ data: {size: [64, 64], synthetic_length: 16, synthetic_val_length: 8, batch_size
 model: {decoder_channels: [16, 16, 8, 8, 8]}
 train: {epochs: 1, lr: 0.003, warmup_epochs: 0, vis_every: 0, threads: 1}
 """
-
-
-def test_verdict_against_seed_spread():
-    assert verdict(0.5, 1.0, 0.2) == "within seed spread"
-    assert verdict(-0.9, 0.3, 1.0) == "within seed spread"
-    assert verdict(2.0, 1.0, 0.5) == "gain beyond seed spread"
-    assert verdict(-2.0, 1.0, 0.5) == "loss beyond seed spread"
-    assert verdict(2.0, None, 0.5) == "single seed: spread unknown"
 
 
 def test_study_config_errors(tmp_path):
@@ -66,6 +60,7 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
             RecipeConfig(name="kd", config=str(run_cfg), overrides=[
                 f"teacher.checkpoint={trained_teacher}", "teacher.allow_weak=true",
                 "w_task=0.5", "kd.response.weight=0.5"]),
+            RecipeConfig(name="same", config=str(run_cfg)),  # the baseline again
         ],
         latency=LatencyConfig(warmup=1, repeats=3),
     )
@@ -75,22 +70,60 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     runs = [r for r in rows if r["row"] == "run"]
     aggs = {r["recipe"]: r for r in rows if r["row"] == "recipe"}
-    assert len(runs) == 4 and set(aggs) == {"no-kd", "kd"}
+    assert len(runs) == 6 and set(aggs) == {"no-kd", "kd", "same"}
     assert {"iou_background", "iou_disc", "params", "gmacs", "ms_median", "threads"} <= set(rows[0])
     assert aggs["no-kd"]["verdict"] == "baseline" and float(aggs["no-kd"]["delta_pts"]) == 0
     kd_mious = [float(r["miou"]) for r in runs if r["recipe"] == "kd"]
     assert float(aggs["kd"]["miou"]) == pytest.approx(sum(kd_mious) / 2, abs=1e-3)
-    assert aggs["kd"]["verdict"] in ("within seed spread", "gain beyond seed spread",
-                                     "loss beyond seed spread")
     assert int(aggs["kd"]["params"]) > 0 and float(aggs["kd"]["gmacs"]) > 0
     md = (out / "comparison.md").read_text()
     assert "mIoU mean ± std" in md and "1 thread(s)" in md and "Per-class IoU" in md
+    assert "Δ 95% CI" in md and "2000 resamples" in md
 
-    # a second call trains nothing: the finished runs are collected as they are
+    # the paired bootstrap over the val images of every seed's best.pt
+    res = json.loads((out / "comparison.json").read_text())
+    by = {a["recipe"]: a for a in res["recipes"]}
+    assert "delta_ci" not in by["no-kd"] and res["bootstrap"]["resamples"] >= 1000
+
+    def counts(recipe):
+        return [ImageCounts.load(out / "runs" / recipe / f"seed{k}" / "val" / "per_image.npz")
+                for k in (0, 1)]
+
+    want = paired_bootstrap(counts("no-kd"), counts("kd"))
+    kd = by["kd"]
+    assert kd["delta_ci"] == pytest.approx([want.low, want.high])
+    assert kd["delta_ci"][0] <= kd["delta_pts"] <= kd["delta_ci"][1]
+    assert kd["delta_pts"] == pytest.approx(want.delta_pts, abs=1e-6)  # best.pt's own mIoU
+    assert kd["verdict"] == want.verdict and kd["ci_images"] == 8
+    assert float(aggs["kd"]["delta_ci_low"]) == pytest.approx(want.low, abs=1e-4)
+    # the same recipe and seeds train the same weights: Δ is 0 on every resample
+    assert by["same"]["delta_ci"] == [0.0, 0.0] and by["same"]["verdict"] == "within noise"
+    assert "| same | 2 |" in md and "[+0.00, +0.00] | +0.0 | within noise |" in md
+
+    # a second call trains nothing: the finished runs are collected as they are; a run
+    # without per-image counts (one from before them) has its best.pt scored, and kept
     best = out / "runs" / "kd" / "seed1" / "checkpoints" / "best.pt"
     stamp = best.stat().st_mtime_ns
-    run_study(study, collect_only=True, show=False, log=lambda *_: None)
+    kept = out / "runs" / "kd" / "seed1" / "val" / "per_image.npz"
+    kept.unlink()
+    said = []
+    run_study(study, collect_only=True, show=False, log=said.append)
     assert best.stat().st_mtime_ns == stamp
+    assert [m for m in said if "scoring checkpoints/best.pt" in m] == [
+        (f"{kept.parents[1]}: no val/per_image.npz (a run from before per-image scores were "
+         "kept): scoring checkpoints/best.pt on its val split 'val' now")]
+    assert kept.is_file()
+    again = json.loads((out / "comparison.json").read_text())
+    assert {a["recipe"]: a["delta_ci"] for a in again["recipes"] if "delta_ci" in a} == \
+        {a["recipe"]: a["delta_ci"] for a in res["recipes"] if "delta_ci" in a}
+    # runs scored on other images are not paired: refused, naming both runs
+    c = ImageCounts.load(kept)
+    ImageCounts(tuple(f"other_{n}" for n in c.images), c.intersection, c.union,
+                c.class_names, meta=c.meta).save(kept)
+    with pytest.raises(InputError, match=rf"{out / 'runs' / 'no-kd' / 'seed0'} and "
+                                         rf"{kept.parents[1]} were not scored on the same"):
+        run_study(study, collect_only=True, show=False, log=lambda *_: None)
+    c.save(kept)
     # another config for the same run dir is refused, not silently mixed
     with pytest.raises(ConfigError, match="another config"):
         run_study(study, ["train.lr=0.01"], collect_only=True, show=False, log=lambda *_: None)

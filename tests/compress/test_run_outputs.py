@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from compress.train import fit
@@ -29,6 +30,12 @@ def test_save_every_untrained_and_test_split(tmp_path):
     assert (run / "visualizations" / "test.png").is_file()
     assert json.loads((run / "summary.json").read_text())["test_miou"] == test["miou"]
     assert "test split 'test' (4 images)" in (run / "train.log").read_text()
+    # best.pt's per-image counts on the test split, named by file, summing to its mIoU
+    from compress.evidence import ImageCounts
+
+    per_image = ImageCounts.load(run / "test" / "per_image.npz")
+    assert len(per_image.images) == 4 and per_image.meta["split"] == "test"
+    assert per_image.miou() == pytest.approx(test["miou"])
 
 
 def test_no_test_split_no_test_pass(tmp_path):

@@ -1,0 +1,184 @@
+"""The paired bootstrap against cases with a known answer, per-image counts against the
+confusion they must sum to, and the per_image.npz file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from compress.errors import InputError
+from compress.evidence import (
+    ImageCounter,
+    ImageCounts,
+    paired_bootstrap,
+    verdict_from_interval,
+)
+from compress.metrics import image_counts, mean_iou, scores, update_confusion
+
+
+def counts(inter, union, images=None, source="run") -> ImageCounts:
+    """One run's counts from per-image lists (one class unless rows are given)."""
+    inter, union = (np.asarray(v, np.int64).reshape(len(v), -1) for v in (inter, union))
+    names = tuple(images or (f"img{i}" for i in range(len(inter))))
+    return ImageCounts(names, inter, union, tuple(f"c{k}" for k in range(inter.shape[1])),
+                       source)
+
+
+def test_identical_sides_give_a_zero_interval():
+    a = counts([[3, 1], [0, 5], [2, 2]], [[4, 2], [1, 6], [5, 3]])
+    d = paired_bootstrap([a], [a])
+    assert (d.delta_pts, d.low, d.high) == (0.0, 0.0, 0.0)
+    assert d.verdict == "within noise" and d.resamples >= 1000
+
+
+def test_every_resample_giving_the_same_delta_gives_that_interval():
+    # every image of base has IoU 1/2 and every image of other 3/4, at different sizes:
+    # any resample of the images scores 50 and 75, so Δ is 25 points on every draw
+    base = counts([1, 2, 5], [2, 4, 10])
+    other = counts([3, 6, 30], [4, 8, 40])
+    d = paired_bootstrap([base], [other])
+    assert (d.delta_pts, d.low, d.high) == (25.0, 25.0, 25.0)
+    assert d.verdict == "better"
+    worse = paired_bootstrap([other], [base])
+    assert (worse.low, worse.high, worse.verdict) == (-25.0, -25.0, "worse")
+
+
+def enumerated(base_runs, other_runs):
+    """Two images: a resample is (0,0), (0,1), (1,0) or (1,1), each 1/4 likely; with
+    thousands of draws every one occurs far more than 2.5% of the time, so the 95%
+    percentile interval runs from the smallest to the largest of their Δs."""
+    def m(c, pick):
+        return mean_iou(c.intersection[list(pick)].sum(0), c.union[list(pick)].sum(0))
+
+    deltas = [100 * (np.mean([m(c, pick) for c in other_runs])
+                     - np.mean([m(c, pick) for c in base_runs]))
+              for pick in ((0, 0), (0, 1), (1, 1))]
+    return min(deltas), max(deltas)
+
+
+def test_two_images_enumerated_exactly():
+    base = counts([1, 1], [2, 2])  # 50 on any draw
+    other = counts([2, 3], [2, 4])  # (A,A) 100, (A,B) 5/6, (B,B) 75
+    d = paired_bootstrap([base], [other])
+    assert (d.low, d.high) == pytest.approx((25.0, 50.0))
+    assert (d.low, d.high) == pytest.approx(enumerated([base], [other]))
+    assert d.delta_pts == pytest.approx(100 * 5 / 6 - 50) and d.verdict == "better"
+    # the same point estimate, but one image no better than base: 0 is in the interval
+    edge = counts([2, 1], [2, 2])  # 100, 75, 50
+    e = paired_bootstrap([base], [edge])
+    assert (e.low, e.high) == pytest.approx((0.0, 50.0)) and e.verdict == "within noise"
+
+
+def test_several_seeds_use_the_delta_of_the_seed_means_per_resample():
+    # base seeds score 40 and 60 on any draw (mean 50); other's seeds differ per image
+    base = [counts([2, 4], [5, 10], source="b0"), counts([3, 6], [5, 10], source="b1")]
+    other = [counts([2, 3], [2, 4], source="o0"), counts([1, 2], [2, 4], source="o1")]
+    d = paired_bootstrap(base, other)
+    # (A,A): 100 and 50 -> 75; (A,B): 5/6 and 3/6 -> 2/3; (B,B): 75 and 50 -> 62.5
+    assert (d.low, d.high) == pytest.approx((12.5, 25.0))
+    assert (d.low, d.high) == pytest.approx(enumerated(base, other))
+    assert d.delta_pts == pytest.approx(100 * 2 / 3 - 50)
+
+
+def test_multiclass_interval_is_seeded_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    union = rng.integers(50, 200, size=(40, 4))
+    base = counts(rng.integers(0, 50, size=(40, 4)), union)
+    other = counts(np.minimum(base.intersection + rng.integers(0, 20, size=(40, 4)), union),
+                   union)
+    a = paired_bootstrap([base], [other], seed=3)
+    b = paired_bootstrap([base], [other], seed=3)
+    assert a == b  # reruns agree
+    assert a.low <= a.delta_pts <= a.high and a.low > 0 and a.verdict == "better"
+    c = paired_bootstrap([base], [other], seed=4)
+    assert c.delta_pts == a.delta_pts and (c.low, c.high) != (a.low, a.high)
+    assert a.delta_pts == pytest.approx(100 * (other.miou() - base.miou()))
+    wide = paired_bootstrap([base], [other], seed=3, level=0.99)
+    assert wide.low <= a.low and wide.high >= a.high
+    with pytest.raises(ValueError, match="at least 1000"):
+        paired_bootstrap([base], [other], resamples=999)
+
+
+def test_images_are_paired_by_name_and_other_lists_refused():
+    a = counts([1, 2, 3], [4, 4, 4], images=["x", "y", "z"], source="runs/a")
+    shuffled = counts([3, 1, 2], [4, 4, 4], images=["z", "x", "y"], source="runs/b")
+    assert paired_bootstrap([a], [shuffled]).high == 0.0  # the same per-image scores
+    other = counts([1, 2, 3], [4, 4, 4], images=["x", "y", "w"], source="runs/c")
+    with pytest.raises(InputError, match=r"runs/a and runs/c were not scored on the same "
+                                         r"images.*only in the first: z.*only in the second: w"):
+        paired_bootstrap([a], [other])
+    named = ImageCounts(a.images, a.intersection, a.union, ("road",), "runs/d")
+    with pytest.raises(InputError, match=r"runs/a and runs/d were scored on different "
+                                         r"classes \(c0 vs road\)"):
+        paired_bootstrap([a], [named])
+
+
+def test_verdict_from_interval():
+    assert verdict_from_interval(0.1, 2.0) == "better"
+    assert verdict_from_interval(-2.0, -0.1) == "worse"
+    assert verdict_from_interval(-1.0, 1.0) == "within noise"
+    assert verdict_from_interval(0.0, 1.0) == "within noise"
+
+
+def test_image_counts_sum_to_the_confusion_and_its_miou():
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (3, 8, 8), generator=g)
+    target[0, :2] = 255
+    pred = torch.randint(0, 3, (3, 8, 8), generator=g)  # class 3 never predicted
+    target[:, :, 0][target[:, :, 0] == 3] = 255
+    conf = update_confusion(torch.zeros(4, 4, dtype=torch.int64), pred, target, 255)
+    inter, union = image_counts(pred, target, 255, 4)
+    assert inter.dtype == torch.int64 and inter.shape == (3, 4)
+    assert torch.equal(inter.sum(0), conf.diag())
+    assert torch.equal(union.sum(0), conf.sum(0) + conf.sum(1) - conf.diag())
+    assert float(mean_iou(inter.sum(0), union.sum(0))) == pytest.approx(
+        scores(conf, list("abcd"))["miou"])
+    # one image alone is its own confusion
+    one = update_confusion(torch.zeros(4, 4, dtype=torch.int64), pred[1:2], target[1:2], 255)
+    assert torch.equal(inter[1], one.diag())
+
+
+def test_counter_file_round_trip(tmp_path):
+    counter = ImageCounter("runs/a")
+    pred = torch.tensor([[[0, 1], [1, 1]], [[0, 0], [0, 1]]])
+    target = torch.tensor([[[0, 1], [0, 255]], [[0, 0], [1, 1]]])
+    counter.add(pred[:1], target[:1], 255, ["a.png"], ["bg", "fg"])
+    counter.add(pred[1:], target[1:], 255, ["b.png"], ["bg", "fg"])
+    c = counter.counts(epoch=3)
+    assert c.intersection.tolist() == [[1, 1], [2, 1]]
+    assert c.union.tolist() == [[2, 2], [3, 2]]
+    path = c.save(tmp_path / "val" / "per_image.npz")
+    back = ImageCounts.load(path)
+    assert back.images == ("a.png", "b.png") and back.class_names == ("bg", "fg")
+    assert np.array_equal(back.intersection, c.intersection) and back.meta == {"epoch": 3}
+    assert back.miou() == pytest.approx(c.miou())
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a per-image scores file"):
+        ImageCounts.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "obj.npz", images=np.array([object()]))
+    with pytest.raises(ValueError, match="not a per-image scores file"):
+        ImageCounts.load(tmp_path / "obj.npz")
+
+
+def test_a_run_keeps_best_pt_per_image_val_counts_and_old_runs_are_rescored(tmp_path):
+    from compress.models import read_checkpoint
+    from compress.train import VAL_PER_IMAGE, fit, val_image_counts
+    from tests.conftest import tiny_config
+
+    run = fit(tiny_config(tmp_path, ["train.epochs=2"]), show_progress=False).run_dir
+    best = read_checkpoint(run / "checkpoints" / "best.pt")
+    kept = ImageCounts.load(run / VAL_PER_IMAGE)
+    assert kept.meta["epoch"] == best["epoch"] and len(kept.images) == 8
+    assert kept.images[0].startswith("synthetic_") and len(set(kept.images)) == 8
+    assert kept.miou() == pytest.approx(best["metrics"]["miou"], abs=1e-9)
+    said = []
+    read = val_image_counts(run, say=said.append)  # the file is read, nothing rescored
+    assert said == [] and np.array_equal(read.union, kept.union)
+    (run / VAL_PER_IMAGE).unlink()  # a run from before per-image counts
+    again = val_image_counts(run, write=False, say=said.append)
+    assert len(said) == 1 and "scoring checkpoints/best.pt on its val split" in said[0]
+    assert not (run / VAL_PER_IMAGE).exists()
+    assert again.images == kept.images
+    assert np.array_equal(again.intersection, kept.intersection)
+    assert np.array_equal(again.union, kept.union)
