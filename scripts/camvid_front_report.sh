@@ -72,29 +72,15 @@ done
     | tee "$OUT/front_table.md"
 
 if [ -n "$ZOO" ]; then  # install the packed models under their zoo names
-  mkdir -p "$ZOO"
+  entries=()
   for m in teacher $STUDENTS; do
-    name=$m.pt; [ "$m" = teacher ] && name=teacher-unet-lite2.pt
-    # the zoo's own teacher, repacked, would change bytes (not weights): keep the file
-    [ "$m" = teacher ] && cmp -s "$TEACHER" "$ZOO/$name" && continue
-    cp "$OUT/zoo/$m.pt" "$ZOO/.$name.tmp"; chmod 444 "$ZOO/.$name.tmp"
-    mv -f "$ZOO/.$name.tmp" "$ZOO/$name"  # a rename: the old file stays whole until then
+    name=$m.pt; packed="$OUT/zoo/$m.pt"
+    if [ "$m" = teacher ]; then
+      name=teacher-unet-lite2.pt
+      # the zoo's own teacher, repacked, would change bytes (not weights): keep the file
+      cmp -s "$TEACHER" "$ZOO/$name" && packed=-
+    fi
+    entries+=("$name=$packed:$OUT/eval/$m-network/eval.json")
   done
-  "$PY" - "$OUT" "$ZOO" teacher $STUDENTS <<'PY'
-import json, sys
-from pathlib import Path
-from compress.io import atomic_write_text
-from deploy.manifest import sha256_file
-out, zoo, models = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-name = {m: ("teacher-unet-lite2.pt" if m == "teacher" else f"{m}.pt") for m in models}
-listed = zoo / "scores.json"  # other models already in the zoo keep their entries
-scores = json.loads(listed.read_text()) if listed.is_file() else {}
-scores.update({name[m]: json.loads((out / "eval" / f"{m}-network" / "eval.json").read_text())
-               ["miou"] for m in models})
-atomic_write_text(listed, json.dumps(scores, indent=1) + "\n")
-digests = {f.name: sha256_file(f) for f in sorted(zoo.glob("*.pt"))}
-atomic_write_text(zoo / "SHA256SUMS", "".join(f"{d}  {f}\n" for f, d in digests.items()))
-print(f"{zoo}: {len(models)} models in place; the README sha256 list:")
-print("".join(f"{d}  {f}\n" for f, d in digests.items()), end="")
-PY
+  "$PY" scripts/zoo_install.py "$ZOO" "${entries[@]}"
 fi
