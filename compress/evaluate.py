@@ -10,8 +10,9 @@ import torch
 
 from compress.data import split_classes, split_images
 from compress.errors import InputError
-from compress.io import atomic_write_json
-from compress.spec import ModelSpec
+from compress.io import atomic_write_json, atomic_write_text
+from compress.outdir import open_out
+from compress.spec import MAX_SIDE, ModelSpec
 from compress.train import collate, depth_task, evaluate, evaluate_depth
 
 
@@ -25,6 +26,8 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
         raise InputError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
     if h <= 0 or w <= 0 or h % 32 or w % 32:
         raise InputError(f"--size {size!r}: height and width must be positive multiples of 32")
+    if max(h, w) > MAX_SIDE:
+        raise InputError(f"--size {size!r}: at most {MAX_SIDE} pixels a side")
     return h, w
 
 
@@ -70,6 +73,9 @@ class SourceMasks(torch.utils.data.Dataset):
         return item
 
 
+EVAL_FILES = ("eval.json", "confusion.csv")
+
+
 def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str = "camvid",
                         size: tuple[int, int] | None = None, flip: bool = False,
                         out: Path | None = None, arch: str | None = None,
@@ -104,6 +110,8 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     from compress.train import resolve_device
 
     path, data = Path(path), Path(data)
+    # checked before any work: never over a file the toolkit did not write
+    out = open_out(Path(out) if out else path.parent / f"eval_{path.stem}_{split}")
     dev = resolve_device(device)
     spec = None
     if arch or encoder or classes:
@@ -139,18 +147,17 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
             result["depth"] = evaluate_depth(predict, dloader, dt.name, dev,
                                              max_depth=dt.max_depth, show=True)
         result["depth"].update(task=dt.name, unit=dt.unit, targets=mode)
-    out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
     result.update(checkpoint=str(path), data=str(data), split=split, size=list(size), flip=flip,
                   images=len(ds), scored_at=score_at,
                   score_sizes=sorted([list(v) for v in ds.sizes]) if score_at == "source"
                   else [list(size)])
+    out.claim(EVAL_FILES)
     atomic_write_json(out / "eval.json", result)
     names = list(result["per_class_iou"])
     rows = ["truth\\pred," + ",".join(names)]
     rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
-    from compress.io import atomic_write_text
-
     atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
+    out.record(EVAL_FILES)
     result["eval_json"] = str(out / "eval.json")
     return result
 
