@@ -16,14 +16,13 @@ A rerun into a folder the toolkit wrote itself therefore just works.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from compress.errors import UserError
-from compress.io import atomic_write_json
+from compress.io import atomic_write_json, sha256_file
 
 LISTING = ".segcompress-files.json"
 LISTING_FORMAT = "segcompress-files/1"
@@ -34,19 +33,11 @@ class OutputError(UserError, ValueError):
     """An output path the toolkit will not write to (the message names the option)."""
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fingerprint(path: Path) -> str:
     """What a listing records of a file: its sha256, or ``link:<target>`` for a symlink."""
     if path.is_symlink():
         return f"link:{os.readlink(path)}"
-    return _sha256(path)
+    return sha256_file(path)
 
 
 def _safe_name(name: str) -> bool:
@@ -93,15 +84,13 @@ class OutDir:
             return False
         return fp == PENDING or _fingerprint(p) == fp
 
-    def claim(self, names: Iterable[str]) -> None:
-        """Refuse, before anything is written, when one of ``names`` (relative paths)
-        exists and is not ours; then list them as being written (a run killed half-way
-        leaves them claimed, so its rerun can write over them).
+    def check(self, names: Iterable[str]) -> None:
+        """Refuse, writing nothing, when one of ``names`` (relative paths) exists and is
+        not ours (call it before the work; :meth:`claim` checks again when writing).
 
         Raises:
             OutputError: naming the first such file.
         """
-        names = list(names)
         for name in names:
             if not _safe_name(name):
                 raise OutputError(f"{self.option} {self.path}: {name!r} is not a plain "
@@ -123,6 +112,16 @@ class OutDir:
                 if str(parent) != "." and q.is_symlink():
                     raise OutputError(f"{self.option} {self.path}: {q} is a symlink: not "
                                       "writing through it")
+
+    def claim(self, names: Iterable[str]) -> None:
+        """:meth:`check` ``names``, then list them as being written (a run killed
+        half-way leaves them claimed, so its rerun can write over them).
+
+        Raises:
+            OutputError: naming the first file that is not ours.
+        """
+        names = list(names)
+        self.check(names)
         new = [n for n in names if n not in self._listed]
         if new:
             self._listed.update((n, PENDING) for n in new)
@@ -138,6 +137,15 @@ class OutDir:
             else:
                 self._listed.pop(name, None)
         self._save()
+
+    def files_under(self, under: str) -> list[str]:
+        """The relative names of the files now under ``under/`` (a tree a library call
+        writes, e.g. an export's artifacts)."""
+        root = self.path / under
+        if not root.is_dir() or root.is_symlink():
+            return []
+        return sorted(p.relative_to(self.path).as_posix() for p in root.rglob("*")
+                      if p.is_file() or p.is_symlink())
 
     def listed(self, under: str = "") -> list[str]:
         """The names the listing holds (those starting ``under/`` when given)."""
@@ -168,15 +176,21 @@ class OutDir:
             "files": dict(sorted(self._listed.items()))})
 
 
-def open_out(path: str | Path, option: str = "--out") -> OutDir:
-    """Check an output folder before any work.
+def _check_parents(path: Path, option: str) -> None:
+    """The nearest existing folder above ``path`` must be a folder (``--out notes.txt/x``
+    would otherwise fail half-way with ``NotADirectoryError``)."""
+    parent = next((q for q in path.parents if q.exists() or q.is_symlink()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"{option} {path}: {parent} is not a folder")
 
-    Accepted: a folder that does not exist yet, an empty folder, or one holding a
-    listing of ours (other files in it are left alone).
+
+def check_folder_path(path: str | Path, option: str = "--out") -> Path:
+    """The checks of an output folder's path alone (also ``compress export``'s, whose
+    manifest says what it owns): refused are a dangling symlink, an existing file, the
+    current folder or one above it (``--out .``), and a path under a file.
 
     Raises:
-        OutputError: ``path`` is ``.`` (or the folder the command runs in), an existing
-            file, a dangling symlink, or a non-empty folder without a listing.
+        OutputError: naming ``option`` and the path.
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
@@ -185,14 +199,50 @@ def open_out(path: str | Path, option: str = "--out") -> OutDir:
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is an existing file: give a folder (new or "
                           "empty)")
-    if path.exists() and path.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+    here = Path.cwd().resolve()
+    if path.resolve() in (here, *here.parents):
         raise OutputError(f"{option} {path} is the current folder (or above it): give a "
-                          "folder of its own, e.g. " + f"{option} results")
+                          f"folder of its own, e.g. {option} results")
+    _check_parents(path, option)
+    return path
+
+
+def open_out(path: str | Path, option: str = "--out", *, shared: bool = False) -> OutDir:
+    """Check an output folder before any work.
+
+    Accepted: a folder that does not exist yet, an empty folder, or one holding a
+    listing of ours (other files in it are left alone). ``shared``: a folder that holds
+    more than this command's files (a study dir holds its runs/): any folder is accepted,
+    and only the names the command writes are checked (:meth:`OutDir.check`).
+
+    Raises:
+        OutputError: ``path`` is ``.`` (or the folder the command runs in), an existing
+            file, a dangling symlink, or a non-empty folder without a listing.
+    """
+    path = check_folder_path(path, option)
     listed = _read_listing(path) if path.is_dir() else None
-    if listed is None and path.is_dir() and any(path.iterdir()):
+    if listed is None and not shared and path.is_dir() and any(path.iterdir()):
         raise OutputError(f"{option} {path} is not empty and was not written by segcompress "
                           f"(no {LISTING}): give a new or empty folder")
     return OutDir(path, option, listed or {})
+
+
+def new_output(path: str | Path, option: str = "--out") -> Path:
+    """Check a path that must not exist yet (``pack``, ``prune``, ``synthetic``): it
+    is refused when it exists, is a dangling symlink, or its parent is a file.
+
+    Raises:
+        OutputError: naming ``option`` and the path.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{option} {path} is a dangling symlink (to {os.readlink(path)}): "
+                          "give a new path")
+    if path.exists():
+        raise OutputError(f"{option} {path} exists: refusing to overwrite it (give a new "
+                          "path)")
+    _check_parents(path, option)
+    return path
 
 
 def open_out_file(path: str | Path, option: str = "--json") -> tuple[OutDir, str]:
@@ -212,8 +262,7 @@ def open_out_file(path: str | Path, option: str = "--json") -> tuple[OutDir, str
     if path.is_dir():
         raise OutputError(f"{option} {path} is a folder: give a file name")
     folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{option} {path}: {folder} is a file, not a folder")
+    _check_parents(path, option)
     out = OutDir(folder, option, (_read_listing(folder) if folder.is_dir() else None) or {})
     if (path.exists() or path.is_symlink()) and not out.ours(path.name):
         raise OutputError(f"{option} {path} exists and was not written by segcompress: not "
