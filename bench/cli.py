@@ -135,8 +135,8 @@ def latency(
     """ms/image (median ± std, min, p90, max) after warm-up, models interleaved run by run."""
     from bench.latency import format_latency, run_latency
 
-    if json_path:
-        open_out_file(json_path)  # before any work
+    if json_path:  # the path before any work; its owner when writing (no model ran: untouched)
+        open_out_file(json_path, check_existing=False)
     result = run_latency(
         models,
         device=device.value,

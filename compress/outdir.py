@@ -202,7 +202,7 @@ def check_folder_path(path: str | Path, option: str = "--out") -> Path:
     here = Path.cwd().resolve()
     if path.resolve() in (here, *here.parents):
         raise OutputError(f"{option} {path} is the current folder (or above it): give a "
-                          f"folder of its own, e.g. {option} results")
+                          f"folder of its own, e.g. {option.split()[-1]} results")
     _check_parents(path, option)
     return path
 
@@ -245,9 +245,11 @@ def new_output(path: str | Path, option: str = "--out") -> Path:
     return path
 
 
-def open_out_file(path: str | Path, option: str = "--json") -> tuple[OutDir, str]:
+def open_out_file(path: str | Path, option: str = "--json", *,
+                  check_existing: bool = True) -> tuple[OutDir, str]:
     """Check one output file (``--json out.json``) before any work: its folder's listing
-    decides whether an existing file of that name may be written over.
+    decides whether an existing file of that name may be written over
+    (``check_existing=False``: the path's shape only, the owner checked when writing).
 
     Returns:
         The folder and the file's name in it; call ``claim([name])`` then ``record``.
@@ -264,7 +266,7 @@ def open_out_file(path: str | Path, option: str = "--json") -> tuple[OutDir, str
     folder = path.parent
     _check_parents(path, option)
     out = OutDir(folder, option, (_read_listing(folder) if folder.is_dir() else None) or {})
-    if (path.exists() or path.is_symlink()) and not out.ours(path.name):
+    if check_existing and (path.exists() or path.is_symlink()) and not out.ours(path.name):
         raise OutputError(f"{option} {path} exists and was not written by segcompress: not "
                           f"writing over it; move it away or give another {option}")
     return out, path.name
