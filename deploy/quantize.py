@@ -174,13 +174,13 @@ def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mi
     return quantized
 
 
-# candidate models accuracy control may evaluate: a ranking of a few dozen layer groups and
-# 20 restoring steps fit; re-ranking them all after every unhelpful step does not
-MAX_EVALUATIONS = 300
+# images accuracy control may score in all: ranking ~60 layer groups on 50 images and 20
+# restoring steps fit; re-ranking them all after every unhelpful step does not
+MAX_SCORED_IMAGES = 10_000
 
 
 class _EvaluationBudget(Exception):
-    """Raised inside NNCF's loop when accuracy control used up its evaluations."""
+    """Raised inside NNCF's loop when accuracy control used up its images."""
 
 
 def quantize_int8_with_accuracy_control(
@@ -189,7 +189,7 @@ def quantize_int8_with_accuracy_control(
         *, class_names: list[str], ignore_index: int, max_drop: float, preset: str = "mixed",
         calib_stat: str = "default", subset_size: int = 300, max_float_layers: int = 20,
         ranking_subset_size: int = 50, float_layers: Sequence[str] = (), target: str = "cpu",
-        max_evaluations: int = MAX_EVALUATIONS, show: bool = True):
+        max_images: int = MAX_SCORED_IMAGES, show: bool = True):
     """``nncf.quantize_with_accuracy_control``: quantize, then put the layers that cost the
     most mIoU back to float, one group at a time, until the drop fits ``max_drop``.
 
@@ -200,8 +200,8 @@ def quantize_int8_with_accuracy_control(
         max_drop: allowed absolute mIoU drop, as a fraction (0.01 = 1 mIoU point).
         max_float_layers: at most this many groups of layers are returned to float.
         ranking_subset_size: validation images used to rank layer sensitivity.
-        max_evaluations: at most this many evaluations of a candidate model (NNCF's
-            ranking of every layer group and each restoring step), on a progress bar.
+        max_images: at most this many images scored in all (NNCF's ranking of every
+            layer group and each restoring step), counted on a progress bar.
         show: the progress bar.
 
     Returns:
@@ -209,7 +209,7 @@ def quantize_int8_with_accuracy_control(
         even when the budget cannot be met).
 
     Raises:
-        QuantizationError: NNCF failed (reason given), or ``max_evaluations`` ran out.
+        QuantizationError: NNCF failed (reason given), or ``max_images`` ran out.
     """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
@@ -218,19 +218,22 @@ def quantize_int8_with_accuracy_control(
     from deploy.arrays import in_batches
 
     name, fixed = _input(model)
-    # NNCF ranks every layer group with one evaluation each, and ranks the rest again
-    # after each step that did not help: on data unlike the model's that ran for hours.
-    # Every evaluation is counted on a progress bar and stops at max_evaluations.
-    progress = tqdm(total=max_evaluations, desc="int8 accuracy control (evaluations)",
+    # NNCF scores every layer group on the ranking images (one validate call per image),
+    # and ranks the rest again after each step that did not help: on data unlike the
+    # model's that ran for hours. Every image scored is counted on a progress bar, and
+    # accuracy control stops at max_images.
+    progress = tqdm(total=max_images, desc="int8 accuracy control (images scored)",
                     disable=not show, leave=False)
+    scored = [0]
 
     def validate(proto, items) -> float:
-        if progress.n >= max_evaluations:
-            raise _EvaluationBudget()
-        progress.update()
         session = _session(proto)
         scorer = MiouScorer(class_names, ignore_index)
         for image, mask in items:
+            if scored[0] >= max_images:
+                raise _EvaluationBudget()
+            scored[0] += 1
+            progress.update()
             out = in_batches(lambda x: session.run(None, {name: x})[0], _batch(image, None), fixed)
             scorer.update(out, np.asarray(mask)[None])
         return scorer.miou()
@@ -251,8 +254,8 @@ def quantize_int8_with_accuracy_control(
             advanced_accuracy_restorer_parameters=restorer, **kwargs)
     except _EvaluationBudget:
         raise QuantizationError(
-            f"quantize: accuracy control stopped after {max_evaluations} model evaluations "
-            "(ranking and restoring layers) without meeting the mIoU budget; nothing was "
+            f"quantize: accuracy control stopped after scoring {max_images} images (ranking "
+            "and restoring layers) without meeting the mIoU budget; nothing was "
             "written: raise --max-drop, keep layers in float (--keep-float), or calibrate "
             "on images like the model's own") from None
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
