@@ -42,8 +42,13 @@ def _fingerprint(path: Path) -> str:
 
 def _safe_name(name: str) -> bool:
     p = PurePosixPath(name)
-    return (bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
-            and p.parts[:1] != (LISTING,))
+    return (
+        bool(name)
+        and not p.is_absolute()
+        and ".." not in p.parts
+        and "\\" not in name
+        and p.parts[:1] != (LISTING,)
+    )
 
 
 def _read_listing(folder: Path) -> dict[str, str] | None:
@@ -93,25 +98,34 @@ class OutDir:
         """
         for name in names:
             if not _safe_name(name):
-                raise OutputError(f"{self.option} {self.path}: {name!r} is not a plain "
-                                  "relative file name")
+                raise OutputError(
+                    f"{self.option} {self.path}: {name!r} is not a plain relative file name"
+                )
             p = self.path / name
             exists = p.exists() or p.is_symlink()
             if exists and (p.is_dir() and not p.is_symlink()):
-                raise OutputError(f"{self.option} {self.path}: {p} is a folder where a file "
-                                  "goes: not replacing it")
+                raise OutputError(
+                    f"{self.option} {self.path}: {p} is a folder where a file "
+                    "goes: not replacing it"
+                )
             if exists and not self.ours(name):
-                why = ("edited since the toolkit wrote it" if name in self._listed
-                       else "not written by segcompress")
-                raise OutputError(f"{self.option} {self.path}: {p} exists ({why}): not "
-                                  "writing over it; move it away or give another "
-                                  f"{self.option}")
+                why = (
+                    "edited since the toolkit wrote it"
+                    if name in self._listed
+                    else "not written by segcompress"
+                )
+                raise OutputError(
+                    f"{self.option} {self.path}: {p} exists ({why}): not "
+                    "writing over it; move it away or give another "
+                    f"{self.option}"
+                )
             # a parent that is a symlink could lead the write out of the folder
             for parent in PurePosixPath(name).parents:
                 q = self.path / parent
                 if str(parent) != "." and q.is_symlink():
-                    raise OutputError(f"{self.option} {self.path}: {q} is a symlink: not "
-                                      "writing through it")
+                    raise OutputError(
+                        f"{self.option} {self.path}: {q} is a symlink: not writing through it"
+                    )
 
     def claim(self, names: Iterable[str]) -> None:
         """:meth:`check` ``names``, then list them as being written (a run killed
@@ -144,8 +158,11 @@ class OutDir:
         root = self.path / under
         if not root.is_dir() or root.is_symlink():
             return []
-        return sorted(p.relative_to(self.path).as_posix() for p in root.rglob("*")
-                      if p.is_file() or p.is_symlink())
+        return sorted(
+            p.relative_to(self.path).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() or p.is_symlink()
+        )
 
     def listed(self, under: str = "") -> list[str]:
         """The names the listing holds (those starting ``under/`` when given)."""
@@ -169,11 +186,15 @@ class OutDir:
 
     def _save(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path / LISTING, {
-            "format": LISTING_FORMAT,
-            "note": "files segcompress wrote here (sha256); it writes over or removes only "
-                    "these, unedited",
-            "files": dict(sorted(self._listed.items()))})
+        atomic_write_json(
+            self.path / LISTING,
+            {
+                "format": LISTING_FORMAT,
+                "note": "files segcompress wrote here (sha256); it writes over or removes only "
+                "these, unedited",
+                "files": dict(sorted(self._listed.items())),
+            },
+        )
 
 
 def _check_parents(path: Path, option: str) -> None:
@@ -194,15 +215,17 @@ def check_folder_path(path: str | Path, option: str = "--out") -> Path:
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise OutputError(f"{option} {path} is a dangling symlink (to "
-                          f"{os.readlink(path)}): give a folder")
+        raise OutputError(
+            f"{option} {path} is a dangling symlink (to {os.readlink(path)}): give a folder"
+        )
     if path.exists() and not path.is_dir():
-        raise OutputError(f"{option} {path} is an existing file: give a folder (new or "
-                          "empty)")
+        raise OutputError(f"{option} {path} is an existing file: give a folder (new or empty)")
     here = Path.cwd().resolve()
     if path.resolve() in (here, *here.parents):
-        raise OutputError(f"{option} {path} is the current folder (or above it): give a "
-                          f"folder of its own, e.g. {option.split()[-1]} results")
+        raise OutputError(
+            f"{option} {path} is the current folder (or above it): give a "
+            f"folder of its own, e.g. {option.split()[-1]} results"
+        )
     _check_parents(path, option)
     return path
 
@@ -222,8 +245,10 @@ def open_out(path: str | Path, option: str = "--out", *, shared: bool = False) -
     path = check_folder_path(path, option)
     listed = _read_listing(path) if path.is_dir() else None
     if listed is None and not shared and path.is_dir() and any(path.iterdir()):
-        raise OutputError(f"{option} {path} is not empty and was not written by segcompress "
-                          f"(no {LISTING}): give a new or empty folder")
+        raise OutputError(
+            f"{option} {path} is not empty and was not written by segcompress "
+            f"(no {LISTING}): give a new or empty folder"
+        )
     return OutDir(path, option, listed or {})
 
 
@@ -236,17 +261,18 @@ def new_output(path: str | Path, option: str = "--out") -> Path:
     """
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise OutputError(f"{option} {path} is a dangling symlink (to {os.readlink(path)}): "
-                          "give a new path")
+        raise OutputError(
+            f"{option} {path} is a dangling symlink (to {os.readlink(path)}): give a new path"
+        )
     if path.exists():
-        raise OutputError(f"{option} {path} exists: refusing to overwrite it (give a new "
-                          "path)")
+        raise OutputError(f"{option} {path} exists: refusing to overwrite it (give a new path)")
     _check_parents(path, option)
     return path
 
 
-def open_out_file(path: str | Path, option: str = "--json", *,
-                  check_existing: bool = True) -> tuple[OutDir, str]:
+def open_out_file(
+    path: str | Path, option: str = "--json", *, check_existing: bool = True
+) -> tuple[OutDir, str]:
     """Check one output file (``--json out.json``) before any work: its folder's listing
     decides whether an existing file of that name may be written over
     (``check_existing=False``: the path's shape only, the owner checked when writing).
@@ -267,8 +293,10 @@ def open_out_file(path: str | Path, option: str = "--json", *,
     _check_parents(path, option)
     out = OutDir(folder, option, (_read_listing(folder) if folder.is_dir() else None) or {})
     if check_existing and (path.exists() or path.is_symlink()) and not out.ours(path.name):
-        raise OutputError(f"{option} {path} exists and was not written by segcompress: not "
-                          f"writing over it; move it away or give another {option}")
+        raise OutputError(
+            f"{option} {path} exists and was not written by segcompress: not "
+            f"writing over it; move it away or give another {option}"
+        )
     return out, path.name
 
 

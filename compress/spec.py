@@ -145,7 +145,7 @@ def _count_nodes(obj, limit: int) -> tuple[int, int]:
         if count > limit or depth > NESTING_LIMIT:
             break
         if isinstance(node, dict):
-            stack.extend((k, level + 1) for k in node.keys())
+            stack.extend((k, level + 1) for k in node)
             stack.extend((v, level + 1) for v in node.values())
         elif isinstance(node, (list, tuple, set)):
             stack.extend((v, level + 1) for v in node)

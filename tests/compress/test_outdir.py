@@ -85,16 +85,25 @@ def test_a_run_killed_after_claiming_can_be_rerun(tmp_path):
 @pytest.mark.parametrize("case", ["file", "dangling", "cwd", "foreign", "under-a-file"])
 def test_bad_out_paths_are_refused_and_nothing_is_touched(case, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    target = {"file": tmp_path / "f.json", "dangling": tmp_path / "link",
-              "cwd": tmp_path / ".", "foreign": tmp_path / "theirs",
-              "under-a-file": tmp_path / "f.json" / "sub"}[case]
+    target = {
+        "file": tmp_path / "f.json",
+        "dangling": tmp_path / "link",
+        "cwd": tmp_path / ".",
+        "foreign": tmp_path / "theirs",
+        "under-a-file": tmp_path / "f.json" / "sub",
+    }[case]
     (tmp_path / "f.json").write_text("keep")
     os.symlink(tmp_path / "nowhere", tmp_path / "link")
     (tmp_path / "theirs").mkdir()
     (tmp_path / "theirs" / "x").write_text("keep")
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    why = {"file": "existing file", "dangling": "dangling symlink", "cwd": "current folder",
-           "foreign": "not written by segcompress", "under-a-file": "is not a folder"}[case]
+    why = {
+        "file": "existing file",
+        "dangling": "dangling symlink",
+        "cwd": "current folder",
+        "foreign": "not written by segcompress",
+        "under-a-file": "is not a folder",
+    }[case]
     with pytest.raises(OutputError, match=why):
         open_out(target)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before

@@ -23,8 +23,13 @@ from tests.faults._helpers import run_and_kill
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     spec = tiny_spec()
-    return save_checkpoint(tmp_path_factory.mktemp("outputs") / "good.pt", create_model(spec),
-                           spec, metrics=None, epoch=1)
+    return save_checkpoint(
+        tmp_path_factory.mktemp("outputs") / "good.pt",
+        create_model(spec),
+        spec,
+        metrics=None,
+        epoch=1,
+    )
 
 
 def _images(folder: Path, n: int = 3) -> Path:
@@ -32,7 +37,8 @@ def _images(folder: Path, n: int = 3) -> Path:
     rng = np.random.default_rng(0)
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-            folder / f"im{i}.png")
+            folder / f"im{i}.png"
+        )
     return folder
 
 
@@ -54,8 +60,11 @@ def test_pseudo_label_rerun_keeps_the_users_files(ckpt, tmp_path):
     assert stats["removed_stale"] == ["im1", "im2"]  # im2: its image link (its mask: edited)
     assert sorted(p.name for p in (out / "previews").iterdir()) == ["im0.png", "mine.png"]
     assert (out / "previews" / "mine.png").read_bytes() == b"a user's picture"
-    assert sorted(p.name for p in (out / "masks").iterdir()) == ["hand_made.png", "im0.png",
-                                                                  "im2.png"]
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [
+        "hand_made.png",
+        "im0.png",
+        "im2.png",
+    ]
     assert (out / "masks" / "im2.png").read_bytes() == b"hand-corrected"
     assert sorted(p.name for p in (out / "images").iterdir()) == ["im0.png"]
 
@@ -77,8 +86,10 @@ def test_resume_removes_only_its_own_temp_files(tmp_path):
     # a temp file as a killed atomic_write leaves it (the real name it makes)
     kept = {}
     with pytest.MonkeyPatch.context() as mp:
+
         def killed(path):
             raise SystemExit  # stop between the temp file and the rename
+
         mp.setattr("compress.io.os.replace", lambda *a: killed(a))
         mp.setattr("compress.io.Path.unlink", lambda self, missing_ok=False: None)
         with pytest.raises(SystemExit):
@@ -106,8 +117,9 @@ def test_qat_checkpoint_for_tensorrt_is_a_user_error(ckpt, monkeypatch):
     import compress.qat
     from deploy.pipeline import ExportConfig, _qat_model
 
-    monkeypatch.setattr(compress.qat, "load_qat_model",
-                        lambda path: (None, None, {"preset": "performance"}))
+    monkeypatch.setattr(
+        compress.qat, "load_qat_model", lambda path: (None, None, {"preset": "performance"})
+    )
     with pytest.raises(UserError, match="QAT checkpoint"):
         _qat_model(ckpt, ExportConfig(int8=True, target="tensorrt"))
 
@@ -120,8 +132,9 @@ def test_sigterm_during_export_cleans_up_like_ctrl_c(ckpt, tmp_path):
     run_and_kill([*argv, "--out", str(killed)], "write:manifest.json@1", tmp_path / "m1")
     assert (tmp_path / ".killed.lock").exists() and list(tmp_path.glob(".killed.tmp-*"))
     termed = tmp_path / "termed"
-    r = run_and_kill([*argv, "--out", str(termed)], "write:manifest.json@1", tmp_path / "m2",
-                     sig=signal.SIGTERM)
+    r = run_and_kill(
+        [*argv, "--out", str(termed)], "write:manifest.json@1", tmp_path / "m2", sig=signal.SIGTERM
+    )
     assert r.code != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("error:")
     assert not (tmp_path / ".termed.lock").exists()
@@ -137,8 +150,9 @@ def test_accuracy_control_stops_at_its_evaluation_budget(ckpt):
     import onnx
 
     with tempfile.TemporaryDirectory() as d:
-        path = export_onnx(create_model(spec).eval(), Path(d) / "m.onnx", spec, size=(64, 64),
-                           simplify=False)
+        path = export_onnx(
+            create_model(spec).eval(), Path(d) / "m.onnx", spec, size=(64, 64), simplify=False
+        )
         proto = onnx.load(str(path))
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((3, 64, 64)).astype(np.float32) for _ in range(4)]
@@ -158,8 +172,16 @@ def test_accuracy_control_stops_at_its_evaluation_budget(ckpt):
         # budget 5: NNCF's first checks score 1 + 4 images, the next one is refused
         with pytest.raises(QuantizationError, match="stopped after scoring 5 images"):
             quantize_int8_with_accuracy_control(
-                proto, calib, val, class_names=spec.class_names, ignore_index=255,
-                max_drop=-1.0, subset_size=4, max_images=5, show=False)
+                proto,
+                calib,
+                val,
+                class_names=spec.class_names,
+                ignore_index=255,
+                max_drop=-1.0,
+                subset_size=4,
+                max_images=5,
+                show=False,
+            )
     assert len(scored) == 5  # no image scored past the budget
 
 
