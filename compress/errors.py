@@ -52,6 +52,9 @@ class Terminated(KeyboardInterrupt):
     cleans up after a ``kill`` too."""
 
 
+_sigterm = {"received": False}  # typer turns a KeyboardInterrupt into exit code 130
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """While inside, SIGTERM raises :class:`Terminated` in the main thread (a no-op in
@@ -62,8 +65,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        _sigterm["received"] = True
         raise Terminated()
 
+    _sigterm["received"] = False
     before = signal.signal(signal.SIGTERM, handler)
     try:
         yield
@@ -146,6 +151,9 @@ def run_cli(app) -> None:
     # typer >= 0.2x turns Ctrl-C (and a typer.Exit) into a returned exit code instead of
     # raising it: without this, an interrupted command exited 0
     if isinstance(code, int) and code:
+        if code == 130 and _sigterm["received"]:
+            typer.echo(f"error: {one_line(Terminated())}", err=True)
+            sys.exit(143)
         if code == 130:
             typer.echo(f"error: {one_line(KeyboardInterrupt())}", err=True)
         sys.exit(code)
