@@ -20,6 +20,7 @@ import numpy as np
 
 from compress.errors import InputError
 from compress.macs import GMACS_DEFINITION
+from compress.outdir import open_out
 from compress.spec import ModelSpec
 
 # backend key -> (runtime backend, artifact precision); where each is timed comes from
@@ -35,6 +36,8 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-int8", "tensorrt-fp16",
                     "tensorrt-int8")
+CANDIDATE_FILES = ("candidates.json", "candidates.csv", "candidates.md", "candidates_run.json",
+                   "candidates.png")
 UNTRAINED_NOTE = ("untrained students (random decoder, encoder as built): latency, params "
                   "and GMACs only, no accuracy")
 
@@ -263,7 +266,9 @@ def run_candidates(
                          f"{', '.join(BACKENDS)}")
     if any(s <= 0 or s % 32 for s in size):
         raise InputError(f"candidates: --size {size[0]}x{size[1]} must be multiples of 32")
-    out = Path(out)
+    target = open_out(out)  # before any work: never over files the toolkit did not write
+    target.check(CANDIDATE_FILES)
+    out = target.path
     threads = threads or default_threads()
     pin_threads(threads)
     t_spec = None
@@ -286,7 +291,9 @@ def run_candidates(
             f"({', '.join(b for b in backends if b != 'torch') or 'none'})")
         pre = make_preprocess(calib_frames, size, c.spec.mean, c.spec.std)
         calibration = [pre(j)[0] for j in range(len(calib_frames))]
+        target.claim(target.files_under(f"models/{c.name}"))
         build_candidate(c, out / "models" / c.name, size, backends, calibration)
+        target.record(target.files_under(f"models/{c.name}"))
         for b, why in c.errors.items():
             log(f"    {b}: {why}")
     by_device: dict[str, list[tuple[Target, Candidate | None, str]]] = {}
@@ -465,8 +472,9 @@ def write_candidates(result: dict[str, Any], out: str | Path) -> dict[str, Path]
     ``candidates_run.json`` (settings and hardware) into ``out``, atomically each."""
     from compress.io import atomic_write_json, atomic_write_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    target = open_out(out)
+    target.claim(CANDIDATE_FILES)
+    out = target.path
     files = {"json": out / "candidates.json", "csv": out / "candidates.csv",
              "md": out / "candidates.md", "run": out / "candidates_run.json"}
     atomic_write_json(files["json"], result["rows"])
@@ -477,4 +485,5 @@ def write_candidates(result: dict[str, Any], out: str | Path) -> dict[str, Path]
     png = plot_candidates(result, out / "candidates.png")
     if png is not None:
         files["png"] = png
+    target.record(CANDIDATE_FILES)
     return files

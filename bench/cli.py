@@ -12,8 +12,10 @@ from typing import Annotated
 
 import typer
 
+from bench.latency import MAX_RUNS
 from compress.errors import InputError
 from compress.options import DataKind
+from compress.outdir import open_out, open_out_file, write_json_output
 
 app = typer.Typer(
     add_completion=False,
@@ -44,8 +46,9 @@ ThreadsOpt = Annotated[
 DataOpt = Annotated[Path | None, typer.Option(help="dataset root for real input images")]
 SplitOpt = Annotated[str, typer.Option(help="split of --data")]
 KindOpt = Annotated[DataKind, typer.Option("--data-kind", help="layout of --data")]
-RunsOpt = Annotated[int, typer.Option(min=1, help="timed runs per model")]
-WarmupOpt = Annotated[int, typer.Option(min=0, help="untimed warm-up runs per model")]
+RunsOpt = Annotated[int, typer.Option(min=1, max=MAX_RUNS, help="timed runs per model")]
+WarmupOpt = Annotated[int, typer.Option(min=0, max=MAX_RUNS,
+                                        help="untimed warm-up runs per model")]
 
 
 @app.callback()
@@ -78,14 +81,14 @@ def flops(
     from bench.flops import count_flops, flops_subject, format_flops
     from compress.models import create_model
 
+    if json_path:
+        open_out_file(json_path)  # before any work
     spec, files = flops_subject(model)
     hw = _size(size) or tuple(spec.input_size)
     result = count_flops(create_model(spec), hw)
     typer.echo(format_flops(result, spec, files))
     if json_path:
-        from compress.io import atomic_write_json
-
-        atomic_write_json(
+        write_json_output(
             json_path,
             {"model": str(model), "spec": spec.to_dict(), **result.to_dict(), "size_on_disk": files},
         )
@@ -132,6 +135,8 @@ def latency(
     """ms/image (median ± std, min, p90, max) after warm-up, models interleaved run by run."""
     from bench.latency import format_latency, run_latency
 
+    if json_path:  # the path before any work; its owner when writing (no model ran: untouched)
+        open_out_file(json_path, check_existing=False)
     result = run_latency(
         models,
         device=device.value,
@@ -160,9 +165,7 @@ def latency(
                 row["cross_check"] = vendor(row, tuple(st["size"]), st["threads"], runs)
     typer.echo(format_latency(result))
     if json_path:
-        from compress.io import atomic_write_json
-
-        atomic_write_json(json_path, result)
+        write_json_output(json_path, result)
         typer.echo(f"json: {json_path}")
 
 
@@ -200,12 +203,13 @@ def report(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress lines")] = False,
 ) -> None:
     """Teacher vs student in Markdown, CSV and JSON, with a Pareto plot and per-class IoU."""
-    from bench.report import build_report, render_markdown, write_report
+    from bench.report import REPORT_FILES, build_report, render_markdown, write_report
 
     if data is None and data_kind != DataKind.synthetic:
         raise typer.BadParameter(
             "--data is required unless --data-kind synthetic", param_hint="--data"
         )
+    open_out(out).check(REPORT_FILES)  # before any work
     rep = build_report(
         teacher=teacher,
         student=student,

@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -158,6 +159,10 @@ class CudaEventTimer:
         return out, float(start.elapsed_time(stop))
 
 
+MAX_RUNS = 100_000  # timed rounds per model: 10^9 preallocated samples and ran for days
+LONG_RUN_S = 600  # a timing estimated longer than this is warned about after one round
+
+
 def measure_latency(
     pipelines: Sequence[Pipeline],
     *,
@@ -189,9 +194,11 @@ def measure_latency(
     """
     if not pipelines:
         raise InputError("nothing to time")
-    if runs < 1 or warmup < 0:
-        raise InputError(f"runs must be >= 1 and warmup >= 0 (got {runs}, {warmup})")
+    if not 1 <= runs <= MAX_RUNS or not 0 <= warmup <= MAX_RUNS:
+        raise InputError(f"runs must be in 1..{MAX_RUNS} and warmup in 0..{MAX_RUNS} (got "
+                         f"{runs}, {warmup})")
     wall = WallTimer(clock)
+    started = clock()
     timer = model_timer or wall
     k = len(pipelines)
     samples = {stage: [[0.0] * runs for _ in range(k)] for stage in ("pre", "model", "post")}
@@ -206,6 +213,12 @@ def measure_latency(
                 samples["pre"][i][r] = t_pre / p.batch
                 samples["model"][i][r] = t_model / p.batch
                 samples["post"][i][r] = t_post / p.batch
+        if r == -warmup:  # one round done: say so when the whole will take long
+            eta = (clock() - started) * (runs + warmup)
+            if eta > LONG_RUN_S:
+                print(f"warning: timing {k} model(s) for {warmup} + {runs} rounds will take "
+                      f"about {eta / 60:.0f} min (lower --runs for a quicker figure)",
+                      file=sys.stderr, flush=True)
     first = np.asarray(samples["model"][0])
     results = []
     for i, p in enumerate(pipelines):

@@ -35,6 +35,7 @@ from bench.latency import (
 )
 from compress.errors import InputError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
+from compress.outdir import open_out
 from compress.spec import ModelSpec
 from deploy.metadata import is_multi_output
 from deploy.runtime import canonical_precision, get_backend
@@ -970,16 +971,24 @@ def plot_per_class(report: dict, path: Path) -> Path | None:
     return path
 
 
+REPORT_FILES = ("report.md", "report.csv", "report.json", "pareto.png", "per_class.png")
+
+
 def write_report(report: dict, out: str | Path) -> dict[str, Path]:
     """Write ``report.md``, ``report.csv``, ``report.json`` and the PNG charts to ``out``.
 
     Returns:
         Name -> path of each file written.
+
+    Raises:
+        OutputError: ``out`` is not a folder the toolkit may write (see
+            :func:`compress.outdir.open_out`), or holds a same-named file it did not write.
     """
     from compress.io import atomic_write_json, atomic_write_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    target = open_out(out)
+    target.claim(REPORT_FILES)
+    out = target.path
     files: dict[str, Path] = {}
     images = {}
     for key, title, fn in (
@@ -993,6 +1002,7 @@ def write_report(report: dict, out: str | Path) -> dict[str, Path]:
     files["markdown"] = atomic_write_text(out / "report.md", render_markdown(report, images))
     files["csv"] = atomic_write_text(out / "report.csv", render_csv(report))
     files["json"] = atomic_write_json(out / "report.json", _jsonable(report))
+    target.record(REPORT_FILES)
     return files
 
 

@@ -51,6 +51,7 @@ from compress.io import (
     safe_yaml,
 )
 from compress.macs import GMACS_DEFINITION, count_flops
+from compress.outdir import OutDir, open_out
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
     import torch
@@ -178,6 +179,7 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
     from compress.train import failed_reason, fit, prepare_teacher
 
     out = Path(study.output_dir) / study.name
+    study_out(out)  # before any training
     runs, missing, skipped = [], [], []
 
     def skip(run_dir: Path, reason: str) -> None:
@@ -620,9 +622,22 @@ def plot_miou(res: dict, path: Path) -> Path:
     return path
 
 
+COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.json", "curves.png",
+                    "miou.png")
+
+
+def study_out(out: Path) -> OutDir:
+    """The study dir, checked before any training: it holds the study's own ``runs/``,
+    so only the comparison's files are checked (none written over unless ours)."""
+    target = open_out(out, "study dir", shared=True)
+    target.check(COMPARISON_FILES)
+    return target
+
+
 def write_comparison(out: Path, res: dict) -> dict[str, Path]:
     """``comparison.md/.csv/.json``, ``curves.png`` and ``miou.png`` in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    target = open_out(out, "study dir", shared=True)
+    target.claim(COMPARISON_FILES)
     slim = {**res, "runs": [{k: v for k, v in r.items() if k not in ("history", "arch_key")}
                             for r in res["runs"]]}
     paths = {
@@ -632,6 +647,7 @@ def write_comparison(out: Path, res: dict) -> dict[str, Path]:
         "curves": plot_curves(res, out / "curves.png"),
         "miou": plot_miou(res, out / "miou.png"),
     }
+    target.record(COMPARISON_FILES)
     return paths
 
 

@@ -202,11 +202,11 @@ def prune(
     importance: Annotated[Importance, typer.Option(
         help="magnitude (L2 of weights) or taylor (gradients of a few train batches)")]
     = Importance.magnitude,
-    steps: Annotated[int, typer.Option(help="iterative pruning steps")] = 5,
+    steps: Annotated[int, typer.Option(min=1, help="iterative pruning steps")] = 5,
     round_to: Annotated[int, typer.Option(help="channel counts rounded to multiples of")] = 8,
     data: Annotated[Path | None, typer.Option(help="dataset root (Taylor importance)")] = None,
     data_kind: Annotated[DataKind, typer.Option(help="layout of --data")] = DataKind.camvid,
-    batches: Annotated[int, typer.Option(help="train batches per Taylor step")] = 4,
+    batches: Annotated[int, typer.Option(min=1, help="train batches per Taylor step")] = 4,
     size: Annotated[str | None, typer.Option(
         help="HxW the MACs are counted at; default: the checkpoint's input size")] = None,
 ) -> None:

@@ -11,7 +11,11 @@ traceback (exit code 1).
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 import yaml
@@ -41,6 +45,36 @@ USAGE_ERRORS: tuple[type[BaseException], ...] = (
 INPUT_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError, UnidentifiedImageError, Image.DecompressionBombError, yaml.YAMLError,
 )
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be (see :func:`sigterm_as_interrupt`): whatever
+    cleans up after a Ctrl-C (an export's temp dir and lock, a run's ``FAILED`` file)
+    cleans up after a ``kill`` too."""
+
+
+_sigterm = {"received": False}  # typer turns a KeyboardInterrupt into exit code 130
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` in the main thread (a no-op in
+    another thread, where Python cannot install handlers); the previous handler is put
+    back on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        _sigterm["received"] = True
+        raise Terminated()
+
+    _sigterm["received"] = False
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     UserError, *INPUT_LIBRARY_ERRORS, *USAGE_ERRORS, KeyboardInterrupt,
@@ -79,6 +113,8 @@ def one_line(e: BaseException) -> str:
         if ctx is not None:
             msg += f" (see '{ctx.command_path} --help')"
         return msg
+    if isinstance(e, Terminated):
+        return "terminated (SIGTERM)"
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
@@ -93,7 +129,8 @@ def run_cli(app) -> None:
 
     debug = "--debug" in sys.argv
     try:
-        code = app(standalone_mode=False)
+        with sigterm_as_interrupt():
+            code = app(standalone_mode=False)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -106,12 +143,17 @@ def run_cli(app) -> None:
             typer.echo(e.format_message())
             sys.exit(0)
         typer.echo(f"error: {one_line(e)}", err=True)
+        if isinstance(e, Terminated):
+            sys.exit(143)
         if isinstance(e, KeyboardInterrupt):
             sys.exit(130)
         sys.exit(getattr(e, "exit_code", 1) if isinstance(e, USAGE_ERRORS) else 1)
     # typer >= 0.2x turns Ctrl-C (and a typer.Exit) into a returned exit code instead of
     # raising it: without this, an interrupted command exited 0
     if isinstance(code, int) and code:
+        if code == 130 and _sigterm["received"]:
+            typer.echo(f"error: {one_line(Terminated())}", err=True)
+            sys.exit(143)
         if code == 130:
             typer.echo(f"error: {one_line(KeyboardInterrupt())}", err=True)
         sys.exit(code)

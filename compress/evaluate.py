@@ -12,7 +12,8 @@ from compress.data import split_classes, split_images
 from compress.errors import InputError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
 from compress.io import atomic_write_json, atomic_write_text
-from compress.spec import ModelSpec
+from compress.outdir import OutDir, open_out
+from compress.spec import MAX_SIDE, ModelSpec
 from compress.train import collate, depth_task, evaluate, evaluate_depth
 
 
@@ -26,6 +27,8 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
         raise InputError(f"--size {size!r} must look like HxW, e.g. 352x480") from None
     if h <= 0 or w <= 0 or h % 32 or w % 32:
         raise InputError(f"--size {size!r}: height and width must be positive multiples of 32")
+    if max(h, w) > MAX_SIDE:
+        raise InputError(f"--size {size!r}: at most {MAX_SIDE} pixels a side")
     return h, w
 
 
@@ -71,6 +74,9 @@ class SourceMasks(torch.utils.data.Dataset):
         return item
 
 
+EVAL_FILES = ("eval.json", "confusion.csv", "per_image.npz")
+
+
 def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str = "camvid",
                         size: tuple[int, int] | None = None, flip: bool = False,
                         out: Path | None = None, arch: str | None = None,
@@ -105,29 +111,36 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     ``none``; ``dense`` / ``lidar`` / ``files``): ``eval.json`` then holds ``depth``
     (``rmse``, ``abs_rel``, ``delta1..3``, ``pixels``) beside the segmentation scores."""
     path = Path(path)
-    out = Path(out) if out else path.parent / f"eval_{path.stem}_{split}"
+    # checked before any work: never over a file the toolkit did not write
+    out = open_out(Path(out) if out else path.parent / f"eval_{path.stem}_{split}")
+    subs = ("", "reference/") if reference is not None else ("",)
+    out.check([sub + name for sub in subs for name in EVAL_FILES])
     options = {"kind": kind, "size": size, "flip": flip, "device": device,
                "batch_size": batch_size, "score_at": score_at, "depth": depth, "load": load}
     result, conf, counts = _score(path, data, split, arch=arch, encoder=encoder,
                                   classes=classes, **options)
     if reference is not None:
         ref, ref_conf, ref_counts = _score(Path(reference), data, split, **options)
-        ref["eval_json"] = str(_write_eval(out / "reference", ref, ref_conf, ref_counts))
+        ref["eval_json"] = str(_write_eval(out, "reference/", ref, ref_conf, ref_counts))
         delta = paired_bootstrap([ref_counts], [counts])
         result["comparison"] = {"reference": str(reference), "reference_miou": ref["miou"],
                                 "reference_eval": ref["eval_json"], **delta.to_dict()}
-    result["eval_json"] = str(_write_eval(out, result, conf, counts))
+    result["eval_json"] = str(_write_eval(out, "", result, conf, counts))
     return result
 
 
-def _write_eval(out: Path, result: dict, conf: torch.Tensor, counts: ImageCounts) -> Path:
-    """``eval.json``, ``confusion.csv`` and ``per_image.npz`` in ``out``, each atomically."""
-    path = atomic_write_json(out / "eval.json", result)
-    names = list(result["per_class_iou"])
-    rows = ["truth\\pred," + ",".join(names)]
-    rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(names, conf.tolist())]
-    atomic_write_text(out / "confusion.csv", "\n".join(rows) + "\n")
-    counts.save(out / "per_image.npz")
+def _write_eval(out: OutDir, sub: str, result: dict, conf: torch.Tensor,
+                counts: ImageCounts) -> Path:
+    """:data:`EVAL_FILES` in ``out/sub``, each atomically and listed as the toolkit's."""
+    names = [sub + name for name in EVAL_FILES]
+    out.claim(names)
+    path = atomic_write_json(out / names[0], result)
+    classes = list(result["per_class_iou"])
+    rows = ["truth\\pred," + ",".join(classes)]
+    rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(classes, conf.tolist())]
+    atomic_write_text(out / names[1], "\n".join(rows) + "\n")
+    counts.save(out / names[2])
+    out.record(names)
     return path
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,6 +88,12 @@ def current_umask() -> int:
     return mask
 
 
+TEMP_SUFFIX = ".tmp"
+# the names tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes: 8 characters of
+# tempfile's alphabet between them
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMP_SUFFIX))
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then fsync and rename onto ``path``.
 
@@ -96,7 +104,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -128,14 +136,30 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     return path
 
 
+def is_write_temp(name: str) -> bool:
+    """Whether ``name`` is a temp name :func:`atomic_write` makes: ``.<name>.`` + the 8
+    characters ``mkstemp`` draws + ``.tmp`` (a user's own ``.notes.tmp`` is not one)."""
+    return _TEMP_NAME.fullmatch(name) is not None
+
+
 def remove_stale_temps(folder: str | Path) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files a killed :func:`atomic_write` left in ``folder``."""
+    """Delete the ``.<name>.XXXXXXXX.tmp`` files a killed :func:`atomic_write` left in
+    ``folder``; other hidden files, ``.tmp`` or not, are left alone."""
     removed = []
     for p in Path(folder).glob(".*.tmp"):
-        if p.is_file():
+        if p.is_file() and not p.is_symlink() and is_write_temp(p.name):
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (manifests, output listings)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -179,34 +203,51 @@ def load_torch_file(path: str | Path) -> Any:
 # ---------------------------------------------------------------- bounded YAML
 
 YAML_MAX_BYTES = 1 << 20  # recipes, studies and class maps are a few KiB
+# the one nesting limit of every structure read from a file (YAML recipes, studies, class
+# maps, overrides; a checkpoint's spec): a recipe nests 4 levels, and 10k nested brackets
+# overflow the parser's recursion
+NESTING_LIMIT = 64
 
 
 class YAMLRefused(UserError, ValueError):
     """YAML the toolkit will not parse: aliases (a 500-byte alias bomb expands to
-    gigabytes), or more than :data:`YAML_MAX_BYTES`."""
+    gigabytes), more than :data:`YAML_MAX_BYTES`, or nested deeper than
+    :data:`NESTING_LIMIT`."""
 
 
 def _no_alias_loader():
     import yaml
 
     class NoAliasLoader(yaml.SafeLoader):
+        _depth = 0
+
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
                 line = event.start_mark.line + 1 if event.start_mark else "?"
                 raise YAMLRefused(f"line {line}: YAML aliases (*{event.anchor}) are not "
                                   "accepted; write the value out")
-            return super().compose_node(parent, index)
+            if self._depth >= NESTING_LIMIT:
+                event = self.peek_event()
+                line = event.start_mark.line + 1 if event.start_mark else "?"
+                raise YAMLRefused(f"line {line}: nested deeper than {NESTING_LIMIT} levels: "
+                                  "refused")
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
 
     return NoAliasLoader
 
 
 def safe_yaml(text: str | bytes) -> Any:
-    """Parse YAML with PyYAML's safe loader, refusing aliases and inputs over
-    :data:`YAML_MAX_BYTES` before any expansion.
+    """Parse YAML with PyYAML's safe loader, refusing aliases, inputs over
+    :data:`YAML_MAX_BYTES` and nesting deeper than :data:`NESTING_LIMIT`, before any
+    expansion.
 
     Raises:
-        YAMLRefused: aliases or too large.
+        YAMLRefused: aliases, too large or too deep.
         yaml.YAMLError: malformed YAML, or a tag such as ``!!python/object``.
     """
     import yaml

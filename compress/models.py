@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from compress.io import atomic_torch_save, load_torch_file
+from compress.outdir import new_output
 from compress.spec import ModelError, ModelSpec, validate_spec  # noqa: F401 - also named here
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -357,17 +358,16 @@ def pack_checkpoint(src: str | Path, out: str | Path, half: bool = True) -> dict
 
     Raises:
         ModelError: ``src`` is not a self-describing checkpoint, holds non-finite weights,
-            or a weight overflows float16; ``out`` exists.
+            or a weight overflows float16.
+        OutputError: ``out`` exists (or is a dangling symlink).
     """
     import hashlib
 
+    out = new_output(out, "pack: --out")
     ckpt = read_checkpoint(src)
     if ckpt["spec"] is None:
         raise ModelError(f"{src}: a plain state_dict has no spec to ship with it")
     check_finite(ckpt["state_dict"], src)
-    out = Path(out)
-    if out.exists():
-        raise ModelError(f"{out} exists: refusing to overwrite it")
     state = {}
     for k, v in ckpt["state_dict"].items():
         if half and v.is_floating_point():

@@ -20,8 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import UserError
 from compress.macs import count_flops
+from compress.outdir import new_output
 from compress.spec import ModelSpec
+
+
+class PruneError(UserError, ValueError):
+    """A ``compress prune`` request that cannot be carried out (targets, options, data);
+    the message names the option."""
+
 
 log = logging.getLogger("compress")
 
@@ -201,12 +209,12 @@ def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
     import torch_pruning as tp
 
     if importance not in IMPORTANCES:
-        raise ValueError(f"prune: unknown importance {importance!r}; valid: "
+        raise PruneError(f"prune: unknown importance {importance!r}; valid: "
                          f"{', '.join(IMPORTANCES)}")
     if importance == "taylor" and grad_fn is None:
-        raise ValueError("prune: Taylor importance needs training batches (--data)")
+        raise PruneError("prune: Taylor importance needs training batches (--data)")
     if steps < 1:
-        raise ValueError(f"prune: --steps must be >= 1, got {steps}")
+        raise PruneError(f"prune: --steps must be >= 1, got {steps}")
     model = model.eval()
     macs0, params0 = cost(model, example)
 
@@ -275,7 +283,7 @@ def taylor_batches(data_kind: str, root: str | None, spec: ModelSpec, size: tupl
     ds = split_images(data_kind, root, "train", size=size, mean=spec.mean, std=spec.std,
                       ignore_index=spec.ignore_index, count=max(n, 1))
     if len(ds.class_names) != spec.classes:
-        raise ValueError(f"prune: the {data_kind} data has {len(ds.class_names)} classes, the "
+        raise PruneError(f"prune: the {data_kind} data has {len(ds.class_names)} classes, the "
                          f"model {spec.classes}: Taylor importance needs the model's own data")
     items = [ds[i] for i in range(min(n, len(ds)))]
     groups = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
@@ -312,18 +320,20 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
         "params_after", "target_gmacs", "ratio", "pruned_tensors"}``.
 
     Raises:
-        ValueError: no or both targets, a target out of range, ``out`` exists.
+        PruneError: no or both targets, a target out of range, a bad option.
+        OutputError: ``out`` exists (or is a dangling symlink).
         ModelError: an unreadable checkpoint.
     """
     from compress.models import ModelError, create_model, load_model, save_checkpoint
 
     out = Path(out)
     if (macs_ratio is None) == (target_gmacs is None):
-        raise ValueError("prune: give --macs-ratio or --target-gmacs (one of them)")
+        raise PruneError("prune: give --macs-ratio or --target-gmacs (one of them)")
     if macs_ratio is not None and not 0 < macs_ratio < 1:
-        raise ValueError(f"prune: --macs-ratio must be in (0, 1), got {macs_ratio}")
-    if out.exists():
-        raise ValueError(f"prune: {out} exists: refusing to overwrite it")
+        raise PruneError(f"prune: --macs-ratio must be in (0, 1), got {macs_ratio}")
+    if batches < 1:
+        raise PruneError(f"prune: --batches must be >= 1, got {batches}")
+    new_output(out, "prune: --out")
     model, spec = load_model(checkpoint, return_spec=True)
     if spec.tasks:
         raise ModelError(f"{checkpoint}: a multi-task model (spec key 'tasks') cannot be "
@@ -336,12 +346,12 @@ def prune_checkpoint(checkpoint: str | Path, out: str | Path, *, macs_ratio: flo
     macs0, _ = cost(model, example)
     target = macs0 * macs_ratio if macs_ratio is not None else target_gmacs * 1e9
     if not 0 < target < macs0:
-        raise ValueError(f"prune: target {target / 1e9:.3f} GMACs must be below the model's "
+        raise PruneError(f"prune: target {target / 1e9:.3f} GMACs must be below the model's "
                          f"{macs0 / 1e9:.3f} GMACs at {h}x{w}")
     grad_fn = None
     if importance == "taylor":
         if data is None and data_kind != "synthetic":
-            raise ValueError("prune: --importance taylor needs training images (--data DIR)")
+            raise PruneError("prune: --importance taylor needs training images (--data DIR)")
         grad_fn = taylor_batches(data_kind, str(data) if data else None, spec, (h, w),
                                  batches, batch_size)
     pruned, res = prune_model(model, example, target_macs=target, importance=importance,

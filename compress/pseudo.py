@@ -31,11 +31,16 @@ from compress.data.datasets import IMAGE_EXTS, read_mask
 from compress.errors import InputError
 from compress.io import atomic_write, atomic_write_json, atomic_write_text
 from compress.metrics import update_confusion
+from compress.outdir import open_out
 
 
 def _round32(v: float) -> int:
     return max(32, round(v / 32) * 32)
 
+
+# test-time scales: each is a full pass of every teacher; 100 scales ran for hours
+MAX_SCALES = 8
+MAX_SCALE = 4.0  # 100 made every pass 10,000 times the pixels
 
 # an ensemble member whose mIoU on the labelled images is below this share of the best
 # member's is warned about, even when it is above chance
@@ -160,28 +165,13 @@ def list_images(folder: Path) -> tuple[list[Path], list[str]]:
     return images, other
 
 
-def _written_before(out: Path) -> dict[str, list[str]]:
-    """The files an earlier run into ``out`` wrote, by subfolder (from its stats.json)."""
-    import json
-
-    try:
-        stats = json.loads((out / "stats.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    written = stats.get("written") if isinstance(stats, dict) else None
-    if not isinstance(written, dict):
-        return {}
-    return {d: [n for n in names if isinstance(n, str) and "/" not in n and "\\" not in n
-                and n not in ("", ".", "..")]
-            for d, names in written.items()
-            if d in ("masks", "images", "depth") and isinstance(names, list)}
-
-
 def _write_png(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda p: Image.fromarray(array).save(p, format="PNG"))
 
 
 def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
+    """``dst`` (a file of ours, claimed in the output's listing) becomes a link to, or a
+    copy of, ``src``."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_symlink() or dst.exists():
         dst.unlink()
@@ -252,16 +242,21 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     """
     from compress.train import resolve_device
 
-    images, out = Path(images), Path(out)
-    if out.resolve() == images.resolve() or images.resolve() in out.resolve().parents:
-        raise InputError(f"--out {out} must not be the image folder or inside it")
-    if out.is_dir() and any(out.iterdir()) and not (out / "stats.json").is_file():
-        raise InputError(f"--out {out} is not empty and not an earlier pseudo-label output "
-                         "(no stats.json): give a new folder")
+    images, out_path = Path(images), Path(out)
+    if out_path.resolve() == images.resolve() or images.resolve() in out_path.resolve().parents:
+        raise InputError(f"--out {out_path} must not be the image folder or inside it")
+    if out_path.resolve() in images.resolve().parents:
+        raise InputError(f"--images {images} is inside --out {out_path}: the output would "
+                         "replace its own inputs; give an --out outside the image folder")
+    out = open_out(out_path)  # checked before any work; see compress.outdir
     if not 0 < threshold <= 1:
         raise InputError(f"threshold {threshold} must be in (0, 1]")
-    if not scales or any(s <= 0 for s in scales):
-        raise InputError(f"scales {list(scales)} must be positive")
+    if not scales or any(not 0 < s <= MAX_SCALE for s in scales):
+        raise InputError(f"--scales {','.join(f'{s:g}' for s in scales)}: each scale must be "
+                         f"in (0, {MAX_SCALE:g}] (a factor of the teachers' input size)")
+    if len(scales) > MAX_SCALES:
+        raise InputError(f"--scales: {len(scales)} scales given, at most {MAX_SCALES} "
+                         "(each one is a full pass of every teacher over every image)")
     dev = resolve_device(device)
     ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip, teacher_weights)
     t_names = ens.class_names
@@ -293,11 +288,17 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         raise DataError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
     dtype = np.uint8 if max(ignore_index, c - 1) < 256 else np.uint16
 
-    previous = _written_before(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "previews").is_dir():  # pictures of an earlier run
-        shutil.rmtree(out / "previews")
-    written: dict[str, list[str]] = {"masks": [], "images": [], "depth": []}
+    # every name this run may write, claimed before the first write: a file there that
+    # the toolkit did not write (or that was edited since) stops the run untouched
+    stems = list(dict.fromkeys(p.stem for p in files))
+    planned = ["classes.txt", "stats.json"] + [f"masks/{t}.png" for t in stems]
+    planned += [f"images/{p.name}" for p in files]
+    planned += [f"previews/{t}.png" for t in stems[:max(previews, 0)]]
+    if depth_dir is not None:
+        planned += [f"depth/{p.stem}{x}" for p in files for x in (".png", ".npy")
+                    if (depth_dir / f"{p.stem}{x}").is_file()]
+    out.claim(planned)
+    written: dict[str, list[str]] = {"masks": [], "images": [], "depth": [], "previews": []}
     depth_missing: list[str] = []
     atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
     predicted = np.zeros(c, np.int64)
@@ -354,16 +355,17 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
                     pred = _mapped(m_probs, cmap)[:c].argmax(0)
                     update_confusion(m_conf, pred, target, -1)
         if done < previews:
-            _preview(out / "previews" / f"{path.stem}.png", image, mask, conf.numpy(), c)
+            name = f"previews/{path.stem}.png"
+            out.claim([name])  # claimed above unless earlier images were skipped
+            _preview(out / name, image, mask, conf.numpy(), c)
+            written["previews"].append(f"{path.stem}.png")
         done += 1
 
-    # a rerun into the same folder: drop the files an earlier run wrote for images that
-    # are no longer labelled (never a file this command did not write)
-    stale = [out / d / name for d, names in previous.items() for name in names
-             if name not in set(written.get(d, ()))]
-    stale = [p for p in stale if p.is_file() or p.is_symlink()]
-    for p in stale:
-        p.unlink()
+    # a rerun into the same folder: drop what an earlier run listed for images no longer
+    # labelled, if still as it wrote them (never a file this command did not write)
+    ours = [f"{d}/{n}" for d, names in written.items() for n in names]
+    stale = [name for d in written for name in out.remove_stale(ours, under=d)]
+    out.record(["classes.txt", *ours])
     stats = {
         "teachers": [str(t) for t in teachers],
         "teacher_weights": ens.weights,
@@ -383,7 +385,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         "skipped": len(skipped),
         "skipped_files": skipped,
         "other_files": other,
-        "removed_stale": sorted({p.stem for p in stale}),
+        "removed_stale": sorted({Path(n).stem for n in stale if not n.startswith("previews/")}),
         "depth_dir": str(depth_dir) if depth_dir is not None else None,
         "depth_maps": len(written["depth"]),
         "depth_missing": depth_missing,
@@ -405,6 +407,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
             "labelled_pixels_scored": scored_all,
         }
     atomic_write_json(out / "stats.json", stats)
+    out.record(["stats.json"])
     return stats
 
 

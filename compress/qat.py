@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.errors import UserError
 from compress.spec import ModelSpec
 
 QAT_FORMAT = "segcompress-qat/1"
@@ -36,7 +37,7 @@ _SPEC_KEYS = {"num_bits": int, "mode": str, "signedness_to_force": (bool, type(N
               "logarithm_scale": bool, "is_quantized_on_export": bool}
 
 
-class QATError(ValueError):
+class QATError(UserError, ValueError):
     """A QAT state that cannot be used; the message names the file and the key."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import UserError
+from compress.io import NESTING_LIMIT
 
 
 class ModelError(UserError, ValueError):
@@ -28,6 +29,9 @@ class ModelError(UserError, ValueError):
 
 
 SPEC_NODE_LIMIT = 100_000
+# the one bound on an image or input side, checked before anything is allocated (a spec's
+# input_size, --size): 8192x8192 float32 logits of 11 classes are already 3 GiB
+MAX_SIDE = 8192
 OUTPUTS = ("logits", "argmax")
 # keys written only when set: an unpruned model has no pruned_shapes, a checkpoint no output
 _OPTIONAL_KEYS = ("pruned_shapes", "output", "tasks")
@@ -130,21 +134,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _count_nodes(obj, limit: int) -> int:
-    """Nodes in a nested list/dict structure, counting shared references each time they
-    appear, stopping past ``limit`` (a pickle can share one list a billion times)."""
-    count, stack = 0, [obj]
+def _count_nodes(obj, limit: int) -> tuple[int, int]:
+    """Nodes in a nested list/dict structure and its nesting depth, counting shared
+    references each time they appear, stopping past ``limit`` nodes (a pickle can share
+    one list a billion times) or :data:`~compress.io.NESTING_LIMIT` levels."""
+    count, depth, stack = 0, 0, [(obj, 1)]
     while stack:
-        node = stack.pop()
-        count += 1
-        if count > limit:
-            return count
+        node, level = stack.pop()
+        count, depth = count + 1, max(depth, level)
+        if count > limit or depth > NESTING_LIMIT:
+            break
         if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
+            stack.extend((k, level + 1) for k in node)
+            stack.extend((v, level + 1) for v in node.values())
         elif isinstance(node, (list, tuple, set)):
-            stack.extend(node)
-    return count
+            stack.extend((v, level + 1) for v in node)
+    return count, depth
 
 
 def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]:
@@ -161,8 +166,12 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
 
     if not isinstance(spec, dict):
         raise ModelError(f"{where}model spec must be a mapping, not {type(spec).__name__}")
-    if _count_nodes(spec, SPEC_NODE_LIMIT) > SPEC_NODE_LIMIT:
+    nodes, depth = _count_nodes(spec, SPEC_NODE_LIMIT)
+    if nodes > SPEC_NODE_LIMIT:
         raise ModelError(f"{where}model spec is larger than {SPEC_NODE_LIMIT} values: refused")
+    if depth > NESTING_LIMIT:
+        raise ModelError(f"{where}model spec is nested deeper than {NESTING_LIMIT} levels: "
+                         "refused")
     for key in ("arch", "encoder"):
         if not isinstance(spec.get(key), str) or len(spec[key]) > 200:
             raise bad(key, "a name (string)", spec.get(key))
@@ -194,8 +203,10 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
         raise bad("std", "3 positive numbers")
     size = spec.get("input_size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 65_536 for x in size)):
+            isinstance(x, int) and not isinstance(x, bool) and 0 < x for x in size)):
         raise bad("input_size", "[H, W], two positive integers")
+    if max(size) > MAX_SIDE:
+        raise bad("input_size", f"at most {MAX_SIDE} pixels a side", list(size))
     out = spec.get("output")
     if out is not None and out not in OUTPUTS:
         raise bad("output", "'logits', 'argmax' or null", out)

@@ -58,9 +58,10 @@ def parse_tasks(value: Any, where: str = "") -> tuple[TaskSpec, ...]:
             raise ModelError(f"{pre}model spec key '{key}.{unknown[0]}' is unknown; valid: "
                              f"{', '.join(sorted(fields))}")
         name = item.get("name")
-        if not isinstance(name, str) or not name.isidentifier() or name in (SEG, "logits"):
-            raise ModelError(f"{pre}model spec key '{key}.name': an identifier other than "
-                             f"'seg' and 'logits' (got {name!r})")
+        if (not isinstance(name, str) or not name.isidentifier() or name.startswith("_")
+                or name in (SEG, "logits")):
+            raise ModelError(f"{pre}model spec key '{key}.name': an identifier not starting "
+                             f"with '_', other than 'seg' and 'logits' (got {name!r})")
         if item.get("kind", "depth") not in TASK_KINDS:
             raise ModelError(f"{pre}model spec key '{key}.kind': one of "
                              f"{', '.join(TASK_KINDS)} (got {item.get('kind')!r})")

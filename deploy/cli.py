@@ -40,7 +40,7 @@ def export(
     openvino: Annotated[bool, typer.Option("--openvino", help="OpenVINO IR too")] = D.openvino,
     trt: Annotated[bool, typer.Option("--trt", help="TensorRT engines (NVIDIA GPU)")] = D.trt,
     size: Annotated[str | None, typer.Option(help="HxW (multiples of 32); default: spec")] = None,
-    batch: Annotated[int, typer.Option(help="batch of the example input / fixed batch")]
+    batch: Annotated[int, typer.Option(min=1, help="batch of the example input / fixed batch")]
     = D.batch_size,
     dynamic_batch: Annotated[bool, typer.Option("--dynamic-batch/--static-batch")]
     = D.dynamic_batch,
@@ -62,11 +62,11 @@ def export(
         help="INT8 graph for: cpu, or tensorrt (signed symmetric Q/DQ, scored here on the "
              "CPU; implied by --trt)")] = Target[D.target],
     calib_split: Annotated[str, typer.Option(help="split calibrated on")] = D.calib_split,
-    calib_size: Annotated[int, typer.Option(help="calibration images")] = D.calib_size,
+    calib_size: Annotated[int, typer.Option(min=1, help="calibration images")] = D.calib_size,
     val_split: Annotated[str, typer.Option(help="split verified and scored on")] = D.val_split,
-    val_size: Annotated[int | None, typer.Option(help="verification images; default all")]
+    val_size: Annotated[int | None, typer.Option(min=1, help="verification images; default all")]
     = D.val_size,
-    max_drop: Annotated[float, typer.Option(help="allowed INT8 mIoU drop, in points")]
+    max_drop: Annotated[float, typer.Option(min=0, help="allowed INT8 mIoU drop, in points")]
     = D.max_drop,
     int8_method: Annotated[Int8Method, typer.Option(
         help="INT8 quantizer: nncf, or modelopt (NVIDIA ModelOpt's ONNX PTQ, TensorRT graphs "
@@ -87,7 +87,7 @@ def export(
     trt_workspace: Annotated[float, typer.Option(help="TensorRT workspace, GiB")]
     = D.trt_workspace_gib,
     trt_timing_cache: Annotated[Path | None, typer.Option(help="TensorRT timing cache")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a full --out")]
     = D.overwrite,
 ) -> None:

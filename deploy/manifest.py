@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from compress.io import sha256_file
 from compress.spec import ModelSpec
 from deploy.errors import ManifestError
 
@@ -34,15 +35,6 @@ MANIFEST_FORMAT = "segcompress-export/1"
 REQUIRED_KEYS = ("source_checkpoint", "source_sha256", "spec", "artifacts")
 DIGEST_KEY = "manifest_sha256"
 ARTIFACT_KEYS = ("file", "sha256", "backend", "precision", "input_shape", "input_dtype", "output")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions(names: tuple[str, ...] = (

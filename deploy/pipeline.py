@@ -35,7 +35,8 @@ import numpy as np
 
 from compress.errors import InputError
 from compress.io import current_umask
-from compress.spec import ModelSpec
+from compress.outdir import check_folder_path
+from compress.spec import MAX_SIDE, ModelSpec
 from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
 
 Log = Callable[[str], None]
@@ -98,6 +99,9 @@ def check_size(size: tuple[int, int]) -> None:
     """Refuse an export input size that is not made of positive multiples of 32."""
     if any(s <= 0 or s % 32 for s in size):
         raise InputError(f"export: input size {size[0]}x{size[1]} must be multiples of 32")
+    if max(size) > MAX_SIDE:
+        raise InputError(f"export: input size {size[0]}x{size[1]}: at most {MAX_SIDE} pixels "
+                         "a side")
 
 
 def validate_config(cfg: ExportConfig) -> str:
@@ -145,6 +149,10 @@ def validate_config(cfg: ExportConfig) -> str:
     if cfg.int8 and cfg.calib_images is None and cfg.calib_split == cfg.val_split:
         raise InputError(f"export: calibration split {cfg.calib_split!r} is the scored split; "
                          "calibrate on the training split (--calib-split train)")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise InputError(f"export: --threads must be >= 1, got {cfg.threads}")
+    if cfg.calib_size < 1:
+        raise InputError(f"export: --calib-size must be >= 1, got {cfg.calib_size}")
     if not 0 < cfg.min_agreement <= 1:
         raise InputError(f"export: --min-agreement must be in (0, 1], got {cfg.min_agreement}")
     if cfg.calib_images is not None and cfg.holdout_every < 2:
@@ -337,7 +345,7 @@ def _ours(out: Path) -> list[Path]:
     ExportError naming why ``out`` is not one: --overwrite deletes only those."""
     import json
 
-    from deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, member
+    from deploy.manifest import MANIFEST_FORMAT, MANIFEST_NAME, member, sha256_file
 
     mpath = out / MANIFEST_NAME
     try:
@@ -348,14 +356,22 @@ def _ours(out: Path) -> list[Path]:
     if not ok:
         raise ExportError(f"export: --out {out} is not an export dir of ours (no segcompress "
                           f"{MANIFEST_NAME}): --overwrite replaces only those; choose another --out")
-    files = [mpath]
+    files, digests = [mpath], {}
     try:
         for art in manifest.get("artifacts", []):
             for entry in (art, *art.get("files", [])):
                 files.append(member(out, entry["file"], mpath))
+                digests[files[-1]] = entry.get("sha256")
     except (ManifestError, AttributeError, KeyError, TypeError):
         raise ExportError(f"export: --out {out}: its {MANIFEST_NAME} lists files outside it "
                           "or is broken: not replacing it") from None
+    # a listed file the user edited (its sha256 no longer the manifest's) is theirs now
+    edited = [f.name for f, digest in digests.items()
+              if f.is_file() and not f.is_symlink() and sha256_file(f) != digest]
+    if edited:
+        raise ExportError(f"export: --out {out}: {edited[0]!r} was changed since the export "
+                          f"wrote it (its sha256 is not the one in {MANIFEST_NAME}): kept, "
+                          "not replacing it; move it away or choose another --out")
     others = sorted(p.name for p in out.iterdir() if p not in files)
     if others:
         raise ExportError(f"export: --out {out} holds {others[0]!r}"
@@ -372,6 +388,7 @@ def _snapshot(out: Path) -> tuple:
 
 def _prepare_out(out: Path, overwrite: bool) -> tuple:
     """Check ``--out`` and return a snapshot of it, compared again before the final move."""
+    check_folder_path(out, "export: --out")
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise ExportError(f"export: --out {out} exists and is not a directory")
@@ -549,11 +566,11 @@ def _qat_model(checkpoint: Path, cfg: ExportConfig):
         return None
     model, _, state = loaded
     if cfg.preset and cfg.preset != state["preset"]:
-        raise ValueError(f"export: {checkpoint} was trained quantization-aware with the "
+        raise ExportError(f"export: {checkpoint} was trained quantization-aware with the "
                          f"{state['preset']} preset; --preset {cfg.preset} would need PTQ of "
                          "its float weights (export another checkpoint, or drop --preset)")
     if cfg.tensorrt_graph:
-        raise ValueError(f"export: {checkpoint} is a QAT checkpoint: its TensorRT INT8 graph "
+        raise ExportError(f"export: {checkpoint} is a QAT checkpoint: its TensorRT INT8 graph "
                          "(--trt / --target tensorrt) is not built yet; export its float "
                          "weights from a non-QAT checkpoint, or use the CPU target")
     return model, state["preset"]

@@ -174,12 +174,22 @@ def quantize_int8(model, calibration: Iterable[np.ndarray], *, preset: str = "mi
     return quantized
 
 
+# images accuracy control may score in all: ranking ~60 layer groups on 50 images and 20
+# restoring steps fit; re-ranking them all after every unhelpful step does not
+MAX_SCORED_IMAGES = 10_000
+
+
+class _EvaluationBudget(Exception):
+    """Raised inside NNCF's loop when accuracy control used up its images."""
+
+
 def quantize_int8_with_accuracy_control(
         model, calibration: Iterable[np.ndarray],
         validation: Iterable[tuple[np.ndarray, np.ndarray]],
         *, class_names: list[str], ignore_index: int, max_drop: float, preset: str = "mixed",
         calib_stat: str = "default", subset_size: int = 300, max_float_layers: int = 20,
-        ranking_subset_size: int = 50, float_layers: Sequence[str] = (), target: str = "cpu"):
+        ranking_subset_size: int = 50, float_layers: Sequence[str] = (), target: str = "cpu",
+        max_images: int = MAX_SCORED_IMAGES, show: bool = True):
     """``nncf.quantize_with_accuracy_control``: quantize, then put the layers that cost the
     most mIoU back to float, one group at a time, until the drop fits ``max_drop``.
 
@@ -190,25 +200,40 @@ def quantize_int8_with_accuracy_control(
         max_drop: allowed absolute mIoU drop, as a fraction (0.01 = 1 mIoU point).
         max_float_layers: at most this many groups of layers are returned to float.
         ranking_subset_size: validation images used to rank layer sensitivity.
+        max_images: at most this many images scored in all (NNCF's ranking of every
+            layer group and each restoring step), counted on a progress bar.
+        show: the progress bar.
 
     Returns:
         The quantized ``onnx.ModelProto`` (check its mIoU: NNCF returns its best attempt
         even when the budget cannot be met).
 
     Raises:
-        QuantizationError: NNCF failed (reason given).
+        QuantizationError: NNCF failed (reason given), or ``max_images`` ran out.
     """
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+    from tqdm import tqdm
 
     from deploy.arrays import in_batches
 
     name, fixed = _input(model)
+    # NNCF scores every layer group on the ranking images (one validate call per image),
+    # and ranks the rest again after each step that did not help: on data unlike the
+    # model's that ran for hours. Every image scored is counted on a progress bar, and
+    # accuracy control stops at max_images.
+    progress = tqdm(total=max_images, desc="int8 accuracy control (images scored)",
+                    disable=not show, leave=False)
+    scored = [0]
 
     def validate(proto, items) -> float:
         session = _session(proto)
         scorer = MiouScorer(class_names, ignore_index)
         for image, mask in items:
+            if scored[0] >= max_images:
+                raise _EvaluationBudget()
+            scored[0] += 1
+            progress.update()
             out = in_batches(lambda x: session.run(None, {name: x})[0], _batch(image, None), fixed)
             scorer.update(out, np.asarray(mask)[None])
         return scorer.miou()
@@ -227,9 +252,17 @@ def quantize_int8_with_accuracy_control(
             subset_size=subset_size,
             advanced_quantization_parameters=_advanced(calib_stat),
             advanced_accuracy_restorer_parameters=restorer, **kwargs)
+    except _EvaluationBudget:
+        raise QuantizationError(
+            f"quantize: accuracy control stopped after scoring {max_images} images (ranking "
+            "and restoring layers) without meeting the mIoU budget; nothing was "
+            "written: raise --max-drop, keep layers in float (--keep-float), or calibrate "
+            "on images like the model's own") from None
     except Exception as e:  # noqa: BLE001 - NNCF raises many types
         raise QuantizationError(f"quantize: nncf.quantize_with_accuracy_control failed: "
                                 f"{first_line(e)}") from None
+    finally:
+        progress.close()
     _copy_metadata(model, quantized)
     if target == "tensorrt":  # NNCF ranked layers on its own graph; the caller re-scores this one
         to_signed_symmetric(quantized)

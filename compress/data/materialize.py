@@ -16,6 +16,7 @@ from tqdm import tqdm
 from compress.data.datasets import DataError, SyntheticSource
 from compress.data.depth import lidar_sample, synthetic_depth, write_depth_png
 from compress.io import current_umask
+from compress.outdir import new_output
 
 
 def write_synthetic(out: str | Path, *, length: int, size: tuple[int, int], seed: int,
@@ -29,11 +30,10 @@ def write_synthetic(out: str | Path, *, length: int, size: tuple[int, int], seed
     temporary name and moved into place, so it is never half written.
 
     Raises:
-        DataError: ``out`` exists, or a bad depth mode / length.
+        DataError: a bad depth mode / length.
+        OutputError: ``out`` exists, is a dangling symlink or lies under a file.
     """
-    out = Path(out)
-    if out.exists():
-        raise DataError(f"{out} exists: give a new folder (nothing is written over)")
+    out = new_output(out, "synthetic: --out")
     if depth not in ("none", "dense", "lidar"):
         raise DataError(f"unknown depth mode {depth!r}; valid: none, dense, lidar")
     if length < 1:

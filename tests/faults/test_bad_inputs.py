@@ -708,3 +708,203 @@ def test_payload_is_real_code_and_is_never_run(tmp_path):
     assert marker.exists(), "the payload is not code after all: the rows prove nothing"
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+# ---------------------------------------------------------------- round 3: outputs, one line, bounds
+# (issue 20) --out / --json never over a file the toolkit did not write (compress.outdir),
+# one line where a traceback was, bounds checked before any work. Rows of their own (the
+# parametrised tests above are built from ROWS when they are defined), run the same way.
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = _png_bytes()
+PSEUDO = ["pseudo-label", "--teacher", "{good_ckpt}", "--images", "{ds_ok}/images/val", "-q"]
+REPORT = ["report", "--teacher", "{good_ckpt}", "--student", "{good_ckpt}", "--data-kind",
+          "synthetic", "-q"]
+
+
+def _nested(depth: int):
+    value: list | int = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.fixture(scope="session")
+def bad3(bad, tmp_path_factory) -> dict[str, str]:
+    """``bad`` plus the files of round 3: dangling links, an export dir of ours with an
+    edited artifact, a pseudo-label output of ours, checkpoints with a huge or deeply
+    nested spec or a tampered QAT block, deeply nested recipes and studies."""
+    from compress.pseudo import pseudo_label
+    from deploy.pipeline import ExportConfig, export_checkpoint
+
+    d = tmp_path_factory.mktemp("round3")
+    f: dict[str, Path] = {}
+    f["dangling"] = d / "dangling"
+    f["dangling"].symlink_to(d / "nowhere")
+    f["a_file"] = d / "notes.txt"
+    f["a_file"].write_text("a user's notes\n")
+    # an export of ours, one artifact edited by hand afterwards
+    f["export_edited"] = d / "export_edited"
+    export_checkpoint(bad["good_ckpt"], f["export_edited"],
+                      ExportConfig(val_size=2, synthetic_val_length=2))
+    with open(f["export_edited"] / "model.onnx", "ab") as fh:
+        fh.write(b"\x00")
+    # a pseudo-label output of ours: one with a hand-edited mask, one whose previews/ links away
+    for name in ("pseudo_edited", "pseudo_linked"):
+        f[name] = d / name
+        pseudo_label([bad["good_ckpt"]], Path(bad["ds_ok"]) / "images" / "val", f[name],
+                     show=False, previews=0)
+    (f["pseudo_edited"] / "masks" / "img0.png").write_bytes(PNG)
+    (d / "elsewhere").mkdir()
+    (f["pseudo_linked"] / "previews").symlink_to(d / "elsewhere")
+    # checkpoints whose spec says 32768x32768, or nests 200 levels deep
+    spec = tiny_spec().to_dict()
+    state = create_model(tiny_spec()).state_dict()
+    for name, change in (("huge_spec", {"input_size": [32768, 32768]}),
+                         ("deep_spec", {"kwargs": {"x": _nested(200)}})):
+        f[name] = d / f"{name}.pt"
+        torch.save({"format": "segcompress-checkpoint/1", "spec": {**spec, **change},
+                    "state_dict": state}, f[name])
+    f["qat_tampered"] = d / "qat_tampered.pt"
+    torch.save({"format": "segcompress-checkpoint/1", "spec": spec, "state_dict": state,
+                "quantization": {"format": "segcompress-qat/1", "preset": "turbo",
+                                 "nncf_config": {}}}, f["qat_tampered"])
+    y = d / "yaml"
+    y.mkdir()
+    deep = "[" * 5000 + "]" * 5000
+    f["y_deep"] = y / "deep.yaml"
+    f["y_deep"].write_text(f"train: {deep}\n")
+    f["y_deep_study"] = y / "deep_study.yaml"
+    f["y_deep_study"].write_text(f"name: s\nrecipes: {deep}\n")
+    f["study_out"] = d / "studies"
+    (f["study_out"] / "s").mkdir(parents=True)
+    (f["study_out"] / "s" / "comparison.md").write_text("the user's own notes\n")
+    f["y_study_users"] = y / "study_users.yaml"
+    f["y_study_users"].write_text(f"name: s\nbaseline: r\noutput_dir: {f['study_out']}\n"
+                                  f"recipes: [{{name: r, runs: ['{d}/no_runs/*']}}]\n")
+    return {**bad, **{k: str(v) for k, v in f.items()}}
+
+
+ROUND3 = [
+    # ---- user files lost
+    Row("pseudo-images-inside-out", ["pseudo-label", "--teacher", "{good_ckpt}", "--images",
+                                     "{out}/images", "--out", "{out}", "-q"],
+        ("--images", "inside --out"), files={"out/images/a.png": PNG, "out/images/b.png": PNG}),
+    Row("pseudo-rerun-edited-mask", [*PSEUDO, "--out", "{pseudo_edited}"],
+        ("img0.png", "edited since the toolkit wrote it")),
+    Row("pseudo-rerun-previews-symlink", [*PSEUDO, "--out", "{pseudo_linked}", "--previews", "1"],
+        ("previews", "is a symlink")),
+    Row("pseudo-out-foreign-folder", [*PSEUDO, "--out", "{out}"],
+        ("{out}", "not written by segcompress"), files={"out/previews/mine.png": PNG}),
+    Row("eval-out-users-eval-json", [*EVAL, "{good_ckpt}"], ("{out}", "not written by segcompress"),
+        files={"out/eval.json": b'{"mine": 1}'}),
+    Row("report-out-users-report-md", [*REPORT, "--out", "{out}"],
+        ("{out}", "not written by segcompress"), prog="bench", files={"out/report.md": b"mine"}),
+    Row("compare-users-comparison-md", ["compare", "-c", "{y_study_users}"],
+        ("comparison.md", "not written by segcompress")),
+    Row("candidates-out-users-files", ["candidates", "unet-lite0", "--out", "{out}", "-q"],
+        ("{out}", "not written by segcompress"), prog="bench",
+        files={"out/candidates.md": b"mine"}),
+    Row("flops-json-users-file", ["flops", "{good_ckpt}", "--json", "{out}/flops.json"],
+        ("{out}/flops.json", "not written by segcompress"), prog="bench",
+        files={"out/flops.json": b'{"mine": 1}'}),
+    Row("latency-json-users-file", ["latency", "{good_ckpt}", "--runs", "1", "--warmup", "0",
+                                    "--json", "{out}/lat.json"],
+        ("{out}/lat.json", "not written by segcompress"), prog="bench",
+        files={"out/lat.json": b'{"mine": 1}'}),
+    Row("export-overwrite-edited-artifact", ["export", "{good_ckpt}", "--out", "{export_edited}",
+                                             "--overwrite"],
+        ("model.onnx", "changed since the export wrote it", "kept")),
+    # ---- one line where a traceback was
+    Row("prune-no-target", ["prune", "{good_ckpt}", "--out", "{out}/p.pt"],
+        ("--macs-ratio", "--target-gmacs")),
+    Row("prune-ratio-range", ["prune", "{good_ckpt}", "--out", "{out}/p.pt", "--macs-ratio", "1.5"],
+        ("--macs-ratio", "(0, 1)", "1.5")),
+    Row("prune-out-exists", ["prune", "{good_ckpt}", "--out", "{a_file}", "--macs-ratio", "0.5"],
+        ("{a_file}", "exists")),
+    Row("prune-batches-zero", ["prune", "{good_ckpt}", "--out", "{out}/p.pt", "--macs-ratio",
+                               "0.5", "--importance", "taylor", "--batches", "0"], ("--batches",)),
+    Row("export-qat-tampered", ["export", "{qat_tampered}", "--out", "{out}", "--int8"],
+        ("{qat_tampered}", "quantization key 'preset'")),
+    Row("train-task-named-dunder-class", [*TRAIN, "model.tasks=[{{name: __class__, kind: depth}}]"],
+        ("model.tasks", "__class__")),
+    Row("config-nested-too-deep", ["train", "-c", "{y_deep}"],
+        ("{y_deep}", "nested deeper than 64")),
+    Row("study-nested-too-deep", ["compare", "-c", "{y_deep_study}"],
+        ("{y_deep_study}", "nested deeper than 64")),
+    Row("override-nested-too-deep", [*TRAIN, "train.epochs=" + "[" * 5000 + "]" * 5000],
+        ("train.epochs", "nested deeper than 64")),
+    Row("eval-spec-nested-too-deep", [*EVAL, "{deep_spec}"], ("{deep_spec}", "nested deeper")),
+    Row("eval-out-is-a-file", ["eval", "--out", "{a_file}", "--kind", "synthetic", "--data",
+                               "unused", "{good_ckpt}"], ("{a_file}", "existing file")),
+    Row("eval-out-dangling", ["eval", "--out", "{dangling}", "--kind", "synthetic", "--data",
+                              "unused", "{good_ckpt}"], ("{dangling}", "dangling symlink")),
+    Row("pseudo-out-is-a-file", [*PSEUDO, "--out", "{a_file}"], ("{a_file}", "existing file")),
+    Row("pseudo-out-dangling", [*PSEUDO, "--out", "{dangling}"], ("{dangling}", "dangling")),
+    Row("report-out-dangling", [*REPORT, "--out", "{dangling}"], ("{dangling}", "dangling"),
+        prog="bench"),
+    Row("report-out-is-a-file", [*REPORT, "--out", "{a_file}"], ("{a_file}", "existing file"),
+        prog="bench"),
+    Row("candidates-out-is-a-file", ["candidates", "unet-lite0", "--out", "{a_file}", "-q"],
+        ("{a_file}", "existing file"), prog="bench"),
+    Row("synthetic-out-dangling", ["synthetic", "--out", "{dangling}", "--length", "1"],
+        ("{dangling}", "dangling")),
+    Row("synthetic-out-under-a-file", ["synthetic", "--out", "{a_file}/data", "--length", "1"],
+        ("{a_file}", "not a folder")),
+    Row("export-out-dot", ["export", "{good_ckpt}", "--out", "."], ("--out .", "current folder")),
+    Row("export-threads-negative", ["export", "{good_ckpt}", "--out", "{out}", "--threads", "-2"],
+        ("--threads", "greater than or equal to 1")),
+    Row("export-calib-size-negative", ["export", "{good_ckpt}", "--out", "{out}", "--int8",
+                                       "--calib-size", "-5"], ("--calib-size", "greater than or equal to 1")),
+    Row("export-static-batch-zero", ["export", "{good_ckpt}", "--out", "{out}", "--static-batch",
+                                     "--batch", "0"], ("--batch", "greater than or equal to 1")),
+    # ---- sizes before any allocation (compress.spec.MAX_SIDE)
+    Row("eval-spec-size-32768", [*EVAL, "{huge_spec}"], ("{huge_spec}", "input_size", "8192")),
+    Row("bench-flops-spec-size-32768", ["flops", "{huge_spec}"],
+        ("{huge_spec}", "input_size", "8192"), prog="bench"),
+    Row("synthetic-size-100000", ["synthetic", "--out", "{out}/d", "--size", "100000x100000"],
+        ("100000x100000", "8192")),
+    Row("export-size-too-large", ["export", "{good_ckpt}", "--out", "{out}", "--size",
+                                  "16384x16384"], ("16384x16384", "8192")),
+    # ---- what hung (> 120 s): bounded before the work
+    Row("bench-latency-runs-billion", ["latency", "{good_ckpt}", "--runs", "1000000000"],
+        ("--runs", "less than or equal to 100000"), prog="bench"),
+    Row("pseudo-scale-100", [*PSEUDO, "--out", "{out}", "--scales", "100"],
+        ("--scales 100", "(0, 4]")),
+    Row("pseudo-nine-scales", [*PSEUDO, "--out", "{out}", "--scales", "1,1,1,1,1,1,1,1,1"],
+        ("--scales", "9 scales", "at most 8")),
+]
+
+ROUND3_IDS = [r.id for r in ROUND3]
+assert len(set(ROUND3_IDS + IDS)) == len(ROUND3_IDS) + len(IDS), "duplicate row ids"
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id) for r in ROUND3])
+def test_round3_inprocess(row: Row, bad3, tmp_path):
+    """Every round-3 row through ``main()`` in this process."""
+    _run_row(row, bad3, tmp_path, run_inprocess, "bad_inputs")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", [pytest.param(r, id=r.id) for r in ROUND3])
+def test_round3_console(row: Row, bad3, tmp_path):
+    """The round-3 rows through the real console entry (``-m slow``)."""
+    _run_row(row, bad3, tmp_path, run_console, "bad_inputs_console", " (console)")
+
+
+def test_round3_nothing_lost(bad3):
+    """The files the refused rows pointed at are as they were: the edited artifact and
+    mask, the user's comparison.md, the folder a previews/ link leads to."""
+    assert (Path(bad3["export_edited"]) / "model.onnx").read_bytes().endswith(b"\x00")
+    assert (Path(bad3["pseudo_edited"]) / "masks" / "img0.png").read_bytes() == PNG
+    assert (Path(bad3["study_out"]) / "s" / "comparison.md").read_text() == "the user's own notes\n"
+    assert list((Path(bad3["pseudo_linked"]) / "previews").iterdir()) == []
+    assert Path(bad3["a_file"]).read_text() == "a user's notes\n"

@@ -58,7 +58,9 @@ class FailedRow:
     at: str = ""                  # FAILED's "at:" line starts with this
     fault: str | None = None      # SEGCOMPRESS_FAULT for the run
     data: str | None = None       # a broken folder dataset (test_bad_inputs.folder_dataset)
-    ctrl_c: bool = False          # console run stopped at ``fault`` by SIGINT
+    ctrl_c: bool = False          # console run stopped at ``fault`` by ``sig``
+    sig: signal.Signals = signal.SIGINT
+    code: int = 130               # its exit code
 
 
 ROWS = [
@@ -75,6 +77,9 @@ ROWS = [
               reason=("ValueError", "ignore_index 0 is the class")),
     FailedRow("ctrl-c", fault="train_step@6", ctrl_c=True, at="epoch 2 of 3",
               reason=("KeyboardInterrupt", "interrupted")),
+    # issue 20: SIGTERM (a scheduler's kill) is handled as Ctrl-C is
+    FailedRow("sigterm", fault="train_step@6", ctrl_c=True, sig=signal.SIGTERM, code=143,
+              at="epoch 2 of 3", reason=("Terminated", "terminated (SIGTERM)")),
 ]
 
 
@@ -88,8 +93,8 @@ def test_a_failed_run_writes_failed_with_its_reason(row: FailedRow, tmp_path, mo
     argv = train_argv(out, "failed", *extra)
     if row.ctrl_c:
         r = run_and_kill([sys.executable, "-m", "compress.cli", *argv], row.fault,
-                         tmp_path / "stopped", timeout=300, sig=signal.SIGINT)
-        assert r.code == 130, r.stderr[-2000:]
+                         tmp_path / "stopped", timeout=300, sig=row.sig)
+        assert r.code == row.code, r.stderr[-2000:]
     else:
         r = train_inprocess(monkeypatch, argv, row.fault)
     line = error_line(r)
