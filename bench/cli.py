@@ -280,7 +280,7 @@ def candidates(
                      "onnxruntime-int8"),
     ] = None,
     budget_ms: Annotated[
-        float | None, typer.Option(help="mark the rows at or under this many ms/image")
+        float | None, typer.Option(min=0, help="mark the rows at or under this many ms/image")
     ] = None,
     classes: Annotated[
         int | None, typer.Option(min=1, help="class count without --teacher (default 11)")
