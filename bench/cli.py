@@ -80,7 +80,7 @@ def flops(
 
     spec, files = flops_subject(model)
     hw = _size(size) or tuple(spec.input_size)
-    result = count_flops(create_model(spec), hw)
+    result = count_flops(create_model(spec, source=model), hw)
     typer.echo(format_flops(result, spec, files))
     if json_path:
         from compress.io import atomic_write_json

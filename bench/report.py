@@ -270,8 +270,8 @@ def build_report(
 
     log(f"counting MACs at {size[0]}x{size[1]}")
     cost = {}
-    for key, spec in (("teacher", t_spec), *zip(names, s_specs)):
-        fl = count_flops(create_model(spec), size, breakdown=False)
+    for key, spec, path in (("teacher", t_spec, teacher), *zip(names, s_specs, students)):
+        fl = count_flops(create_model(spec, source=path), size, breakdown=False)
         cost[key] = {
             "params": fl.params["total"],
             "gmacs": fl.gmacs,
