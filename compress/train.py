@@ -635,9 +635,11 @@ def check_run_recipe(run_dir: Path, cfg: RunConfig, overrides: list[str] | None 
     Raises:
         ModelError: one line naming config.yaml, the key and the name.
     """
-    given = [str(o) for o in overrides or ()]
+    from compress.config import parse_overrides
+
+    given = [k for k, _ in parse_overrides(overrides or [])]  # the keys set now, by the user
     for key, name in recipe_references(cfg):
-        if not any(name in o for o in given):
+        if not any(key == k or key.startswith(k + ".") for k in given):
             require_trusted(key, name, source=Path(run_dir) / "config.yaml")
 
 
