@@ -413,6 +413,16 @@ def test_binary_masks_saved_as_0_255_are_warned_about(tmp_path, caplog):
     assert r.code == 0, r.text[-2000:]
     warned = [m for m in caplog.messages if m.startswith("warning:") and "0/255" in m]
     assert len(warned) == 1 and "'lesion'" in warned[0], caplog.messages
+    # and training's data set-up says the same (train and val split: here one folder)
+    from compress.config import load_config
+    from compress.train import setup_data
+
+    caplog.clear()
+    cfg = load_config(None, ["data.kind=folder", f"data.root={tmp_path / 'ds255'}",
+                             "data.size=[64,64]", "data.batch_size=1"])
+    setup_data(cfg, spec, ["lesion"], 0, 1)
+    warned = [m for m in caplog.messages if "0/255" in m]
+    assert len(warned) == 2 and all("'lesion'" in m for m in warned), caplog.messages
 
 
 # ---------------------------------------------------------------- never delete a user's file
