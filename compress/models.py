@@ -197,7 +197,7 @@ def require_trusted(key: str, name: str, trusted=(), source: str | Path | None =
     if name in set(trusted) | trusted_factories():
         return
     where = f"{source}: " if source else ""
-    kind = next(k for k in ("factory", "encoder", "kwargs") if k in key.split("."))
+    kind = next(part for part in key.split(".") if part in _REFERENCE_WHAT)  # kwargs.factory
     what, why = _REFERENCE_WHAT[kind]
     raise ModelError(f"{where}{key} names {what} {name!r}, which you have not trusted: {why}; "
                      f"if you trust it, pass --trust-factory {name} or set {TRUST_ENV}={name}")
