@@ -85,7 +85,7 @@ def flops(
         open_out_file(json_path)  # before any work
     spec, files = flops_subject(model)
     hw = _size(size) or tuple(spec.input_size)
-    result = count_flops(create_model(spec), hw)
+    result = count_flops(create_model(spec, source=model), hw)
     typer.echo(format_flops(result, spec, files))
     if json_path:
         write_json_output(
@@ -284,7 +284,7 @@ def candidates(
                      "onnxruntime-int8"),
     ] = None,
     budget_ms: Annotated[
-        float | None, typer.Option(help="mark the rows at or under this many ms/image")
+        float | None, typer.Option(min=0, help="mark the rows at or under this many ms/image")
     ] = None,
     classes: Annotated[
         int | None, typer.Option(min=1, help="class count without --teacher (default 11)")

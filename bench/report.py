@@ -149,12 +149,26 @@ def _as_paths(value: Path | str | Sequence[Path | str] | None) -> list[Path]:
     return [Path(v) for v in value]
 
 
-def _artifact_targets(directory: Path, role: str, name: str | None = None) -> list[Target]:
+def _artifact_targets(directory: Path, role: str, source: Path,
+                      name: str | None = None) -> list[Target]:
     """One target per artifact of an export dir; ``name`` labels a student among several
-    (default: its role)."""
-    from deploy.manifest import read_manifest
+    (default: its role). The export must have been made from ``source`` (the ``--student``
+    or ``--teacher`` file its rows are reported as): its manifest's ``source_sha256``.
+
+    Raises:
+        InputError: an export of another checkpoint, naming both files.
+    """
+    from deploy.manifest import read_manifest, sha256_file
 
     manifest = read_manifest(directory)
+    actual = sha256_file(source)
+    if manifest["source_sha256"] != actual:
+        option = "--artifacts" if role == "student" else "--teacher-artifacts"
+        raise InputError(f"{option} {directory} was exported from "
+                         f"{manifest['source_checkpoint']} (sha256 "
+                         f"{str(manifest['source_sha256'])[:12]}...), not from --{role} "
+                         f"{source} (sha256 {actual[:12]}...): its rows would be reported as "
+                         f"that {role}'s; give the export of that file")
     targets = []
     for art in manifest["artifacts"]:
         backend, prec = art["backend"], str(art["precision"])
@@ -261,8 +275,8 @@ def build_report(
 
     log(f"counting MACs at {size[0]}x{size[1]}")
     cost = {}
-    for key, spec in (("teacher", t_spec), *zip(names, s_specs)):
-        fl = count_flops(create_model(spec), size, breakdown=False)
+    for key, spec, path in (("teacher", t_spec, teacher), *zip(names, s_specs, students)):
+        fl = count_flops(create_model(spec, source=path), size, breakdown=False)
         cost[key] = {
             "params": fl.params["total"],
             "gmacs": fl.gmacs,
@@ -301,9 +315,10 @@ def build_report(
         for name, path in zip(names, students)
     ]
     if teacher_artifacts:
-        targets += _artifact_targets(Path(teacher_artifacts), "teacher")
-    for name, directory in zip(names, exports):
-        targets += _artifact_targets(directory, "student", None if len(names) == 1 else name)
+        targets += _artifact_targets(Path(teacher_artifacts), "teacher", teacher)
+    for name, path, directory in zip(names, students, exports):
+        targets += _artifact_targets(directory, "student", path,
+                                     None if len(names) == 1 else name)
     _dedupe_labels(targets)
 
     frames, input_note = load_images(data, split, kind, count=8, size=size)

@@ -57,14 +57,17 @@ def options(
 def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | None,
              quiet: bool, distill: bool, resume_changed: bool = False) -> None:
     from compress.config import load_config
-    from compress.train import find_resume, fit, prepare_teacher
+    from compress.train import check_run_recipe, find_resume, fit, prepare_teacher
 
     if config is None and resume is None:
         raise typer.BadParameter("give a recipe (--config) or a run to continue (--resume)",
                                  param_hint="'--config'")
-    if config is None:
+    run_recipe = config is None  # the run dir's own config.yaml: data, not the user's recipe
+    if run_recipe:
         config = find_resume(resume)[0] / "config.yaml"
     cfg = load_config(config, overrides)
+    if run_recipe:
+        check_run_recipe(config.parent, cfg, overrides)
     has_kd = cfg.kd.enabled
     if distill and not has_kd:
         raise typer.BadParameter(f"{config}: no kd.*.weight is set: use `compress train` or set "
@@ -203,7 +206,8 @@ def prune(
         help="magnitude (L2 of weights) or taylor (gradients of a few train batches)")]
     = Importance.magnitude,
     steps: Annotated[int, typer.Option(min=1, help="iterative pruning steps")] = 5,
-    round_to: Annotated[int, typer.Option(help="channel counts rounded to multiples of")] = 8,
+    round_to: Annotated[int, typer.Option(
+        min=1, help="channel counts rounded to multiples of")] = 8,
     data: Annotated[Path | None, typer.Option(help="dataset root (Taylor importance)")] = None,
     data_kind: Annotated[DataKind, typer.Option(help="layout of --data")] = DataKind.camvid,
     batches: Annotated[int, typer.Option(min=1, help="train batches per Taylor step")] = 4,

@@ -50,7 +50,7 @@ def pseudo_label_cmd(
     copy: Annotated[bool, typer.Option("--copy", help="copy images instead of linking them")] = False,
     depth: Annotated[Path | None, typer.Option(
         help="depth maps named like the images (<stem>.png mm / .npy m): linked into OUT/depth")] = None,
-    previews: Annotated[int, typer.Option(help="preview pictures to write")] = 4,
+    previews: Annotated[int, typer.Option(min=0, help="preview pictures to write")] = 4,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:

@@ -565,8 +565,14 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     source = str(path) if path else "<defaults>"
     raw: dict = _read_yaml(Path(path)) if path is not None else {}
+    if path is not None and not raw:  # otherwise a full default training would start
+        raise ConfigError(f"{path}: the recipe is empty (no keys): write the keys to change "
+                          "(see configs/quickstart.yaml, `compress config --show`)")
     cli_keys = {}
     for (key, value), item in zip(parse_overrides(overrides or []), overrides or []):
+        if key == "base":  # read only from a file: an override would be recorded, not used
+            raise ConfigError(f"command-line override {item!r}: 'base' is read only from a "
+                              "recipe file; pass that recipe with -c, or put base: in yours")
         _set_dotted(raw, key, value)
         cli_keys[key] = item
     try:

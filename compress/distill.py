@@ -22,6 +22,7 @@ from compress.models import (
     load_adapter,
     load_model,
     make_spec,
+    model_references,
     read_checkpoint,
 )
 from compress.multitask import seg_logits
@@ -83,10 +84,23 @@ class DistillationTask(nn.Module):
             return self.criterion(s_out, target, t_logits, s_feats, t_feats)
 
 
+def recipe_references(cfg: RunConfig) -> list[tuple[str, str]]:
+    """``(key, name)`` of what the recipe's models name outside the toolkit's registries
+    (:func:`compress.models.model_references`: a factory, an external encoder, a kwarg off
+    the allow-list), keys dotted as in the recipe (``teacher.model.factory``)."""
+    out = []
+    for prefix, m in (("model", cfg.model), ("teacher.model", cfg.teacher.model)):
+        if m is not None:
+            out += [(f"{prefix}.{key}", name)
+                    for key, name in model_references(m.arch, m.encoder, m.factory, m.kwargs)]
+    return out
+
+
 def recipe_factories(cfg: RunConfig) -> set[str]:
-    """Custom model factories the user named in the recipe (trusted: they wrote it)."""
-    models = [cfg.model, cfg.teacher.model]
-    return {m.factory for m in models if m is not None and m.factory}
+    """What the user's own recipe names outside the registries (custom factories, ...):
+    trusted, they wrote it. A recipe read back from a run dir is not theirs: see
+    :func:`compress.train.check_run_recipe`."""
+    return {name for _, name in recipe_references(cfg)}
 
 
 class Teacher:

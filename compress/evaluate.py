@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from compress.data import split_classes, split_images
+from compress.data import ignore_collision, split_classes, split_images
 from compress.errors import InputError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
 from compress.io import atomic_write_json, atomic_write_text
 from compress.outdir import OutDir, open_out
 from compress.spec import MAX_SIDE, ModelSpec
-from compress.train import collate, depth_task, evaluate, evaluate_depth
+from compress.train import check_class_names, collate, depth_task, evaluate, evaluate_depth
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -170,6 +171,9 @@ def _score(path: Path, data: Path, split: str, *, kind: str, size: tuple[int, in
     predict, spec = load(path, str(dev), spec)
     size = size or tuple(spec.input_size)
     dt = depth_task(spec)
+    if dt is None and depth not in ("auto", "none"):
+        raise InputError(f"--depth {depth}: {path} is a single-task model (no depth output): "
+                         "there is no depth to score; drop --depth")
     mode = _depth_mode(depth, kind, data, split) if dt is not None else "none"
     # a multi-task model on a split with depth: at the network size one pass scores both
     one_pass = mode != "none" and score_at == "network"
@@ -178,6 +182,10 @@ def _score(path: Path, data: Path, split: str, *, kind: str, size: tuple[int, in
     if len(ds.class_names) != spec.classes:
         raise InputError(f"{path}: model has {spec.classes} classes but {data} has "
                          f"{len(ds.class_names)}")
+    check_class_names(spec.class_names, spec.ignore_index, list(ds.class_names),
+                      what=f"{path}: the model's class names")
+    if (why := ignore_collision(ds.source)) is not None:  # the same check as training's
+        logging.getLogger("compress").warning(f"warning: {why}")
     if score_at == "source":
         ds, batch_size = SourceMasks(ds), 1
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)

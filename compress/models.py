@@ -106,24 +106,109 @@ def _factory_name_ok(name: str) -> bool:
     return bool(mod and fn) and all(p.isidentifier() for p in (*mod.split("."), fn))
 
 
+def external_encoder(encoder: str) -> bool:
+    """Whether an encoder name leaves the registries: timm reads ``hf-hub:<repo>`` from
+    the Hugging Face Hub and ``local-dir:<path>`` from a folder, even without weights."""
+    return ":" in str(encoder)
+
+
+# a spec's ``kwargs`` reach the smp architecture's constructor, whose own named arguments
+# are the allow-list; anything else is passed on to ``timm.create_model``
+# (``checkpoint_path``, ``pretrained_cfg``, ``pretrained_cfg_overlay``: a file or the network)
+_NOT_FROM_KWARGS = ("self", "encoder_name", "encoder_weights", "classes", "kwargs")
+
+
+def allowed_kwargs(arch: str) -> set[str] | None:
+    """The ``kwargs`` keys a spec of ``arch`` may set without being trusted: the smp
+    architecture's own constructor arguments; None where no key reaches a third-party
+    constructor (a zoo head checks its own, a factory is trusted, an unknown arch fails)."""
+    import inspect
+
+    cls = architectures().get(arch)
+    if cls is None:
+        return None
+    return {n for n in inspect.signature(cls.__init__).parameters if n not in _NOT_FROM_KWARGS}
+
+
+def model_references(arch: str, encoder: str, factory: str | None,
+                     kwargs: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What a model description names outside the toolkit's own registries, as
+    ``(key, trust name)``: a factory (code), an encoder that timm fetches from the Hub or a
+    folder, a constructor kwarg off the allow-list (a path or download for timm). Each
+    must be trusted by that name before anything is built."""
+    if factory:
+        return [("factory", factory)]  # the factory gets the kwargs: trusting it covers them
+    refs = [("encoder", encoder)] if external_encoder(encoder) else []
+    allowed = allowed_kwargs(arch)
+    if allowed is not None:
+        refs += [(f"kwargs.{k}", f"kwargs.{k}") for k in (kwargs or {}) if k not in allowed]
+    return refs
+
+
+def _trust_name_ok(name: str) -> bool:
+    if name.startswith("kwargs."):
+        return name[len("kwargs."):].isidentifier()
+    return _factory_name_ok(name) or (external_encoder(name) and len(name) <= 300)
+
+
 def trust_factories(names) -> None:
-    """Trust these ``package.module:function`` factories for the rest of the process (what
-    ``--trust-factory`` does; ``SEGCOMPRESS_TRUSTED_FACTORIES`` is read at each use).
+    """Trust these names for the rest of the process (what ``--trust-factory`` does;
+    ``SEGCOMPRESS_TRUSTED_FACTORIES`` is read at each use): a ``package.module:function``
+    factory, an encoder that leaves the registries (``tu-hf-hub:...``) or a kwarg off the
+    allow-list (``kwargs.checkpoint_path``), as the refusal names it.
 
     Raises:
-        ModelError: a name that is not of the form ``package.module:function``.
+        ModelError: a name of none of these forms.
     """
     for name in names or ():
         name = str(name).strip()
-        if not _factory_name_ok(name):
-            raise ModelError(f"--trust-factory {name[:80]!r} must look like package.module:function")
+        if not _trust_name_ok(name):
+            raise ModelError(f"--trust-factory {name[:80]!r} must look like "
+                             "package.module:function (or an encoder / kwargs.<name> a "
+                             "refusal named)")
         _TRUSTED.add(name)
 
 
 def trusted_factories() -> set[str]:
-    """The factories the user trusted by name (``--trust-factory`` and the environment)."""
+    """The names the user trusted (``--trust-factory`` and the environment)."""
     env = {n.strip() for n in os.environ.get(TRUST_ENV, "").replace(";", ",").split(",")}
     return _TRUSTED | {n for n in env if n}
+
+
+_REFERENCE_WHAT = {
+    "factory": ("the model factory",
+                "code named by a checkpoint or manifest is never run (nothing was imported)"),
+    "encoder": ("the encoder",
+                ("an encoder a file names is never fetched from the network or a folder "
+                 "(nothing was read)")),
+    "kwargs": ("the model argument",
+               ("an argument a file names never reaches timm (it can read a path or "
+                "download; nothing was read)")),
+}
+
+
+def require_trusted(key: str, name: str, trusted=(), source: str | Path | None = None) -> None:
+    """Refuse ``name`` (under ``key``: ``factory``, ``encoder``, ``kwargs.<k>``,
+    ``model.factory``...) unless the user trusted it: named it in their recipe
+    (``trusted``), with ``--trust-factory`` or in ``SEGCOMPRESS_TRUSTED_FACTORIES``.
+
+    Raises:
+        ModelError: one line naming the file, the key, the name and how to trust it.
+    """
+    if name in set(trusted) | trusted_factories():
+        return
+    where = f"{source}: " if source else ""
+    kind = next(part for part in key.split(".") if part in _REFERENCE_WHAT)  # kwargs.factory
+    what, why = _REFERENCE_WHAT[kind]
+    raise ModelError(f"{where}{key} names {what} {name!r}, which you have not trusted: {why}; "
+                     f"if you trust it, pass --trust-factory {name} or set {TRUST_ENV}={name}")
+
+
+def check_references(spec: ModelSpec, trusted=(), source: str | Path | None = None) -> None:
+    """Refuse a spec naming an untrusted factory, external encoder or kwarg
+    (:func:`model_references`) before anything is imported or built."""
+    for key, name in model_references(spec.arch, spec.encoder, spec.factory, spec.kwargs):
+        require_trusted(key, name, trusted, source)
 
 
 def _import_factory(path: str, trusted=(), source: str | None = None):
@@ -133,12 +218,7 @@ def _import_factory(path: str, trusted=(), source: str | None = None):
     its top level)."""
     if not isinstance(path, str) or not _factory_name_ok(path):
         raise ModelError(f"factory {str(path)[:80]!r} must look like package.module:function")
-    if path not in set(trusted) | trusted_factories():
-        where = f"{source}: " if source else ""
-        raise ModelError(
-            f"{where}names the model factory {path!r}, which you have not trusted: code named "
-            f"by a checkpoint or manifest is never run (nothing was imported); if you trust it, "
-            f"pass --trust-factory {path} or set {TRUST_ENV}={path}")
+    require_trusted("factory", path, trusted, source)
     mod_name, fn_name = path.split(":", 1)
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
@@ -195,6 +275,7 @@ def _create_unpruned(spec: ModelSpec, encoder_weights: str | None, *, trusted,
         if not isinstance(model, nn.Module):
             raise ModelError(f"factory {spec.factory!r} did not return an nn.Module")
         return model
+    check_references(spec, trusted, source)
     from compress.zoo import HEAD_ARCHS, create_head_model
 
     if spec.arch in HEAD_ARCHS:  # the project's own heads (student zoo)

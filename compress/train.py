@@ -33,7 +33,13 @@ from tqdm import tqdm
 
 from compress.classmap import kd_class_map
 from compress.config import ConfigError, RunConfig, dump_config, load_config
-from compress.data import build_depth_val, build_split, build_train_set, dataset_classes
+from compress.data import (
+    build_depth_val,
+    build_split,
+    build_train_set,
+    dataset_classes,
+    ignore_collision,
+)
 from compress.distill import (
     DistillationTask,
     Teacher,
@@ -41,6 +47,7 @@ from compress.distill import (
     feature_channels,
     load_teacher,
     recipe_factories,
+    recipe_references,
 )
 from compress.errors import InputError, UserError
 from compress.evidence import ImageCounter, ImageCounts
@@ -58,6 +65,7 @@ from compress.models import (
     load_model,
     make_spec,
     read_checkpoint,
+    require_trusted,
     save_checkpoint,
     unwrap,
 )
@@ -91,16 +99,39 @@ def distributed_info() -> tuple[int, int]:
 VOID_NAMES = ("void", "unlabelled", "unlabeled", "ignore")
 
 
-def check_task_settings(cfg: RunConfig, class_names: list[str]) -> None:
-    """Refuse settings that would train and score something else than asked: an
-    ``ignore_index`` that is a real class (it would score 0 IoU inside the mean) unless
-    that class is named void, and class weights of another length than the classes."""
-    i = cfg.ignore_index
+def check_class_names(class_names: list[str], ignore_index: int,
+                      data_names: list[str] | None = None, what: str = "class_names") -> None:
+    """Refuse a label set that would score something else than asked (train, distill and
+    eval make the same checks): the data's class names (``classes.txt``...) in another
+    order, and an ``ignore_index`` that is a real class (it would score 0 IoU inside the
+    mean) unless that class is named void.
+
+    Raises:
+        ConfigError: one line naming ``what``, the names and the index.
+    """
+    if data_names is not None and len(data_names) == len(class_names):
+        mine, theirs = [n.strip().lower() for n in class_names], [n.strip().lower()
+                                                                   for n in data_names]
+        if mine != theirs and sorted(mine) == sorted(theirs):
+            i = next(k for k, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+            raise ConfigError(f"{what} {list(class_names)[:8]} are the data's class names "
+                             f"{list(data_names)[:8]} in another order: label {i} is "
+                             f"{data_names[i]!r} in the data but {class_names[i]!r} here, so "
+                             "every score would be of the wrong class")
+    i = ignore_index
     if 0 <= i < len(class_names) and class_names[i].strip().lower() not in VOID_NAMES:
         raise ConfigError(f"ignore_index {i} is the class {class_names[i]!r} (classes 0.."
                          f"{len(class_names) - 1}): pixels of it would never be learnt yet "
                          "count in the mIoU; use an index outside the classes (e.g. 255) or "
                          "name that class 'void'")
+
+
+def check_task_settings(cfg: RunConfig, class_names: list[str],
+                        data_names: list[str] | None = None) -> None:
+    """Refuse settings that would train and score something else than asked: the label
+    set (:func:`check_class_names`), and class weights of another length than the
+    classes."""
+    check_class_names(class_names, cfg.ignore_index, data_names)
     w = cfg.loss.class_weights
     if w is not None and len(w) != len(class_names):
         raise ConfigError(f"loss.class_weights has {len(w)} entries but there are "
@@ -601,6 +632,23 @@ def find_resume(resume: str | Path) -> tuple[Path, Path | None]:
     return run, p
 
 
+def check_run_recipe(run_dir: Path, cfg: RunConfig, overrides: list[str] | None = None) -> None:
+    """A resume whose recipe is the run dir's own ``config.yaml``: a run dir handed over is
+    data, so a factory, external encoder or kwarg its recipe names
+    (:func:`compress.distill.recipe_references`) is refused unless trusted by name (or
+    given now in ``overrides``); nothing is imported before this passes.
+
+    Raises:
+        ModelError: one line naming config.yaml, the key and the name.
+    """
+    from compress.config import parse_overrides
+
+    given = [k for k, _ in parse_overrides(overrides or [])]  # the keys set now, by the user
+    for key, name in recipe_references(cfg):
+        if not any(key == k or key.startswith(k + ".") for k in given):
+            require_trusted(key, name, source=Path(run_dir) / "config.yaml")
+
+
 # a change to these keys does not change what is trained: allowed on resume, logged
 RESUME_FREE_KEYS = ("name", "output_dir", "train.epochs", "train.device", "train.threads",
                     "train.val_every", "train.vis_every", "train.save_every",
@@ -623,11 +671,19 @@ def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-def check_resume(run_dir: Path, cfg: RunConfig, done_epochs: int,
-                 allow_changed: bool) -> dict[str, tuple[Any, Any]]:
-    """Compare the recipe of a resume with the run's own ``config.yaml``; nothing is written.
+def _shown(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``key: old -> new`` for the first five changes (and how many more)."""
+    shown = ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(changes.items())[:5])
+    return shown + (f" (+{len(changes) - 5} more)" if len(changes) > 5 else "")
 
-    Returns the changes (to be logged). Raises ValueError for a changed model / loss /
+
+def check_resume(run_dir: Path, cfg: RunConfig, done_epochs: int,
+                 allow_changed: bool, saved: dict | None = None) -> dict[str, tuple[Any, Any]]:
+    """Compare the recipe of a resume with the run's own ``config.yaml``, and that file
+    with the config saved in ``last.pt`` (``saved``: what was really trained; an edited
+    config.yaml would otherwise resume silently); nothing is written.
+
+    Returns the changes (to be logged). Raises ConfigError for a changed model / loss /
     data / optimiser recipe unless ``allow_changed`` (``--resume-changed``), and for
     ``train.epochs`` below the epochs already done.
     """
@@ -638,18 +694,26 @@ def check_resume(run_dir: Path, cfg: RunConfig, done_epochs: int,
     except ConfigError as e:
         raise ConfigError(f"cannot resume {run_dir}: its config.yaml is not a valid recipe "
                          f"({e})") from None
+    edited = {}
+    if isinstance(saved, dict):  # keys both know: a file from an older version lacks some
+        a, b = _flat(saved), _flat(stored.model_dump(mode="json"))
+        edited = {k: (a[k], b[k]) for k in sorted(set(a) & set(b))
+                  if a[k] != b[k] and k not in RESUME_FREE_KEYS}
+    if edited and not allow_changed:
+        raise ConfigError(f"cannot resume {run_dir}: its config.yaml differs from the config "
+                         f"saved in checkpoints/last.pt ({_shown(edited)}): edited after the "
+                         "run started? pass --resume-changed to continue with the change (it "
+                         "is logged)")
     changes = config_changes(stored, cfg)
     recipe = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
     if recipe and not allow_changed:
-        shown = ", ".join(f"{k}: {o!r} -> {n!r}" for k, (o, n) in list(recipe.items())[:5])
-        more = f" (+{len(recipe) - 5} more)" if len(recipe) > 5 else ""
         raise ConfigError(f"cannot resume {run_dir}: the recipe differs from its config.yaml "
-                         f"({shown}{more}); resume without -c to use the run's own recipe, or "
+                         f"({_shown(recipe)}); resume without -c to use the run's own recipe, or "
                          "pass --resume-changed to continue with the change (it is logged)")
     if cfg.train.epochs < done_epochs:
         raise ConfigError(f"cannot resume {run_dir}: it has run {done_epochs} epochs already, "
                          f"more than train.epochs={cfg.train.epochs}")
-    return changes
+    return {**edited, **changes}
 
 
 def _resumed_config_text(run_dir: Path, cfg: RunConfig, note: str | None) -> str:
@@ -973,7 +1037,7 @@ def setup_context(cfg: RunConfig, progress: RunProgress, resume: str | Path | No
                 raise ConfigError(f"nothing to resume: {last_path} holds weights only (no "
                                  "optimizer state); give a run's checkpoints/last.pt")
         changes = check_resume(run_dir, cfg, last_state["epoch"] if last_state else 0,
-                               resume_changed)
+                               resume_changed, (last_state or {}).get("config"))
     run_dir = Path(run_dir) if run_dir else make_run_dir(cfg)
     if world > 1:  # every rank must agree on rank 0's run dir
         obj = [str(run_dir)]
@@ -1005,7 +1069,10 @@ def setup_data(cfg: RunConfig, spec: ModelSpec, class_names: list[str], rank: in
     if len(train_set.class_names) != len(class_names):
         raise ConfigError(f"class_names has {len(class_names)} entries but the data has "
                          f"{len(train_set.class_names)} classes")
-    check_task_settings(cfg, class_names)
+    check_task_settings(cfg, class_names, list(train_set.class_names))
+    for split in (getattr(train_set, "parts", [train_set])[0], val_set):  # 0/255 masks
+        if (why := ignore_collision(split.source)) is not None:
+            log.warning(f"warning: {why}")
     weights = train_set.sample_weights() if hasattr(train_set, "sample_weights") else None
     sampler = EpochSampler(len(train_set), cfg.seed, weights, cfg.data.epoch_samples, rank, world)
     loader = torch.utils.data.DataLoader(

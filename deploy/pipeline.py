@@ -134,6 +134,15 @@ def validate_config(cfg: ExportConfig) -> str:
     if cfg.int8_method not in INT8_METHODS:
         raise InputError(f"export: unknown --int8-method {cfg.int8_method!r}; valid: "
                          f"{', '.join(INT8_METHODS)}")
+    defaults = ExportConfig()
+    for flag, value, default in (("--target", cfg.target, defaults.target),
+                                 ("--int8-method", cfg.int8_method, defaults.int8_method)):
+        if not cfg.int8 and value != default:  # it shapes the INT8 graph only: nothing made
+            raise InputError(f"export: {flag} {value} chooses how the INT8 model is made, "
+                             "but --int8 is not given (nothing INT8 would be made): add --int8")
+    for flag, value in (("--batch", cfg.batch_size), ("--trt-max-batch", cfg.trt_max_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"export: {flag} must be an integer >= 1, got {value}")
     if cfg.int8 and cfg.int8_method == "modelopt":
         from deploy.modelopt import unavailable_reason
 

@@ -21,6 +21,7 @@ The batching helper every fixed-batch runtime uses is :func:`deploy.arrays.in_ba
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,8 @@ from deploy.backends.base import (
     normalize_precision,
 )
 from deploy.manifest import artifact_spec, find_artifact
+
+log = logging.getLogger("deploy")
 
 __all__ = [
     "PRECISIONS",
@@ -137,6 +140,9 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
     backend = backend_for_path(path)
     precision = normalize_precision(precision)
     manifest, entry = find_artifact(path)
+    if manifest is not None and entry is None:  # not verified: never passed off as if it were
+        log.warning(f"warning: {path} is not listed in the manifest.json beside it: it is "
+                    "unverified (no sha256, no verification); loading it with its own spec")
     spec = artifact_spec(manifest, entry) if entry is not None else None
     return backend.load(path, spec, entry, str(device), threads, precision)
 

@@ -14,6 +14,7 @@ from compress.data.datasets import (
     SyntheticSource,
     camvid_source,
     folder_source,
+    ignore_collision,
     read_image,
 )
 from compress.data.transforms import TrainAugment, denormalize, normalize, resize_pair
@@ -32,6 +33,7 @@ __all__ = [
     "build_train_set",
     "create_source",
     "denormalize",
+    "ignore_collision",
     "normalize",
     "read_image",
     "resize_pair",

@@ -88,6 +88,36 @@ def check_mask(mask: np.ndarray, classes: int, ignore_index: int, where: str) ->
         )
 
 
+def ignore_collision(source, limit: int = 16) -> str | None:
+    """Why a split's masks look like a 0/255 convention that collides with the ignore
+    index (a class without one labelled pixel while the ignore value covers a large share
+    of the first ``limit`` masks: every foreground pixel would be ignored), or None."""
+    masks = [m for _, m in getattr(source, "pairs", ()) if m is not None][:limit]
+    if not masks:
+        return None
+    classes, ignore = max(2, len(source.class_names)), source.ignore_index
+    counts = np.zeros(classes, np.int64)
+    ignored = total = 0
+    for path in masks:
+        mask = read_mask(path)
+        total += mask.size
+        ignored += int((mask == ignore).sum())
+        counts += np.bincount(mask[(mask >= 0) & (mask < classes)].ravel(),
+                              minlength=classes)[:classes]
+    share = ignored / max(total, 1)
+    empty = [i for i in range(classes) if counts[i] == 0]
+    if not empty or share < 0.25:
+        return None
+    names = ["background", *source.class_names] if len(source.class_names) == 1 \
+        else list(source.class_names)
+    k = empty[0]
+    return (f"{source.where}: class {names[k]!r} (label {k}) has no labelled pixel in the "
+            f"first {len(masks)} masks while the ignore value {ignore} covers {share:.0%} of "
+            f"their pixels: masks saved as 0/{ignore} (foreground = {ignore})? then every "
+            f"such pixel is ignored, not learnt or scored; save that class as {k}, or set "
+            "ignore_index to a value the masks do not use")
+
+
 class PairSource:
     """Image/mask file pairs with class names (CamVid list file or images/masks folder)."""
 

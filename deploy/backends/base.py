@@ -90,15 +90,20 @@ class Runtime:
         ``["classes"]``, or ``["seg", "depth"]`` for a multi-task model)."""
         return output_names(self.spec)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def predict(self, images: np.ndarray, check: bool = True) -> np.ndarray:
         """``float32 [N, 3, H, W]`` normalised -> ``float32 [N, C, H, W]`` logits, or
         ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"``: the segmentation
-        output alone, for single- and multi-task models alike."""
-        return next(iter(self.run_outputs(images).values()))
+        output alone, for single- and multi-task models alike. ``check``: refuse NaN/inf
+        outputs (off only inside a timing loop, after a checked first run)."""
+        return next(iter(self.run_outputs(images, check).values()))
 
-    def run_outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def run_outputs(self, images: np.ndarray, check: bool = True) -> dict[str, np.ndarray]:
         """Every output by name (:attr:`output_names`, in that order): the segmentation
         output as :meth:`predict` gives it, a dense task's (``depth``) float32 ``[N, H, W]``.
+
+        Raises:
+            DeployError: an output holding NaN or inf (with ``check``): argmax of NaN
+                logits is class 0, so such a model would be scored as if it worked.
         """
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
@@ -110,8 +115,15 @@ class Runtime:
             raise DeployError(f"runtime: {self.path.name} gave outputs {sorted(outs)}, "
                               f"not {missing[0]!r}")
         seg = np.int64 if self.output == "argmax" else np.float32
-        return {n: np.asarray(outs[n]).astype(seg if i == 0 else np.float32)
-                for i, n in enumerate(names)}
+        result = {n: np.asarray(outs[n]).astype(seg if i == 0 else np.float32)
+                  for i, n in enumerate(names)}
+        bad = [n for n, a in result.items() if a.dtype == np.float32
+               and not np.isfinite(a).all()] if check else []
+        if bad:
+            raise DeployError(f"runtime: {self.path} gave NaN/inf values in its {bad[0]!r} "
+                              f"output for input {list(images.shape)}: refusing its results "
+                              "(non-finite weights?)")
+        return result
 
     def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Each backend's outputs by name; by default its one output from :meth:`_predict`."""
@@ -130,6 +142,28 @@ class Runtime:
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.path.name}, backend={self.backend}, "
                 f"precision={self.precision}, device={self.device})")
+
+
+def agreed_spec(path: Path, manifest_spec: ModelSpec | None,
+                embedded: ModelSpec | None) -> ModelSpec | None:
+    """The spec to run a file with: the one embedded in it (what it was exported with),
+    which a manifest listing it must equal (its ``manifest_sha256`` is a digest anyone
+    can recompute after editing it).
+
+    Raises:
+        ManifestError: the manifest's spec differs from the file's, naming the field.
+    """
+    if manifest_spec is None or embedded is None:
+        return manifest_spec or embedded
+    mine, theirs = manifest_spec.to_dict(), embedded.to_dict()
+    diff = [k for k in dict.fromkeys([*theirs, *mine]) if mine.get(k) != theirs.get(k)]
+    if diff:
+        k = diff[0]
+        raise ManifestError(f"runtime: {path}: its manifest.json gives spec {k}="
+                            f"{str(mine.get(k))[:80]} but the file's own embedded spec says "
+                            f"{str(theirs.get(k))[:80]}: refusing it (re-export, or remove the "
+                            "edited manifest)")
+    return embedded
 
 
 def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list,

@@ -18,6 +18,7 @@ from deploy.backends.base import (
     INSTALL_GPU,
     Backend,
     Runtime,
+    agreed_spec,
     check_shapes,
     cuda_missing,
 )
@@ -54,7 +55,7 @@ class OnnxRuntime(Runtime):
         except Exception as e:  # noqa: BLE001 - protobuf DecodeError and friends: not ONNX
             raise ManifestError(f"runtime: {path} is not a readable ONNX model "
                                 f"({first_line(e)})") from None
-        spec = spec or spec_from_onnx(proto, path)
+        spec = agreed_spec(path, spec, spec_from_onnx(proto, path))
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
                                 "manifest.json lists it: export it with compress export")

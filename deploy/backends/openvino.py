@@ -20,7 +20,7 @@ import numpy as np
 from compress.errors import InputError
 from compress.spec import ModelSpec
 from deploy.arrays import in_batches
-from deploy.backends.base import Backend, Runtime, check_shapes
+from deploy.backends.base import Backend, Runtime, agreed_spec, check_shapes
 from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
 
 NAME = "openvino"
@@ -169,7 +169,7 @@ class OpenVINORuntime(Runtime):
                  threads: int | None = None, precision: str | None = None) -> None:
         compiled, model, info = compile_openvino(path, device=device, threads=threads,
                                                  precision=precision)
-        spec = spec or spec_from_openvino(model, path)
+        spec = agreed_spec(path, spec, spec_from_openvino(model, path))
         if spec is None:
             raise ManifestError(f"runtime: {path} carries no segcompress spec and no "
                                 "manifest.json lists it: export it with compress export")

@@ -121,6 +121,10 @@ def test_export_options_are_defined_once():
     ({"min_agreement": 0.0}, r"--min-agreement must be in \(0, 1\]"),
     ({"calib_images": "frames", "holdout_every": 1}, "--holdout-every must be >= 2"),
     ({"size": (60, 64)}, "60x64 must be multiples of 32"),
+    ({"target": "tensorrt"}, "--target tensorrt chooses how the INT8 model is made.*add --int8"),
+    ({"int8_method": "modelopt"}, "--int8-method modelopt .*add --int8"),
+    ({"batch_size": 0}, "--batch must be an integer >= 1, got 0"),
+    ({"trt_max_batch": 0}, "--trt-max-batch must be an integer >= 1, got 0"),
 ])
 def test_one_function_validates_the_options(options, message):
     from compress.errors import InputError
@@ -134,5 +138,5 @@ def test_validation_gives_the_preset():
     from deploy.pipeline import ExportConfig, validate_config
 
     assert validate_config(ExportConfig()) == "mixed"
-    assert validate_config(ExportConfig(target="tensorrt")) == "performance"
+    assert validate_config(ExportConfig(int8=True, target="tensorrt")) == "performance"
     assert validate_config(ExportConfig(preset="performance")) == "performance"

@@ -253,6 +253,7 @@ def bad(tmp_path_factory) -> dict[str, str]:
     _bent_onnx_files(f, d)
     f["bomb_img"] = f["ds_bomb"] / "images" / "val" / "img0.png"
     f["quick"] = Path(QUICK)
+    _round3_files(f, d)
     return {k: str(v) for k, v in f.items()}
 
 
@@ -311,6 +312,46 @@ def _bent_onnx_files(f: dict, d: Path) -> None:
     f["ov_wrong_classes"] = d / "lying_ov" / "model.xml"
     f["ov_wrong_classes"].parent.mkdir()
     convert_to_openvino(f["onnx_wrong_classes"], f["ov_wrong_classes"], spec=ModelSpec.from_dict(json.loads(spec_json)))
+
+
+def _round3_files(f: dict, d: Path) -> None:
+    """Round 3 (trust and wrong results): checkpoints whose spec names an encoder or a
+    kwarg that would reach the network or a file, a checkpoint with named classes (and one
+    whose ignore_index is a class), a data set whose classes.txt is reversed, an ONNX
+    with NaN weights, an empty recipe."""
+    from dataclasses import replace
+
+    import onnx
+    from onnx import numpy_helper
+
+    from deploy.export import export_onnx
+
+    spec = tiny_spec()
+    state_of = create_model(spec)
+    for key, changes in {
+        "hf_hub_ckpt": {"encoder": "tu-hf-hub:timm/efficientnet_lite0"},
+        "local_dir_ckpt": {"encoder": f"tu-local-dir:{d / 'no_such_model'}"},
+        "ckpt_path_kwarg": {"kwargs": {"checkpoint_path": "/etc/hostname"}},
+        "cfg_overlay_kwarg": {"kwargs": {"pretrained_cfg_overlay": {"file": "/etc/hostname"}}},
+    }.items():
+        f[key] = save_checkpoint(d / f"{key}.pt", state_of, replace(spec, **changes), epoch=1)
+    named = tiny_spec(synthetic_names=True)
+    f["named_ckpt"] = save_checkpoint(d / "named.pt", create_model(named), named, epoch=1)
+    f["ignore_class_ckpt"] = save_checkpoint(d / "ignore1.pt", create_model(named),
+                                             replace(named, ignore_index=1), epoch=1)
+    f["ds_reversed"] = folder_dataset(d / "ds_reversed")
+    (f["ds_reversed"] / "classes.txt").write_text("\n".join(SYNTHETIC_CLASSES[::-1]) + "\n")
+    (d / "nan_onnx").mkdir()
+    path = export_onnx(create_model(named), d / "nan_onnx" / "model.onnx", named, size=(64, 64),
+                       simplify=False)
+    proto = onnx.load(str(path))
+    init = next(i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    init.CopyFrom(numpy_helper.from_array(
+        np.full(numpy_helper.to_array(init).shape, np.nan, np.float32), init.name))
+    onnx.save(proto, str(path))
+    f["nan_onnx"] = path
+    f["y_empty"] = d / "yaml" / "empty.yaml"
+    f["y_empty"].write_text("# nothing here yet\n")
 
 
 # ---------------------------------------------------------------- the table
@@ -556,6 +597,53 @@ ROWS = [
                                   "{y_cmap_typo}", "--images", "{ds_ok}/images/val", "--out",
                                   "{out}", "-q"], ("{y_cmap_typo}", "'fgg'", "did you mean 'fg'")),
     Row("compare-config-missing", ["compare", "-c", "{y_missing}"], ("{y_missing}", "not found")),
+    # ---- round 3: trust and wrong results (issue 20)
+    # a checkpoint names only what the registries hold: no encoder fetched from the Hub or
+    # a folder, no kwarg that timm turns into a file read (refused before anything is built)
+    Row("eval-hf-hub-encoder", [*EVAL, "{hf_hub_ckpt}"],
+        ("{hf_hub_ckpt}", "encoder", "tu-hf-hub:timm/efficientnet_lite0", "--trust-factory")),
+    Row("eval-local-dir-encoder", [*EVAL, "{local_dir_ckpt}"],
+        ("{local_dir_ckpt}", "encoder", "tu-local-dir:", "--trust-factory")),
+    Row("export-checkpoint-path-kwarg", ["export", "{ckpt_path_kwarg}", "--out", "{out}"],
+        ("{ckpt_path_kwarg}", "kwargs.checkpoint_path", "--trust-factory")),
+    Row("bench-flops-pretrained-cfg-overlay", ["flops", "{cfg_overlay_kwarg}"],
+        ("{cfg_overlay_kwarg}", "kwargs.pretrained_cfg_overlay", "--trust-factory"), prog="bench"),
+    # eval makes the label-set checks train makes (one function)
+    Row("eval-reversed-class-names", ["eval", "{named_ckpt}", "--data", "{ds_reversed}", "--kind",
+                                      "folder", "--out", "{out}"],
+        ("{named_ckpt}", "another order", "'ring'", "'background'")),
+    Row("eval-ignore-index-is-a-class", ["eval", "{ignore_class_ckpt}", "--data", "{ds_ok}",
+                                         "--kind", "folder", "--out", "{out}"],
+        ("ignore_index 1", "'disc'", "void")),
+    Row("train-reversed-class-names", [*TRAIN, "data.kind=folder", "data.root={ds_ok}",
+                                       "class_names=[ring,triangle,box,disc,background]"],
+        ("class_names", "another order", "'background'")),
+    # an artifact with non-finite outputs is never scored or timed
+    Row("eval-nan-onnx", [*EVAL, "{nan_onnx}"], ("{nan_onnx}", "NaN/inf")),
+    Row("bench-latency-nan-onnx", ["latency", "{nan_onnx}", "--runs", "1", "--warmup", "0"],
+        ("{nan_onnx}", "NaN/inf"), prog="bench"),
+    # silently accepted before, refused in one line now
+    Row("config-empty-recipe", ["train", "-c", "{y_empty}"], ("{y_empty}", "empty")),
+    Row("override-base", [*TRAIN, "base=other.yaml"], ("base=other.yaml", "'base'", "-c")),
+    Row("export-target-without-int8", ["export", "{good_ckpt}", "--out", "{out}", "--target",
+                                       "tensorrt"], ("--target tensorrt", "--int8")),
+    Row("export-int8-method-without-int8", ["export", "{good_ckpt}", "--out", "{out}",
+                                            "--int8-method", "modelopt"],
+        ("--int8-method modelopt", "--int8")),
+    Row("export-batch-zero", ["export", "{good_ckpt}", "--out", "{out}", "--batch", "0"],
+        ("--batch", ">= 1", "0")),
+    Row("export-trt-max-batch-zero", ["export", "{good_ckpt}", "--out", "{out}",
+                                      "--trt-max-batch", "0"], ("--trt-max-batch", ">= 1")),
+    Row("eval-depth-single-task", [*EVAL, "{good_ckpt}", "--depth", "dense"],
+        ("--depth dense", "single-task")),
+    Row("candidates-budget-negative", ["candidates", "--budget-ms", "-1"],
+        ("--budget-ms", "greater than or equal to 0"), prog="bench"),
+    Row("pseudo-previews-negative", ["pseudo-label", "--teacher", "{good_ckpt}", "--images",
+                                     "{ds_ok}/images/val", "--out", "{out}", "--previews", "-1"],
+        ("--previews", "greater than or equal to 0")),
+    Row("prune-round-to-zero", ["prune", "{good_ckpt}", "--out", "{out}/pruned.pt",
+                                "--macs-ratio", "0.5", "--round-to", "0"],
+        ("--round-to", "greater than or equal to 1")),
     # ---- trust boundaries and bounded parsing (issue 10)
     Row("config-alias-bomb", ["train", "-c", "{y_alias_bomb}"], ("{y_alias_bomb}", "aliases")),
     Row("study-alias", ["compare", "-c", "{y_study_alias}"], ("{y_study_alias}", "aliases")),

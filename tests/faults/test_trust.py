@@ -152,6 +152,96 @@ def test_recipe_factory_is_trusted(tmp_path, monkeypatch):
     assert recipe_factories(cfg) == {"tests.compress.custom_teacher:build", "a.b:c"}
 
 
+# ---------------------------------------------------------------- round 3: run dirs are data
+
+
+def _run_dir_naming(root: Path, overrides: list[str], command: str) -> Path:
+    """A run dir (as `compress train` leaves one stopped in its first epoch: config.yaml,
+    no last.pt yet) whose config.yaml names the evil factory through ``overrides``."""
+    from compress.config import dump_config, load_config
+    from tests.faults.test_bad_inputs import QUICK, TINY
+
+    extra = ["w_task=1", "kd.response.weight=0"] if command == "train" else []
+    cfg = load_config(QUICK, [*TINY, *extra, f"output_dir={root}", *overrides])
+    run = root / f"{command}-run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(cfg))
+    return run
+
+
+@pytest.mark.parametrize(("command", "key", "override"), [
+    ("train", "model.factory", f"model.factory={EVIL}"),
+    ("distill", "teacher.model.factory",
+     f"teacher.model={{arch: Unet, encoder: tu-efficientnet_lite0, factory: '{EVIL}'}}"),
+])
+def test_resume_never_imports_a_factory_its_run_dir_names(command, key, override, evil,
+                                                          tmp_path, monkeypatch):
+    """`--resume RUN_DIR` reads the run's config.yaml: a run dir handed over by someone else
+    is data, so the factory it names is refused (one line naming the key, the file and
+    the module), nothing is imported, the run dir is unchanged."""
+    monkeypatch.syspath_prepend(str(evil["mods"]))
+    monkeypatch.delenv(models.TRUST_ENV, raising=False)
+    run = _run_dir_naming(tmp_path, [override, f"teacher.checkpoint={evil['good']}"], command)
+    before = _tree(run)
+    line = error_line(run_inprocess("compress", [command, "-q", "--resume", str(run)]))
+    assert key in line and EVIL in line and "config.yaml" in line, line
+    assert "--trust-factory" in line, line
+    assert not evil["marker"].exists(), "the factory named by the run dir RAN"
+    assert _tree(run) == before
+    record("factory_refused", f"{command} --resume")
+
+
+def test_resume_changed_config_is_refused(tmp_path):
+    """An edited config.yaml (lr 0.003 -> 0.9, a loss term switched) no longer resumes
+    silently: it is compared with the config saved in last.pt, and refused naming the
+    keys unless --resume-changed."""
+    from compress.train import fit
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(tmp_path, ["train.epochs=1", "data.synthetic_length=8",
+                                 "data.synthetic_val_length=4", "train.threads=1"])
+    run = fit(cfg, show_progress=False).run_dir
+    text = (run / "config.yaml").read_text()
+    assert "lr: 0.003" in text and "dice: 0.0" in text, text
+    (run / "config.yaml").write_text(text.replace("lr: 0.003", "lr: 0.9")
+                                     .replace("dice: 0.0", "dice: 1.0"))
+    before = _tree(run)
+    line = error_line(run_inprocess("compress", ["train", "-q", "--resume", str(run),
+                                                 "train.epochs=2"]))
+    assert "last.pt" in line and "train.lr: 0.003 -> 0.9" in line, line
+    assert "loss.dice" in line and "--resume-changed" in line, line
+    assert _tree(run) == before
+
+
+def test_recipe_names_are_trusted_run_dir_names_are_not(tmp_path):
+    """The user's own recipe may name an encoder or kwarg off the registries (trusted:
+    they wrote it); the same names read back from a run dir need --trust-factory."""
+    from compress.config import load_config
+    from compress.train import check_run_recipe, recipe_factories
+
+    cfg = load_config(None, ["model.encoder=tu-hf-hub:timm/x",
+                             "model.kwargs={checkpoint_path: /x, decoder_attention_type: scse}"])
+    assert recipe_factories(cfg) == {"tu-hf-hub:timm/x", "kwargs.checkpoint_path"}
+    with pytest.raises(ModelError, match="model.encoder names the encoder 'tu-hf-hub:timm/x'"):
+        check_run_recipe(tmp_path, cfg)
+    check_run_recipe(tmp_path, cfg, ["model.encoder=tu-hf-hub:timm/x",
+                                     "model.kwargs={checkpoint_path: /x}"])  # given now
+
+
+def test_a_trusted_encoder_is_what_stood_in_the_way(tmp_path, monkeypatch):
+    """Control: trusting the encoder by name lets timm read the folder it names (here a
+    missing one): the refusal was the only thing keeping the file read from happening."""
+    monkeypatch.setattr(models, "_TRUSTED", set())
+    monkeypatch.delenv(models.TRUST_ENV, raising=False)
+    name = f"tu-local-dir:{tmp_path / 'elsewhere'}"
+    spec = tiny_spec()
+    ckpt = save_checkpoint(tmp_path / "m.pt", create_model(spec), replace(spec, encoder=name))
+    line = error_line(run_inprocess("bench", ["flops", str(ckpt)]))
+    assert "not trusted" in line and name in line, line
+    r = run_inprocess("bench", ["--trust-factory", name, "flops", str(ckpt)])
+    assert "not trusted" not in r.text and "elsewhere" in r.text, r.text[-1500:]
+
+
 # ---------------------------------------------------------------- manifests cannot be bent
 
 
@@ -208,6 +298,11 @@ MANIFEST_ROWS = [
      ("without a valid sha256",)),
     ("source-not-matching", _edit(True)(lambda m, d: m.update(source_sha256="1" * 64)),
      ("source_sha256",)),
+    # round 3: the digest is a self-digest anyone can recompute: the ONNX's own spec wins
+    ("spec-mean-edited", _edit(True)(lambda m, d: m["spec"].update(mean=[0.5, 0.5, 0.5])),
+     ("spec mean=", "embedded spec")),
+    ("spec-classes-reversed", _edit(True)(lambda m, d: m["spec"].update(
+        class_names=m["spec"]["class_names"][::-1])), ("spec class_names=", "embedded spec")),
 ]
 
 
@@ -224,6 +319,110 @@ def test_bent_manifest_is_refused(mutate, expect, export_dir, tmp_path):
     line = error_line(run_inprocess("bench", argv))
     assert all(e in line for e in expect), line
     record("bad_manifests", argv[0])
+
+
+def test_report_refuses_the_export_of_another_student(export_dir, tmp_path):
+    """`bench report --student A --artifacts <export of B>` scored B's export as A's: the
+    manifest's source_sha256 is now compared with the --student file."""
+    spec = tiny_spec()
+    other = save_checkpoint(tmp_path / "other.pt", create_model(spec), spec)
+    line = error_line(run_inprocess("bench", [
+        "report", "--teacher", str(other), "--student", str(other), "--artifacts",
+        str(export_dir), "--data-kind", "synthetic", "--out", str(tmp_path / "out"), "-q"]))
+    assert str(export_dir) in line and str(other) in line and "--student" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def _nan_copy(export_dir: Path, d: Path, manifest: bool) -> Path:
+    """The export's model.onnx with NaN weights (in ``d``, with a re-digested manifest
+    listing the new file when ``manifest``)."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    shutil.copytree(export_dir, d)
+    proto = onnx.load(str(d / "model.onnx"))
+    init = next(i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    init.CopyFrom(numpy_helper.from_array(
+        np.full(numpy_helper.to_array(init).shape, np.nan, np.float32), init.name))
+    onnx.save(proto, str(d / "model.onnx"))
+    if not manifest:
+        (d / "manifest.json").unlink()
+    return d / "model.onnx"
+
+
+def test_nan_outputs_are_refused_at_export_verification(export_dir, tmp_path):
+    """An ONNX whose outputs are NaN is not verified (its argmax would be class 0 and
+    agree with nothing, or score as if it worked)."""
+    import numpy as np
+
+    from deploy.errors import DeployError
+    from deploy.export import verify_onnx
+
+    path = _nan_copy(export_dir, tmp_path / "exp", manifest=False)
+    spec = tiny_spec(class_names=list(__import__("compress.data").data.SYNTHETIC_CLASSES))
+    images = np.zeros((2, 3, 64, 64), np.float32)
+    with pytest.raises(DeployError, match="NaN/inf"):
+        verify_onnx(path, create_model(spec).eval(), [(images, None)], threads=1)
+
+
+def test_a_file_the_manifest_does_not_list_is_named(export_dir, tmp_path):
+    """A file in an export dir that manifest.json does not list loads only with a warning
+    naming it (unverified), never as if the manifest vouched for it (the real console
+    entry: the user sees the line)."""
+    import shutil
+
+    from tests.faults._helpers import run_console
+
+    d = tmp_path / "export"
+    shutil.copytree(export_dir, d)
+    shutil.copy(d / "model.onnx", d / "extra.onnx")
+    r = run_console("bench", ["latency", str(d / "extra.onnx"), "--runs", "1", "--warmup", "0"])
+    assert r.code == 0, r.text[-2000:]
+    assert f"warning: {d / 'extra.onnx'} is not listed in the manifest.json" in r.stderr, \
+        r.stderr[-2000:]
+
+
+def test_binary_masks_saved_as_0_255_are_warned_about(tmp_path, caplog):
+    """Binary masks saved 0/255 collide with ignore index 255 (every foreground pixel
+    ignored): eval warns, naming the convention; a 0/1 data set gets no warning."""
+    import numpy as np
+
+    from compress.data import folder_source, ignore_collision
+    from tests.faults.test_bad_inputs import _png
+
+    for name, fg in (("ds255", 255), ("ds01", 1)):
+        root = tmp_path / name
+        (root).mkdir()
+        (root / "classes.txt").write_text("lesion\n")
+        for split in ("train", "val"):
+            for i in range(2):
+                _png(root / "images" / split / f"{i}.png", np.full((64, 64, 3), 90, np.uint8))
+                mask = np.zeros((64, 64), np.uint8)
+                mask[8:48, 8:48] = fg
+                _png(root / "masks" / split / f"{i}.png", mask)
+    why = ignore_collision(folder_source(tmp_path / "ds255", "val"))
+    assert why is not None and "0/255" in why and "'lesion'" in why, why
+    assert ignore_collision(folder_source(tmp_path / "ds01", "val")) is None
+    spec = tiny_spec(classes=1, class_names=["lesion"])
+    ckpt = save_checkpoint(tmp_path / "bin.pt", create_model(spec), spec)
+    r = run_inprocess("compress", ["eval", str(ckpt), "--data", str(tmp_path / "ds255"),
+                                   "--kind", "folder", "--out", str(tmp_path / "ev")])
+    assert r.code == 0, r.text[-2000:]
+    warned = [m for m in caplog.messages if m.startswith("warning:") and "0/255" in m]
+    assert len(warned) == 1 and "'lesion'" in warned[0], caplog.messages
+    # and training's data set-up says the same (train and val split: here one folder)
+    from compress.config import load_config
+    from compress.train import setup_data
+
+    caplog.clear()
+    cfg = load_config(None, ["data.kind=folder", f"data.root={tmp_path / 'ds255'}",
+                             "data.size=[64,64]", "data.batch_size=1"])
+    setup_data(cfg, spec, ["lesion"], 0, 1)
+    warned = [m for m in caplog.messages if "0/255" in m]
+    assert len(warned) == 2 and all("'lesion'" in m for m in warned), caplog.messages
 
 
 # ---------------------------------------------------------------- never delete a user's file
