@@ -631,7 +631,7 @@ ROWS = [
                                             "--int8-method", "modelopt"],
         ("--int8-method modelopt", "--int8")),
     Row("export-batch-zero", ["export", "{good_ckpt}", "--out", "{out}", "--batch", "0"],
-        ("--batch", ">= 1", "0")),
+        ("--batch", "greater than or equal to 1")),
     Row("export-trt-max-batch-zero", ["export", "{good_ckpt}", "--out", "{out}",
                                       "--trt-max-batch", "0"], ("--trt-max-batch", ">= 1")),
     Row("eval-depth-single-task", [*EVAL, "{good_ckpt}", "--depth", "dense"],
