@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compress.config import ConfigError, RunConfig
-from compress.losses import Distiller, map_classes
+from compress.losses import Distiller, teacher_log_probs
 from compress.models import (
     forward_with_features,
     load_adapter,
@@ -129,8 +129,7 @@ class Teacher:
         logits = self(images)[0]
         if self.class_map is None:
             return logits
-        return torch.log(map_classes(logits.softmax(1), self.class_map.to(logits.device))
-                         .clamp_min(1e-8))
+        return teacher_log_probs(logits, 1.0, self.class_map.to(logits.device))
 
 
 def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
