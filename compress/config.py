@@ -357,6 +357,10 @@ class TeacherConfig(_Strict):
         None, description="a file of tensors (LoRA weights, or any subset of the state_dict) "
         "loaded over teacher.checkpoint's weights; every key must exist in the model")
     model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
+    input_size: tuple[int, int] | None = Field(
+        None, description="[H, W] a plain state_dict teacher runs at (default: data.size; a "
+        "checkpoint's spec gives its own): the student's images are resized to it and the "
+        "teacher's logits back")
     train_epochs: int = Field(0, ge=0, description="train the teacher first when missing")
     half: bool = False
     allow_missing_keys: bool = Field(
