@@ -214,47 +214,58 @@ def sample_pixels(mask: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.
     return index, top >= 0
 
 
-def relation_kd(student_feat, teacher_feat, index, keep, temperature: float = 0.1,
+def gather_pixels(feat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The ``[N, C, P]`` feature vectors of ``feat [N, C, h, w]`` at ``index [N, P]`` (into
+    the flattened ``h * w``, e.g. from :func:`sample_pixels`)."""
+    return feat.flatten(2).gather(2, index[:, None].expand(-1, feat.shape[1], -1))
+
+
+def relation_kd(student_pixels, teacher_pixels, keep, temperature: float = 0.1,
                 cross_image: bool = True):
     """Pixel-to-pixel relation KD (CIRKD, Yang et al., "Cross-Image Relational Knowledge
     Distillation for Semantic Segmentation", CVPR 2022; winycg/CIRKD
     ``losses/cirkd_mini_batch.py``), batch-local (no memory bank).
 
-    At the sampled positions both feature maps are L2-normalised along channels; for a
-    pixel ``p`` of image ``i`` and an image ``j`` of the batch (``j == i`` only, unless
-    ``cross_image``) the row ``softmax_q(<f_ip, f_jq> / T)`` over ``j``'s sampled pixels
-    ``q`` is a distribution; the term is ``KL(teacher row || student row)``, averaged over
-    the kept ``(i, p, j)`` (CIRKD's ``batchmean`` per image pair, averaged over the pairs).
-    No ``T^2`` factor (as CIRKD).
+    The sampled feature vectors are L2-normalised along channels; for a pixel ``p`` of
+    image ``i`` and an image ``j`` of the batch (``j == i`` only, unless ``cross_image``)
+    the row ``softmax_q(<f_ip, f_jq> / T)`` over ``j``'s sampled pixels ``q`` is a
+    distribution; the term is ``KL(teacher row || student row)``, averaged over the kept
+    ``(i, p, j)`` (CIRKD's ``batchmean`` per image pair, averaged over the pairs). No
+    ``T^2`` factor (as CIRKD). Cost: ``(N P)^2`` similarities with ``cross_image``,
+    ``N P^2`` without.
 
     Args:
-        student_feat: ``[N, C, h, w]`` (adapted to the teacher's channels, or any C).
-        teacher_feat: ``[N, C', h', w']``; resized to the student's size.
-        index, keep: ``[N, P]`` from :func:`sample_pixels` at ``h, w``.
+        student_pixels: ``[N, C, P]`` (:func:`gather_pixels`; any C: similarities do not
+            depend on it).
+        teacher_pixels: ``[N, C', P]`` at the same positions.
+        keep: ``[N, P]`` bool, False for a padded position (neither a row nor a column).
     """
-    s = student_feat.float()
-    t = match_size(teacher_feat.float(), s.shape[-2:])
+    n, p = keep.shape
+    if cross_image:  # rows [N, P, N, P]: every image's kept pixels are the columns
+        cols, rows = keep[None, None], keep[:, :, None] & keep.any(1)
+    else:  # [N, P, 1, P]: the image's own kept pixels
+        cols, rows = keep[:, None, None], keep[:, :, None]
+    full = bool(keep.all())
 
-    def rows(f):  # [N, P, C] unit vectors at the sampled positions
-        f = f.flatten(2).gather(2, index[:, None].expand(-1, f.shape[1], -1))
-        return F.normalize(f, dim=1).transpose(1, 2)
+    def log_rows(f):  # log-softmax over the last axis, in float32 (also under autocast)
+        f = F.normalize(f.float(), dim=1).transpose(1, 2)  # [N, P, C]
+        if cross_image:  # one [N P, N P] product, laid out as [N, P, N, P] without a copy
+            flat = f.reshape(n * p, -1)
+            sim = ((flat / temperature) @ flat.T).float().view(n, p, n, p)
+        else:
+            sim = torch.bmm(f / temperature, f.transpose(1, 2)).float()[:, :, None]
+        if not full:
+            sim = sim.masked_fill(~cols, torch.finfo(sim.dtype).min)
+        return sim.log_softmax(-1)
 
-    fs, ft = rows(s), rows(t)
-    cols = keep[None, None]  # [1, 1, N, P]: the pixels a row is a distribution over
-
-    def log_rows(f):  # [N, P, N, P] log-softmax over the last axis (float32 under autocast)
-        sim = torch.einsum("ipc,jqc->ipjq", f, f).float() / temperature
-        return sim.masked_fill(~cols, torch.finfo(sim.dtype).min).log_softmax(-1)
-
-    log_s, log_t = log_rows(fs), log_rows(ft)
-    kl = (log_t.exp() * (log_t - log_s) * cols).sum(-1)  # [N, P, N]
-    n = keep.shape[0]
-    pairs = torch.ones(n, n, dtype=torch.bool, device=keep.device) if cross_image else \
-        torch.eye(n, dtype=torch.bool, device=keep.device)
-    w = keep[:, :, None] & (pairs & keep.any(1)[None])[:, None]
-    if not w.any():
-        return s.sum() * 0.0
-    return (kl * w).sum() / w.sum()
+    log_s = log_rows(student_pixels)
+    with torch.no_grad():
+        log_t = log_rows(teacher_pixels)
+        p_t = log_t.exp() if full else log_t.exp() * cols
+    kl = (p_t * (log_t - log_s)).sum(-1)  # [N, P, N or 1]
+    if not rows.any():
+        return student_pixels.sum() * 0.0
+    return (kl * rows).sum() / rows.sum()
 
 
 def feature_distance(student_feat, teacher_feat, mask, kind: str = "cosine"):
@@ -515,9 +526,12 @@ class Distiller(nn.Module):
 
     def _relation(self, step: StepInputs) -> torch.Tensor:
         lv = self.relation_level
-        s = self._adapted(step, lv)
+        s, t = step.student_feats[lv], step.teacher_feats[lv]
         index, keep = sample_pixels(resize_mask(step.mask, s.shape[-2:]), self.relation_pixels)
-        return relation_kd(s, step.teacher_feats[lv], index, keep, **self.relation_args)
+        # the 1x1 adapter acts per pixel: on the sampled ones only
+        s_pix = self.adapters[lv](gather_pixels(s, index)[..., None])[..., 0]
+        t_pix = gather_pixels(match_size(t.float(), s.shape[-2:]), index)
+        return relation_kd(s_pix, t_pix, keep, **self.relation_args)
 
 
 def _label_source(d: Distiller, step: StepInputs) -> torch.Tensor:

@@ -16,6 +16,7 @@ from compress.losses import (
     TaskLoss,
     boundary_kd,
     dist_kd,
+    gather_pixels,
     kd_kl_map,
     label_edges,
     relation_kd,
@@ -206,13 +207,14 @@ def test_relation_three_pixels_by_hand():
     sim_s = [[1, 0, c], [0, 1, c], [c, c, 1]]
     sim_t = [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     index, keep = torch.tensor([[0, 1, 2]]), torch.ones(1, 3, dtype=torch.bool)
+    s, t = gather_pixels(s, index), gather_pixels(t, index)
     for T in (1.0, 0.5):
-        got = relation_kd(s, t, index, keep, T)
+        got = relation_kd(s, t, keep, T)
         assert got.item() == pytest.approx(_kl_rows(sim_t, sim_s, T), rel=1e-5)
     # a pixel left out (keep False) is neither a row nor a column
     keep2 = torch.tensor([[True, False, True]])
     sub = [[r[0], r[2]] for r in (sim_s[0], sim_s[2])], [[r[0], r[2]] for r in (sim_t[0], sim_t[2])]
-    got = relation_kd(s, t, index, keep2, 1.0)
+    got = relation_kd(s, t, keep2, 1.0)
     assert got.item() == pytest.approx(_kl_rows(sub[1], sub[0], 1.0), rel=1e-5)
 
 
@@ -221,8 +223,9 @@ def test_relation_cross_image_pairs():
     s, t = torch.randn(2, 4, 3, 3, generator=g), torch.randn(2, 6, 3, 3, generator=g)
     index = torch.stack([torch.randperm(9, generator=g)[:5] for _ in range(2)])
     keep = torch.ones(2, 5, dtype=torch.bool)
-    within = relation_kd(s, t, index, keep, 0.5, cross_image=False)
-    each = [relation_kd(s[i:i + 1], t[i:i + 1], index[i:i + 1], keep[:1], 0.5) for i in range(2)]
+    sp, tp = gather_pixels(s, index), gather_pixels(t, index)
+    within = relation_kd(sp, tp, keep, 0.5, cross_image=False)
+    each = [relation_kd(sp[i:i + 1], tp[i:i + 1], keep[:1], 0.5) for i in range(2)]
     assert within.item() == pytest.approx(sum(e.item() for e in each) / 2, rel=1e-5)
     # cross-image: the mean over the 4 (i, j) blocks, each a batchmean of row KLs
     fs = torch.nn.functional.normalize(s.flatten(2), dim=1)
@@ -233,8 +236,19 @@ def test_relation_cross_image_pairs():
             a_s, b_s = fs[i][:, index[i]].T, fs[j][:, index[j]].T
             a_t, b_t = ft[i][:, index[i]].T, ft[j][:, index[j]].T
             blocks.append(_kl_rows((a_t @ b_t.T).tolist(), (a_s @ b_s.T).tolist(), 0.5))
-    cross = relation_kd(s, t, index, keep, 0.5, cross_image=True)
+    cross = relation_kd(sp, tp, keep, 0.5, cross_image=True)
     assert cross.item() == pytest.approx(sum(blocks) / 4, rel=1e-5)
+    # a padded position of image 1 (keep False) leaves its rows and columns out
+    keep[1, 4] = False
+    blocks = []
+    for i in range(2):
+        for j in range(2):
+            pi, pj = index[i][keep[i]], index[j][keep[j]]
+            a_s, b_s, a_t, b_t = fs[i][:, pi].T, fs[j][:, pj].T, ft[i][:, pi].T, ft[j][:, pj].T
+            kl = _kl_rows((a_t @ b_t.T).tolist(), (a_s @ b_s.T).tolist(), 0.5)
+            blocks.append((kl, len(pi)))
+    want = sum(k * n for k, n in blocks) / sum(n for _, n in blocks)
+    assert relation_kd(sp, tp, keep, 0.5).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_sample_pixels_valid_only_and_seeded():
