@@ -454,8 +454,9 @@ class RunConfig(_Strict):
         kd = self.kd
         if kd.feature_taps:
             raise ValueError("model.tasks: feature taps (kd.feature, kd.relation, kd.cwd.levels "
-                             "other than logits) are not supported for a multi-task student; distil on "
-                             "the logits (kd.response, kd.cwd.levels: [logits])")
+                             "other than logits) are not supported for a multi-task student; "
+                             "distil on the logits (kd.response, kd.cwd.levels: [logits], "
+                             "kd.dist, kd.boundary)")
         if self.quant.qat:
             raise ValueError("model.tasks: quant.qat does not support a multi-task student yet")
         if self.model.init_from:

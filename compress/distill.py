@@ -35,9 +35,10 @@ class DistillationTask(nn.Module):
 
     ``task(images, target, batch)`` returns the named terms of :class:`Distiller`:
     ``loss`` (the weighted total, the one to backpropagate), the enabled terms ``task``,
-    ``kd``, ``feat``, ``cwd``, and the parts of the task term ``task_ce`` / ``task_bce`` /
-    ``task_dice`` (logged, not added again). These are the names ``metrics.csv``
-    (``train_<name>``) and TensorBoard (``train/<name>``) show.
+    ``kd``, ``feat``, ``cwd``, ``dist``, ``boundary``, ``relation``, and the parts of the
+    task term ``task_ce`` / ``task_bce`` / ``task_dice`` (logged, not added again). These
+    are the names ``metrics.csv`` (``train_<name>``) and TensorBoard (``train/<name>``)
+    show.
 
     The teacher is held outside the module tree: ``train()`` never reaches it,
     ``parameters()`` (so the optimizer and DDP) never include it, and it runs under
@@ -97,9 +98,9 @@ class Teacher:
     first (``x_t = x_s * a + b``, one fused multiply-add) and, when ``H, W`` differ from
     the teacher's ``spec.input_size``, resized to it (bilinear) so a teacher with a fixed
     input size (a positional embedding) runs; its logits come back at ``H, W``, its
-    features stay at the teacher's own size (the KD terms resize them). ``batch`` (where the images came
-    from) is what :class:`compress.cache.CachedTeacher`, which shares this interface, needs;
-    the live teacher ignores it. With ``class_map`` set, :meth:`predict` returns
+    features stay at the teacher's own size (the KD terms resize them). ``batch`` (where
+    the images came from) is what :class:`compress.cache.CachedTeacher`, which shares
+    this interface, needs; the live teacher ignores it. With ``class_map`` set, :meth:`predict` returns
     log-probabilities over the student's classes (what preflight scores and figures show).
     """
 
