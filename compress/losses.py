@@ -190,8 +190,8 @@ def boundary_kd(student_logits, teacher_logits, mask, edges, temperature: float 
     the per-pixel ``KL * T^2`` of :func:`kd_kl` averaged separately over the boundary band
     and over the body (the other valid pixels), ``edge_weight * edge + body_weight * body``.
     Each region is normalised by its own pixel count, so the thin band is not drowned by
-    the body; a region without pixels adds 0. (BPKD's body term also carries a shape
-    constraint; here both regions are plain KL.)
+    the body; a region without pixels adds 0. (BPKD's own edge and body losses differ in
+    detail; here both regions take the plain response KL.)
 
     Args:
         mask: ``[N, 1, H, W]`` valid pixels.
