@@ -8,6 +8,7 @@ valid pixel, so changing the crop or the amount of unlabelled area does not resc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -432,10 +433,6 @@ class Distiller(nn.Module):
         for lv in self.feature_levels:
             cs, ct = (student_channels or {})[lv], (teacher_channels or {})[lv]
             self.adapters[lv] = nn.Conv2d(cs, ct, 1, bias=False) if cs != ct else nn.Identity()
-        # name -> the method computing it from the step's inputs (the KD terms)
-        self.kd_terms = {"kd": self._response, "feat": self._feature, "cwd": self._cwd,
-                         "dist": self._dist, "boundary": self._boundary,
-                         "relation": self._relation}
 
     def forward(self, student_logits, target, teacher_logits=None, student_feats=None,
                 teacher_feats=None, depth=None) -> dict[str, torch.Tensor]:
@@ -476,9 +473,9 @@ class Distiller(nn.Module):
         mask = valid_mask(target, self.ignore_index, student_logits.shape[-2:])
         step = StepInputs(student_logits, target, mask, teacher_logits, student_feats,
                           teacher_feats)
-        for name, term in self.kd_terms.items():
+        for name, term in self.KD_TERMS.items():
             if self.weights[name]:
-                terms[name] = term(step)
+                terms[name] = term(self, step)
         terms["loss"] = sum(self.weights[k] * v for k, v in terms.items())
         # each task term on its own too (logged, not added again): task_ce / task_bce / task_dice
         terms.update({f"task_{k}": v.detach() for k, v in task_parts.items()})
@@ -532,6 +529,10 @@ class Distiller(nn.Module):
         s_pix = self.adapters[lv](gather_pixels(s, index)[..., None])[..., 0]
         t_pix = gather_pixels(match_size(t.float(), s.shape[-2:]), index)
         return relation_kd(s_pix, t_pix, keep, **self.relation_args)
+
+    # name -> the method computing that KD term from the step's inputs
+    KD_TERMS: ClassVar[dict] = {"kd": _response, "feat": _feature, "cwd": _cwd,
+                                "dist": _dist, "boundary": _boundary, "relation": _relation}
 
 
 def _label_source(d: Distiller, step: StepInputs) -> torch.Tensor:
