@@ -204,13 +204,14 @@ def boundary_kd(student_logits, teacher_logits, mask, edges, temperature: float 
     return edge_weight * masked_mean(kl, band) + body_weight * masked_mean(kl, mask - band)
 
 
-def sample_pixels(mask: torch.Tensor, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_pixels(mask: torch.Tensor, pixels: int, generator: torch.Generator | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``pixels`` random valid positions per image of a ``[N, 1, h, w]`` mask:
     ``(index [N, P], keep [N, P])`` into the flattened ``h * w`` (``keep`` False where an
-    image has fewer valid positions). Drawn from torch's CPU generator, whose state a run
-    saves and restores, so a resumed run draws the same positions."""
+    image has fewer valid positions). Drawn on the CPU from ``generator`` (torch's default
+    one if None)."""
     flat = mask.flatten(1) > 0
-    score = torch.rand(flat.shape).to(mask.device).masked_fill(~flat, -1.0)
+    score = torch.rand(flat.shape, generator=generator).to(mask.device).masked_fill(~flat, -1.0)
     top, index = score.topk(min(pixels, flat.shape[1]), dim=1)
     return index, top >= 0
 
@@ -391,6 +392,7 @@ class Distiller(nn.Module):
                  boundary_width: int = 1, w_relation: float = 0.0,
                  relation_level: str = "decoder", relation_pixels: int = 256,
                  relation_temperature: float = 0.1, relation_cross_image: bool = True,
+                 relation_seed: int = 0,
                  student_channels: dict[str, int] | None = None,
                  teacher_channels: dict[str, int] | None = None,
                  class_map: torch.Tensor | None = None, ignore_index: int = 255,
@@ -423,6 +425,9 @@ class Distiller(nn.Module):
         self.relation_level, self.relation_pixels = relation_level, relation_pixels
         self.relation_args = {"temperature": relation_temperature,
                               "cross_image": relation_cross_image}
+        self.relation_seed = relation_seed
+        if w_relation:  # the draw count: saved with the adapters, so a resume draws the same
+            self.register_buffer("relation_draws", torch.zeros((), dtype=torch.long))
         self.ignore_index = ignore_index
         self.register_buffer("class_map", class_map, persistent=False)
         self.adapters = nn.ModuleDict()
@@ -524,7 +529,12 @@ class Distiller(nn.Module):
     def _relation(self, step: StepInputs) -> torch.Tensor:
         lv = self.relation_level
         s, t = step.student_feats[lv], step.teacher_feats[lv]
-        index, keep = sample_pixels(resize_mask(step.mask, s.shape[-2:]), self.relation_pixels)
+        # the positions come from (seed, draw count) alone: nothing else that uses torch's
+        # RNG (a resume's teacher preflight, a loader) can shift them
+        g = torch.Generator().manual_seed(self.relation_seed * 1_000_003
+                                          + int(self.relation_draws))
+        self.relation_draws += 1
+        index, keep = sample_pixels(resize_mask(step.mask, s.shape[-2:]), self.relation_pixels, g)
         # the 1x1 adapter acts per pixel: on the sampled ones only
         s_pix = self.adapters[lv](gather_pixels(s, index)[..., None])[..., 0]
         t_pix = gather_pixels(match_size(t.float(), s.shape[-2:]), index)

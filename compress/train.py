@@ -1077,7 +1077,7 @@ def setup_task(cfg: RunConfig, student: nn.Module, spec: ModelSpec, teacher: Tea
         boundary_width=kd.boundary.width, w_relation=kd.relation.weight,
         relation_level=kd.relation.level, relation_pixels=kd.relation.pixels,
         relation_temperature=kd.relation.temperature,
-        relation_cross_image=kd.relation.cross_image,
+        relation_cross_image=kd.relation.cross_image, relation_seed=cfg.seed,
         student_channels=s_channels, teacher_channels=t_channels,
         class_map=teacher.class_map if teacher else None, ignore_index=cfg.ignore_index,
         task_weights=cfg.task_weights, balance=cfg.multitask.balance,

@@ -363,3 +363,21 @@ def test_a_short_distill_run_logs_the_term(tmp_path, teacher_checkpoint, term):
     row = next(csv.DictReader((run / "metrics.csv").open()))
     name = term[0].split(".")[1]
     assert float(row[f"train_{name}"]) > 0 and math.isfinite(float(row["train_loss"]))
+
+
+def test_relation_run_resumes_exactly(tmp_path, teacher_checkpoint):
+    """The sampled pixels come from (seed, draw count), the count saved in last.pt: a run
+    interrupted in its second epoch and resumed ends with the uninterrupted run's weights.
+    (Before: drawn from torch's global RNG, which the resumed run's teacher preflight
+    advanced, so its second epoch sampled other pixels.)"""
+    from compress.train import fit
+    from tests.conftest import interrupted_then_resumed
+
+    extra = [f"teacher.checkpoint={teacher_checkpoint}", "teacher.allow_weak=true",
+             "kd.relation.weight=1", "kd.relation.pixels=16", "kd.relation.level=stride8"]
+    full = fit(tiny_config(tmp_path / "a", extra), show_progress=False).run_dir
+    run = interrupted_then_resumed(tiny_config(tmp_path / "b", extra),
+                                   tmp_path / "b" / "runs" / "tiny")
+    a, b = (torch.load(r / "checkpoints" / "last.pt", weights_only=True)["state_dict"]
+            for r in (full, run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
