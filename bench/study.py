@@ -133,11 +133,6 @@ def load_study(path: str | Path) -> StudyConfig:
 # ---------------------------------------------------------------- running
 
 
-def _has_kd(cfg) -> bool:
-    kd = cfg.kd
-    return bool(kd.response.weight or kd.feature.weight or kd.cwd.weight)
-
-
 def _check_same_config(run_dir: Path, text: str) -> None:
     old = safe_yaml(read_text(run_dir / "config.yaml"))
     new = safe_yaml(text)
@@ -218,7 +213,7 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
                 continue
             log(f"[{recipe.name} seed {seed}] training -> {run_dir}"
                 + (f" (again: it stopped with {reason})" if reason else ""))
-            if _has_kd(cfg):
+            if cfg.kd.enabled:
                 prepare_teacher(cfg, show_progress=show)
             resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
             fit(cfg, resume=resume, run_dir=None if resume else run_dir, show_progress=show)

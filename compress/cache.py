@@ -8,7 +8,8 @@ scale, crop and flip as the augmented image (``TrainAugment.apply_geometry``).
 
 What it trades: the teacher sees the whole, un-jittered image instead of the augmented
 crop, and its logits are stored at reduced resolution. Only logits are cached, so
-response KD and CWD on ``logits`` work; feature KD (and CWD on feature levels) is refused.
+response KD, CWD on ``logits``, DIST and boundary KD work; feature KD, relation KD (and CWD
+on feature levels) are refused.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ class CachedTeacher:
         if teacher.levels:
             raise ConfigError(
                 f"kd.cache stores teacher logits only, but this run also distils feature "
-                f"level(s) {teacher.levels} (kd.feature / kd.cwd.levels): set kd.cache=false, "
-                "or keep only response KD and CWD on 'logits'")
+                f"level(s) {teacher.levels} (kd.feature / kd.relation / kd.cwd.levels): set "
+                "kd.cache=false, or keep only the logit terms (response, CWD on 'logits', "
+                "dist, boundary)")
         parts = _parts(train_set)
         cache_dir = Path(cache_dir)
         key = cache_key(teacher, parts, scale)

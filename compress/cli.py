@@ -71,7 +71,7 @@ def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | No
     has_kd = cfg.kd.enabled
     if distill and not has_kd:
         raise typer.BadParameter(f"{config}: no kd.*.weight is set: use `compress train` or set "
-                                 "kd.response.weight / kd.feature.weight / kd.cwd.weight")
+                                 "a kd.<term>.weight (response, feature, cwd, dist, boundary, relation)")
     if not distill and has_kd:
         raise typer.BadParameter(f"{config}: sets KD weights: use `compress distill`")
     if distill:

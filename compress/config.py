@@ -209,8 +209,13 @@ class TaskLossConfig(_Strict):
         return v
 
 
-class ResponseKDConfig(_Strict):
-    weight: float = Field(0.0, ge=0)
+class _KDTerm(_Strict):
+    """One KD term of the total: ``weight * term`` (0: off)."""
+
+    weight: float = Field(0.0, ge=0, description="the term's weight in the total (0: off)")
+
+
+class ResponseKDConfig(_KDTerm):
     temperature: float = Field(4.0, gt=0)
 
 
@@ -225,8 +230,15 @@ def _check_levels(levels: list[str], extra: tuple[str, ...] = ()) -> list[str]:
     return levels
 
 
-class FeatureKDConfig(_Strict):
-    weight: float = Field(0.0, ge=0)
+def tap_levels(feat_levels=(), cwd_levels=(), relation_levels=()) -> list[str]:
+    """Feature levels a run must tap from both models: the feature-KD and relation levels
+    plus CWD's non-logit levels (the one rule; :class:`compress.losses.Distiller` sizes
+    its adapters from it)."""
+    return sorted(set(feat_levels) | set(relation_levels)
+                  | {lv for lv in cwd_levels if lv != "logits"})
+
+
+class FeatureKDConfig(_KDTerm):
     levels: list[str] = Field(default_factory=lambda: ["stride8", "stride16", "decoder"],
                               description="stride4, stride8, stride16, stride32, decoder")
     kind: Literal["cosine", "mse"] = "cosine"
@@ -237,8 +249,7 @@ class FeatureKDConfig(_Strict):
         return _check_levels(v)
 
 
-class CWDConfig(_Strict):
-    weight: float = Field(0.0, ge=0)
+class CWDConfig(_KDTerm):
     temperature: float = Field(4.0, gt=0)
     levels: list[str] = Field(
         default_factory=lambda: ["logits"],
@@ -250,12 +261,67 @@ class CWDConfig(_Strict):
         return _check_levels(v, ("logits",))
 
 
+class DISTConfig(_KDTerm):
+    """DIST (Huang et al., NeurIPS 2022): Pearson correlation of the class distributions."""
+
+    temperature: float = Field(1.0, gt=0, description="softmax temperature T (the term is "
+                               "scaled by T^2)")
+    beta: float = Field(1.0, ge=0, description="weight of the inter-class relation (per "
+                        "pixel, across classes)")
+    gamma: float = Field(1.0, ge=0, description="weight of the intra-class relation (per "
+                         "class, across the batch's labelled pixels)")
+
+
+class BoundaryKDConfig(_KDTerm):
+    """Response KD split into a boundary band and the body (in the spirit of BPKD)."""
+
+    temperature: float = Field(4.0, gt=0, description="softmax temperature T of both KL "
+                               "parts (scaled by T^2)")
+    edge_weight: float = Field(1.0, ge=0, description="weight of the KL over the boundary "
+                               "band (mean over its pixels)")
+    body_weight: float = Field(1.0, ge=0, description="weight of the KL over the body (the "
+                               "other labelled pixels; mean over them)")
+    source: Literal["labels", "teacher"] = Field(
+        "labels", description="where the edges come from: the ground-truth labels, or the "
+        "teacher's argmax (in student classes)")
+    width: int = Field(1, ge=1, description="band half-width in pixels: a pixel is boundary "
+                       "when another class lies within `width` pixels (a (2w+1)^2 window)")
+
+    @model_validator(mode="after")
+    def _some_region(self) -> BoundaryKDConfig:
+        if self.weight and not (self.edge_weight or self.body_weight):
+            raise ValueError("kd.boundary: edge_weight and body_weight are both 0")
+        return self
+
+
+class RelationKDConfig(_KDTerm):
+    """Pixel-to-pixel relation KD (CIRKD, Yang et al., CVPR 2022), batch-local."""
+
+    level: str = Field("decoder", description="feature level whose pixel similarities are "
+                       "matched (stride4, stride8, stride16, stride32, decoder)")
+    pixels: int = Field(256, ge=2, description="labelled positions sampled per image (the "
+                        "same positions in student and teacher)")
+    temperature: float = Field(0.1, gt=0, description="temperature of the row softmax over "
+                               "cosine similarities")
+    cross_image: bool = Field(True, description="also match the similarities between pixels "
+                              "of different images of the batch (CIRKD's mini-batch pairs); "
+                              "false: within each image only")
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        return _check_levels([v])[0]
+
+
 class KDConfig(_Strict):
-    """Distillation terms. Total = w_task * L_task + response + feature + cwd weights."""
+    """Distillation terms. Total = w_task * L_task + sum over terms of weight * term."""
 
     response: ResponseKDConfig = Field(default_factory=ResponseKDConfig)
     feature: FeatureKDConfig = Field(default_factory=FeatureKDConfig)
     cwd: CWDConfig = Field(default_factory=CWDConfig)
+    dist: DISTConfig = Field(default_factory=DISTConfig)
+    boundary: BoundaryKDConfig = Field(default_factory=BoundaryKDConfig)
+    relation: RelationKDConfig = Field(default_factory=RelationKDConfig)
     class_map: dict[str, Any] | str | list[list[float]] | None = Field(
         None, description="teacher class name -> student class name, {student: fraction, "
         "...} (a soft split summing to 1) or ignore; or the path of a YAML file holding that "
@@ -268,7 +334,21 @@ class KDConfig(_Strict):
     def enabled(self) -> bool:
         """Whether the run distils: any KD term has a weight (then it needs a teacher).
         The one place that decides it (CLI checks, set-up, the study)."""
-        return bool(self.response.weight or self.feature.weight or self.cwd.weight)
+        return any(w > 0 for w in self.weights.values())
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each KD term's weight by its logged name (``kd`` is the response term)."""
+        return {"kd": self.response.weight, "feat": self.feature.weight, "cwd": self.cwd.weight,
+                "dist": self.dist.weight, "boundary": self.boundary.weight,
+                "relation": self.relation.weight}
+
+    @property
+    def feature_taps(self) -> list[str]:
+        """Feature levels the enabled terms read from both models (logits excluded)."""
+        return tap_levels(self.feature.levels if self.feature.weight else [],
+                          self.cwd.levels if self.cwd.weight else [],
+                          [self.relation.level] if self.relation.weight else [])
 
 
 class TeacherConfig(_Strict):
@@ -277,6 +357,10 @@ class TeacherConfig(_Strict):
         None, description="a file of tensors (LoRA weights, or any subset of the state_dict) "
         "loaded over teacher.checkpoint's weights; every key must exist in the model")
     model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
+    input_size: tuple[int, int] | None = Field(
+        None, description="[H, W] a plain state_dict teacher runs at (default: data.size; a "
+        "checkpoint's spec gives its own): the student's images are resized to it and the "
+        "teacher's logits back")
     train_epochs: int = Field(0, ge=0, description="train the teacher first when missing")
     half: bool = False
     allow_missing_keys: bool = Field(
@@ -368,10 +452,11 @@ class RunConfig(_Strict):
             raise ValueError(f"multitask.weights names {sorted(mt.weights)} but the student's "
                              f"tasks are {names} (model.tasks): give one weight per task")
         kd = self.kd
-        if (kd.feature.weight or (kd.cwd.weight and any(lv != "logits" for lv in kd.cwd.levels))):
-            raise ValueError("model.tasks: feature taps (kd.feature, kd.cwd.levels other than "
-                             "logits) are not supported for a multi-task student; distil on "
-                             "the logits (kd.response, kd.cwd.levels: [logits])")
+        if kd.feature_taps:
+            raise ValueError("model.tasks: feature taps (kd.feature, kd.relation, kd.cwd.levels "
+                             "other than logits) are not supported for a multi-task student; "
+                             "distil on the logits (kd.response, kd.cwd.levels: [logits], "
+                             "kd.dist, kd.boundary)")
         if self.quant.qat:
             raise ValueError("model.tasks: quant.qat does not support a multi-task student yet")
         if self.model.init_from:
@@ -388,15 +473,11 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _weights(self) -> RunConfig:
         kd = self.kd
-        taps = (kd.feature.weight and kd.feature.levels) or (
-            kd.cwd.weight and [lv for lv in kd.cwd.levels if lv != "logits"])
-        if self.quant.qat and taps:
+        if self.quant.qat and kd.feature_taps:
             raise ValueError("quant.qat trains through the model's forward: feature taps "
-                             "(kd.feature, kd.cwd.levels other than logits) would bypass "
-                             "its quantizers; distil on the logits")
-        if self.w_task == 0 and kd.response.weight == 0 and kd.feature.weight == 0 and (
-            kd.cwd.weight == 0
-        ):
+                             "(kd.feature, kd.relation, kd.cwd.levels other than logits) would "
+                             "bypass its quantizers; distil on the logits")
+        if self.w_task == 0 and not kd.enabled:
             raise ValueError("w_task and every kd.*.weight are 0: nothing to train on")
         if self.w_task > 0 and self.loss.ce == 0 and self.loss.dice == 0:
             raise ValueError(f"loss.ce and loss.dice are both 0 while w_task={self.w_task:g}: "
@@ -492,10 +573,13 @@ def suggest_key(key: str) -> str:
     import difflib
 
     keys = config_keys()
-    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
-    if not near:
-        leaf = key.lstrip("-").split(".")[-1].replace("-", "_")
-        near = [k for k in keys if k.split(".")[-1] == leaf][:3]
+    leaf = key.lstrip("-").split(".")[-1].replace("-", "_")
+    same_leaf = [k for k in keys if k.split(".")[-1] == leaf][:3]
+    near = []
+    if key.split(".")[0] in {k.split(".")[0] for k in keys} or not same_leaf:
+        near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    if not near:  # another tool's spelling: the keys that end the same way
+        near = same_leaf
     if not near:
         near = difflib.get_close_matches(key.split(".")[-1], keys, n=2, cutoff=0.75)
     return f" (did you mean {' or '.join(repr(k) for k in near)}?)" if near else ""

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compress.config import ConfigError, RunConfig
-from compress.losses import Distiller, map_classes
+from compress.losses import Distiller, match_size, teacher_log_probs
 from compress.models import (
     forward_with_features,
     load_adapter,
@@ -36,9 +36,10 @@ class DistillationTask(nn.Module):
 
     ``task(images, target, batch)`` returns the named terms of :class:`Distiller`:
     ``loss`` (the weighted total, the one to backpropagate), the enabled terms ``task``,
-    ``kd``, ``feat``, ``cwd``, and the parts of the task term ``task_ce`` / ``task_bce`` /
-    ``task_dice`` (logged, not added again). These are the names ``metrics.csv``
-    (``train_<name>``) and TensorBoard (``train/<name>``) show.
+    ``kd``, ``feat``, ``cwd``, ``dist``, ``boundary``, ``relation``, and the parts of the
+    task term ``task_ce`` / ``task_bce`` / ``task_dice`` (logged, not added again). These
+    are the names ``metrics.csv`` (``train_<name>``) and TensorBoard (``train/<name>``)
+    show.
 
     The teacher is held outside the module tree: ``train()`` never reaches it,
     ``parameters()`` (so the optimizer and DDP) never include it, and it runs under
@@ -108,9 +109,12 @@ class Teacher:
 
     ``teacher(images)`` returns ``(logits [N, Ct, H, W], {level: feature})`` for student-
     normalised ``images [N, 3, H, W]``: they are converted to the teacher's normalisation
-    first (``x_t = x_s * a + b``, one fused multiply-add). ``batch`` (where the images came
-    from) is what :class:`compress.cache.CachedTeacher`, which shares this interface, needs;
-    the live teacher ignores it. With ``class_map`` set, :meth:`predict` returns
+    first (``x_t = x_s * a + b``, one fused multiply-add) and, when ``H, W`` differ from
+    the teacher's ``spec.input_size``, resized to it (bilinear) so a teacher with a fixed
+    input size (a positional embedding) runs; its logits come back at ``H, W``, its
+    features stay at the teacher's own size (the KD terms resize them). ``batch`` (where
+    the images came from) is what :class:`compress.cache.CachedTeacher`, which shares
+    this interface, needs; the live teacher ignores it. With ``class_map`` set, :meth:`predict` returns
     log-probabilities over the student's classes (what preflight scores and figures show).
     """
 
@@ -133,9 +137,14 @@ class Teacher:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, batch: dict | None = None):
-        x = (images * self.a + self.b).to(self.dtype)
-        logits, feats = forward_with_features(self.model, x, self.levels)
-        return seg_logits(logits).float(), {k: v.float() for k, v in feats.items()}
+        x = images * self.a + self.b
+        resized = tuple(x.shape[-2:]) != tuple(self.spec.input_size)
+        logits, feats = forward_with_features(
+            self.model, match_size(x, self.spec.input_size).to(self.dtype), self.levels)
+        logits = seg_logits(logits).float()
+        if resized:  # back to the student's size (unresized, they are what the model gives)
+            logits = match_size(logits, images.shape[-2:])
+        return logits, {k: v.float() for k, v in feats.items()}
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Teacher logits ``[N, Ct, H, W]``, or ``[N, Cs, H, W]`` log-probabilities in the
@@ -143,8 +152,7 @@ class Teacher:
         logits = self(images)[0]
         if self.class_map is None:
             return logits
-        return torch.log(map_classes(logits.softmax(1), self.class_map.to(logits.device))
-                         .clamp_min(1e-8))
+        return teacher_log_probs(logits, 1.0, self.class_map.to(logits.device))
 
 
 def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
@@ -169,7 +177,8 @@ def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
         spec = make_spec(arch=m.arch, encoder=m.encoder, classes=classes,
                          class_names=names, ignore_index=s_spec.ignore_index,
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
-                         mean=m.mean, std=m.std, input_size=s_spec.input_size)
+                         mean=m.mean, std=m.std,
+                         input_size=tc.input_size or s_spec.input_size)
     model, spec = load_model(tc.checkpoint, spec=spec,
                              strict=not (tc.allow_missing_keys or tc.adapter),
                              return_spec=True, trusted=recipe_factories(cfg))
@@ -245,10 +254,11 @@ def check_label_maps(t_spec: ModelSpec, s_spec: ModelSpec, class_map: torch.Tens
 
 def feature_channels(model: nn.Module, spec: ModelSpec, levels: list[str], device
                      ) -> dict[str, int]:
-    """Channels of each tapped level, from one tiny forward pass (also checks strides)."""
+    """Channels of each tapped level, from one forward pass at the model's
+    ``spec.input_size`` (a teacher may accept no other; also checks strides)."""
     if not levels:
         return {}
-    h, w = 64, 64
+    h, w = spec.input_size
     x = torch.zeros(1, 3, h, w, device=device, dtype=next(model.parameters()).dtype)
     was_training = model.training
     model.eval()

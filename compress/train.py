@@ -58,7 +58,7 @@ from compress.io import (
     fault_point,
     remove_stale_temps,
 )
-from compress.losses import Distiller, TaskLoss, tap_levels, two_way
+from compress.losses import Distiller, TaskLoss, two_way
 from compress.metrics import ImageSink, predicted_ids, scores, update_confusion
 from compress.models import (
     create_model,
@@ -1112,20 +1112,13 @@ def setup_student(cfg: RunConfig, spec: ModelSpec, ctx: RunContext) -> nn.Module
     return student
 
 
-def _levels(cfg: RunConfig) -> tuple[list[str], list[str]]:
-    """(feature-KD levels, CWD levels) of the enabled terms."""
-    kd = cfg.kd
-    return (kd.feature.levels if kd.feature.weight else [],
-            kd.cwd.levels if kd.cwd.weight else [])
-
-
 def setup_teacher(cfg: RunConfig, spec: ModelSpec, device
                   ) -> tuple[Teacher | None, ModelSpec | None]:
     """The frozen teacher and its spec when the run distils (``cfg.kd.enabled``), else
     ``(None, None)``; its label map onto the student's classes is checked and set."""
     if not cfg.kd.enabled:
         return None, None
-    teacher, t_spec = load_teacher(cfg, spec, tap_levels(*_levels(cfg)), device)
+    teacher, t_spec = load_teacher(cfg, spec, cfg.kd.feature_taps, device)
     try:
         class_map = kd_class_map(cfg.kd.class_map, t_spec.class_names, spec.class_names)
     except ValueError as e:
@@ -1141,15 +1134,23 @@ def setup_task(cfg: RunConfig, student: nn.Module, spec: ModelSpec, teacher: Tea
     """The KD step: the loss terms resolved once from the recipe, the adapters sized
     from one tiny forward of each model, the student wrapped in DDP when distributed."""
     kd = cfg.kd
-    feat_levels, cwd_levels = _levels(cfg)
-    taps = tap_levels(feat_levels, cwd_levels)
+    taps = kd.feature_taps
     t_channels = feature_channels(teacher.model, t_spec, taps, device) if teacher else {}
     s_channels = feature_channels(student, spec, taps, device)
     criterion = Distiller(
         task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
         w_task=cfg.w_task, w_kd=kd.response.weight, temperature=kd.response.temperature,
-        w_feat=kd.feature.weight, feat_levels=feat_levels, feat_kind=kd.feature.kind,
-        w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=cwd_levels,
+        w_feat=kd.feature.weight, feat_levels=kd.feature.levels, feat_kind=kd.feature.kind,
+        w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=kd.cwd.levels,
+        w_dist=kd.dist.weight, dist_temperature=kd.dist.temperature, dist_beta=kd.dist.beta,
+        dist_gamma=kd.dist.gamma, w_boundary=kd.boundary.weight,
+        boundary_temperature=kd.boundary.temperature,
+        boundary_edge_weight=kd.boundary.edge_weight,
+        boundary_body_weight=kd.boundary.body_weight, boundary_source=kd.boundary.source,
+        boundary_width=kd.boundary.width, w_relation=kd.relation.weight,
+        relation_level=kd.relation.level, relation_pixels=kd.relation.pixels,
+        relation_temperature=kd.relation.temperature,
+        relation_cross_image=kd.relation.cross_image, relation_seed=cfg.seed,
         student_channels=s_channels, teacher_channels=t_channels,
         class_map=teacher.class_map if teacher else None, ignore_index=cfg.ignore_index,
         task_weights=cfg.task_weights, balance=cfg.multitask.balance,

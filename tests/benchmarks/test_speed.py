@@ -44,24 +44,61 @@ def test_student_forward_tensorrt(benchmark):
     )
 
 
+def _time_step(benchmark, distiller, *inputs) -> dict:
+    """Time one Distiller forward + backward on ``inputs`` (student tensors need grad)."""
+    flat = [v for x in inputs for v in (x.values() if isinstance(x, dict) else [x])]
+    student = [x for x in flat if isinstance(x, torch.Tensor) and x.requires_grad]
+
+    def step():
+        for x in student:
+            x.grad = None
+        terms = distiller(*inputs)
+        terms["loss"].backward()
+        return terms
+
+    return benchmark.pedantic(step, rounds=30, warmup_rounds=3, iterations=1)
+
+
+def _logits(g, requires_grad=False):
+    return torch.randn(8, 5, *SIZE, generator=g, requires_grad=requires_grad)
+
+
 def test_kd_loss_step(benchmark, one_thread):
     """One Distiller step (task CE + response KD), forward and backward, [8, 5, 64, 64]."""
     from compress.losses import Distiller, TaskLoss
 
     g = torch.Generator().manual_seed(0)
-    student = torch.randn(8, 5, *SIZE, generator=g, requires_grad=True)
-    teacher = torch.randn(8, 5, *SIZE, generator=g)
+    student, teacher = _logits(g, True), _logits(g)
     target = torch.randint(0, 5, (8, *SIZE), generator=g)
     distiller = Distiller(task=TaskLoss(), w_task=0.5, w_kd=0.5, temperature=2.0)
-
-    def step():
-        student.grad = None
-        terms = distiller(student, target, teacher_logits=teacher)
-        terms["loss"].backward()
-        return terms
-
-    terms = benchmark.pedantic(step, rounds=30, warmup_rounds=3, iterations=1)
+    terms = _time_step(benchmark, distiller, student, target, teacher)
     assert {"task", "kd", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
+
+
+# each literature term alone (no task loss), so its cost per step reads on its own
+KD_TERMS = {
+    "dist": {"w_dist": 1.0},
+    "boundary": {"w_boundary": 1.0, "boundary_width": 2},
+    "relation": {"w_relation": 1.0, "relation_level": "decoder", "relation_pixels": 256,
+                 "student_channels": {"decoder": 16}, "teacher_channels": {"decoder": 32}},
+}
+
+
+@pytest.mark.parametrize("term", list(KD_TERMS))
+def test_kd_term_step(benchmark, one_thread, term):
+    """One step of one KD term, forward and backward: [8, 5, 64, 64] logits; relation on
+    [8, 16 -> 32 (adapter), 64, 64] decoder features, 256 pixels per image, cross-image."""
+    from compress.losses import Distiller, TaskLoss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = _logits(g, True), _logits(g)
+    target = torch.randint(0, 5, (8, *SIZE), generator=g)
+    s_feats = {"decoder": torch.randn(8, 16, *SIZE, generator=g, requires_grad=True)}
+    t_feats = {"decoder": torch.randn(8, 32, *SIZE, generator=g)}
+    distiller = Distiller(task=TaskLoss(), w_task=0.0, **KD_TERMS[term])
+    benchmark.extra_info.update(term=term, size=list(SIZE), batch=8)
+    terms = _time_step(benchmark, distiller, student, target, teacher, s_feats, t_feats)
+    assert set(terms) == {term, "loss"} and torch.isfinite(terms["loss"])
 
 
 def test_data_loading(benchmark, one_thread):

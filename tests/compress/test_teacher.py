@@ -235,3 +235,51 @@ def test_weights_missing_after_base_and_adapter_follow_allow_missing_keys(tmp_pa
     assert any("adapter.pt: 1 of" in ln and "weights missing" in ln for ln in lines)
     with pytest.raises(FileNotFoundError, match="teacher.adapter not found: .*nope.pt"):
         _lora_teacher(tmp_path, base, tmp_path / "nope.pt")
+
+
+# ---------------------------------------------------------------- teacher input size
+
+
+def test_teacher_runs_at_its_own_input_size_and_gives_logits_at_the_students():
+    from compress.distill import Teacher
+    from tests.compress.custom_teacher import build_fixed
+
+    model = build_fixed(5, (96, 96))
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    t_spec = tiny_spec(size=(96, 96))
+    teacher = Teacher(model, t_spec, tiny_spec(size=(64, 64)), [])
+    x = torch.randn(2, 3, 64, 64)
+    logits, _ = teacher(x)
+    assert seen == [(96, 96)] and logits.shape == (2, 5, 64, 64)
+    # the same as running the model on the bilinearly resized image and resizing back
+    up = torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        want = torch.nn.functional.interpolate(model(up), size=(64, 64), mode="bilinear",
+                                               align_corners=False)
+    torch.testing.assert_close(logits, want)
+    # at its own size nothing is resized
+    same = Teacher(model, t_spec, t_spec, [])
+    assert same(torch.randn(1, 3, 96, 96))[0].shape == (1, 5, 96, 96)
+    assert seen[-1] == (96, 96)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["live", "cached"])
+def test_distill_from_a_fixed_size_teacher_at_another_size(tmp_path, cache):
+    """Before: the student's 64x64 images went to a teacher built for 96x96 and the
+    positional embedding's add failed ("size of tensor a (64) must match ... (96)")."""
+    from tests.compress.custom_teacher import build_fixed
+
+    t = tmp_path / "fixed.pt"
+    torch.save(build_fixed(5, (96, 96)).state_dict(), t)
+    cfg = tiny_config(tmp_path, [
+        "train.epochs=1", "train.max_steps_per_epoch=2", "data.synthetic_length=8",
+        f"teacher.checkpoint={t}", "teacher.allow_weak=true", "teacher.model.classes=5",
+        "teacher.model.factory=tests.compress.custom_teacher:build_fixed",
+        "teacher.model.kwargs={size: [96, 96]}", "teacher.input_size=[96,96]",
+        "kd.response.weight=0.5", f"kd.cache={str(cache).lower()}"])
+    run = fit(cfg, show_progress=False).run_dir
+    import csv
+
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert float(row["train_kd"]) > 0
