@@ -27,12 +27,15 @@ class _Strict(BaseModel):
 
 
 DepthMode = Literal["none", "dense", "lidar", "files"]
+# the layouts of compress.data.SOURCES, plus synthetic (tests/compress/test_layouts.py
+# keeps the three lists equal)
+DataKindName = Literal["synthetic", "camvid", "folder", "cityscapes", "voc", "ade20k"]
 
 
 class SourceConfig(_Strict):
     """One data source: a labelled split of a dataset, or a folder of images + masks."""
 
-    kind: Literal["synthetic", "camvid", "folder"] = "synthetic"
+    kind: DataKindName = "synthetic"
     root: str | None = None
     split: str = "train"
     weight: float = Field(1.0, gt=0, description="sampling ratio in a mixture")
@@ -51,7 +54,7 @@ class DataConfig(_Strict):
     ``size`` is the (H, W) the network sees; both must be multiples of 32.
     """
 
-    kind: Literal["synthetic", "camvid", "folder"] = "synthetic"
+    kind: DataKindName = "synthetic"
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
