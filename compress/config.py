@@ -489,13 +489,31 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+# other recipes' words for our keys (the seeds' Hydra keys and argparse flags), answered
+# before any spelling match: their alpha / beta weigh the task or the distillation term
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "distillation.alpha": ("kd.response.weight", "w_task"),
+    "distillation_alpha": ("kd.response.weight", "w_task"),
+    "distillation.beta": ("kd.response.weight", "w_task"),
+    "distillation.temperature": ("kd.response.temperature",),
+    "teacher.lora_checkpoint": ("teacher.adapter",),
+    "training.lr": ("train.lr",),
+    "training.epochs": ("train.epochs",),
+    "total_epochs": ("train.epochs",),
+    "teacher_checkpoint": ("teacher.checkpoint",),
+}
+
+
 def suggest_key(key: str) -> str:
-    """" (did you mean ...?)" for an unknown dotted key: close spellings, or keys that end
-    the same way (Hydra-style ``distillation.temperature``, argparse-style ``epochs``)."""
+    """" (did you mean ...?)" for an unknown dotted key: another recipe's word for it
+    (:data:`KEY_ALIASES`), close spellings, or keys that end the same way (Hydra-style
+    ``distillation.temperature``, argparse-style ``epochs``)."""
     import difflib
 
     keys = config_keys()
-    near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
+    near = list(KEY_ALIASES.get(key.lstrip("-").replace("-", "_"), ()))
+    if not near:
+        near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
     if not near:
         leaf = key.lstrip("-").split(".")[-1].replace("-", "_")
         near = [k for k in keys if k.split(".")[-1] == leaf][:3]
