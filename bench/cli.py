@@ -18,6 +18,7 @@ from compress.options import DataKind
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain click help: option names whole at 80 columns
     help="Measure segmentation models: MACs, latency, teacher-vs-student report.",
 )
 
