@@ -654,7 +654,7 @@ def load_targets(
             continue
         mem = {
             "rss_delta_mb": (rss_bytes() - rss0) / 2**20,
-            "peak_rss_mb": (peak_rss_bytes() - rss0) / 2**20 if peak_known else None,
+            "peak_rss_mb": peak_growth_mb(peak_rss_bytes(), rss0) if peak_known else None,
         }
         if cuda:
             torch.cuda.synchronize()
@@ -943,6 +943,16 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
+def peak_growth_mb(peak: int, rss0: int) -> float | None:
+    """Peak RSS growth while loading, in MB; None (unknown, printed "-") where the peak
+    reads below the RSS before loading (the kernel's counters disagree: not a size)."""
+    return (peak - rss0) / 2**20 if peak >= rss0 else None
+
+
+def _mb(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def format_latency(result: dict[str, Any]) -> str:
     """The readable table of :func:`run_latency`."""
     s = result["settings"]
@@ -979,7 +989,7 @@ def format_latency(result: dict[str, Any]) -> str:
             f"{r['label']:<{w}}{r['backend']:<12}{str(r['precision'] or '?')[:5]:<6}"
             f"{r['batch']:>5}{lat['median']:>10.2f} ± {lat['std']:<5.2f}{lat['min']:>8.2f}"
             f"{lat['p90']:>8.2f}{lat['max']:>8.2f}{r['preprocess_ms']['median']:>7.2f}"
-            f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_num(mem.get('peak_rss_mb')):>9.0f}"
+            f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_mb(mem.get('peak_rss_mb')):>9}"
         )
         cc = r.get("cross_check")
         if cc:
