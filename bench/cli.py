@@ -20,6 +20,7 @@ from compress.outdir import open_out, open_out_file, write_json_output
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain click help: option names whole at 80 columns
     help="Measure segmentation models: MACs, latency, teacher-vs-student report.",
 )
 

@@ -668,7 +668,7 @@ def load_targets(
             continue
         mem = {
             "rss_delta_mb": (rss_bytes() - rss0) / 2**20,
-            "peak_rss_mb": (peak_rss_bytes() - rss0) / 2**20 if peak_known else None,
+            "peak_rss_mb": peak_growth_mb(peak_rss_bytes(), rss0) if peak_known else None,
         }
         if cuda:
             torch.cuda.synchronize()
@@ -862,9 +862,9 @@ def resolve_targets(
             src = source_checkpoint(manifest)  # checked against source_sha256
             if src is not None:
                 found.append(
-                    Target(
-                        f"{m.name}/{src.name}", src, "torch", None, {"artifact_precision": "f32"}
-                    )
+                    # the checkpoint the export came from, named where it lies (it is not
+                    # in the export dir)
+                    Target(str(src), src, "torch", None, {"artifact_precision": "f32"})
                 )
             for art in manifest["artifacts"]:
                 b = art["backend"]
@@ -959,11 +959,22 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
+def peak_growth_mb(peak: int, rss0: int) -> float | None:
+    """Peak RSS growth while loading, in MB; None (unknown, printed "-") where the peak
+    reads below the RSS before loading (the kernel's counters disagree: not a size)."""
+    return (peak - rss0) / 2**20 if peak >= rss0 else None
+
+
+def _mb(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def format_latency(result: dict[str, Any]) -> str:
     """The readable table of :func:`run_latency`."""
     s = result["settings"]
+    w = max([28, *(len(r["label"]) + 2 for r in result["results"])])  # names in full
     head = (
-        f"{'model':<28}{'backend':<12}{'prec':<6}{'batch':>5}{'median ± std':>18}"
+        f"{'model':<{w}}{'backend':<12}{'prec':<6}{'batch':>5}{'median ± std':>18}"
         f"{'min':>8}{'p90':>8}{'max':>8}{'pre':>7}{'post':>7}{'ratio':>7}{'peak MB':>9}"
     )
     lines = [
@@ -984,33 +995,33 @@ def format_latency(result: dict[str, Any]) -> str:
     for r in result["results"]:
         if r.get("error") or not r.get("latency_ms"):
             lines.append(
-                f"{r['label'][:27]:<28}{r['backend']:<12}{'':<6}{r['batch']:>5}  "
+                f"{r['label']:<{w}}{r['backend']:<12}{'':<6}{r['batch']:>5}  "
                 f"could not run: {r.get('error')}"
             )
             continue
         lat, mem = r["latency_ms"], r.get("memory") or {}
         post = r["postprocess_ms"]["median"] if r.get("postprocess_ms") else float("nan")
         lines.append(
-            f"{r['label'][:27]:<28}{r['backend']:<12}{str(r['precision'] or '?')[:5]:<6}"
+            f"{r['label']:<{w}}{r['backend']:<12}{str(r['precision'] or '?')[:5]:<6}"
             f"{r['batch']:>5}{lat['median']:>10.2f} ± {lat['std']:<5.2f}{lat['min']:>8.2f}"
             f"{lat['p90']:>8.2f}{lat['max']:>8.2f}{r['preprocess_ms']['median']:>7.2f}"
-            f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_num(mem.get('peak_rss_mb')):>9.0f}"
+            f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_mb(mem.get('peak_rss_mb')):>9}"
         )
         cc = r.get("cross_check")
         if cc:
-            lines.append(f"{'':<28}cross-check: {cc['tool']}: " + (
+            lines.append(f"{'':<{w}}cross-check: {cc['tool']}: " + (
                 f"could not run ({cc['error']})" if cc.get("error") else
                 f"median {cc['median_ms']:.2f} ms vs ours {_num(cc['ours_ms']):.2f} ms "
                 f"({cc['compare_with']}, model only)"))
         if r.get("compute_ms"):
             c = r["compute_ms"]
-            lines.append(f"{'':<28}GPU compute only (no host copies): {c['median']:.3f} ± "
+            lines.append(f"{'':<{w}}GPU compute only (no host copies): {c['median']:.3f} ± "
                          f"{c['std']:.3f} ms; end to end {r['end_to_end_ms']['median']:.3f} ms")
         elif r.get("compute_note"):
-            lines.append(f"{'':<28}{r['compute_note']}")
+            lines.append(f"{'':<{w}}{r['compute_note']}")
         if mem.get("gpu_mem_mb") is not None:
             lines.append(
-                f"{'':<28}GPU memory +{mem['gpu_mem_mb']:.0f} MB (torch peak "
+                f"{'':<{w}}GPU memory +{mem['gpu_mem_mb']:.0f} MB (torch peak "
                 f"{mem.get('torch_peak_gpu_mb', 0):.0f} MB)"
             )
         if (
@@ -1019,7 +1030,7 @@ def format_latency(result: dict[str, Any]) -> str:
             and str(r.get("artifact_precision", "f32")).lower() in ("f32", "fp32")
         ):
             lines.append(
-                f"{'':<28}note: OpenVINO ran this FP32 model in bf16 (the CPU's "
+                f"{'':<{w}}note: OpenVINO ran this FP32 model in bf16 (the CPU's "
                 "default); --precision f32 forces f32"
             )
     lines.append(f"\nprocess RSS with every model loaded: {s['process_rss_mb']:.0f} MB")

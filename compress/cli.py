@@ -245,7 +245,8 @@ def config_(
 
 
 register_study(commands)
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, callback=options)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, callback=options,
+                  rich_markup_mode=None)  # plain click help: option names whole at 80 columns
 app.add_typer(commands)
 
 

@@ -27,12 +27,15 @@ class _Strict(BaseModel):
 
 
 DepthMode = Literal["none", "dense", "lidar", "files"]
+# the layouts of compress.data.SOURCES, plus synthetic (tests/compress/test_layouts.py
+# keeps the three lists equal)
+DataKindName = Literal["synthetic", "camvid", "folder", "cityscapes", "voc", "ade20k"]
 
 
 class SourceConfig(_Strict):
     """One data source: a labelled split of a dataset, or a folder of images + masks."""
 
-    kind: Literal["synthetic", "camvid", "folder"] = "synthetic"
+    kind: DataKindName = "synthetic"
     root: str | None = None
     split: str = "train"
     weight: float = Field(1.0, gt=0, description="sampling ratio in a mixture")
@@ -51,7 +54,7 @@ class DataConfig(_Strict):
     ``size`` is the (H, W) the network sees; both must be multiples of 32.
     """
 
-    kind: Literal["synthetic", "camvid", "folder"] = "synthetic"
+    kind: DataKindName = "synthetic"
     root: str | None = None
     train_split: str = "train"
     val_split: str = "val"
@@ -567,16 +570,32 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+# other recipes' words for our keys (the seeds' Hydra keys and argparse flags), answered
+# before any spelling match: their alpha / beta weigh the task or the distillation term
+KEY_ALIASES: dict[str, tuple[str, ...]] = {
+    "distillation.alpha": ("kd.response.weight", "w_task"),
+    "distillation_alpha": ("kd.response.weight", "w_task"),
+    "distillation.beta": ("kd.response.weight", "w_task"),
+    "distillation.temperature": ("kd.response.temperature",),
+    "teacher.lora_checkpoint": ("teacher.adapter",),
+    "training.lr": ("train.lr",),
+    "training.epochs": ("train.epochs",),
+    "total_epochs": ("train.epochs",),
+    "teacher_checkpoint": ("teacher.checkpoint",),
+}
+
+
 def suggest_key(key: str) -> str:
-    """" (did you mean ...?)" for an unknown dotted key: close spellings, or keys that end
-    the same way (Hydra-style ``distillation.temperature``, argparse-style ``epochs``)."""
+    """" (did you mean ...?)" for an unknown dotted key: another recipe's word for it
+    (:data:`KEY_ALIASES`), close spellings, or keys that end the same way (Hydra-style
+    ``distillation.temperature``, argparse-style ``epochs``)."""
     import difflib
 
     keys = config_keys()
+    near = list(KEY_ALIASES.get(key.lstrip("-").replace("-", "_"), ()))
     leaf = key.lstrip("-").split(".")[-1].replace("-", "_")
     same_leaf = [k for k in keys if k.split(".")[-1] == leaf][:3]
-    near = []
-    if key.split(".")[0] in {k.split(".")[0] for k in keys} or not same_leaf:
+    if not near and (key.split(".")[0] in {k.split(".")[0] for k in keys} or not same_leaf):
         near = difflib.get_close_matches(key, keys, n=3, cutoff=0.75)
     if not near:  # another tool's spelling: the keys that end the same way
         near = same_leaf

@@ -12,3 +12,6 @@ class DataKind(str, Enum):
     camvid = "camvid"
     folder = "folder"
     synthetic = "synthetic"
+    cityscapes = "cityscapes"
+    voc = "voc"
+    ade20k = "ade20k"

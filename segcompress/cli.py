@@ -18,6 +18,7 @@ from deploy import cli as deploy_cli
 from deploy.runtime import load_predictor
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=compress_cli.HELP,
+                  rich_markup_mode=None,  # plain click help: option names whole at 80 columns
                   callback=compress_cli.options,
                   context_settings={"obj": {"load_predictor": load_predictor}})
 app.add_typer(compress_cli.commands)

@@ -17,12 +17,17 @@ from compress.data.datasets import (
     ignore_collision,
     read_image,
 )
+from compress.data.labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+from compress.data.layouts import ade20k_source, cityscapes_source, voc_source
 from compress.data.transforms import TrainAugment, denormalize, normalize, resize_pair
 
 __all__ = [
+    "ADE20K_CLASSES",
     "CAMVID_CLASSES",
     "CAMVID_IGNORE",
+    "CITYSCAPES_CLASSES",
     "SYNTHETIC_CLASSES",
+    "VOC_CLASSES",
     "DataError",
     "PairSource",
     "SegDataset",
@@ -42,14 +47,16 @@ __all__ = [
     "split_images",
 ]
 
-SOURCES = {"camvid": camvid_source, "folder": folder_source}
+SOURCES = {"camvid": camvid_source, "folder": folder_source,
+           "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source}
 
 
 def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
                   length: int = 64, size: tuple[int, int] = (128, 128), seed: int = 0,
                   depth: str = "none", masks: bool = True,
                   class_names: list[str] | None = None):
-    """Create one raw source by kind name (``synthetic``, ``camvid``, ``folder``).
+    """Create one raw source by kind name (``synthetic`` or a :data:`SOURCES` entry:
+    ``camvid``, ``folder``, ``cityscapes``, ``voc``, ``ade20k``).
 
     Synthetic splits differ by seed (train uses ``seed``, others ``seed + 1000``).
     ``depth`` (``none``, ``dense``/``lidar`` for synthetic, ``files`` for a folder's
@@ -131,7 +138,8 @@ def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, in
     and verification sets and bench's report use it instead of a training ``DataConfig``.
 
     Args:
-        kind: ``synthetic``, ``camvid`` or ``folder``.
+        kind: ``synthetic`` or a :data:`SOURCES` name (``camvid``, ``folder``,
+            ``cityscapes``, ``voc``, ``ade20k``).
         root: the dataset root (unused for ``synthetic``).
         count: synthetic only: how many scenes (default 96 for ``train``, else 32, the
             training config's defaults); other kinds hold what their files hold.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -118,19 +119,84 @@ def ignore_collision(source, limit: int = 16) -> str | None:
             "ignore_index to a value the masks do not use")
 
 
+IGNORE = -1  # the layout's own ignore value(s): written as the run's ignore_index
+INVALID = -2  # a value the layout never writes: refused
+
+
+def _spans(values: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0..2, 5"``."""
+    out, start = [], None
+    for v, nxt in zip(values, [*values[1:], None]):
+        start = v if start is None else start
+        if nxt != v + 1:
+            out.append(f"{start}" if start == v else f"{start}..{v}")
+            start = None
+    return ", ".join(out)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelTable:
+    """Raw mask value -> class id for the mask files whose name ends with ``suffix``.
+
+    Args:
+        name: what the values are, for messages (e.g. ``"Cityscapes labelIds"``).
+        suffix: the mask file names this table reads (e.g. ``"_gtFine_labelIds.png"``).
+        classes: ``{raw value: class id}``.
+        ignore: the raw values the layout reserves for unlabelled / border pixels.
+    """
+
+    name: str
+    suffix: str
+    classes: dict[int, int]
+    ignore: tuple[int, ...] = ()
+    lut: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        lut = np.full(max([*self.classes, *self.ignore]) + 1, INVALID, np.int64)
+        lut[list(self.classes)] = list(self.classes.values())
+        lut[list(self.ignore)] = IGNORE
+        object.__setattr__(self, "lut", lut)
+
+    def apply(self, raw: np.ndarray, ignore_index: int, where: str) -> np.ndarray:
+        """Class ids ``int64 [H, W]`` of a raw mask, the layout's ignore as ``ignore_index``.
+
+        Raises:
+            DataError: a value the layout never writes (``where`` names the file).
+        """
+        inside = (raw >= 0) & (raw < len(self.lut))
+        ids = np.where(inside, self.lut[np.clip(raw, 0, len(self.lut) - 1)], INVALID)
+        bad = ids == INVALID
+        if bad.any():
+            valid = sorted([*self.classes, *self.ignore])
+            raise DataError(f"{where}: label value(s) {np.unique(raw[bad])[:8].tolist()} are "
+                             f"not {self.name} values ({_spans(valid)})")
+        ids[ids == IGNORE] = ignore_index
+        return ids
+
+
+def _refuse_missing(missing: list[tuple[Path, str]]) -> None:
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{missing[0][0]}: {missing[0][1]}{more}")
+
+
 class PairSource:
-    """Image/mask file pairs with class names (CamVid list file or images/masks folder)."""
+    """Image/mask file pairs with class names (CamVid list file, images/masks folder, or a
+    published layout).
+
+    ``tables``: how the masks store labels (:class:`LabelTable`, the first whose suffix
+    ends the mask's name); masks no table matches hold class ids as they are."""
 
     def __init__(self, pairs: list[tuple[Path, Path | None]], class_names: list[str],
-                 ignore_index: int, where: str) -> None:
+                 ignore_index: int, where: str, tables: tuple[LabelTable, ...] = ()) -> None:
         if not pairs:
             raise DataError(f"{where}: no images found")
-        missing = [(i, m) for i, m in pairs if m is not None and not m.is_file()]
-        if missing:  # checked up front (a stat per file), not at the first batch
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DataError(f"{missing[0][0]}: mask missing (expected {missing[0][1]}){more}")
+        # checked up front (a stat per file), not at the first batch
+        _refuse_missing([(i, "image missing") for i, _ in pairs if not i.is_file()])
+        _refuse_missing([(i, f"mask missing (expected {m})") for i, m in pairs
+                         if m is not None and not m.is_file()])
         self.pairs, self.class_names, self.ignore_index = pairs, class_names, ignore_index
-        self.where = where
+        self.where, self.tables = where, tables
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -146,6 +212,9 @@ class PairSource:
         if not mask_path.is_file():
             raise DataError(f"{img_path}: mask missing (expected {mask_path})")
         mask = read_mask(mask_path)
+        table = next((t for t in self.tables if mask_path.name.endswith(t.suffix)), None)
+        if table is not None:
+            mask = table.apply(mask, self.ignore_index, str(mask_path))
         if mask.shape != image.shape[:2]:
             raise DataError(
                 f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} != image size "
@@ -156,7 +225,8 @@ class PairSource:
         return image, mask, img_path.stem
 
 
-def _read_text(path: Path) -> str:
+def read_data_text(path: Path) -> str:
+    """A dataset's text file (split list, classes.txt); unsafe files refused as DataError."""
     try:
         return read_text(path)
     except UnsafeFileError as e:
@@ -172,7 +242,7 @@ def camvid_source(root: str | Path, split: str, ignore_index: int = CAMVID_IGNOR
     listing = root / f"{split}.txt"
     pairs: list[tuple[Path, Path | None]] = []
     if listing.is_file():
-        for n, line in enumerate(_read_text(listing).splitlines(), 1):
+        for n, line in enumerate(read_data_text(listing).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
@@ -209,7 +279,7 @@ def folder_source(root: str | Path, split: str, ignore_index: int = 255, *,
     classes_file = root / "classes.txt"
     if not classes_file.is_file() and (masks or not class_names):
         raise DataError(f"{root}: classes.txt missing (one class name per line)")
-    names = ([ln.strip() for ln in _read_text(classes_file).splitlines() if ln.strip()]
+    names = ([ln.strip() for ln in read_data_text(classes_file).splitlines() if ln.strip()]
              if classes_file.is_file() else list(class_names))
     if not names:
         raise DataError(f"{classes_file}: no class names (one class name per line)")

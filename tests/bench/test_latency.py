@@ -174,3 +174,52 @@ def test_two_best_pt_rows_are_labelled_by_their_run(tmp_path):
     distinct_labels(ts)
     assert [t.label for t in ts] == ["kd-s0/20250101/best.pt", "kd-s1/20250101/best.pt",
                                      "other.pt"]
+
+
+def test_rows_show_full_model_names_and_the_source_where_it_lies(export_dir):
+    """Before: names were cut at 27 characters, and an export dir's source checkpoint read
+    'export/best.pt' though it is not in the export dir."""
+    from bench.latency import format_latency
+
+    targets = resolve_targets([export_dir])
+    src = targets[0]
+    assert src.backend == "torch" and src.label == str(src.path)
+    assert src.path.parent != export_dir and not src.label.startswith(export_dir.name + "/")
+    long = "kd-response-t4-seed2/20250101-120000/best.pt"
+    lat = {"median": 5.0, "std": 0.1, "min": 4.9, "p90": 5.1, "max": 5.2}
+    row = {"label": long, "backend": "torch", "precision": "f32", "batch": 1,
+           "latency_ms": lat, "preprocess_ms": {"median": 0.5},
+           "postprocess_ms": {"median": 0.2}, "ratio_to_first": 1.0,
+           "memory": {"peak_rss_mb": 300.0}}
+    bad = {"label": long.replace("t4", "t8"), "backend": "onnxruntime", "batch": 1,
+           "error": "boom"}
+    settings = {"device": "cpu", "threads": 1, "size": [64, 64], "warmup": 1, "runs": 2,
+                "timer": "perf_counter", "input": "noise", "process_rss_mb": 400.0}
+    text = format_latency({"hardware": {"summary": "cpu"}, "settings": settings,
+                           "results": [row, bad]})
+    lines = text.splitlines()
+    assert any(ln.startswith(long + " ") for ln in lines)
+    assert any(ln.startswith(bad["label"] + " ") and "could not run: boom" in ln
+               for ln in lines)
+    head = next(ln for ln in lines if ln.startswith("model"))
+    row_line = next(ln for ln in lines if ln.startswith(long + " "))
+    assert head.index("backend") == row_line.index("torch") == len(long) + 2
+
+
+def test_unknown_peak_rss_prints_a_dash():
+    """Before: a peak read below the starting RSS printed '-0' (and None 'nan')."""
+    from bench.latency import format_latency, peak_growth_mb
+
+    assert peak_growth_mb(100 * 2**20, 101 * 2**20) is None
+    assert peak_growth_mb(103 * 2**20, 101 * 2**20) == 2.0
+    lat = {"median": 5.0, "std": 0.1, "min": 4.9, "p90": 5.1, "max": 5.2}
+    row = {"label": "a.pt", "backend": "torch", "precision": "f32", "batch": 1,
+           "latency_ms": lat, "preprocess_ms": {"median": 0.5},
+           "postprocess_ms": {"median": 0.2}, "ratio_to_first": 1.0,
+           "memory": {"peak_rss_mb": None}}
+    settings = {"device": "cpu", "threads": 1, "size": [64, 64], "warmup": 1, "runs": 2,
+                "timer": "perf_counter", "input": "noise", "process_rss_mb": 400.0}
+    line = next(ln for ln in format_latency({"hardware": {"summary": "cpu"},
+                                             "settings": settings, "results": [row]}
+                                            ).splitlines() if ln.startswith("a.pt "))
+    assert line.split()[-1] == "-" and "nan" not in line and "-0" not in line

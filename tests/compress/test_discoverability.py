@@ -26,6 +26,35 @@ def test_override_errors_name_the_command_line_and_the_right_key(override, sourc
     assert str(QUICK) not in str(e.value)
 
 
+@pytest.mark.parametrize("key, hint", [
+    ("distillation.alpha", "'kd.response.weight' or 'w_task'"),
+    ("distillation.beta", "'kd.response.weight' or 'w_task'"),
+    ("distillation.temperature", "'kd.response.temperature'"),
+    ("teacher.lora_checkpoint", "'teacher.adapter'"),
+    ("training.lr", "'train.lr'"),
+    ("training.epochs", "'train.epochs'"),
+])
+def test_the_seeds_recipe_keys_get_our_key(key, hint):
+    with pytest.raises(ConfigError) as e:
+        load_config(QUICK, [f"{key}=0.5"])
+    msg = str(e.value)
+    assert msg.startswith(f"command-line override '{key}=0.5': unknown key ")
+    assert msg.endswith(f"(did you mean {hint}?)")
+
+
+@pytest.mark.parametrize("flag, key", [("--total_epochs", "train.epochs"),
+                                       ("--teacher_checkpoint", "teacher.checkpoint"),
+                                       ("--teacher-checkpoint", "teacher.checkpoint"),
+                                       ("--distillation_alpha", "kd.response.weight")])
+def test_the_seeds_flags_get_the_override_spelling(flag, key):
+    import click
+
+    from compress.errors import one_line
+
+    msg = one_line(click.exceptions.NoSuchOption(flag))
+    assert f"No such option '{flag}'" in msg and f"e.g. {key}=VALUE" in msg
+
+
 def test_a_typo_in_the_file_is_blamed_on_the_file_with_a_suggestion(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochz: 3\n")
