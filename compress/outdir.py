@@ -205,6 +205,15 @@ def _check_parents(path: Path, option: str) -> None:
         raise OutputError(f"{option} {path}: {parent} is not a folder")
 
 
+def _not_dangling(path: Path, option: str, want: str) -> Path:
+    """``path``, unless it is a symlink to nothing (refused naming ``option``)."""
+    if path.is_symlink() and not path.exists():
+        raise OutputError(
+            f"{option} {path} is a dangling symlink (to {os.readlink(path)}): give {want}"
+        )
+    return path
+
+
 def check_folder_path(path: str | Path, option: str = "--out") -> Path:
     """The checks of an output folder's path alone (also ``compress export``'s, whose
     manifest says what it owns): refused are a dangling symlink, an existing file, the
@@ -213,11 +222,7 @@ def check_folder_path(path: str | Path, option: str = "--out") -> Path:
     Raises:
         OutputError: naming ``option`` and the path.
     """
-    path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise OutputError(
-            f"{option} {path} is a dangling symlink (to {os.readlink(path)}): give a folder"
-        )
+    path = _not_dangling(Path(path), option, "a folder")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is an existing file: give a folder (new or empty)")
     here = Path.cwd().resolve()
@@ -259,11 +264,7 @@ def new_output(path: str | Path, option: str = "--out") -> Path:
     Raises:
         OutputError: naming ``option`` and the path.
     """
-    path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise OutputError(
-            f"{option} {path} is a dangling symlink (to {os.readlink(path)}): give a new path"
-        )
+    path = _not_dangling(Path(path), option, "a new path")
     if path.exists():
         raise OutputError(f"{option} {path} exists: refusing to overwrite it (give a new path)")
     _check_parents(path, option)
