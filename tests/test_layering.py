@@ -126,3 +126,56 @@ def test_deploy_modules_have_no_cycle():
     for m in sorted(graph):
         visit(m, [m])
     assert not cycles, "\n".join(sorted(set(cycles)))
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (function-level imports included;
+    the package's own ``__init__`` left out: compress's loads its names lazily)."""
+    known = modules()
+    graph = {m: set() for m in known if top(m) == package}
+    for m, deps in graph.items():
+        for _, target, name in imports(known[m]):
+            full = f"{target}.{name}" if name else target
+            dep = full if full in graph else target if target in graph else None
+            if dep and dep != m and dep != package:
+                deps.add(dep)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan), largest first."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def connect(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                connect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            connect(v)
+    return sorted(found, key=len, reverse=True)
+
+
+if __name__ == "__main__":  # python tests/test_layering.py: compress's import circles
+    import sys
+
+    sys.setrecursionlimit(10_000)
+    for component in cycles(import_graph("compress")):
+        print(len(component), " ".join(sorted(component)))
