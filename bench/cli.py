@@ -324,9 +324,10 @@ def candidates(
 
 def main() -> None:
     """Console entry point: one clear line for errors a user can fix."""
+    from compress.config import suggest_key
     from compress.errors import run_cli
 
-    run_cli(app)
+    run_cli(app, suggest_key)
 
 
 if __name__ == "__main__":

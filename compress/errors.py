@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -96,16 +96,18 @@ def error_name(e: BaseException) -> str:
     return name
 
 
-def one_line(e: BaseException) -> str:
+def one_line(e: BaseException, suggest: Callable[[str], str] | None = None) -> str:
     """The message of a user error as one line: usage errors with the option they name
-    and a pointer to ``--help``, others with their text joined onto one line."""
+    and a pointer to ``--help``, others with their text joined onto one line.
+
+    ``suggest`` (the CLI hands in :func:`compress.config.suggest_key`: this module imports
+    nothing of the project) turns an unknown option into its recipe key's
+    ``" (did you mean 'key'?)"``, or ``""``."""
     if isinstance(e, USAGE_ERRORS):
         msg = " ".join(e.format_message().split())
         option = getattr(e, "option_name", None)
-        if type(e).__name__ == "NoSuchOption" and option:  # argparse habits: --epochs 5
-            from compress.config import suggest_key
-
-            hint = suggest_key(option.lstrip("-"))
+        if type(e).__name__ == "NoSuchOption" and option and suggest:  # argparse: --epochs 5
+            hint = suggest(option.lstrip("-"))
             if hint:
                 msg += (f"; recipe keys are dotted overrides after the options, e.g. "
                         f"{hint.split(chr(39))[1]}=VALUE{hint}")
@@ -121,10 +123,10 @@ def one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def run_cli(app) -> None:
+def run_cli(app, suggest: Callable[[str], str] | None = None) -> None:
     """Run a typer app as a console entry point: errors a user can fix print one
     ``error: ...`` line and exit non-zero (``--debug`` re-raises for the traceback);
-    a bare command prints its help."""
+    a bare command prints its help. ``suggest``: see :func:`one_line`."""
     import typer
 
     debug = "--debug" in sys.argv
@@ -142,7 +144,7 @@ def run_cli(app) -> None:
         if type(e).__name__ == "NoArgsIsHelpError":  # bare command: the help
             typer.echo(e.format_message())
             sys.exit(0)
-        typer.echo(f"error: {one_line(e)}", err=True)
+        typer.echo(f"error: {one_line(e, suggest)}", err=True)
         if isinstance(e, Terminated):
             sys.exit(143)
         if isinstance(e, KeyboardInterrupt):

@@ -13,6 +13,7 @@ import typer
 
 from bench import cli_study
 from compress import cli as compress_cli
+from compress.config import suggest_key
 from compress.errors import run_cli
 from deploy import cli as deploy_cli
 from deploy.runtime import load_predictor
@@ -28,7 +29,7 @@ app.add_typer(cli_study.commands)
 
 def main() -> None:
     """Console entry point: one clear line for errors a user can fix."""
-    run_cli(app)
+    run_cli(app, suggest_key)
 
 
 if __name__ == "__main__":

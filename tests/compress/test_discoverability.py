@@ -49,9 +49,10 @@ def test_the_seeds_recipe_keys_get_our_key(key, hint):
 def test_the_seeds_flags_get_the_override_spelling(flag, key):
     import click
 
+    from compress.config import suggest_key
     from compress.errors import one_line
 
-    msg = one_line(click.exceptions.NoSuchOption(flag))
+    msg = one_line(click.exceptions.NoSuchOption(flag), suggest_key)
     assert f"No such option '{flag}'" in msg and f"e.g. {key}=VALUE" in msg
 
 
