@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from compress.errors import UserError
+from compress.errors import ModelError, UserError
 from compress.io import UnsafeFileError, YAMLRefused, read_text, safe_yaml
 
 
@@ -134,7 +134,6 @@ class ModelConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        from compress.spec import ModelError
         from compress.tasks import parse_tasks
 
         try:

@@ -31,6 +31,11 @@ class InputError(UserError, ValueError):
     """A value given to a command or function that cannot be used (an option, a size, a
     threshold); the message names it."""
 
+
+class ModelError(UserError, ValueError):
+    """A model that cannot be built or loaded; the message names the file or name."""
+
+
 try:  # typer >= 0.2x vendors click: its usage errors are not click's classes
     from typer._click.exceptions import ClickException as _TyperClickException
 except ImportError:  # older typer raises click's own exceptions

@@ -20,13 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import UserError
+from compress.errors import ModelError
 from compress.io import NESTING_LIMIT
-
-
-class ModelError(UserError, ValueError):
-    """A model that cannot be built or loaded; the message names the file or name."""
-
 
 SPEC_NODE_LIMIT = 100_000
 # the one bound on an image or input side, checked before anything is allocated (a spec's

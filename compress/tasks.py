@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from compress.spec import ModelError
+from compress.errors import ModelError
 
 TASK_KINDS = ("depth",)
 SEG = "seg"
