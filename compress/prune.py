@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,32 +33,8 @@ class PruneError(UserError, ValueError):
 log = logging.getLogger("compress")
 
 IMPORTANCES = ("magnitude", "taylor")
-MAX_PRUNED_TENSORS = 20_000
-_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 # the modules whose tensors Torch-Pruning shrinks, and how their attributes follow
 _CONV, _NORM = nn.modules.conv._ConvNd, nn.modules.batchnorm._NormBase
-
-
-def pruned_shapes_error(value: Any) -> str | None:
-    """Why a spec's ``pruned_shapes`` is malformed (types and sizes), or None when fine.
-
-    A valid value is null or ``{tensor name: [d0, d1, ...]}`` with dotted-identifier
-    names, 1 to 5 dims each, every dim an integer in 1..65536.
-    """
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        return f"a mapping of tensor name -> shape (got {type(value).__name__})"
-    if len(value) > MAX_PRUNED_TENSORS:
-        return f"at most {MAX_PRUNED_TENSORS} tensors (got {len(value)})"
-    for name, shape in value.items():
-        if not isinstance(name, str) or len(name) > 300 or not _NAME.match(name):
-            return f"keyed by dotted tensor names (got {str(name)[:60]!r})"
-        if not (isinstance(shape, (list, tuple)) and 1 <= len(shape) <= 5 and all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65_536
-                for d in shape)):
-            return f"1 to 5 positive integers per tensor ({name}: {str(shape)[:60]})"
-    return None
 
 
 def changed_shapes(model: nn.Module, reference: nn.Module) -> dict[str, list[int]]:

@@ -8,14 +8,15 @@ compress, deploy and bench as an object; it becomes a plain dict only where it i
 and is read back, checked, with :meth:`ModelSpec.from_dict`. The dict keeps the keys the
 files have always had, so every checkpoint and export written before still loads.
 
-This module imports no torch (``pruned_shapes`` is checked by :mod:`compress.prune` on
-first use), so reading a manifest or ONNX metadata stays light.
+This module imports no torch (it checks ``pruned_shapes`` itself, without
+:mod:`compress.prune`), so reading a manifest or ONNX metadata stays light.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ SPEC_NODE_LIMIT = 100_000
 # input_size, --size): 8192x8192 float32 logits of 11 classes are already 3 GiB
 MAX_SIDE = 8192
 OUTPUTS = ("logits", "argmax")
+MAX_PRUNED_TENSORS = 20_000
+_TENSOR_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 # keys written only when set: an unpruned model has no pruned_shapes, a checkpoint no output
 _OPTIONAL_KEYS = ("pruned_shapes", "output", "tasks")
 
@@ -147,6 +150,28 @@ def _count_nodes(obj, limit: int) -> tuple[int, int]:
     return count, depth
 
 
+def pruned_shapes_error(value: Any) -> str | None:
+    """Why a spec's ``pruned_shapes`` is malformed (types and sizes), or None when fine.
+
+    A valid value is null or ``{tensor name: [d0, d1, ...]}`` with dotted-identifier
+    names, 1 to 5 dims each, every dim an integer in 1..65536.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return f"a mapping of tensor name -> shape (got {type(value).__name__})"
+    if len(value) > MAX_PRUNED_TENSORS:
+        return f"at most {MAX_PRUNED_TENSORS} tensors (got {len(value)})"
+    for name, shape in value.items():
+        if not isinstance(name, str) or len(name) > 300 or not _TENSOR_NAME.match(name):
+            return f"keyed by dotted tensor names (got {str(name)[:60]!r})"
+        if not (isinstance(shape, (list, tuple)) and 1 <= len(shape) <= 5 and all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 65_536
+                for d in shape)):
+            return f"1 to 5 positive integers per tensor ({name}: {str(shape)[:60]})"
+    return None
+
+
 def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]:
     """Check a model spec dict's types and ranges before anything uses it (specs come
     from files: checkpoints and manifests). Returns the dict; raises one line naming the
@@ -206,8 +231,6 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
     if out is not None and out not in OUTPUTS:
         raise bad("output", "'logits', 'argmax' or null", out)
     if spec.get("pruned_shapes") is not None:
-        from compress.prune import pruned_shapes_error
-
         why = pruned_shapes_error(spec.get("pruned_shapes"))
         if why:
             raise ModelError(f"{where}model spec key 'pruned_shapes' must be {why}")
