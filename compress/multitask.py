@@ -40,11 +40,23 @@ class DenseHead(nn.Module):
         return self.lo + (self.hi - self.lo) * torch.sigmoid(z[:, 0])
 
 
+_CONV = nn.modules.conv._ConvNd  # every ConvNd (Torch-Pruning shrinks the same ones)
+
+
+def head_layers(model: nn.Module, classes: int) -> list[nn.Module]:
+    """The layers whose outputs are the classes: smp's ``segmentation_head`` when the
+    model has one, else the last conv/linear with ``classes`` outputs (never pruned)."""
+    head = getattr(model, "segmentation_head", None)
+    if isinstance(head, nn.Module):
+        return [head]
+    last = [m for m in model.modules() if (isinstance(m, _CONV) and m.out_channels == classes)
+            or (isinstance(m, nn.Linear) and m.out_features == classes)]
+    return last[-1:]
+
+
 def classifier_layer(model: nn.Module, classes: int) -> nn.Module:
     """The layer whose input is the features the segmentation classes are read from:
     smp's ``segmentation_head``, else the last conv/linear with ``classes`` outputs."""
-    from compress.prune import head_layers
-
     heads = head_layers(model, classes)
     if not heads:
         raise ValueError(f"no classifier layer with {classes} outputs: a task head needs one")
@@ -136,4 +148,4 @@ class TaskBalance(nn.Module):
 
 
 __all__ = ["SEG", "DenseHead", "MultiTaskModel", "TaskBalance", "TaskSpec", "attach_tasks",
-           "classifier_layer", "parse_tasks", "seg_logits", "task_names"]
+           "classifier_layer", "head_layers", "parse_tasks", "seg_logits", "task_names"]

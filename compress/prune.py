@@ -21,6 +21,7 @@ from torch import nn
 
 from compress.errors import UserError
 from compress.macs import count_flops
+from compress.multitask import head_layers
 from compress.outdir import new_output
 from compress.spec import ModelSpec
 
@@ -137,17 +138,6 @@ class PruneResult:
     trials: int
     ratio_high: float | None = None  # the refinement's second ratio (None: one ratio)
     layers_at_high: int = 0  # how many layers (in model order) were pruned at ratio_high
-
-
-def head_layers(model: nn.Module, classes: int) -> list[nn.Module]:
-    """The layers whose outputs are the classes: smp's ``segmentation_head`` when the
-    model has one, else the last conv/linear with ``classes`` outputs (never pruned)."""
-    head = getattr(model, "segmentation_head", None)
-    if isinstance(head, nn.Module):
-        return [head]
-    last = [m for m in model.modules() if (isinstance(m, _CONV) and m.out_channels == classes)
-            or (isinstance(m, nn.Linear) and m.out_features == classes)]
-    return last[-1:]
 
 
 def prune_model(model: nn.Module, example: torch.Tensor, *, target_macs: float,
