@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def _has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# OpenVINO 2026.4's AMX INT8 kernels segfault in infer() on the suite's tiny multi-task
+# INT8 IR (tests/deploy/test_multitask_export.py; reproduced outside pytest with
+# openvino.Core().compile_model(...).infer, batch 1 and 2; fine with AVX-512 VNNI). oneDNN
+# reads this once, when OpenVINO first compiles, so it is set before anything imports it:
+# the tests then run the same graphs on the VNNI kernels (docs/deploy.md, "Known issues").
+if _has_amx():
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
 
 import pytest
 import torch
