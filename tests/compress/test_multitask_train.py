@@ -136,7 +136,7 @@ def test_multitask_keys_without_tasks_are_refused(tmp_path):
 
 
 def test_compare_shows_depth_columns_only_when_runs_have_depth():
-    from bench.study import comparison_csv, comparison_markdown
+    from bench.study import BOOTSTRAP, comparison_csv, comparison_markdown
 
     def res(depth):
         run = {"recipe": "mt", "seed": 0, "miou": 0.5, "params": 1000, "gmacs": 0.1,
@@ -151,6 +151,7 @@ def test_compare_shows_depth_columns_only_when_runs_have_depth():
                        depth_delta1_mean=0.9)
         return {"study": "s", "baseline": "mt", "recipes": [agg], "runs": [run],
                 "missing": [], "skipped": [], "latency": {"enabled": False, "threads": 1},
+                "bootstrap": BOOTSTRAP,
                 "hardware": {"summary": "cpu", "packages": {}, "python": "3"}}
 
     md, table = comparison_markdown(res(2.5)), comparison_csv(res(2.5))
