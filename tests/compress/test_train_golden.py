@@ -88,7 +88,9 @@ def test_named_terms_match_the_recorded_values(tmp_path, recipe):
     assert [set(r) for r in got] == [set(r) for r in want]  # the same named terms
     for epoch, (g, w) in enumerate(zip(got, want, strict=True), 1):
         for k in w:
-            assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), (recipe, epoch, k)
+            # rel 5e-4: the recorded values (AMD EPYC) and an Intel Xeon with AMX differ by
+            # 2.4e-4 in epoch 2's train_kd at the same commit; a change to a term moves more
+            assert g[k] == pytest.approx(w[k], rel=5e-4, abs=1e-6), (recipe, epoch, k)
 
 
 if __name__ == "__main__":  # regenerate GOLDEN (see the module docstring)
