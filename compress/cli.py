@@ -70,8 +70,10 @@ def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | No
         check_run_recipe(config.parent, cfg, overrides)
     has_kd = cfg.kd.enabled
     if distill and not has_kd:
-        raise typer.BadParameter(f"{config}: no kd.*.weight is set: use `compress train` or set "
-                                 "a kd.<term>.weight (response, feature, cwd, dist, boundary, relation)")
+        terms = ", ".join(f"kd.{name}.weight" for name in type(cfg.kd).model_fields
+                          if hasattr(getattr(cfg.kd, name), "weight"))
+        raise typer.BadParameter(f"{config}: no KD weight is set: use `compress train` or set "
+                                 f"one of {terms}")
     if not distill and has_kd:
         raise typer.BadParameter(f"{config}: sets KD weights: use `compress distill`")
     if distill:

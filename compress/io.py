@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from compress.errors import UserError
 
 
@@ -163,6 +161,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import torch  # here, not at the top: spec and deploy's registry import this module
+
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
@@ -182,6 +182,8 @@ def load_torch_file(path: str | Path) -> Any:
         UnsafeFileError: truncated/corrupt file, or a pickle that carries code (which is
             refused without being run).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
