@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from compress.io import sha256_file
 from compress.spec import ModelSpec
 from deploy.errors import ManifestError
+from deploy.machine import environment
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "segcompress-export/1"
@@ -37,40 +36,9 @@ DIGEST_KEY = "manifest_sha256"
 ARTIFACT_KEYS = ("file", "sha256", "backend", "precision", "input_shape", "input_dtype", "output")
 
 
-def package_versions(names: tuple[str, ...] = (
-    "torch", "segmentation-models-pytorch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu",
-    "onnxslim", "nncf", "openvino", "tensorrt",
-)) -> dict[str, str]:
-    """Installed versions of the packages an export depends on (absent ones left out)."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def environment() -> dict[str, Any]:
-    """Where the export ran: Python, OS, CPU and package versions."""
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": cpu_name(),
-        "packages": package_versions(),
-    }
-
-
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# the packages an export depends on, recorded in its manifest's ``environment``
+EXPORT_PACKAGES = ("torch", "segmentation-models-pytorch", "timm", "onnx", "onnxruntime",
+                   "onnxruntime-gpu", "onnxslim", "nncf", "openvino", "tensorrt")
 
 
 def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
@@ -110,7 +78,7 @@ def new_manifest(checkpoint: Path, source_sha256: str, spec: ModelSpec, options:
         "export": options,
         "data": data,
         "artifacts": [],
-        "environment": environment(),
+        "environment": environment(EXPORT_PACKAGES),
     }
 
 

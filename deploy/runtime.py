@@ -3,8 +3,10 @@
 Each backend lives in its own module under :mod:`deploy.backends` and describes itself
 with a :class:`~deploy.backends.base.Backend` (file suffixes, precisions, devices,
 ``available(device)``, its loader); this module holds the registry of them and is what
-callers ask (``backend_for_path``, ``get_backend``, ``backends``) instead of keeping their
-own suffix or precision rules. ``.pt``/``.pth`` load in PyTorch, ``.onnx`` in ONNX Runtime
+callers ask (``backend_for_path``, ``get_backend``, ``backends``, ``names``, ``packages``,
+``checkpoint_backend``, ``source_backend``) instead of keeping their own suffix, device,
+precision or package rules: a new backend is one module plus one line in
+:data:`_REGISTRY`. ``.pt``/``.pth`` load in PyTorch, ``.onnx`` in ONNX Runtime
 (CPU or CUDA provider), ``.xml`` in OpenVINO, ``.engine``/``.plan`` in TensorRT. When a
 ``manifest.json`` sits beside the file and lists it, the file (and its companions) must
 match their sha256 or nothing is loaded, and the spec comes from the manifest; otherwise
@@ -54,12 +56,16 @@ __all__ = [
     "backend_for_path",
     "backends",
     "canonical_precision",
+    "checkpoint_backend",
     "get_backend",
     "import_libraries",
     "in_batches",
     "load_predictor",
     "load_runtime",
+    "names",
     "normalize_precision",
+    "packages",
+    "source_backend",
 ]
 
 # the registry: every backend, in the order tables list them
@@ -73,6 +79,31 @@ SUFFIXES: dict[str, str] = {s: b.name for b in _REGISTRY.values() for s in b.suf
 def backends() -> list[Backend]:
     """Every registered backend: torch, onnxruntime, openvino, tensorrt."""
     return list(_REGISTRY.values())
+
+
+def names() -> tuple[str, ...]:
+    """The registered backends' names, in :func:`backends` order."""
+    return tuple(_REGISTRY)
+
+
+def packages() -> tuple[str, ...]:
+    """The distribution names of every backend's packages (``torch``, ``onnxruntime``,
+    ``onnxruntime-gpu``...), whose versions timing reports record."""
+    return tuple(p for b in _REGISTRY.values() for p in b.packages)
+
+
+def _with_role(role: str) -> Backend:
+    return next(b for b in _REGISTRY.values() if b.role == role)
+
+
+def checkpoint_backend() -> Backend:
+    """The backend of training checkpoints (what teachers and exports start from)."""
+    return _with_role("checkpoint")
+
+
+def source_backend() -> Backend:
+    """The backend of the ONNX file every other artifact is converted from."""
+    return _with_role("source")
 
 
 def get_backend(name: str) -> Backend:

@@ -191,19 +191,17 @@ def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list,
                             f"spec says {want[0]}x{want[1]}: refusing it")
 
 
-def cuda_missing(label: str, device: str) -> str | None:
-    """``"<label>: no GPU"`` when ``device`` is CUDA and torch sees none, else None."""
-    if not str(device).startswith("cuda"):
-        return None
-    import torch
-
-    return None if torch.cuda.is_available() else f"{label}: no GPU"
-
-
 # ---------------------------------------------------------------- description
 
 # load(path, spec from a manifest | None, manifest entry | None, device, threads, precision)
 Loader = Callable[[Path, "dict | None", "dict | None", str, "int | None", "str | None"], Runtime]
+# convert(onnx_path, dst, *, spec, precision, size) -> the artifact written (dst)
+Converter = Callable[..., Path]
+
+
+def no_companions(path: Path) -> list[Path]:
+    """A file that needs no other file beside it."""
+    return []
 
 
 @dataclass(frozen=True)
@@ -222,6 +220,19 @@ class Backend:
         available: ``available(device) -> reason | None``: why it cannot run on
             ``device`` here (cheap checks, no model loaded), or None.
         load: builds its :class:`Runtime` (see :data:`Loader`).
+        role: ``checkpoint`` (the training checkpoint, what an export starts from),
+            ``source`` (the ONNX file every other artifact is converted from) or
+            ``converted`` (built from the source by :attr:`convert`).
+        packages: distribution names whose versions a timing report records.
+        builds: the precisions an export writes for it, the plain (float) one first.
+        convert: ``convert(onnx_path, dst, *, spec, precision, size) -> dst``, building its
+            artifact from an ONNX file (the INT8 ONNX for ``int8``); None for the others.
+        int8_preset: the NNCF preset its INT8 graphs need (``performance``: symmetric).
+        sets_precision: chooses its float precision at load time (the others run their
+            files as built).
+        tool: the vendor's own benchmark tool for its files (``bench latency
+            --cross-check``), or None.
+        companions: ``companions(path) -> [Path]``: files beside ``path`` it also needs.
     """
 
     name: str
@@ -232,7 +243,26 @@ class Backend:
     libraries: tuple[str, ...]
     available: Callable[[str], str | None]
     load: Loader
+    role: str = "converted"
+    packages: tuple[str, ...] = ()
+    builds: tuple[str, ...] = ()
+    convert: Converter | None = None
+    int8_preset: str = "mixed"
+    sets_precision: bool = False
+    tool: str | None = None
+    companions: Callable[[Path], list[Path]] = no_companions
 
     def runs_on(self, device: str) -> bool:
         """Whether ``device`` (``cpu``, ``cuda[:N]``...) is of a kind this backend runs on."""
         return ("cuda" if str(device).startswith("cuda") else "cpu") in self.devices
+
+    def default_device(self) -> str:
+        """Where its files are timed when no device is asked for: the CPU where it runs
+        there, else its first device kind."""
+        return "cpu" if "cpu" in self.devices else self.devices[0]
+
+    def artifact_name(self, precision: str, stem: str = "model") -> str:
+        """The file an export of ``precision`` is written to: ``model.onnx``,
+        ``model_int8.xml``, ``model_fp16.engine`` (the float f32 one unmarked)."""
+        mark = "" if precision == PRECISIONS[0] else f"_{precision}"
+        return f"{stem}{mark}{self.suffixes[0]}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.devices import cuda_missing
 from compress.errors import InputError
 from compress.spec import ModelSpec
 from deploy.arrays import in_batches
@@ -20,7 +21,6 @@ from deploy.backends.base import (
     Runtime,
     agreed_spec,
     check_shapes,
-    cuda_missing,
 )
 from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
 from deploy.metadata import spec_from_onnx
@@ -28,6 +28,22 @@ from deploy.metadata import spec_from_onnx
 NAME = "onnxruntime"
 LABEL = "ONNX"
 SUFFIXES = (".onnx",)
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The external-data files beside an ONNX model that its initializers point to."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable ONNX: no companions to count
+        return []
+    files = set()
+    for init in proto.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location" and (path.parent / entry.value).is_file():
+                files.add(entry.value)
+    return [path.parent / f for f in sorted(files)]
 
 
 def onnx_precision(proto) -> str:
@@ -135,4 +151,5 @@ def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
 
 BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES, precisions=("f32", "fp16", "int8"),
                   devices=("cpu", "cuda"), libraries=("onnxruntime",), available=available,
-                  load=load)
+                  load=load, role="source", packages=("onnxruntime", "onnxruntime-gpu"),
+                  builds=("f32", "int8"), companions=external_data_files)

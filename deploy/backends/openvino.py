@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from compress.devices import cuda_missing, is_cuda
 from compress.errors import InputError
 from compress.spec import ModelSpec
 from deploy.arrays import in_batches
@@ -200,15 +201,24 @@ class OpenVINORuntime(Runtime):
         return in_batches(run, images, self.fixed_batch)
 
 
+def convert(onnx_path: Path, dst: Path, *, spec: ModelSpec | None = None,
+            precision: str | None = None, size: tuple[int, int] | None = None) -> Path:
+    """The registry's converter: :func:`convert_to_openvino` (the IR keeps the ONNX
+    file's precision, so ``precision`` and ``size`` are not needed)."""
+    return convert_to_openvino(onnx_path, dst, spec)
+
+
+def weights_file(path: Path) -> list[Path]:
+    """The ``.bin`` of an IR ``.xml``, where it is there."""
+    weights = path.with_suffix(".bin")
+    return [weights] if weights.is_file() else []
+
+
 def available(device: str) -> str | None:
     """Why OpenVINO cannot run on ``device`` here (CUDA asked for, or not installed), or
     None. Intel GPU/NPU devices are checked when a model is compiled."""
-    if str(device).startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            return f"{LABEL}: no GPU"
-        return "OpenVINO: runs on the CPU here (no NVIDIA GPU plugin)"
+    if is_cuda(device):
+        return cuda_missing(LABEL, device) or f"{LABEL}: runs on the CPU here (no NVIDIA GPU plugin)"
     if importlib.util.find_spec("openvino") is None:
         return "OpenVINO: not installed (pip install openvino)"
     return None
@@ -222,4 +232,6 @@ def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
 
 BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES,
                   precisions=("f32", "bf16", "fp16", "int8"), devices=("cpu",),
-                  libraries=("openvino",), available=available, load=load)
+                  libraries=("openvino",), available=available, load=load,
+                  packages=("openvino",), builds=("f32", "int8"), convert=convert,
+                  sets_precision=True, tool="benchmark_app", companions=weights_file)

@@ -381,6 +381,16 @@ class TensorRTRuntime(Runtime):
         return self.engine.upload, self.engine.enqueue
 
 
+def convert(onnx_path: Path, dst: Path, *, spec: ModelSpec | None = None,
+            precision: str = "fp16", size: tuple[int, int] | None = None) -> Path:
+    """The registry's converter: :func:`build_engine` at ``precision``, with a static
+    batch-1 profile at ``size`` when given."""
+    shape = (1, 3, *size) if size else None
+    build_engine(onnx_path, dst, precision=precision,
+                 shapes=(shape, shape, shape) if shape else None)
+    return Path(dst)
+
+
 def available(device: str) -> str | None:
     """Why TensorRT cannot run on ``device`` here (not a CUDA device, no GPU, no tensorrt
     package), or None. :func:`check_tensorrt` raises the long form for ``--trt``."""
@@ -402,4 +412,6 @@ def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
 
 
 BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES, precisions=("fp16", "int8", "f32"),
-                  devices=("cuda",), libraries=("tensorrt",), available=available, load=load)
+                  devices=("cuda",), libraries=("tensorrt",), available=available, load=load,
+                  packages=("tensorrt",), builds=("fp16", "int8"), convert=convert,
+                  int8_preset="performance", tool="trtexec")

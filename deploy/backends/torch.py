@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.devices import cuda_missing
 from compress.errors import InputError
 from compress.spec import ModelSpec
-from deploy.backends.base import Backend, Runtime, cuda_missing
+from deploy.backends.base import Backend, Runtime
 
 NAME = "torch"
 LABEL = "PyTorch"
@@ -72,4 +73,5 @@ def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
 
 BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES, precisions=("f32",),
                   devices=("cpu", "cuda"), libraries=("segmentation_models_pytorch", "timm"),
-                  available=available, load=load)
+                  available=available, load=load, role="checkpoint", packages=("torch",),
+                  builds=("f32",))
