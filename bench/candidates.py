@@ -18,24 +18,36 @@ from typing import Any
 
 import numpy as np
 
+from bench.latency import (
+    Target,
+    describe_machine,
+    load_images,
+    make_preprocess,
+    prepare_timing,
+    time_targets,
+)
 from compress.errors import InputError
 from compress.macs import GMACS_DEFINITION
 from compress.outdir import open_out
 from compress.spec import ModelSpec
+from deploy import runtime as registry
+from deploy.runtime import Backend
 
-# backend key -> (runtime backend, artifact precision); where each is timed comes from
-# deploy's registry (the CPU where the backend runs there, else CUDA)
+
+def _key(b: Backend, precision: str) -> str:
+    """``onnxruntime``, ``openvino-int8``, ``tensorrt-fp16``: the backend's name, with the
+    precision where it is not f32."""
+    return b.name if precision == "f32" else f"{b.name}-{precision}"
+
+
+# backend key -> (runtime backend, artifact precision), from deploy's registry (what each
+# backend's export builds); where each is timed is the backend's default device
 BACKENDS: dict[str, tuple[str, str]] = {
-    "torch": ("torch", "f32"),
-    "onnxruntime": ("onnxruntime", "f32"),
-    "onnxruntime-int8": ("onnxruntime", "int8"),
-    "openvino": ("openvino", "f32"),
-    "openvino-int8": ("openvino", "int8"),
-    "tensorrt-fp16": ("tensorrt", "fp16"),
-    "tensorrt-int8": ("tensorrt", "int8"),
-}
-DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino", "openvino-int8", "tensorrt-fp16",
-                    "tensorrt-int8")
+    _key(b, p): (b.name, p) for b in registry.backends() for p in b.builds}
+# every key but the source's INT8 ONNX: the intermediate the others are built from, timed
+# when asked
+DEFAULT_BACKENDS = tuple(k for k, (b, p) in BACKENDS.items()
+                         if not (b == registry.source_backend().name and p == "int8"))
 CANDIDATE_FILES = ("candidates.json", "candidates.csv", "candidates.md", "candidates_run.json",
                    "candidates.png")
 UNTRAINED_NOTE = ("untrained students (random decoder, encoder as built): latency, params "
@@ -108,9 +120,11 @@ def build_candidate(cand: Candidate, out: Path, size: tuple[int, int], backends:
     model = create_model(cand.spec).eval()
     fl = count_flops(model, size, breakdown=False)
     cand.facts.update(params=fl.params["total"], gmacs=fl.gmacs)
-    ckpt = save_checkpoint(out / "model.pt", model, cand.spec, untrained=True)
-    cand.artifacts["torch"] = ckpt
-    rest = [b for b in backends if b != "torch"]
+    ckpt_backend = registry.checkpoint_backend()
+    ckpt = save_checkpoint(out / ckpt_backend.artifact_name(ckpt_backend.builds[0]), model,
+                           cand.spec, untrained=True)
+    cand.artifacts[ckpt_backend.name] = ckpt
+    rest = [b for b in backends if b != ckpt_backend.name]
     if not rest:
         return
     try:
@@ -122,66 +136,55 @@ def build_candidate(cand: Candidate, out: Path, size: tuple[int, int], backends:
 
 def _export(cand: Candidate, model, out: Path, size, backends: Sequence[str],
             calibration: list[np.ndarray], min_agreement: float) -> None:
+    """The source ONNX (verified against PyTorch), its INT8 graph where an int8 key is
+    asked, then each converted backend's artifact by the registry's converter."""
     from deploy.export import export_onnx, export_spec, verify_onnx
 
+    source = registry.source_backend()
     spec = export_spec(cand.spec, size, argmax=False)
-    onnx_path = export_onnx(model, out / "model.onnx", cand.spec, size=size)
+    onnx_path = export_onnx(model, out / source.artifact_name("f32"), cand.spec, size=size)
     batches = [(np.stack(calibration[i:i + 2]), None) for i in range(0, len(calibration), 2)]
     res = verify_onnx(onnx_path, model, batches, min_agreement=min_agreement)
     cand.facts["onnx_agreement"] = res["agreement"]
     cand.facts["onnx_max_abs_diff"] = res["max_abs_diff"]
-    cand.artifacts["onnxruntime"] = onnx_path
+    cand.artifacts[_key(source, "f32")] = onnx_path
     int8_path = None
-    if any(BACKENDS[b][1] == "int8" for b in backends):
+    int8_keys = [b for b in backends if BACKENDS[b][1] == "int8"]
+    if int8_keys:
         import onnx
 
         from deploy.quantize import quantize_int8
 
-        preset = "performance" if "tensorrt-int8" in backends else "mixed"
+        # symmetric ("performance") where a backend asked for needs it (TensorRT)
+        needs = {registry.get_backend(BACKENDS[b][0]).int8_preset for b in int8_keys}
+        preset = "performance" if "performance" in needs else "mixed"
         try:
             q = quantize_int8(onnx.load(str(onnx_path)), calibration, preset=preset,
                               subset_size=len(calibration))
-            int8_path = out / "model_int8.onnx"
+            int8_path = out / source.artifact_name("int8")
             onnx.save(q, str(int8_path))
-            cand.artifacts["onnxruntime-int8"] = int8_path
+            cand.artifacts[_key(source, "int8")] = int8_path
             cand.facts["int8_preset"] = preset
         except Exception as e:  # noqa: BLE001
-            for b in backends:
-                if BACKENDS[b][1] == "int8":
-                    cand.errors[b] = f"int8: {_one_line(e)}"
-    if "openvino" in backends or "openvino-int8" in backends:
-        from deploy.backends.openvino import convert_to_openvino
-
-        jobs = [("openvino", onnx_path, "model.xml"), ("openvino-int8", int8_path, "model_int8.xml")]
-        for b, src, name in jobs:
-            if b not in backends or src is None:
-                continue
-            try:
-                cand.artifacts[b] = convert_to_openvino(src, out / name, spec)
-            except Exception as e:  # noqa: BLE001
-                cand.errors[b] = _one_line(e)
-    trt = [b for b in backends if BACKENDS[b][0] == "tensorrt"]
-    if trt:
-        from deploy.runtime import get_backend
-
-        why = get_backend("tensorrt").available("cuda")
+            for b in int8_keys:
+                cand.errors[b] = f"int8: {_one_line(e)}"
+    for b in backends:
+        name, precision = BACKENDS[b]
+        backend = registry.get_backend(name)
+        if backend.convert is None:
+            continue
+        why = backend.available(backend.default_device())
         if why:
-            for b in trt:
-                cand.errors[b] = why
-            return
-        from deploy.backends.tensorrt import build_engine
-
-        shape = (1, 3, *size)
-        for b in trt:
-            src = onnx_path if b == "tensorrt-fp16" else int8_path
-            if src is None:
-                continue
-            dst = out / f"model_{BACKENDS[b][1]}.engine"
-            try:
-                build_engine(src, dst, precision=BACKENDS[b][1], shapes=(shape, shape, shape))
-                cand.artifacts[b] = dst
-            except Exception as e:  # noqa: BLE001
-                cand.errors[b] = f"tensorrt: {_one_line(e)}"
+            cand.errors[b] = why
+            continue
+        src = int8_path if precision == "int8" else onnx_path
+        if src is None:
+            continue
+        try:
+            cand.artifacts[b] = backend.convert(src, out / backend.artifact_name(precision),
+                                                spec=spec, precision=precision, size=size)
+        except Exception as e:  # noqa: BLE001
+            cand.errors[b] = f"{name}: {_one_line(e)}"
 
 
 def _one_line(e: BaseException) -> str:
@@ -245,19 +248,6 @@ def run_candidates(
         ``{"rows": [...], "settings": {...}, "hardware": {...}}``; rows have ``name``,
         ``backend``, ``params``, ``gmacs``, ``median_ms``, ``std_ms``, ``pareto`` and more.
     """
-    from bench.latency import (
-        Target,
-        default_threads,
-        describe_hardware,
-        first_run,
-        hardware_info,
-        load_images,
-        load_targets,
-        make_preprocess,
-        pin_threads,
-        time_loaded,
-    )
-    from deploy.runtime import get_backend
 
     log = log or (lambda msg: None)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -269,8 +259,6 @@ def run_candidates(
     target = open_out(out)  # before any work: never over files the toolkit did not write
     target.check(CANDIDATE_FILES)
     out = target.path
-    threads = threads or default_threads()
-    pin_threads(threads)
     t_spec = None
     if teacher is not None:
         from compress.models import read_checkpoint
@@ -284,11 +272,13 @@ def run_candidates(
         names, classes=n_classes, class_names=t_spec.class_names if t_spec else None,
         size=size, ignore_index=t_spec.ignore_index if t_spec else 255)
     kind = data_kind if data is not None else "synthetic"
+    setup = prepare_timing(size, threads=threads, data=data, split="val", kind=kind, seed=1)
+    threads = setup.threads
     calib_frames, calib_note = load_images(data, "train", kind, count=calib_images, size=size)
-    frames, frames_note = load_images(data, "val", kind, count=8, size=size, seed=1)
+    ckpt = registry.checkpoint_backend()
     for i, c in enumerate(cands, 1):
         log(f"[{i}/{len(cands)}] {c.name}: build untrained, export "
-            f"({', '.join(b for b in backends if b != 'torch') or 'none'})")
+            f"({', '.join(b for b in backends if b != ckpt.name) or 'none'})")
         pre = make_preprocess(calib_frames, size, c.spec.mean, c.spec.std)
         calibration = [pre(j)[0] for j in range(len(calib_frames))]
         target.claim(target.files_under(f"models/{c.name}"))
@@ -296,42 +286,39 @@ def run_candidates(
         target.record(target.files_under(f"models/{c.name}"))
         for b, why in c.errors.items():
             log(f"    {b}: {why}")
-    by_device: dict[str, list[tuple[Target, Candidate | None, str]]] = {}
+    by_device: dict[str, list[Target]] = {}
+    teacher_label = f"teacher/{ckpt.name}"
     if teacher is not None:
-        by_device["cpu"] = [(Target("teacher/torch", Path(teacher), "torch"), None, "torch")]
+        by_device[ckpt.default_device()] = [Target(teacher_label, Path(teacher), ckpt.name)]
     for c in cands:
         for b in backends:
             if b in c.artifacts:
-                rb = BACKENDS[b][0]
-                dev = "cpu" if get_backend(rb).runs_on("cpu") else "cuda"
-                t = Target(f"{c.name}/{b}", c.artifacts[b], rb,
-                           "f32" if b == "openvino" else None)
-                by_device.setdefault(dev, []).append((t, c, b))
+                backend = registry.get_backend(BACKENDS[b][0])
+                # a float artifact of a backend that picks its precision at load: as built
+                ask = "f32" if backend.sets_precision and BACKENDS[b][1] == "f32" else None
+                t = Target(f"{c.name}/{b}", c.artifacts[b], backend.name, ask)
+                by_device.setdefault(backend.default_device(), []).append(t)
     timed: dict[str, dict[str, Any]] = {}
     for dev, items in by_device.items():
         log(f"timing {len(items)} models interleaved on {dev} ({runs} runs after {warmup} "
             f"warm-up, {threads} thread(s))")
-        loaded = load_targets([t for t, _, _ in items], dev, threads,
-                              probe=first_run(frames, size))
-        for row in time_loaded(loaded, frames, size, dev, runs=runs, warmup=warmup):
+        for row in time_targets(items, dev, setup, runs=runs, warmup=warmup).dicts():
             timed[row["label"]] = row
-    rows = [_teacher_row(timed["teacher/torch"], t_spec, size)] if teacher is not None else []
+    rows = [_teacher_row(timed[teacher_label], t_spec, size)] if teacher is not None else []
     for c in cands:
         for b in backends:
             rows.append(_row(c, b, timed.get(f"{c.name}/{b}"), teacher is not None, budget_ms))
     cand_rows = [r for r in rows if r["role"] == "candidate"]
     for r, flag in zip(cand_rows, pareto_flags(cand_rows)):
         r["pareto"] = flag
-    info = hardware_info("cpu", threads)
     settings = {"size": list(size), "threads": threads, "runs": runs, "warmup": warmup,
                 "backends": list(backends), "teacher": str(teacher) if teacher else None,
-                "classes": n_classes, "calibration": calib_note, "timing_input": frames_note,
+                "classes": n_classes, "calibration": calib_note, "timing_input": setup.input_note,
                 "budget_ms": budget_ms, "note": UNTRAINED_NOTE,
                 "pareto": "per backend: no other candidate as fast or faster with as many "
                           "parameters or more (params as the capacity proxy of untrained "
                           "students)"}
-    return {"rows": rows, "settings": settings,
-            "hardware": {**info, "summary": describe_hardware(info)}}
+    return {"rows": rows, "settings": settings, "hardware": describe_machine("cpu", threads)}
 
 
 def _stats(timing: dict[str, Any] | None) -> tuple[float | None, float | None, float | None]:
@@ -348,7 +335,8 @@ def _teacher_row(timing: dict[str, Any], spec: ModelSpec, size) -> dict[str, Any
     fl = count_flops(create_model(spec).eval(), size, breakdown=False)
     median, std, p90 = _stats(timing)
     return {"name": "teacher", "role": "teacher", "source": timing["path"],
-            "arch": spec.arch, "encoder": spec.encoder, "backend": "torch",
+            "arch": spec.arch, "encoder": spec.encoder,
+            "backend": registry.checkpoint_backend().name,
             "precision": timing.get("precision"), "params": fl.params["total"],
             "gmacs": fl.gmacs, "median_ms": median, "std_ms": std, "p90_ms": p90,
             "speedup_vs_teacher": 1.0 if median else None, "fits_budget": None,

@@ -12,10 +12,14 @@ from typing import Annotated
 
 import typer
 
+from bench.candidates import BACKENDS as CANDIDATE_KEYS
+from bench.candidates import DEFAULT_BACKENDS as CANDIDATE_DEFAULTS
+from bench.gpu import gpu_backends
 from bench.latency import MAX_RUNS
 from compress.errors import InputError
 from compress.options import DataKind
 from compress.outdir import open_out, open_out_file, write_json_output
+from deploy import runtime as registry
 
 app = typer.Typer(
     add_completion=False,
@@ -32,11 +36,11 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class Backend(str, Enum):
-    torch = "torch"
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
+# backend choices, suffixes and candidate keys come from deploy's registry
+Backend = Enum("Backend", {n: n for n in registry.names()}, type=str)
+CKPT = registry.checkpoint_backend().suffixes[0]  # .pt
+ARTIFACTS = ", ".join(b.suffixes[0] for b in registry.backends()
+                      if b is not registry.checkpoint_backend())  # .onnx, .xml, .engine
 
 
 SizeOpt = Annotated[str | None, typer.Option(help="HxW input size; default: the model's")]
@@ -74,7 +78,7 @@ def _size(size: str | None) -> tuple[int, int] | None:
 
 @app.command()
 def flops(
-    model: Annotated[Path, typer.Argument(help="checkpoint (.pt), artifact, or export dir")],
+    model: Annotated[Path, typer.Argument(help=f"checkpoint ({CKPT}), artifact, or export dir")],
     size: SizeOpt = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
 ) -> None:
@@ -101,7 +105,7 @@ def latency(
     models: Annotated[
         list[Path],
         typer.Argument(
-            help="checkpoints (.pt), artifacts (.onnx, .xml, .engine) or export dirs; timed "
+            help=f"checkpoints ({CKPT}), artifacts ({ARTIFACTS}) or export dirs; timed "
             "interleaved, ratios against the first"
         ),
     ],
@@ -172,9 +176,9 @@ def latency(
 
 @app.command()
 def report(
-    teacher: Annotated[Path, typer.Option(help="teacher checkpoint (.pt)")],
+    teacher: Annotated[Path, typer.Option(help=f"teacher checkpoint ({CKPT})")],
     student: Annotated[list[Path], typer.Option(
-        help="student checkpoint (.pt); repeat for several students timed in one run")],
+        help=f"student checkpoint ({CKPT}); repeat for several students timed in one run")],
     data: DataOpt = None,
     split: SplitOpt = "val",
     data_kind: KindOpt = DataKind.camvid,
@@ -235,9 +239,10 @@ def report(
 
 @app.command("gpu-check")
 def gpu_check_cmd(
-    checkpoint: Annotated[Path, typer.Argument(help="student checkpoint (best.pt)")],
+    checkpoint: Annotated[Path, typer.Argument(help=f"student checkpoint (best{CKPT})")],
     export_dir: Annotated[Path | None, typer.Option(
-        "--export", help="its export dir (compress export --int8 --target tensorrt [--trt])")] = None,
+        "--export", help="its export dir (compress export --int8 --target "
+        f"{gpu_backends()[0].name} [--trt])")] = None,
     data: DataOpt = None,
     split: SplitOpt = "val",
     data_kind: KindOpt = DataKind.camvid,
@@ -280,9 +285,8 @@ def candidates(
     ] = None,
     backend: Annotated[
         list[str] | None,
-        typer.Option(help="repeatable: torch, onnxruntime, onnxruntime-int8, openvino, "
-                     "openvino-int8, tensorrt-fp16, tensorrt-int8; default: all but "
-                     "onnxruntime-int8"),
+        typer.Option(help=f"repeatable: {', '.join(CANDIDATE_KEYS)}; default: all but "
+                     f"{', '.join(k for k in CANDIDATE_KEYS if k not in CANDIDATE_DEFAULTS)}"),
     ] = None,
     budget_ms: Annotated[
         float | None, typer.Option(min=0, help="mark the rows at or under this many ms/image")

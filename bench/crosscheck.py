@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deploy.runtime import get_backend
+
 _OV_MEDIAN = re.compile(r"Median:\s*([0-9.]+)\s*ms")
 _TRT_MEDIAN = re.compile(r"GPU Compute Time:.*?median = ([0-9.]+) ms")
 
@@ -56,21 +58,23 @@ def cross_check(row: dict[str, Any], size: tuple[int, int], threads: int, runs: 
                 timeout: float = 300) -> dict[str, Any] | None:
     """The vendor tool's median for one latency row, or None when there is none for its
     backend. ``{"tool", "median_ms", "compare_with", "ours_ms"}`` or ``{"tool", "error"}``."""
-    path, backend, batch = Path(row["path"]), row["backend"], row.get("batch", 1)
-    if backend == "openvino":
-        tool = _which("benchmark_app")
+    path, batch = Path(row["path"]), row.get("batch", 1)
+    backend = get_backend(row["backend"])
+    if backend.tool == "benchmark_app":
+        tool = _which(backend.tool)
         if tool is None:
-            return {"tool": "benchmark_app", "error": "not on PATH (it ships with openvino)"}
+            return {"tool": backend.tool,
+                    "error": f"not on PATH (it ships with {backend.packages[0]})"}
         shape = f"[{batch},3,{size[0]},{size[1]}]"
         cmd = [tool, "-m", str(path), "-d", "CPU", "-api", "sync", "-hint", "none",
                "-nstreams", "1", "-nthreads", str(threads), "-niter", str(runs), "-shape", shape]
         if row.get("precision") == "f32":
             cmd += ["-infer_precision", "f32"]
         parse, ours = parse_benchmark_app, "latency_ms"
-    elif backend == "tensorrt":
-        tool = _which("trtexec")
+    elif backend.tool == "trtexec":
+        tool = _which(backend.tool)
         if tool is None:
-            return {"tool": "trtexec", "error": "not on PATH (it ships with TensorRT)"}
+            return {"tool": backend.tool, "error": f"not on PATH (it ships with {backend.label})"}
         cmd = [tool, f"--loadEngine={path}", f"--iterations={runs}", "--warmUp=500"]
         parse, ours = parse_trtexec, "compute_ms"
     else:

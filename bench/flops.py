@@ -20,6 +20,7 @@ from compress.macs import (
     op_handles,
 )
 from compress.spec import ModelSpec
+from deploy.runtime import SUFFIXES, checkpoint_backend, get_backend
 
 __all__ = [
     "DENSE_OPS",
@@ -46,30 +47,11 @@ def size_on_disk(path: str | Path) -> int:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"artifact not found: {path}")
-    from deploy.runtime import SUFFIXES
-
     total = path.stat().st_size
     backend = SUFFIXES.get(path.suffix.lower())
-    if backend == "openvino" and path.with_suffix(".bin").is_file():  # weights beside the IR
-        total += path.with_suffix(".bin").stat().st_size
-    if backend == "onnxruntime":
-        total += sum(path.parent.joinpath(f).stat().st_size for f in _onnx_external_files(path))
+    if backend is not None:  # the weights beside an IR, an ONNX model's external data
+        total += sum(p.stat().st_size for p in get_backend(backend).companions(path))
     return total
-
-
-def _onnx_external_files(path: Path) -> set[str]:
-    import onnx
-
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - unreadable ONNX: the file's own size is still right
-        return set()
-    files = set()
-    for init in proto.graph.initializer:
-        for entry in init.external_data:
-            if entry.key == "location" and (path.parent / entry.value).is_file():
-                files.add(entry.value)
-    return files
 
 
 def flops_subject(path: str | Path) -> tuple[ModelSpec, dict[str, int]]:
@@ -88,7 +70,7 @@ def flops_subject(path: str | Path) -> tuple[ModelSpec, dict[str, int]]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"not found: {path}")
-    if path.suffix in (".pt", ".pth"):
+    if path.suffix in checkpoint_backend().suffixes:
         from compress.models import read_checkpoint
 
         spec = read_checkpoint(path)["spec"]

@@ -26,13 +26,19 @@ import numpy as np
 from bench.latency import (
     FORMAT_NAMES,
     Target,
+    TimingSetup,
     check_device,
-    first_run,
-    gpu_info,
-    load_targets,
     make_preprocess,
-    time_loaded,
+    time_targets,
 )
+from deploy.machine import cpu_name
+from deploy.runtime import backends, checkpoint_backend, source_backend
+
+
+def gpu_backends() -> list:
+    """The converted backends that run on CUDA (TensorRT): their engines are built at
+    export, one per precision."""
+    return [b for b in backends() if b.role == "converted" and b.runs_on("cuda")]
 
 
 def nvml_handle() -> tuple[Any, str | None]:
@@ -69,31 +75,33 @@ def energy_per_image(predict, images: np.ndarray, handle, runs: int) -> float | 
 
 def _targets(checkpoint: Path, export_dir: Path | None) -> tuple[list[Target], list[dict]]:
     """What to run, and rows for what the export does not hold (with the reason)."""
-    from deploy.backends.tensorrt import missing_requirements
-
-    targets = [Target("PyTorch CUDA eager", checkpoint, "torch", None,
-                      {"artifact_precision": "f32"})]
+    ckpt, source = checkpoint_backend(), source_backend()
+    targets = [Target(f"{ckpt.title} CUDA eager", checkpoint, ckpt.name, None,
+                      {"artifact_precision": ckpt.builds[0]})]
     missing = []
     if export_dir is None:
-        missing.append({"label": "ONNX Runtime CUDA", "backend": "onnxruntime",
+        missing.append({"label": f"{source.title} CUDA", "backend": source.name,
                         "error": "no export dir given"})
         return targets, missing
     from deploy.manifest import read_manifest
 
     manifest = read_manifest(export_dir)
-    graph = next((a for a in manifest["artifacts"] if a.get("target") == "tensorrt"), None)
+    engines = gpu_backends()
+    graph = next((a for a in manifest["artifacts"]
+                  if a.get("target") in {b.name for b in engines}), None)
     files = {(a["backend"], a["precision"]): a["file"] for a in manifest["artifacts"]}
-    targets.append(Target("ONNX Runtime CUDA", export_dir / files[("onnxruntime", "f32")],
-                          "onnxruntime", None, {"artifact_precision": "f32"}))
-    for precision in ("fp16", "int8"):
-        label = f"TensorRT {precision.upper()}"
-        if ("tensorrt", precision) in files:
-            targets.append(Target(label, export_dir / files[("tensorrt", precision)], "tensorrt",
-                                  None, {"artifact_precision": precision}))
-        else:
-            why = "; ".join(missing_requirements()) or "the export has no such engine (--trt)"
-            missing.append({"label": label, "backend": "tensorrt",
-                            "error": f"not built: {why}"})
+    targets.append(Target(f"{source.title} CUDA", export_dir / files[(source.name, "f32")],
+                          source.name, None, {"artifact_precision": "f32"}))
+    for b in engines:
+        for precision in b.builds:
+            label = f"{b.label} {precision.upper()}"
+            if (b.name, precision) in files:
+                targets.append(Target(label, export_dir / files[(b.name, precision)], b.name,
+                                      None, {"artifact_precision": precision}))
+            else:
+                why = b.available("cuda") or "the export has no such engine (--trt)"
+                missing.append({"label": label, "backend": b.name,
+                                "error": f"not built: {why}"})
     if graph is not None:  # the INT8 graph TensorRT builds from, scored on the CPU at export
         missing.append({"label": "int8_graph", "file": graph["file"],
                         **{k: graph["verification"].get(k)
@@ -113,12 +121,6 @@ def _score(runtimes: list[tuple[dict, Any]], batches, class_names, ignore_index)
             cmp.update(ref.predict(images), rt.predict(images), masks)
         res = cmp.result()
         row.update(miou=res["miou"], agreement=res["agreement"])
-
-
-def cpu_name() -> str:
-    from deploy.manifest import cpu_name as name
-
-    return name()
 
 
 def gpu_check(checkpoint: str | Path, export_dir: str | Path | None = None, *,
@@ -153,10 +155,11 @@ def gpu_check(checkpoint: str | Path, export_dir: str | Path | None = None, *,
          + np.asarray(spec.mean)[:, None, None]).clip(0, 1) * 255, 0, -1).astype(np.uint8))
         for it in items[:8]]
 
-    loaded = load_targets(targets, "cuda", None, probe=first_run(frames, size))
-    rows = time_loaded(loaded, frames, size, "cuda", runs=runs, warmup=warmup)
-    ok = [(row, e["runtime"]) for row, e in zip(rows, loaded) if e["runtime"] is not None]
-    if ok and ok[0][1].backend == "torch":
+    run = time_targets(targets, "cuda", TimingSetup(None, size, frames, "scored images"),
+                       runs=runs, warmup=warmup)
+    rows = run.dicts()
+    ok = [(row, e["runtime"]) for row, e in zip(rows, run.loaded) if e["runtime"] is not None]
+    if ok and ok[0][1].backend == checkpoint_backend().name:
         _score(ok, batches, spec.class_names, spec.ignore_index)
     handle, nvml_note = nvml_handle()
     if handle is not None:
@@ -174,7 +177,7 @@ def gpu_check(checkpoint: str | Path, export_dir: str | Path | None = None, *,
         "data": f"{dkind} {split}, {n} images" + ("" if data else " (synthetic scenes)"),
         "runs": runs,
         "warmup": warmup,
-        "gpu": gpu_info(),
+        "gpu": run.hardware["gpu"],
         "host": cpu_name(),
         "versions": _versions(),
         "nvml": nvml_note or "energy from nvmlDeviceGetTotalEnergyConsumption",
@@ -187,7 +190,8 @@ def _versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "nvidia-ml-py"):
+    cuda = [p for b in backends() if b.runs_on("cuda") for p in b.packages]
+    for name in (*cuda, "nvidia-ml-py"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

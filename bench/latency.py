@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,10 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from compress.devices import check_device
 from compress.errors import InputError
 from compress.spec import ModelSpec
+from deploy import machine
 from deploy import runtime as registry
-from deploy.manifest import cpu_name
+from deploy.machine import describe_hardware
 
 # backend names and their format labels come from deploy's registry (one table)
 BACKENDS = tuple(b.name for b in registry.backends())
@@ -356,138 +355,15 @@ def peak_rss_bytes() -> int:
 
 
 def hardware_info(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """What the timings ran on: CPU model, cores, threads, memory, OS, library versions;
-    on CUDA also GPU name, driver, CUDA/cuDNN and clocks as read from ``nvidia-smi``."""
-    from importlib import metadata
-
-    import psutil
-
-    info: dict[str, Any] = {
-        "cpu": cpu_name(),
-        "logical_cores": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "threads": threads,
-        "cpu_flags": _cpu_flags(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average": [round(v, 2) for v in os.getloadavg()]
-        if hasattr(os, "getloadavg")
-        else None,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "packages": {},
-    }
-    for name in ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt"):
-        try:
-            info["packages"][name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    if device.startswith("cuda"):
-        info["gpu"] = gpu_info()
-    return info
+    """What the timings ran on (:func:`deploy.machine.hardware_info`, the one machine
+    description), with the versions of every registered backend's packages."""
+    return machine.hardware_info(device, threads, registry.packages())
 
 
-def _cpu_flags() -> list[str]:
-    """The CPU features that decide which kernels run (AVX-512, VNNI, BF16, AMX)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                keep = (
-                    "avx2",
-                    "avx512f",
-                    "avx512_vnni",
-                    "avx_vnni",
-                    "avx512_bf16",
-                    "avx512_fp16",
-                    "amx_tile",
-                    "amx_bf16",
-                    "amx_int8",
-                )
-                return [f for f in keep if f in flags]
-    except OSError:
-        pass
-    return []
-
-
-def gpu_info() -> dict[str, Any]:
-    """GPU name, driver, CUDA / cuDNN, memory and clocks (current and max, MHz)."""
-    import torch
-
-    info: dict[str, Any] = {}
-    if torch.cuda.is_available():
-        idx = torch.cuda.current_device()
-        props = torch.cuda.get_device_properties(idx)
-        info.update(
-            name=props.name,
-            memory_gb=round(props.total_memory / 2**30, 1),
-            compute_capability=f"{props.major}.{props.minor}",
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        )
-    fields = [
-        "name",
-        "driver_version",
-        "clocks.sm",
-        "clocks.mem",
-        "clocks.max.sm",
-        "clocks.max.mem",
-        "power.limit",
-        "pstate",
-        "temperature.gpu",
-    ]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        info["clocks"] = "unknown (nvidia-smi not found)"
-        return info
-    try:
-        out = subprocess.run(
-            [smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (subprocess.SubprocessError, OSError) as e:
-        info["clocks"] = f"unknown (nvidia-smi failed: {e})"
-        return info
-    line = out.strip().splitlines()[torch.cuda.current_device() if torch.cuda.is_available() else 0]
-    values = dict(zip(fields, (v.strip() for v in line.split(","))))
-    info["name"] = info.get("name") or values["name"]
-    info["driver"] = values["driver_version"]
-    info["clocks_mhz"] = {
-        "sm": values["clocks.sm"],
-        "mem": values["clocks.mem"],
-        "max_sm": values["clocks.max.sm"],
-        "max_mem": values["clocks.max.mem"],
-    }
-    info["power_limit_w"] = values["power.limit"]
-    info["pstate"] = values["pstate"]
-    info["temperature_c"] = values["temperature.gpu"]
-    return info
-
-
-def describe_hardware(info: dict[str, Any]) -> str:
-    """One line for tables and reports."""
-    cores = f"{info.get('physical_cores')} cores"
-    threads = f", {info['threads']} thread(s) pinned" if info.get("threads") else ""
-    flags = f" [{' '.join(info['cpu_flags'])}]" if info.get("cpu_flags") else ""
-    load = f", load average {info['load_average'][0]:.2f}" if info.get("load_average") else ""
-    text = f"CPU {info.get('cpu')} ({cores}{threads}){flags}, {info.get('memory_gb')} GB RAM{load}"
-    gpu = info.get("gpu")
-    if gpu:
-        clocks = gpu.get("clocks_mhz")
-        clock_text = (
-            f", SM {clocks['sm']}/{clocks['max_sm']} MHz, mem {clocks['mem']}/"
-            f"{clocks['max_mem']} MHz"
-            if isinstance(clocks, dict)
-            else ""
-        )
-        text += (
-            f"; GPU {gpu.get('name')} (driver {gpu.get('driver', '?')}, CUDA "
-            f"{gpu.get('cuda', '?')}{clock_text})"
-        )
-    return text
+def describe_machine(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """:func:`hardware_info` with its one-line ``summary`` (what every table prints)."""
+    info = hardware_info(device, threads)
+    return {**info, "summary": describe_hardware(info)}
 
 
 # ---------------------------------------------------------------- whole runs
@@ -568,27 +444,13 @@ def pin_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def check_device(device: str) -> None:
-    """Raises ValueError (one line) when ``device`` is CUDA and no GPU is visible."""
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"--device {device!r}: expected cpu or cuda")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise InputError(
-                "--device cuda: no CUDA GPU is visible here "
-                "(torch.cuda.is_available() is False); use --device cpu"
-            )
-
-
 def spec_of(path: str | Path) -> ModelSpec | None:
     """The model spec of a checkpoint, or of an artifact from the manifest beside it
     (None when neither says)."""
     path = Path(path)
     try:
-        backend = registry.backend_for_path(path).name
-        if backend == "torch":
+        backend = registry.backend_for_path(path)
+        if backend is registry.checkpoint_backend():
             from compress.models import read_checkpoint
 
             return read_checkpoint(path)["spec"]
@@ -596,7 +458,7 @@ def spec_of(path: str | Path) -> ModelSpec | None:
 
         if (path.parent / MANIFEST_NAME).is_file():
             return ModelSpec.from_dict(read_manifest(path.parent)["spec"])
-        if backend == "onnxruntime":  # a bare ONNX: the spec embedded at export
+        if backend is registry.source_backend():  # a bare ONNX: the spec embedded at export
             import onnx
 
             from deploy.metadata import spec_from_onnx
@@ -802,14 +664,6 @@ def time_rows(
 
 
 
-def time_loaded(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-    """:func:`time_rows` (same arguments) as dicts (:meth:`LatencyRow.to_dict`):
-    ``{"label", "path", "backend", "precision", "device", "batch", "latency_ms",
-    "preprocess_ms", "postprocess_ms", "end_to_end_ms", "ratio_to_first", "memory",
-    "error"}``."""
-    return [r.to_dict() for r in time_rows(*args, **kwargs)]
-
-
 def time_device_compute(order, *, runs: int, warmup: int) -> None:
     """GPU compute alone, as ``trtexec`` reports it: CUDA events around the model's enqueue
     on an input already on the device, output left there (no host copies, no pre/post).
@@ -831,6 +685,82 @@ def time_device_compute(order, *, runs: int, warmup: int) -> None:
                                   model_timer=CudaEventTimer())
         for (row, _), res in zip(compute, results):
             row.compute_ms = res.model.to_dict()
+
+
+# ---------------------------------------------------------------- one timing run
+
+
+@dataclass
+class TimingSetup:
+    """What the timing runs of one command share: the CPU threads (pinned), the input
+    size, the raw frames every model is fed and the line saying what they are."""
+
+    threads: int | None
+    size: tuple[int, int]
+    frames: list[np.ndarray]
+    input_note: str
+    load_before: float | None = None  # 1-minute load average before our own work
+
+
+def prepare_timing(
+    size: tuple[int, int],
+    *,
+    threads: int | None = None,
+    data: str | Path | None = None,
+    split: str = "val",
+    kind: str = "camvid",
+    seed: int = 0,
+) -> TimingSetup:
+    """Threads, then images: pin ``threads`` (default :func:`default_threads` for the
+    load seen now) and load 8 frames of ``size`` (:func:`load_images`)."""
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    threads = threads or default_threads(load_before)
+    pin_threads(threads)
+    frames, note = load_images(data, split, kind, count=8, size=size, seed=seed)
+    return TimingSetup(threads, tuple(size), frames, note, load_before)
+
+
+@dataclass
+class TimingRun:
+    """One device's timing run: a :class:`LatencyRow` per target and batch size, the
+    loaded runtimes (``load_targets`` entries, for callers that go on to score them) and
+    the machine it ran on (:func:`describe_machine`)."""
+
+    device: str
+    threads: int | None
+    rows: list[LatencyRow]
+    loaded: list[dict[str, Any]]
+    hardware: dict[str, Any]
+
+    def dicts(self) -> list[dict[str, Any]]:
+        """The rows as JSON dicts (:meth:`LatencyRow.to_dict`)."""
+        return [r.to_dict() for r in self.rows]
+
+
+def time_targets(
+    targets: Sequence[Target],
+    device: str,
+    setup: TimingSetup,
+    *,
+    runs: int,
+    warmup: int,
+    batches: Sequence[int] = (1,),
+    clock: Callable[[], float] = time.perf_counter,
+) -> TimingRun:
+    """The one timing run ``bench latency``, ``report``, ``candidates`` and ``gpu-check``
+    make: load ``targets`` on ``device`` (memory measured, a first run as the probe),
+    time them interleaved at each batch size, then describe the machine.
+
+    Returns:
+        A :class:`TimingRun`; a target that cannot load or run keeps its row with the
+        reason.
+    """
+    loaded = load_targets(targets, device, setup.threads,
+                          probe=first_run(setup.frames, setup.size))
+    rows = [row for b in batches
+            for row in time_rows(loaded, setup.frames, setup.size, device, runs=runs,
+                                 warmup=warmup, batch=b, clock=clock)]
+    return TimingRun(device, setup.threads, rows, loaded, describe_machine(device, setup.threads))
 
 
 def resolve_targets(
@@ -861,10 +791,11 @@ def resolve_targets(
             found = []
             src = source_checkpoint(manifest)  # checked against source_sha256
             if src is not None:
+                ckpt = registry.checkpoint_backend()
                 found.append(
                     # the checkpoint the export came from, named where it lies (it is not
                     # in the export dir)
-                    Target(str(src), src, "torch", None, {"artifact_precision": "f32"})
+                    Target(str(src), src, ckpt.name, None, {"artifact_precision": ckpt.builds[0]})
                 )
             for art in manifest["artifacts"]:
                 b = art["backend"]
@@ -873,7 +804,7 @@ def resolve_targets(
                         f"{m.name}/{art['file']}",
                         m / art["file"],
                         b,
-                        precision if b == "openvino" else None,
+                        precision if registry.get_backend(b).sets_precision else None,
                         {"artifact_precision": art["precision"]},
                     )
                 )
@@ -885,7 +816,8 @@ def resolve_targets(
         b = registry.backend_for_path(m).name
         if backends and b not in backends:
             raise InputError(f"{m}: a {m.suffix} file runs on {b}, not on {', '.join(backends)}")
-        targets.append(Target(m.name, m, b, precision if b == "openvino" else None))
+        targets.append(Target(m.name, m, b, precision if registry.get_backend(b).sets_precision
+                              else None))
     distinct_labels(targets)  # same file name twice: tell the rows apart
     return targets
 
@@ -910,47 +842,40 @@ def run_latency(
 
     Returns:
         ``{"settings", "hardware", "results": [row per model and batch]}`` (rows as in
-        :func:`time_loaded`).
+        :meth:`LatencyRow.to_dict`).
 
     Raises:
         ValueError: ``--device cuda`` without a GPU, bad paths or backends.
     """
     check_device(device)
     targets = resolve_targets(models, backends, precision)
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # before our own
-    threads = threads or default_threads(load_before)
-    pin_threads(threads)
     if size is None:
         size = next(
             (tuple(sp.input_size) for sp in map(spec_of, (t.path for t in targets)) if sp),
             (128, 128),
         )
-    frames, note = load_images(data, split, kind, count=8, size=size)
-    loaded = load_targets(targets, device, threads, probe=first_run(frames, size))
-    rows = []
-    for b in batches:
-        rows += time_loaded(
-            loaded, frames, size, device, runs=runs, warmup=warmup, batch=b, clock=clock
-        )
-    info = hardware_info(device, threads)
+    setup = prepare_timing(size, threads=threads, data=data, split=split, kind=kind)
+    run = time_targets(targets, device, setup, runs=runs, warmup=warmup, batches=batches,
+                       clock=clock)
+    rows, info = run.dicts(), run.hardware
     return {
-        "warnings": timing_warnings(rows, load_before, info.get("cpus_allowed")
+        "warnings": timing_warnings(rows, setup.load_before, info.get("cpus_allowed")
                                     or info.get("logical_cores")),
         "settings": {
             "device": device,
             "size": list(size),
             "runs": runs,
             "warmup": warmup,
-            "threads": threads,
+            "threads": setup.threads,
             "batches": list(batches),
-            "input": note,
+            "input": setup.input_note,
             "timer": "CUDA events after synchronize; model = predict with host copies, "
             "compute = enqueue on a device-resident input (no copies)"
             if device.startswith("cuda")
             else "time.perf_counter",
             "process_rss_mb": rss_bytes() / 2**20,
         },
-        "hardware": {**info, "summary": describe_hardware(info)},
+        "hardware": info,
         "results": rows,
     }
 
@@ -1024,13 +949,14 @@ def format_latency(result: dict[str, Any]) -> str:
                 f"{'':<{w}}GPU memory +{mem['gpu_mem_mb']:.0f} MB (torch peak "
                 f"{mem.get('torch_peak_gpu_mb', 0):.0f} MB)"
             )
+        backend = registry.get_backend(r["backend"])
         if (
-            r.get("backend") == "openvino"
-            and str(r.get("precision")).lower() in ("bf16", "bfloat16")
-            and str(r.get("artifact_precision", "f32")).lower() in ("f32", "fp32")
+            backend.sets_precision
+            and registry.canonical_precision(r.get("precision")) == "bf16"
+            and registry.canonical_precision(r.get("artifact_precision", "f32")) == "f32"
         ):
             lines.append(
-                f"{'':<{w}}note: OpenVINO ran this FP32 model in bf16 (the CPU's "
+                f"{'':<{w}}note: {backend.label} ran this FP32 model in bf16 (the CPU's "
                 "default); --precision f32 forces f32"
             )
     lines.append(f"\nprocess RSS with every model loaded: {s['process_rss_mb']:.0f} MB")

@@ -20,26 +20,16 @@ from typing import Any
 import numpy as np
 
 from bench.flops import GMACS_DEFINITION, count_flops, size_on_disk
-from bench.latency import (
-    FORMAT_NAMES,
-    Target,
-    check_device,
-    default_threads,
-    describe_hardware,
-    first_run,
-    hardware_info,
-    load_images,
-    load_targets,
-    pin_threads,
-    time_loaded,
-)
+from bench.latency import FORMAT_NAMES, Target, prepare_timing, time_targets
+from compress.devices import check_device, cuda_missing
 from compress.errors import InputError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
 from compress.outdir import open_out
 from compress.spec import ModelSpec
 from deploy.metadata import is_multi_output
-from deploy.runtime import canonical_precision, get_backend
+from deploy.runtime import backends, canonical_precision, checkpoint_backend, get_backend
 
+CHECKPOINT = checkpoint_backend().name  # the teacher's own row: its checkpoint
 COLLAPSE_POINTS = 10.0  # a class losing this many IoU points vs the teacher is flagged
 FP_PRECISIONS = ("f32", "fp32", "fp16", "f16", "bf16")
 
@@ -174,7 +164,8 @@ def _artifact_targets(directory: Path, role: str, source: Path,
         backend, prec = art["backend"], str(art["precision"])
         # OpenVINO runs FP32 IR in bf16 by default on CPUs with BF16/AMX: force f32 so the
         # FP32 row is FP32 (the precision column shows what ran)
-        ask = "f32" if backend == "openvino" and prec in ("f32", "fp32") else None
+        ask = ("f32" if get_backend(backend).sets_precision and prec in ("f32", "fp32")
+               else None)
         label = f"{name or role} {FORMAT_NAMES.get(backend, backend)} {prec}"
         targets.append(
             Target(
@@ -263,11 +254,9 @@ def build_report(
     size = tuple(size or s_specs[0].input_size)
     if devices is None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    gpu_needed = [d for d in devices if d.startswith("cuda")]
-    for d in gpu_needed:
-        check_device(d)
-    threads = threads or default_threads()
-    pin_threads(threads)
+    for d in devices:
+        if d.startswith("cuda"):
+            check_device(d)
 
     def log(msg):
         if show:
@@ -284,35 +273,23 @@ def build_report(
             "uncounted_ops": fl.uncounted,
         }
 
+    ckpt = checkpoint_backend()
     targets = [
         Target(
-            "teacher PyTorch f32",
-            teacher,
-            "torch",
-            None,
-            {
-                "role": "teacher",
-                "format": "PyTorch",
-                "artifact_precision": "f32",
-                "file": teacher.name,
-            },
-        ),
-    ]
-    targets += [
-        Target(
-            f"{name} PyTorch f32",
+            f"{name} {ckpt.label} {ckpt.builds[0]}",
             path,
-            "torch",
+            ckpt.name,
             None,
             {
-                "role": "student",
-                "format": "PyTorch",
-                "artifact_precision": "f32",
+                "role": role,
+                "format": ckpt.label,
+                "artifact_precision": ckpt.builds[0],
                 "file": path.name,
-                "cost_key": name,
+                **({} if role == "teacher" else {"cost_key": name}),
             },
         )
-        for name, path in zip(names, students)
+        for role, name, path in [("teacher", "teacher", teacher),
+                                 *(("student", n, p) for n, p in zip(names, students))]
     ]
     if teacher_artifacts:
         targets += _artifact_targets(Path(teacher_artifacts), "teacher", teacher)
@@ -321,17 +298,17 @@ def build_report(
                                      None if len(names) == 1 else name)
     _dedupe_labels(targets)
 
-    frames, input_note = load_images(data, split, kind, count=8, size=size)
+    setup = prepare_timing(size, threads=threads, data=data, split=split, kind=kind)
+    threads = setup.threads
     class_names: list[str] | None = None
     hardware, rows, datasets = {}, [], {}
     for device in devices:
-        hardware[device] = hardware_info(device, threads)
         dev_targets = [t for t in targets if get_backend(t.backend).runs_on(device)]
         log(f"[{device}] loading {len(dev_targets)} models")
-        loaded = load_targets(dev_targets, device, threads, probe=first_run(frames, size))
         log(f"[{device}] timing: {warmup} warm-up + {runs} interleaved runs")
-        timed = time_loaded(loaded, frames, size, device, runs=runs, warmup=warmup)
-        for entry, trow in zip(loaded, timed):
+        run = time_targets(dev_targets, device, setup, runs=runs, warmup=warmup)
+        hardware[device] = run.hardware
+        for entry, trow in zip(run.loaded, run.dicts()):
             t, rt = entry["target"], entry["runtime"]
             row = _row(t, device, cost, timing=trow, error=trow["error"])
             if rt is not None and row.status == "ok":
@@ -362,29 +339,18 @@ def build_report(
                     except Exception as e:  # noqa: BLE001 - the row keeps its latency, says why
                         row.accuracy_note = f"scoring failed: {str(e).splitlines()[0]}"
             rows.append(row)
-        del loaded
-    # a model no requested device could run still gets its row, saying why
+        del run
+    # a model no requested device could run still gets its row, saying why: on the device
+    # its backend runs on by default
     shown = {r.model for r in rows}
     for t in targets:
         if t.label in shown:
             continue
-        if t.backend == "tensorrt":
-            why = (
-                "TensorRT: GPU only; add --device cuda"
-                if torch.cuda.is_available()
-                else "TensorRT: no GPU"
-            )
-            rows.append(_row(t, "cuda", cost, error=why))
-        else:
-            rows.append(
-                _row(
-                    t,
-                    "cpu",
-                    cost,
-                    error=f"{FORMAT_NAMES.get(t.backend, t.backend)}: "
-                    "runs on the CPU here; add --device cpu",
-                )
-            )
+        b = get_backend(t.backend)
+        dev = b.default_device()
+        why = (f"{b.label}: runs on the CPU here; add --device cpu" if dev == "cpu"
+               else cuda_missing(b.label, dev) or f"{b.label}: GPU only; add --device {dev}")
+        rows.append(_row(t, dev, cost, error=why))
     _derive(rows, class_names or [])
     notes = _notes(rows)
     return {
@@ -403,9 +369,9 @@ def build_report(
             "threads": threads,
             "batch": 1,
             "devices": devices,
-            "input": input_note,
+            "input": setup.input_note,
         },
-        "hardware": {d: {**h, "summary": describe_hardware(h)} for d, h in hardware.items()},
+        "hardware": hardware,
         "cost": cost,
         "classes": class_names or [],
         "rows": [r.to_dict() for r in rows],
@@ -548,7 +514,7 @@ def _median(row) -> float | None:
 def _derive(rows: list[ReportRow], class_names: list[str]) -> None:
     """Accuracy deltas vs the teacher and speed-ups, filled in place."""
     t_acc = next(
-        (r for r in rows if r.role == "teacher" and r.backend == "torch" and r.miou is not None),
+        (r for r in rows if r.role == "teacher" and r.backend == CHECKPOINT and r.miou is not None),
         None,
     )
     for r in rows:
@@ -577,7 +543,7 @@ def _derive(rows: list[ReportRow], class_names: list[str]) -> None:
             (
                 t
                 for t in rows
-                if t.role == "teacher" and t.backend == "torch" and t.device == r.device
+                if t.role == "teacher" and t.backend == CHECKPOINT and t.device == r.device
                 and t.median_ms
             ),
             None,
@@ -600,7 +566,7 @@ def _notes(rows: list[ReportRow]) -> list[str]:
             r.notes.append(f"{asked} model executed in {ran}")
         hint = canonical_precision(((r.timing or {}).get("runtime_info") or {})
                               .get("inference_precision_hint"))
-        if r.backend == "openvino" and hint and hint not in (ran, "f32"):
+        if get_backend(r.backend).sets_precision and hint and hint not in (ran, "f32"):
             r.notes.append(f"float layers run in {hint} (OpenVINO's default on this CPU)")
         if asked == "int8" and r.median_ms:
             fps = [
@@ -613,7 +579,7 @@ def _notes(rows: list[ReportRow]) -> list[str]:
                 and f.artifact_precision in FP_PRECISIONS
                 and f.median_ms
             ]
-            if not fps and r.backend != "torch":
+            if not fps and r.backend != CHECKPOINT:
                 r.notes.append(f"no FP32/FP16 {r.format} artifact to compare INT8 with")
             for f in fps:
                 if r.median_ms >= f.median_ms:
@@ -721,7 +687,8 @@ def summary_table(report: dict) -> list[list[str]]:
 def per_class_table(report: dict) -> list[list[str]]:
     """Per-class IoU of the teacher and the change of every other scored row (points)."""
     scored = _scored_rows(report)
-    teacher = next((r for r in scored if r["role"] == "teacher" and r["backend"] == "torch"), None)
+    teacher = next((r for r in scored if r["role"] == "teacher" and r["backend"] == CHECKPOINT),
+                   None)
     others = [r for r in scored if r is not teacher]
     head = ["class", "teacher IoU"] + [f"Δ {r['model']}" for r in others]
     table = [head]
@@ -880,7 +847,8 @@ def _csv(v) -> str:
     return str(v)
 
 
-FORMAT_MARKERS = {"torch": "o", "onnxruntime": "s", "openvino": "^", "tensorrt": "D"}
+# a marker per backend, in the registry's order
+FORMAT_MARKERS = dict(zip((b.name for b in backends()), "os^Dvp*hX"))
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:

@@ -20,8 +20,8 @@ an error (its ``FAILED`` file) is never compared: it is listed as skipped, with 
 The study measures, so it sits beside bench and uses bench's instruments: the one MAC
 counter (:func:`compress.macs.count_flops`), the one latency loop
 (:func:`bench.latency.measure_latency`) and the one machine description
-(:func:`bench.latency.hardware_info`). ``compress compare`` is :mod:`bench.cli_study`,
-mounted by :mod:`segcompress.cli`.
+(:mod:`deploy.machine`, through :func:`bench.latency.describe_machine`).
+``compress compare`` is :mod:`bench.cli_study`, mounted by :mod:`segcompress.cli`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bench.latency import Pipeline, describe_hardware, hardware_info, measure_latency
+from bench.latency import Pipeline, describe_machine, measure_latency
 from compress.config import ConfigError, dump_config, load_config
 from compress.evidence import LEVEL, RESAMPLES, paired_bootstrap
 from compress.io import (
@@ -294,10 +294,9 @@ def time_models(models: dict[str, torch.nn.Module], sizes: dict[str, tuple[int, 
 
 
 def hardware(threads: int | None = None) -> dict:
-    """What this machine is (:func:`bench.latency.hardware_info`, the one probe), with its
-    one-line ``summary``."""
-    info = hardware_info("cpu", threads)
-    return {**info, "summary": describe_hardware(info)}
+    """What this machine is (:func:`bench.latency.describe_machine`: the one machine
+    description, :mod:`deploy.machine`), with its one-line ``summary``."""
+    return describe_machine("cpu", threads)
 
 
 def _spec_key(spec: dict) -> str:

@@ -197,6 +197,68 @@ def test_compress_data_is_in_no_cycle():
     data = sorted(m for m in in_cycle if m == "compress.data" or m.startswith("compress.data."))
     assert not data, data
 
+
+
+# "torch" is also the PyTorch library: these strings name the library, not the backend
+LIBRARY_MENTIONS = {
+    ("bench/latency.py", " MB (torch peak "),  # torch.cuda.max_memory_allocated
+    ("bench/study.py", "; torch "),  # the torch version the study ran under
+    ("bench/study.py", "torch"),  # its key in hardware_info's packages
+    ("bench/study.py", " thread(s), float32, torch eager, each model at its training input size, "),
+}
+RUN_FILES = {"best.pt", "last.pt"}  # compress's run layout (checkpoints/best.pt), not a rule
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    kinds = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return {id(node.body[0].value) for node in ast.walk(tree)
+            if isinstance(node, kinds) and node.body and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)}
+
+
+def backend_literals(text: str) -> list[str]:
+    """The registry's backend names (as words) and file suffixes (bare or in a file name,
+    compress's run files aside) spelled in ``text``."""
+    import re
+
+    from deploy import runtime as registry
+
+    names = "|".join(map(re.escape, registry.names()))
+    suffixes = "|".join(re.escape(s[1:]) for b in registry.backends() for s in b.suffixes)
+    found = re.findall(rf"(?<![\w.-])(?:{names})(?!\w)", text)
+    return found + [m for m in re.findall(rf"\w*\.(?:{suffixes})(?!\w)", text)
+                    if m not in RUN_FILES]
+
+
+def test_bench_spells_no_backend_name_or_suffix():
+    """Issue 21: bench asks deploy's registry (``deploy.runtime``: names, suffixes,
+    devices, precisions, converters) instead of spelling a backend, so a new backend is
+    one module plus one registry line. Every string constant in bench (docstrings
+    exempt; help text included) is checked against the registry's names and suffixes."""
+    wrong = []
+    for path in sorted((REPO / "bench").rglob("*.py")):
+        rel = path.relative_to(REPO).as_posix()
+        tree = ast.parse(path.read_text())
+        skip = docstrings(tree)
+        for node in ast.walk(tree):
+            if (not isinstance(node, ast.Constant) or not isinstance(node.value, str)
+                    or id(node) in skip or (rel, node.value) in LIBRARY_MENTIONS):
+                continue
+            hits = backend_literals(node.value)
+            if hits:
+                wrong.append(f"{rel}:{node.lineno}: {hits[0]!r} in {node.value[:60]!r}")
+    assert not wrong, "ask deploy.runtime instead:\n" + "\n".join(wrong)
+
+
+def test_backend_literal_scan_sees_a_literal():
+    """The scan above catches a spelled backend (a regex that matched nothing would pass
+    any code)."""
+    assert backend_literals('if backend == "openvino"') == ["openvino"]
+    assert backend_literals("tensorrt-int8, model_int8.engine, (.pt)") == [
+        "tensorrt", "model_int8.engine", ".pt"]
+    assert not backend_literals("PyTorch eager, torch_pruning, checkpoints/best.pt")
+
+
 if __name__ == "__main__":  # python tests/test_layering.py: compress's import circles
     import sys
 

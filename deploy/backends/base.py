@@ -233,6 +233,7 @@ class Backend:
         tool: the vendor's own benchmark tool for its files (``bench latency
             --cross-check``), or None.
         companions: ``companions(path) -> [Path]``: files beside ``path`` it also needs.
+        title: how prose names the runtime (``ONNX Runtime``); default: ``label``.
     """
 
     name: str
@@ -251,6 +252,11 @@ class Backend:
     sets_precision: bool = False
     tool: str | None = None
     companions: Callable[[Path], list[Path]] = no_companions
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", self.label)
 
     def runs_on(self, device: str) -> bool:
         """Whether ``device`` (``cpu``, ``cuda[:N]``...) is of a kind this backend runs on."""

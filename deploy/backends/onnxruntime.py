@@ -152,4 +152,5 @@ def load(path: Path, spec: ModelSpec | None, entry: dict | None, device: str,
 BACKEND = Backend(name=NAME, label=LABEL, suffixes=SUFFIXES, precisions=("f32", "fp16", "int8"),
                   devices=("cpu", "cuda"), libraries=("onnxruntime",), available=available,
                   load=load, role="source", packages=("onnxruntime", "onnxruntime-gpu"),
-                  builds=("f32", "int8"), companions=external_data_files)
+                  builds=("f32", "int8"), companions=external_data_files,
+                  title="ONNX Runtime")

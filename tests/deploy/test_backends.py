@@ -127,3 +127,26 @@ def test_the_registry_imports_no_backend_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_backend_describes_what_bench_asks(name):
+    """bench spells no backend: what it needs (role, what an export builds, the converter,
+    packages, where it is timed, the file an export writes) is the registry's."""
+    b = registry.get_backend(name)
+    assert b.role in ("checkpoint", "source", "converted")
+    assert b.builds and set(b.builds) <= set(b.precisions)
+    assert (b.convert is not None) == (b.role == "converted")
+    assert b.packages and set(b.packages) <= set(registry.packages())
+    assert b.default_device() in b.devices and b.title
+    for p in b.builds:
+        assert registry.backend_for_path(b.artifact_name(p)) is b
+    assert b.companions(Path("nowhere") / f"m{b.suffixes[0]}") == []
+
+
+def test_one_checkpoint_and_one_source_backend():
+    roles = [b.role for b in registry.backends()]
+    assert roles.count("checkpoint") == roles.count("source") == 1
+    assert registry.checkpoint_backend().suffixes[0] == ".pt"
+    assert registry.source_backend().artifact_name("int8") == "model_int8.onnx"
+    assert registry.names() == tuple(b.name for b in registry.backends())
