@@ -88,9 +88,11 @@ def test_named_terms_match_the_recorded_values(tmp_path, recipe):
     assert [set(r) for r in got] == [set(r) for r in want]  # the same named terms
     for epoch, (g, w) in enumerate(zip(got, want, strict=True), 1):
         for k in w:
-            # rel 5e-4: the recorded values (AMD EPYC) and an Intel Xeon with AMX differ by
-            # 2.4e-4 in epoch 2's train_kd at the same commit; a change to a term moves more
-            assert g[k] == pytest.approx(w[k], rel=5e-4, abs=1e-6), (recipe, epoch, k)
+            # rel 2e-3: at the same commit the recorded values (AMD EPYC, AVX-512) differ
+            # from an Intel Xeon with AMX by 2.4e-4 (epoch 2's train_kd) and from an AMD EPYC
+            # with AVX2 only by 7.0e-4 (epoch 2's train_cwd); a change to a term, a weight,
+            # the data order or the schedule moves them by percents
+            assert g[k] == pytest.approx(w[k], rel=2e-3, abs=1e-6), (recipe, epoch, k)
 
 
 if __name__ == "__main__":  # regenerate GOLDEN (see the module docstring)
