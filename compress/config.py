@@ -411,6 +411,35 @@ class QuantConfig(_Strict):
                             "calibrated (BN layers in eval mode while the student trains)")
 
 
+class WandbConfig(_Strict):
+    """Weights & Biases (``pip install -e '.[wandb]'``): offline unless ``mode: online``."""
+
+    project: str = Field("segcompress", description="W&B project")
+    name: str | None = Field(None, description="W&B run name (default: <name>/<run dir's "
+                             "timestamp>)")
+    mode: Literal["offline", "online"] = Field(
+        "offline", description="offline: the run is written under <run dir>/wandb only "
+        "(`wandb sync` uploads it later); online: uploads as it trains (needs `wandb login`)")
+
+
+class MlflowConfig(_Strict):
+    """MLflow (``pip install -e '.[mlflow]'``)."""
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (file:, sqlite:, http(s):...); default: the "
+        "local file store <output_dir>/mlruns")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the run's "
+                                   "name)")
+
+
+class LogConfig(_Strict):
+    """Experiment trackers besides TensorBoard (always on): each logs the same scalars, the
+    epoch figures, the resolved config and best.pt's path; rank 0 only."""
+
+    wandb: WandbConfig | None = Field(None, description="log to W&B (null: off)")
+    mlflow: MlflowConfig | None = Field(None, description="log to MLflow (null: off)")
+
+
 class RunConfig(_Strict):
     """A whole recipe: ``compress train`` uses data/model/loss/train, ``distill`` adds
     ``teacher`` and ``kd``. ``base`` (resolved at load time) names a recipe this one
@@ -431,6 +460,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     quant: QuantConfig = Field(default_factory=QuantConfig)
     multitask: MultiTaskConfig = Field(default_factory=MultiTaskConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     @property
     def task_weights(self) -> dict[str, float]:
@@ -534,6 +564,11 @@ def config_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[
                 if isinstance(a, type) and issubclass(a, BaseModel):
                     out += config_keys(a, f"{prefix}{name}.")
     return out
+
+
+def log_keys() -> tuple[str, ...]:
+    """The ``log.*`` keys: trackers change nothing that is trained (free on resume)."""
+    return tuple(config_keys(LogConfig, "log."))
 
 
 def describe_keys(cfg: RunConfig | None = None) -> list[tuple[str, str, Any, str]]:

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.classmap import kd_class_map
-from compress.config import ConfigError, RunConfig, dump_config, load_config
+from compress.config import ConfigError, RunConfig, dump_config, load_config, log_keys
 from compress.data import (
     build_depth_val,
     build_split,
@@ -71,6 +71,7 @@ from compress.models import (
 )
 from compress.multitask import seg_logits
 from compress.spec import ModelSpec
+from compress.trackers import check_trackers, start_trackers
 
 log = logging.getLogger("compress")
 
@@ -652,7 +653,8 @@ def check_run_recipe(run_dir: Path, cfg: RunConfig, overrides: list[str] | None 
 # a change to these keys does not change what is trained: allowed on resume, logged
 RESUME_FREE_KEYS = ("name", "output_dir", "train.epochs", "train.device", "train.threads",
                     "train.val_every", "train.vis_every", "train.save_every",
-                    "train.save_untrained", "train.test_split", "data.num_workers")
+                    "train.save_untrained", "train.test_split", "data.num_workers",
+                    *log_keys())
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -915,6 +917,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
          run_dir: str | Path | None, show_progress: bool, resume_changed: bool) -> FitResult:
     """The body of :func:`fit`: the set-up steps, then the epochs; records in
     ``progress`` where it is."""
+    check_trackers(cfg)  # a tracker's package missing: refused before anything runs
     ctx = setup_context(cfg, progress, resume, run_dir, resume_changed)
     torch.manual_seed(cfg.seed)
     class_names = cfg.class_names or dataset_classes(cfg.data, cfg.ignore_index)
@@ -956,7 +959,7 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
     if ctx.rank == 0 and cfg.train.save_untrained and ctx.last_state is None:
         save_checkpoint(ckpt_dir / "untrained.pt", student, spec, metrics=None,
                         config=cfg.model_dump(mode="json"), epoch=0, **_qat_extra(student, cfg))
-    writer = _tensorboard(ctx.run_dir) if ctx.rank == 0 else None
+    writer = start_trackers(cfg, ctx.run_dir) if ctx.rank == 0 else None  # TensorBoard, W&B...
     log.info(f"run dir {ctx.run_dir}: {cfg.name}, {len(data.train_set)} train / "
              f"{len(data.val_set)} val images, {model_label(spec)}, {len(class_names)} "
              f"classes, device {ctx.device}, world {ctx.world}")
@@ -994,13 +997,12 @@ def _fit(cfg: RunConfig, progress: RunProgress, *, resume: str | Path | None,
                      f"({res.seconds:.1f}s){' ' + drawn if drawn else ''}")
         if ctx.world > 1:
             dist.barrier()
-    if writer is not None:
-        writer.close()
     test = None
     if ctx.rank == 0:
         test = _test_split_pass(cfg, ctx.run_dir, student, task.teacher, spec, class_names,
                                 ctx.device)
         _write_summary(ctx.run_dir, state.history, spec, state.best, test)
+        writer.finish(state.epoch, test)
     if ctx.world > 1:
         dist.barrier()
     best = ckpt_dir / "best.pt"
@@ -1305,16 +1307,12 @@ def save_epoch(cfg: RunConfig, run_dir: Path, state: RunState, student: nn.Modul
                metrics: dict | None, task: DistillationTask, optimizer, scheduler: Scheduler,
                span: dict[str, int], teacher_score: dict | None, writer,
                row: dict[str, Any], per_image: ImageCounts | None = None) -> None:
-    """After an epoch (rank 0): TensorBoard scalars, ``best.pt`` when the mIoU improved
+    """After an epoch (rank 0): ``best.pt`` when the mIoU improved
     (after its per-image val counts, ``val/per_image.npz``, which record the epoch they
     belong to), ``epoch_NNN.pt`` every ``train.save_every``, ``last.pt`` (everything a
-    resume needs), then ``metrics.csv``; each written atomically."""
+    resume needs), then ``metrics.csv``; each written atomically; then the trackers
+    (``writer``: :class:`compress.trackers.Trackers`) get the row and the epoch's figures."""
     epoch, ckpt_dir = state.epoch, run_dir / "checkpoints"
-    if writer is not None:
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)):
-                writer.add_scalar(k.replace("_", "/", 1), v, epoch)
-        writer.flush()
     common = {"config": cfg.model_dump(mode="json"), "epoch": epoch,
               "teacher_val": teacher_score, **_qat_extra(student, cfg)}
     if metrics is not None and metrics["miou"] > state.best:
@@ -1333,7 +1331,8 @@ def save_epoch(cfg: RunConfig, run_dir: Path, state: RunState, student: nn.Modul
         rng={"torch": torch.get_rng_state()},
     )
     _write_metrics_csv(run_dir / "metrics.csv", state.history)
-
+    if writer is not None:
+        writer.log_epoch(epoch, row)
 
 
 def _test_split_pass(cfg: RunConfig, run_dir: Path, student, teacher, spec: ModelSpec,
@@ -1409,15 +1408,6 @@ def val_image_counts(run_dir: str | Path, *, write: bool = True, device: str = "
     if write:
         counts.save(path)
     return counts
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency; a broken install should not stop training
-        log.warning("tensorboard not importable: no event files written")
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _write_summary(run_dir: Path, history: list[dict], spec: ModelSpec, best: float,
