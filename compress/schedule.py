@@ -1,7 +1,8 @@
 """The optimizer and its LR schedule: AdamW with the encoder at its own LR
 (:func:`build_optimizer`), and the recipe's schedule as a timm scheduler stepped per
-optimizer step (:func:`create_lr_scheduler`, :func:`set_step_lr`), restored on a resume
-(:func:`restore_scheduler`)."""
+optimizer step (:func:`schedule_steps`, :func:`create_lr_scheduler`, :func:`set_step_lr`),
+restored on a resume (:func:`restore_scheduler`; :func:`lr_change` says how the LR moves
+when the run got longer)."""
 
 from __future__ import annotations
 
