@@ -171,7 +171,8 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
     Returns:
         The study dir (``output_dir/name``) holding ``comparison.md`` and friends.
     """
-    from compress.train import failed_reason, fit, prepare_teacher
+    from compress.rundir import failed_reason
+    from compress.train import fit, prepare_teacher
 
     out = Path(study.output_dir) / study.name
     study_out(out)  # before any training
@@ -314,7 +315,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
 
     Each recipe's Δ mIoU against the baseline gets a paired bootstrap interval over the
     validation images (:func:`compress.evidence.paired_bootstrap` of every run's per-image
-    counts, :func:`compress.train.val_image_counts`; a run without them has its best.pt
+    counts, :func:`compress.rundir.val_image_counts`; a run without them has its best.pt
     scored now, said through ``log``, and kept when the run is this study's) and the
     verdict that interval gives.
 
@@ -322,7 +323,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
         InputError: two runs were scored on different validation images (named).
     """
     from compress.models import load_model
-    from compress.train import val_image_counts
+    from compress.rundir import val_image_counts
 
     rows = [collect_run(r, d, here) for r, d, here in runs]
     per_image = {r["run_dir"]: val_image_counts(r["run_dir"], write=r["trained_here"], say=log)

@@ -57,7 +57,8 @@ def options(
 def _run_fit(config: Path | None, overrides: list[str] | None, resume: Path | None,
              quiet: bool, distill: bool, resume_changed: bool = False) -> None:
     from compress.config import load_config
-    from compress.train import check_run_recipe, find_resume, fit, prepare_teacher
+    from compress.rundir import check_run_recipe, find_resume
+    from compress.train import fit, prepare_teacher
 
     if config is None and resume is None:
         raise typer.BadParameter("give a recipe (--config) or a run to continue (--resume)",

@@ -721,3 +721,45 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what a run dir stores as ``config.yaml``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+VOID_NAMES = ("void", "unlabelled", "unlabeled", "ignore")
+
+
+def check_class_names(class_names: list[str], ignore_index: int,
+                      data_names: list[str] | None = None, what: str = "class_names") -> None:
+    """Refuse a label set that would score something else than asked (train, distill and
+    eval make the same checks): the data's class names (``classes.txt``...) in another
+    order, and an ``ignore_index`` that is a real class (it would score 0 IoU inside the
+    mean) unless that class is named void.
+
+    Raises:
+        ConfigError: one line naming ``what``, the names and the index.
+    """
+    if data_names is not None and len(data_names) == len(class_names):
+        mine, theirs = [n.strip().lower() for n in class_names], [n.strip().lower()
+                                                                   for n in data_names]
+        if mine != theirs and sorted(mine) == sorted(theirs):
+            i = next(k for k, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+            raise ConfigError(f"{what} {list(class_names)[:8]} are the data's class names "
+                             f"{list(data_names)[:8]} in another order: label {i} is "
+                             f"{data_names[i]!r} in the data but {class_names[i]!r} here, so "
+                             "every score would be of the wrong class")
+    i = ignore_index
+    if 0 <= i < len(class_names) and class_names[i].strip().lower() not in VOID_NAMES:
+        raise ConfigError(f"ignore_index {i} is the class {class_names[i]!r} (classes 0.."
+                         f"{len(class_names) - 1}): pixels of it would never be learnt yet "
+                         "count in the mIoU; use an index outside the classes (e.g. 255) or "
+                         "name that class 'void'")
+
+
+def check_task_settings(cfg: RunConfig, class_names: list[str],
+                        data_names: list[str] | None = None) -> None:
+    """Refuse settings that would train and score something else than asked: the label
+    set (:func:`check_class_names`), and class weights of another length than the
+    classes."""
+    check_class_names(class_names, cfg.ignore_index, data_names)
+    w = cfg.loss.class_weights
+    if w is not None and len(w) != len(class_names):
+        raise ConfigError(f"loss.class_weights has {len(w)} entries but there are "
+                         f"{len(class_names)} classes")

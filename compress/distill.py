@@ -4,20 +4,29 @@
 :class:`compress.cache.CachedTeacher`, one interface), the normalisation conversion (inside
 the teacher), the adapters and the loss terms (:class:`compress.losses.Distiller`); its
 forward returns the named terms and the training loop (:mod:`compress.train`) only calls
-it. Below it: loading and checking the teacher (weights, label map, feature channels).
+it. Below it: what the recipe names: the student's spec (:func:`student_spec`), the loss
+terms (:func:`create_distiller`); loading and checking the teacher (weights, label map,
+feature channels, its score: :func:`preflight_teacher`).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from compress.classmap import kd_class_map
 from compress.config import ConfigError, RunConfig
-from compress.losses import Distiller, match_size, teacher_log_probs
+from compress.depth import berhu_loss, depth_loss_fn, silog_loss
+from compress.evaluate import evaluate
+from compress.losses import Distiller, TaskLoss, match_size, teacher_log_probs
+from compress.metrics import weak_teacher
 from compress.models import (
+    LEVEL_STRIDES,
     forward_with_features,
     load_adapter,
     load_model,
@@ -100,8 +109,87 @@ def recipe_references(cfg: RunConfig) -> list[tuple[str, str]]:
 def recipe_factories(cfg: RunConfig) -> set[str]:
     """What the user's own recipe names outside the registries (custom factories, ...):
     trusted, they wrote it. A recipe read back from a run dir is not theirs: see
-    :func:`compress.train.check_run_recipe`."""
+    :func:`compress.rundir.check_run_recipe`."""
     return {name for _, name in recipe_references(cfg)}
+
+
+def student_spec(cfg: RunConfig, class_names: list[str], last_state: dict | None = None) -> ModelSpec:
+    """The student's spec: from the recipe's model keys, or from ``model.init_from``'s
+    checkpoint (a resume reads it from the run's own ``last.pt``)."""
+    m = cfg.model
+    if m.init_from:
+        return _init_spec(m.init_from, cfg, class_names, last_state)
+    if m.classes is not None and m.classes != len(class_names):
+        raise ConfigError(f"model.classes={m.classes} but the data has {len(class_names)} "
+                         f"classes ({', '.join(class_names[:8])})")
+    spec = make_spec(
+        arch=m.arch, encoder=m.encoder, classes=len(class_names), class_names=class_names,
+        ignore_index=cfg.ignore_index, decoder_channels=m.decoder_channels, factory=m.factory,
+        kwargs=m.kwargs, mean=m.mean, std=m.std, input_size=tuple(cfg.data.size),
+    )
+    return replace(spec, tasks=m.tasks) if m.tasks else spec  # a multi-task student
+
+
+def _init_spec(path: str, cfg: RunConfig, class_names: list[str],
+               last_state: dict | None) -> ModelSpec:
+    if last_state is not None and last_state.get("spec"):
+        return last_state["spec"]
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"model.init_from not found: {path}")
+    spec = read_checkpoint(path)["spec"]
+    if spec is None:
+        raise ValueError(f"model.init_from {path} is a plain state_dict: give a segcompress "
+                         "checkpoint (its spec rebuilds the student)")
+    names = [n.lower() for n in spec.class_names]
+    generic = names == [f"class_{i}" for i in range(len(names))]  # names unknown: count only
+    if (names != [n.lower() for n in class_names]
+            and not (generic and len(names) == len(class_names))):
+        raise ValueError(f"model.init_from {path}: its classes ({', '.join(spec.class_names[:6])}"
+                         f"{' ...' if len(names) > 6 else ''}) are not the data's "
+                         f"({', '.join(class_names[:6])}{' ...' if len(class_names) > 6 else ''})")
+    return replace(spec, class_names=list(class_names), ignore_index=cfg.ignore_index,
+                   input_size=[int(s) for s in cfg.data.size])
+
+
+def create_distiller(cfg: RunConfig, student_channels: dict[str, int],
+                     teacher_channels: dict[str, int], class_map: torch.Tensor | None
+                     ) -> Distiller:
+    """The recipe's loss terms as one :class:`compress.losses.Distiller`: the task loss,
+    every ``kd.<term>`` with its settings, the adapters for the given feature channels
+    (``{level: channels}``, from :func:`feature_channels`), the teacher's ``class_map``,
+    and a multi-task run's task weights and depth loss."""
+    kd = cfg.kd
+    return Distiller(
+        task=TaskLoss(cfg.loss.ce, cfg.loss.dice, cfg.ignore_index, cfg.loss.class_weights),
+        w_task=cfg.w_task, w_kd=kd.response.weight, temperature=kd.response.temperature,
+        w_feat=kd.feature.weight, feat_levels=kd.feature.levels, feat_kind=kd.feature.kind,
+        w_cwd=kd.cwd.weight, cwd_temperature=kd.cwd.temperature, cwd_levels=kd.cwd.levels,
+        w_dist=kd.dist.weight, dist_temperature=kd.dist.temperature, dist_beta=kd.dist.beta,
+        dist_gamma=kd.dist.gamma, w_boundary=kd.boundary.weight,
+        boundary_temperature=kd.boundary.temperature,
+        boundary_edge_weight=kd.boundary.edge_weight,
+        boundary_body_weight=kd.boundary.body_weight, boundary_source=kd.boundary.source,
+        boundary_width=kd.boundary.width, w_relation=kd.relation.weight,
+        relation_level=kd.relation.level, relation_pixels=kd.relation.pixels,
+        relation_temperature=kd.relation.temperature,
+        relation_cross_image=kd.relation.cross_image, relation_seed=cfg.seed,
+        student_channels=student_channels, teacher_channels=teacher_channels,
+        class_map=class_map, ignore_index=cfg.ignore_index,
+        task_weights=cfg.task_weights, balance=cfg.multitask.balance,
+        depth_loss=_depth_loss(cfg),
+    )
+
+
+def _depth_loss(cfg: RunConfig):
+    """``multitask.depth_loss`` with its parameter, or None for a single-task run."""
+    if not cfg.model.tasks:
+        return None
+    mt = cfg.multitask
+    if mt.depth_loss == "silog":
+        return partial(silog_loss, lam=mt.silog_lambda)
+    if mt.depth_loss == "berhu":
+        return partial(berhu_loss, c_ratio=mt.berhu_c)
+    return depth_loss_fn(mt.depth_loss)
 
 
 class Teacher:
@@ -186,6 +274,21 @@ def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
     return Teacher(model, spec, s_spec, levels, tc.half, device), spec
 
 
+def preflight_teacher(cfg: RunConfig, teacher: Teacher, val_loader, class_names: list[str],
+                      device) -> dict:
+    """Score the teacher on the validation split (in the student's classes); refuse one
+    at chance unless ``teacher.allow_weak``."""
+    score, conf = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index, device)
+    log.info(f"teacher val mIoU {score['miou'] * 100:.2f}")
+    weak = weak_teacher(score, conf)
+    if weak and not cfg.teacher.allow_weak:
+        raise ConfigError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
+                         "distil from it (teacher.allow_weak=true to override)")
+    if weak:
+        log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
+    return score
+
+
 def _check_teacher_weights(model: nn.Module, tc) -> None:
     """Load ``teacher.adapter`` over the base weights, then refuse (or, with
     ``teacher.allow_missing_keys``, warn with the count) the weights neither file held."""
@@ -223,6 +326,20 @@ def _head_classes(state: dict) -> int | None:
         if key in state and state[key].ndim == 1:
             return int(state[key].shape[0])
     return None
+
+
+def teacher_class_map(cfg: RunConfig, t_spec: ModelSpec, s_spec: ModelSpec
+                      ) -> torch.Tensor | None:
+    """The teacher's label map onto the student's classes (``kd.class_map``, or matched by
+    name: :func:`compress.classmap.kd_class_map`); what it covers is logged
+    (:func:`check_label_maps`)."""
+    try:
+        class_map = kd_class_map(cfg.kd.class_map, t_spec.class_names, s_spec.class_names)
+    except ValueError as e:
+        raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
+    for line in check_label_maps(t_spec, s_spec, class_map):
+        log.info(line)
+    return class_map
 
 
 def check_label_maps(t_spec: ModelSpec, s_spec: ModelSpec, class_map: torch.Tensor | None
@@ -265,8 +382,6 @@ def feature_channels(model: nn.Module, spec: ModelSpec, levels: list[str], devic
     with torch.no_grad():
         _, feats = forward_with_features(model, x, levels)
     model.train(was_training)
-    from compress.models import LEVEL_STRIDES
-
     out = {}
     for lv, f in feats.items():
         stride = LEVEL_STRIDES.get(lv)

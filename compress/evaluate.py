@@ -1,21 +1,119 @@
-"""``compress eval``: score a checkpoint or exported artifact on any split."""
+"""Scoring: the one evaluation loop (:func:`evaluate`: segmentation scores, flip TTA,
+HD95, per-image counts; :func:`evaluate_depth`) that validation, ``compress eval`` and the
+teacher checks share, and ``compress eval`` itself (:func:`evaluate_checkpoint`: score a
+checkpoint or exported artifact on any split)."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm import tqdm
 
-from compress.data import ignore_collision, split_classes, split_images
-from compress.errors import InputError
+from compress.config import check_class_names
+from compress.data import collate, ignore_collision, split_classes, split_images
+from compress.depth import DepthMeter
+from compress.devices import resolve_device
+from compress.errors import InputError, ModelError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
-from compress.io import atomic_write_json, atomic_write_text
+from compress.io import atomic_write_json, atomic_write_text, fault_point
+from compress.losses import two_way
+from compress.metrics import ImageSink, hd95, predicted_ids, scores, update_confusion
+from compress.models import load_model, make_spec
+from compress.multitask import depth_task, seg_logits
 from compress.outdir import OutDir, open_out
 from compress.spec import MAX_SIDE, ModelSpec
-from compress.train import check_class_names, collate, depth_task, evaluate, evaluate_depth
+
+
+@torch.no_grad()
+def evaluate(predict, loader, class_names: list[str], ignore_index: int, device="cpu",
+             flip: bool = False, show: bool = False, depth=None,
+             per_image: ImageSink | None = None) -> tuple[dict, torch.Tensor]:
+    """Score ``predict(images) -> logits`` on a loader.
+
+    Args:
+        predict: a model or any callable from ``[N, 3, H, W]`` to ``[N, C, H, W]`` logits.
+        flip: average softmax with the horizontally flipped input (test-time augmentation).
+        depth: the depth task (:func:`compress.multitask.depth_task`) of a multi-task
+            model whose batches carry ``"depth"``: the same forward pass also scores it,
+            into the result's ``"depth"`` (one pass over the split for both tasks; depth is
+            not flipped).
+        per_image: also hand each batch's class ids and image names to this sink
+            (:class:`compress.evidence.ImageCounter`: per-image counts, same pixels).
+
+    Returns:
+        ``(scores dict, confusion [C, C])``. A binary task (one class name: a single
+        foreground logit) is scored over ``background`` + that class; binary tasks (one or
+        two classes) also get ``fg_iou``, ``fg_dice`` and ``hd95`` (pixels, mean over the
+        images where both masks have foreground; NaN when none has).
+    """
+    if isinstance(predict, nn.Module):
+        predict.eval()
+    meter = DepthMeter(max_depth=depth.max_depth) if depth is not None else None
+    names = ["background", *class_names] if len(class_names) == 1 else list(class_names)
+    c = len(names)
+    conf = torch.zeros(c, c, dtype=torch.int64)
+    distances: list[float] = []
+    for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
+        fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
+        x = batch["image"].to(device)
+        out = predict(x)
+        logits = seg_logits(out)  # a multi-task model: its "seg" output
+        if meter is not None:
+            _update_depth(meter, out, depth.name, batch["depth"])
+        if flip:
+            logits = (two_way(logits).softmax(1)
+                      + two_way(seg_logits(predict(x.flip(-1))).flip(-1)).softmax(1))
+        pred = predicted_ids(logits, batch["mask"].shape[-2:])  # the one logits -> ids rule
+        if pred.max() >= c:  # a model with more classes than the data, without a class map
+            raise ValueError(f"predictions reach class {int(pred.max())} but the data has {c} "
+                             "classes")
+        update_confusion(conf, pred, batch["mask"], ignore_index)
+        if per_image is not None:
+            per_image.add(pred, batch["mask"], ignore_index, batch["name"], names)
+        if c == 2:
+            for p, t in zip(pred.numpy(), batch["mask"].numpy()):
+                distances.append(hd95((p == 1) & (t != ignore_index), t == 1))
+    result = scores(conf, names)
+    if meter is not None:
+        result["depth"] = meter.compute()
+    if c == 2:
+        fg = names[1]
+        result["fg_iou"] = result["per_class_iou"][fg] or 0.0
+        result["fg_dice"] = result["per_class_dice"][fg] or 0.0
+        finite = [d for d in distances if math.isfinite(d)]
+        result["hd95"] = sum(finite) / len(finite) if finite else float("nan")
+    return result, conf
+
+
+@torch.no_grad()
+def evaluate_depth(predict, loader, task: str = "depth", device="cpu", min_depth: float = 1e-3,
+                   max_depth: float = float("inf"), show: bool = False) -> dict:
+    """Depth metrics (:class:`compress.depth.DepthMeter`: ``rmse``, ``abs_rel``,
+    ``delta1..3``, ``pixels``) of ``predict(images)[task]`` against the batches'
+    ``"depth"`` maps, on valid pixels (target > 0) inside ``[min_depth, max_depth]``."""
+    if isinstance(predict, nn.Module):
+        predict.eval()
+    meter = DepthMeter(min_depth, max_depth)
+    for batch in tqdm(loader, desc="eval depth", disable=not show, leave=False):
+        _update_depth(meter, predict(batch["image"].to(device)), task, batch["depth"])
+    return meter.compute()
+
+
+def _update_depth(meter, out, task: str, target: torch.Tensor) -> None:
+    """Add one batch's ``out[task]`` (resized to the targets' size) to a DepthMeter."""
+    if not isinstance(out, dict) or task not in out:
+        raise ValueError(f"the model has no {task!r} output (single-task model?)")
+    pred = torch.as_tensor(out[task]).float().cpu()
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = torch.nn.functional.interpolate(pred[:, None], size=target.shape[-2:],
+                                               mode="bilinear", align_corners=False)[:, 0]
+    meter.update(pred, target)
 
 
 def parse_size(size: str | None) -> tuple[int, int] | None:
@@ -42,8 +140,6 @@ def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = Non
     """A ``predict(images) -> logits`` callable (the eval-mode model) and its spec, for a
     checkpoint. Exported artifacts need deploy's runtimes: ``deploy.runtime.load_predictor``
     opens both (the ``compress eval`` command passes it in)."""
-    from compress.models import ModelError, load_model
-
     if path.suffix not in (".pt", ".pth"):
         raise ModelError(f"{path}: not a checkpoint (.pt/.pth); score an exported artifact "
                          "with the `compress` command (python -m segcompress.cli eval)")
@@ -154,9 +250,6 @@ def _score(path: Path, data: Path, split: str, *, kind: str, size: tuple[int, in
         raise InputError(f"--score-at {score_at!r}: expected one of {', '.join(SCORE_AT)}")
     if depth not in ("auto", "none", "dense", "lidar", "files"):
         raise InputError(f"--depth {depth!r}: expected auto, none, dense, lidar or files")
-    from compress.models import make_spec
-    from compress.train import resolve_device
-
     data = Path(data)
     dev = resolve_device(device)
     spec = None

@@ -123,7 +123,7 @@ def _few(names: list[str], k: int = 3) -> str:
 
 class ImageCounter:
     """Collects :class:`ImageCounts` batch by batch, from the predictions a scoring loop
-    already made (the ``per_image`` sink of ``compress.train.evaluate`` and
+    already made (the ``per_image`` sink of ``compress.evaluate.evaluate`` and
     ``compress.metrics.score_predictor``; they pass the classes they score)."""
 
     def __init__(self, source: str = "") -> None:

@@ -148,3 +148,27 @@ def hd95(pred: np.ndarray, target: np.ndarray) -> float:
     dt_p = ndimage.distance_transform_edt(~bp)
     d = np.concatenate([dt_t[bp], dt_p[bt]])
     return float(np.percentile(d, 95))
+
+
+def weak_teacher(score: dict, conf: torch.Tensor) -> str | None:
+    """Why a teacher's score (:func:`scores`, or :func:`compress.evaluate.evaluate` of its
+    predictions, with their confusion matrix) is near chance, or None. Used by the distill
+    preflight and by ``pseudo-label``'s weak-member check.
+
+    Multi-class: mIoU below half of 1 / classes. Binary: foreground IoU below half of what
+    calling every pixel foreground would score (an all-background teacher scores 0 there,
+    while its mIoU looks fine thanks to the background).
+    """
+    if conf.shape[0] == 2:
+        total = int(conf.sum())
+        guess = float(conf[1].sum()) / total if total else 0.0
+        fg_iou = score.get("fg_iou", list(score["per_class_iou"].values())[1]) or 0.0
+        if fg_iou < 0.5 * guess:
+            return (f"foreground IoU {fg_iou:.3f}, below half of the {guess:.3f} that "
+                    "calling every pixel foreground scores")
+        return None
+    chance = 1.0 / max(conf.shape[0], 2)
+    if score["miou"] < chance * 0.5:
+        return (f"mIoU {100 * score['miou']:.2f}, near chance ({100 * chance:.1f} for "
+                f"{conf.shape[0]} classes)")
+    return None

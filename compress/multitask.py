@@ -147,5 +147,12 @@ class TaskBalance(nn.Module):
         return {n: float(v) for n, v in zip(self.names, w)}
 
 
+def depth_task(spec) -> TaskSpec | None:
+    """The depth task of a :class:`compress.spec.ModelSpec`, or None (single-task)."""
+    tasks = parse_tasks(spec.tasks)
+    return tasks[0] if tasks else None
+
+
 __all__ = ["SEG", "DenseHead", "MultiTaskModel", "TaskBalance", "TaskSpec", "attach_tasks",
-           "classifier_layer", "head_layers", "parse_tasks", "seg_logits", "task_names"]
+           "classifier_layer", "depth_task", "head_layers", "parse_tasks", "seg_logits",
+           "task_names"]

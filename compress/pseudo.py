@@ -28,10 +28,13 @@ from tqdm import tqdm
 from compress.classmap import map_classes, parse_class_map
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
+from compress.devices import resolve_device
 from compress.errors import InputError
 from compress.io import atomic_write, atomic_write_json, atomic_write_text
-from compress.metrics import update_confusion
+from compress.metrics import scores, update_confusion, weak_teacher
+from compress.models import load_model
 from compress.outdir import open_out
+from compress.viz import colorize
 
 
 def _round32(v: float) -> int:
@@ -71,8 +74,6 @@ class Ensemble:
     def __init__(self, checkpoints: list[str | Path], device: torch.device,
                  size: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,),
                  flip: bool = False, weights: list[float] | None = None) -> None:
-        from compress.models import load_model
-
         if not checkpoints:
             raise InputError("give at least one --teacher checkpoint")
         self.weights = teacher_weights(weights, len(checkpoints))
@@ -131,11 +132,8 @@ def _mapped(probs: torch.Tensor, cmap: torch.Tensor | None) -> torch.Tensor:
 def check_members(ens: Ensemble, confusions: list[torch.Tensor], names: list[str],
                   images: int) -> list[dict]:
     """Score each ensemble member on the labelled images; a member at chance level
-    (:func:`compress.train.weak_teacher`, the distill preflight's test) or far below the
+    (:func:`compress.metrics.weak_teacher`, the distill preflight's test) or far below the
     best member gets a one-line ``warning``. ``images == 0``: nothing to score on."""
-    from compress.metrics import scores
-    from compress.train import weak_teacher
-
     rows = [{"checkpoint": ck, "weight": w, "miou": None, "warning": None}
             for ck, w in zip(ens.checkpoints, ens.weights)]
     if not images:
@@ -186,8 +184,6 @@ def _link_or_copy(src: Path, dst: Path, copy: bool) -> None:
 
 def _preview(path: Path, image: np.ndarray, label: np.ndarray, conf: np.ndarray,
              classes: int) -> None:
-    from compress.viz import colorize
-
     grey = np.repeat((conf * 255).clip(0, 255).astype(np.uint8)[..., None], 3, axis=-1)
     strip = np.concatenate([image, colorize(label, classes), grey], axis=1)
     if strip.shape[0] > 240:
@@ -240,8 +236,6 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         DataError: the image folder is missing or holds no image.
         ValueError: bad thresholds, class names, class map or ignore index.
     """
-    from compress.train import resolve_device
-
     images, out_path = Path(images), Path(out)
     if out_path.resolve() == images.resolve() or images.resolve() in out_path.resolve().parents:
         raise InputError(f"--out {out_path} must not be the image folder or inside it")

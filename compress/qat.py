@@ -6,7 +6,8 @@ quantizers under the recipe's loss terms (task + KD from the FP32 teacher). Chec
 hold the quantizer scales in their state_dict (keys ``__nncf_hooks.*``) and where the
 quantizers sit under ``quantization`` (NNCF's config as plain values, so the file still
 loads with ``torch.load(weights_only=True)``); :func:`restore_qat` rebuilds them, for a
-resume and for ``compress export`` (INT8 QDQ ONNX from the trained quantizers).
+resume and for ``compress export`` (INT8 QDQ ONNX from the trained quantizers);
+:func:`quantize_for_training` is the training run's step.
 
 The config names the modules NNCF builds; a checkpoint is untrusted input, so only
 NNCF's own quantizer classes are accepted (:func:`_check_config`), and only from
@@ -15,6 +16,7 @@ NNCF's own quantizer classes are accepted (:func:`_check_config`), and only from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.config import RunConfig
+from compress.data import build_split
 from compress.errors import UserError
 from compress.spec import ModelSpec
+
+log = logging.getLogger("compress")
 
 QAT_FORMAT = "segcompress-qat/1"
 NNCF_PREFIX = "__nncf_hooks."
@@ -206,3 +212,28 @@ def set_qdq_export(model: nn.Module) -> int:
             m.set_export_mode(QuantizerExportMode.ONNX_QUANTIZE_DEQUANTIZE_PAIRS)
             n += 1
     return n
+
+
+def quantize_for_training(student: nn.Module, cfg: RunConfig, spec: ModelSpec,
+                          last_state: dict | None, run_dir: Path) -> nn.Module:
+    """``quant.qat``: NNCF's quantizers in the student, as a resume's ``last.pt`` holds them
+    (:func:`restore_qat`), else calibrated on ``quant.calib_samples`` train images."""
+    if last_state is not None:
+        if not last_state.get("quantization"):
+            raise ValueError(f"cannot resume {run_dir} with quant.qat: its last.pt holds no "
+                             "quantizers")
+        return restore_qat(student, last_state["quantization"], run_dir)
+    calib = build_split(cfg.data, cfg.data.train_split, spec.mean, spec.std,
+                        cfg.ignore_index, False, cfg.seed)
+    batches = calibration_batches(calib, cfg.quant.calib_samples, cfg.data.batch_size)
+    log.info(f"quant.qat: nncf.quantize ({cfg.quant.preset}) calibrated on "
+             f"{sum(len(b) for b in batches)} train images")
+    return quantize_student(student, batches, preset=cfg.quant.preset)
+
+
+def qat_extra(model: nn.Module, cfg: RunConfig) -> dict[str, Any]:
+    """What a training run's checkpoint adds under ``quant.qat``: where the quantizers of
+    ``model`` (unwrapped from DDP) sit (``quantization``); nothing otherwise."""
+    if not cfg.quant.qat:
+        return {}
+    return {"quantization": qat_state(model, cfg.quant.preset)}

@@ -120,6 +120,11 @@ class ModelSpec:
         return out
 
 
+def model_label(spec: ModelSpec) -> str:
+    """How a model is named to the user: its factory when it has one, else arch/encoder."""
+    return f"factory {spec.factory}" if spec.factory else f"{spec.arch}/{spec.encoder}"
+
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 
 

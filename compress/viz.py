@@ -130,3 +130,14 @@ def _save_grid(fig, axes, cols: list[str], path: Path) -> Path:
     atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
     plt.close(fig)
     return path
+
+
+def save_epoch_figures(folder: Path, epoch: int, student, teacher, val_set, depth_set,
+                       spec: ModelSpec, device) -> None:
+    """An epoch's figures in ``folder``: ``epoch_NNN.png`` (:func:`save_epoch_visual` on
+    ``val_set``) and, with a ``depth_set`` (a multi-task student), ``epoch_NNN_depth.png``
+    (:func:`save_depth_visual`)."""
+    save_epoch_visual(folder / f"epoch_{epoch:03d}.png", student, teacher, val_set, spec, device)
+    if depth_set is not None:
+        save_depth_visual(folder / f"epoch_{epoch:03d}_depth.png", student, depth_set, spec,
+                          device)

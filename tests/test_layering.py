@@ -258,6 +258,29 @@ def test_backend_literal_scan_sees_a_literal():
         "tensorrt", "model_int8.engine", ".pt"]
     assert not backend_literals("PyTorch eager, torch_pruning, checkpoints/best.pt")
 
+# compress.train is the loop and only the loop: what it calls lives with its owner
+# (compress.rundir, compress.schedule, compress.evaluate, compress.data, compress.devices),
+# so only the commands that run it import it. bench.study is the one library module among
+# them: `compress compare` trains the study's missing runs, so it calls the loop (fit,
+# prepare_teacher) as compress.cli does, one layer up.
+TRAIN_IMPORTERS = {"compress.cli": "the train and distill commands",
+                   "bench.study": "compare trains a study's missing runs"}
+TRAIN_LINES = 600  # issue 21: the loop file holds fit, its set-up steps, the epoch, saving
+
+
+def test_only_the_commands_import_the_loop():
+    wrong = [f"{path.relative_to(REPO)}:{line}: imports {target}.{name or ''}"
+             for module, path in modules().items()
+             if module not in TRAIN_IMPORTERS and module != "compress.train"
+             for line, target, name in imports(path)
+             if target == "compress.train" or (target == "compress" and name == "train")]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_loop_file_stays_short():
+    lines = len((REPO / "compress" / "train.py").read_text().splitlines())
+    assert lines <= TRAIN_LINES, f"compress/train.py has {lines} lines, over {TRAIN_LINES}"
+
 
 if __name__ == "__main__":  # python tests/test_layering.py: compress's import circles
     import sys

@@ -1,4 +1,5 @@
-"""Data sources, splits and mixtures, chosen by name from one dict."""
+"""Data sources, splits and mixtures, chosen by name from one dict; what the loaders need
+(:mod:`compress.data.loader`: collate, the per-epoch sampler)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from compress.data.datasets import (
 )
 from compress.data.labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from compress.data.layouts import ade20k_source, cityscapes_source, voc_source
+from compress.data.loader import EpochSampler, collate, drawn_mixture
 from compress.data.transforms import TrainAugment, denormalize, normalize, resize_pair
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "VOC_CLASSES",
     "DataError",
+    "EpochSampler",
     "PairSource",
     "SegDataset",
     "SyntheticSource",
@@ -36,8 +39,10 @@ __all__ = [
     "build_depth_val",
     "build_split",
     "build_train_set",
+    "collate",
     "create_source",
     "denormalize",
+    "drawn_mixture",
     "ignore_collision",
     "normalize",
     "read_image",

@@ -104,9 +104,8 @@ def test_kd_term_step(benchmark, one_thread, term):
 def test_data_loading(benchmark, one_thread):
     """A training batch of 8 synthetic 64x64 samples with augmentation, through collate."""
     from compress.config import DataConfig
-    from compress.data import build_train_set
+    from compress.data import build_train_set, collate
     from compress.models import IMAGENET_MEAN, IMAGENET_STD
-    from compress.train import collate
 
     dcfg = DataConfig(kind="synthetic", size=SIZE, synthetic_length=8, batch_size=8)
     ds = build_train_set(dcfg, IMAGENET_MEAN, IMAGENET_STD, ignore_index=255)

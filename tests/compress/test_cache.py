@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from compress.cache import CachedTeacher
-from compress.data import build_train_set
+from compress.data import build_train_set, collate
 from compress.distill import Teacher
 from compress.models import load_model, make_spec
-from compress.train import collate, fit
+from compress.train import fit
 from tests.conftest import tiny_config, tiny_spec
 
 

@@ -163,7 +163,8 @@ def test_counter_file_round_trip(tmp_path):
 
 def test_a_run_keeps_best_pt_per_image_val_counts_and_old_runs_are_rescored(tmp_path):
     from compress.models import read_checkpoint
-    from compress.train import VAL_PER_IMAGE, fit, val_image_counts
+    from compress.rundir import VAL_PER_IMAGE, val_image_counts
+    from compress.train import fit
     from tests.conftest import tiny_config
 
     run = fit(tiny_config(tmp_path, ["train.epochs=2"]), show_progress=False).run_dir

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from compress.config import ConfigError
-from compress.data import build_train_set
+from compress.data import EpochSampler, build_train_set, drawn_mixture
 from compress.depth import silog_loss
 from compress.losses import Distiller, TaskLoss
-from compress.train import EpochSampler, drawn_mixture, fit
+from compress.train import fit
 from tests.conftest import interrupted_then_resumed, tiny_config
 
 TASKS = "model.tasks=[{name: depth, kind: depth, min_depth: 0.5, max_depth: 30.0, channels: 8}]"
@@ -185,9 +185,10 @@ def test_one_pass_scores_both_tasks_like_two_passes():
     segmentation scores and depth metrics as the two separate passes."""
     from dataclasses import replace
 
-    from compress.data import split_images
+    from compress.data import collate, split_images
+    from compress.evaluate import evaluate, evaluate_depth
     from compress.models import create_model
-    from compress.train import collate, depth_task, evaluate, evaluate_depth
+    from compress.multitask import depth_task
     from tests.conftest import tiny_spec
 
     spec = replace(tiny_spec(synthetic_names=True),

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from compress.data import build_train_set
+from compress.data import EpochSampler, build_train_set
 from compress.models import create_model
-from compress.train import EpochSampler, build_optimizer, lr_factor
+from compress.schedule import build_optimizer, lr_factor
 from tests.conftest import tiny_config, tiny_spec
 
 # ---------------------------------------------------------------- sampler

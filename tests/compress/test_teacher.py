@@ -11,8 +11,9 @@ import torch
 
 from compress.config import ConfigError, load_config
 from compress.data import SYNTHETIC_CLASSES
+from compress.distill import load_teacher
 from compress.models import ModelError, create_model, make_spec, save_checkpoint
-from compress.train import fit, load_teacher
+from compress.train import fit
 from tests.conftest import TINY_DECODER, tiny_config, tiny_spec
 from tests.workflows.helpers import make_folder_dataset
 

@@ -8,17 +8,10 @@ import torch
 
 from compress.cache import CachedTeacher
 from compress.data import dataset_classes
-from compress.distill import DistillationTask, Teacher
+from compress.distill import DistillationTask, Teacher, student_spec
 from compress.models import create_model, save_checkpoint
-from compress.train import (
-    build_optimizer,
-    setup_data,
-    setup_schedule,
-    setup_task,
-    setup_teacher,
-    student_spec,
-    train_one_epoch,
-)
+from compress.schedule import build_optimizer
+from compress.train import setup_data, setup_schedule, setup_task, setup_teacher, train_one_epoch
 from tests.conftest import tiny_config, tiny_spec
 
 CPU = torch.device("cpu")

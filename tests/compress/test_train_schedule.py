@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from compress.io import load_torch_file
-from compress.train import create_lr_scheduler, fit, restore_scheduler, set_step_lr
+from compress.schedule import create_lr_scheduler, restore_scheduler, set_step_lr
+from compress.train import fit
 from tests.conftest import tiny_config
 
 

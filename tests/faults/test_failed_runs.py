@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import compress.io
-from compress.train import FAILED_NAME, clear_failed, failed_reason
+from compress.rundir import FAILED_NAME, clear_failed, failed_reason
 from tests.conftest import REPO
 from tests.faults._helpers import error_line, record, run_and_kill, run_inprocess
 from tests.faults.test_bad_inputs import folder_dataset

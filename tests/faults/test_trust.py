@@ -145,7 +145,7 @@ def test_recipe_factory_is_trusted(tmp_path, monkeypatch):
     """The recipe is the user's own: its ``model.factory`` needs no extra flag."""
     monkeypatch.setattr(models, "_TRUSTED", set())
     from compress.config import load_config
-    from compress.train import recipe_factories
+    from compress.distill import recipe_factories
 
     cfg = load_config(None, ["model.factory=tests.compress.custom_teacher:build",
                              "teacher.model={arch: x, encoder: y, factory: a.b:c}"])
@@ -217,7 +217,8 @@ def test_recipe_names_are_trusted_run_dir_names_are_not(tmp_path):
     """The user's own recipe may name an encoder or kwarg off the registries (trusted:
     they wrote it); the same names read back from a run dir need --trust-factory."""
     from compress.config import load_config
-    from compress.train import check_run_recipe, recipe_factories
+    from compress.distill import recipe_factories
+    from compress.rundir import check_run_recipe
 
     cfg = load_config(None, ["model.encoder=tu-hf-hub:timm/x",
                              "model.kwargs={checkpoint_path: /x, decoder_attention_type: scse}"])
