@@ -27,6 +27,11 @@ class UserError(Exception):
     that names the file, key or option."""
 
 
+class TrainingDiverged(UserError, RuntimeError):
+    """The loss became NaN or inf; the message names epoch, step, the term that went
+    non-finite and the last good file."""
+
+
 class InputError(UserError, ValueError):
     """A value given to a command or function that cannot be used (an option, a size, a
     threshold); the message names it."""

@@ -71,6 +71,16 @@ def dice_loss(logits, target, ignore_index: int = 255, eps: float = 1.0):
     return 1 - dice[present].mean()
 
 
+def diverged_terms(terms: dict[str, torch.Tensor], train) -> str:
+    """Which named terms of a step are NaN/inf, and what to try (``train``: the recipe's
+    ``train`` block), for the message of a diverged run."""
+    bad = [k for k, v in terms.items() if k != "loss" and not torch.isfinite(v).all()]
+    which = f"non-finite: {', '.join(bad)}" if bad else "each named term is finite"
+    clip = (f"a smaller train.clip_grad (now {train.clip_grad:g})" if train.clip_grad
+            else "train.clip_grad: 1.0 (now off)")
+    return f"{which}; try a lower train.lr (now {train.lr:g}) or {clip}"
+
+
 def match_size(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize of ``[N, C, h, w]`` to ``size`` when it differs (teacher at another
     resolution, or features at another stride)."""

@@ -44,10 +44,11 @@ from compress.data import (
 )
 from compress.devices import distributed_info, init_device
 from compress.distill import DistillationTask, Teacher
-from compress.errors import UserError
+from compress.errors import TrainingDiverged
 from compress.evaluate import evaluate, evaluate_depth
 from compress.evidence import ImageCounter, ImageCounts
 from compress.io import atomic_write, atomic_write_text, fault_point
+from compress.losses import diverged_terms
 from compress.models import create_model, load_model, save_checkpoint, unwrap
 from compress.multitask import depth_task
 from compress.qat import qat_extra, quantize_for_training
@@ -57,10 +58,6 @@ from compress.trackers import check_trackers, start_trackers
 from compress.viz import save_epoch_figures
 
 log = logging.getLogger("compress")
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """The loss became NaN or inf; the message names epoch, step and the last good file."""
 
 
 # ---------------------------------------------------------------- loop
@@ -127,7 +124,8 @@ def train_one_epoch(task: DistillationTask, loader, optimizer, scheduler: Schedu
         if fault_point("loss"):  # test hook (tests/faults): poison this loss
             loss = loss * float("nan")
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}")
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step}"
+                                   f" ({diverged_terms(terms, tc)})")
         scaler.scale(loss / tc.accum_steps).backward()
         if (i + 1) % tc.accum_steps == 0 or i + 1 == total:
             schedule.set_step_lr(scheduler, step)

@@ -48,9 +48,9 @@ def test_the_toolkits_own_errors_stay_one_line(monkeypatch):
 def test_every_project_error_is_a_user_error():
     from compress.config import ConfigError
     from compress.data import DataError
+    from compress.errors import TrainingDiverged
     from compress.io import UnsafeFileError, WriteError, YAMLRefused
     from compress.models import ModelError
-    from compress.train import TrainingDiverged
     from compress.zoo.registry import ZooError
     from deploy.errors import DeployError, ManifestError
 

@@ -10,8 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from compress.cli import app
+from compress.errors import TrainingDiverged
 from compress.models import load_model
-from compress.train import TrainingDiverged, fit, step_hook
+from compress.train import fit, step_hook
 from tests.conftest import REPO, interrupted_then_resumed, tiny_config
 
 runner = CliRunner()

@@ -132,8 +132,9 @@ def test_compare_skips_a_failed_run_and_a_finished_resume_clears_it(tmp_path, mo
     compare = ["compare", "-c", str(study), "--collect-only", "-q"]
     r = run_inprocess("compress", compare)
     assert r.code == 0, r.text[-2000:]
-    skipped = (f"skipped: {failed}: TrainingDiverged: loss became nan at epoch 2, step 5; "
-               f"last good checkpoint: {failed / 'checkpoints' / 'last.pt'}")
+    skipped = (f"skipped: {failed}: TrainingDiverged: loss became nan at epoch 2, step 5 "
+               "(each named term is finite; try a lower train.lr (now 0.003) or a smaller "
+               f"train.clip_grad (now 1)); last good checkpoint: {failed / 'checkpoints' / 'last.pt'}")
     md = (tmp_path / "studies" / "s" / "comparison.md").read_text()
     assert skipped in r.stdout and skipped in md, r.stdout
     assert "| base | 1 |" in r.stdout

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from compress.errors import TrainingDiverged
 from compress.models import load_model
-from compress.train import TrainingDiverged, fit, step_hook
+from compress.train import fit, step_hook
 from tests.conftest import REPO, tiny_config
 from tests.faults._helpers import error_line, record, run_console, run_inprocess
 
@@ -51,6 +52,8 @@ def test_nan_loss_in_the_console_run_names_epoch_step_and_good_checkpoint(tmp_pa
                     SEGCOMPRESS_FAULT="loss@6:nan")
     line = error_line(r)
     assert "loss became nan at epoch 2, step 5" in line, line
+    # the fault poisons the weighted sum, not a term; the hint names the recipe's values
+    assert "each named term is finite; try a lower train.lr (now 0.003)" in line, line
     good = _good_checkpoint(line)
     assert good.name == "last.pt" and good.is_file()
     assert torch.load(good, weights_only=True)["epoch"] == 1
@@ -114,3 +117,18 @@ def test_weights_turning_nan_under_a_finite_loss_are_never_checkpointed(tmp_path
                if v.is_floating_point())
     _eval_works(good, tmp_path / "eval", console=False)
     record("divergence", "NaN weights under a finite loss")
+
+
+def test_the_divergence_message_names_the_term_that_went_nan():
+    """Issue 23: a NaN stop says which named term went non-finite and what to try."""
+    from compress.config import TrainConfig
+    from compress.losses import diverged_terms
+
+    terms = {"loss": torch.tensor(float("nan")), "task_ce": torch.tensor(0.7),
+             "kd_dist": torch.tensor(float("inf")), "kd_cwd": torch.tensor(float("nan"))}
+    said = diverged_terms(terms, TrainConfig(lr=0.002, clip_grad=None))
+    assert said == ("non-finite: kd_dist, kd_cwd; try a lower train.lr (now 0.002) or "
+                    "train.clip_grad: 1.0 (now off)"), said
+    said = diverged_terms({"loss": torch.tensor(float("nan")), "task_ce": torch.tensor(1.0)},
+                          TrainConfig(lr=0.01, clip_grad=5.0))
+    assert said.endswith("or a smaller train.clip_grad (now 5)"), said
