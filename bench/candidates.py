@@ -26,7 +26,7 @@ from bench.latency import (
     prepare_timing,
     time_targets,
 )
-from compress.errors import InputError
+from compress.errors import InputError, first_line
 from compress.macs import GMACS_DEFINITION
 from compress.outdir import open_out
 from compress.spec import ModelSpec
@@ -131,7 +131,7 @@ def build_candidate(cand: Candidate, out: Path, size: tuple[int, int], backends:
         _export(cand, model, out, size, rest, calibration, min_agreement)
     except Exception as e:  # noqa: BLE001 - one candidate's failure is its rows' error
         for b in rest:
-            cand.errors.setdefault(b, f"export: {_one_line(e)}")
+            cand.errors.setdefault(b, f"export: {first_line(e)}")
 
 
 def _export(cand: Candidate, model, out: Path, size, backends: Sequence[str],
@@ -167,7 +167,7 @@ def _export(cand: Candidate, model, out: Path, size, backends: Sequence[str],
             cand.facts["int8_preset"] = preset
         except Exception as e:  # noqa: BLE001
             for b in int8_keys:
-                cand.errors[b] = f"int8: {_one_line(e)}"
+                cand.errors[b] = f"int8: {first_line(e)}"
     for b in backends:
         name, precision = BACKENDS[b]
         backend = registry.get_backend(name)
@@ -184,12 +184,9 @@ def _export(cand: Candidate, model, out: Path, size, backends: Sequence[str],
             cand.artifacts[b] = backend.convert(src, out / backend.artifact_name(precision),
                                                 spec=spec, precision=precision, size=size)
         except Exception as e:  # noqa: BLE001
-            cand.errors[b] = f"{name}: {_one_line(e)}"
+            cand.errors[b] = f"{name}: {first_line(e)}"
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def pareto_flags(rows: Sequence[dict[str, Any]], cost: str = "median_ms",

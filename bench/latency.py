@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from compress.devices import check_device
-from compress.errors import InputError
+from compress.errors import InputError, first_line
 from compress.spec import ModelSpec
 from deploy import machine
 from deploy import runtime as registry
@@ -525,7 +525,7 @@ def load_targets(
             if probe is not None:
                 probe(rt)
         except Exception as e:  # noqa: BLE001 - one row says why; the others still run
-            entry["error"] = f"{FORMAT_NAMES.get(t.backend, t.backend)}: {_one_line(e)}"
+            entry["error"] = f"{FORMAT_NAMES.get(t.backend, t.backend)}: {first_line(e)}"
             loaded.append(entry)
             continue
         mem = {
@@ -552,9 +552,6 @@ def _runtime_info(rt) -> dict[str, Any]:
     }
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 @dataclass
@@ -644,7 +641,7 @@ def time_rows(
             if np.asarray(out).shape[0] != batch:
                 raise ValueError(f"returned batch {np.asarray(out).shape[0]} for {batch}")
         except Exception as e:  # noqa: BLE001 - the row says why
-            row.error = f"batch {batch} at {size[0]}x{size[1]}: {_one_line(e)}"
+            row.error = f"batch {batch} at {size[0]}x{size[1]}: {first_line(e)}"
             continue
         # the first run above was checked (NaN/inf refused); the timed ones are not
         pipelines.append(Pipeline(t.label, pre, functools.partial(rt.predict, check=False),

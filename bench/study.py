@@ -39,7 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.latency import Pipeline, describe_machine, measure_latency
-from compress.config import ConfigError, dump_config, load_config
+from compress.config import ConfigError, dump_config, flat_keys, load_config
 from compress.evidence import LEVEL, RESAMPLES, paired_bootstrap
 from compress.io import (
     UnsafeFileError,
@@ -137,16 +137,7 @@ def _check_same_config(run_dir: Path, text: str) -> None:
     old = safe_yaml(read_text(run_dir / "config.yaml"))
     new = safe_yaml(text)
 
-    def flat(d, pre=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{pre}{k}."))
-            else:
-                out[f"{pre}{k}"] = v
-        return out
-
-    fo, fn = flat(old), flat(new)
+    fo, fn = flat_keys(old), flat_keys(new)
     diff = sorted(k for k in set(fo) | set(fn) if fo.get(k) != fn.get(k))
     if diff:
         shown = ", ".join(f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in diff[:4])

@@ -718,6 +718,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         raise ConfigError(_format_error(e, source, cli_keys)) from None
 
 
+def flat_keys(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as dotted keys (``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``);
+    an empty mapping stays a value."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (what a run dir stores as ``config.yaml``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -106,6 +106,12 @@ def error_name(e: BaseException) -> str:
     return name
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def one_line(e: BaseException, suggest: Callable[[str], str] | None = None) -> str:
     """The message of a user error as one line: usage errors with the option they name
     and a pointer to ``--help``, others with their text joined onto one line.

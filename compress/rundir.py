@@ -28,6 +28,7 @@ from compress.config import (
     ConfigError,
     RunConfig,
     dump_config,
+    flat_keys,
     load_config,
     log_keys,
     parse_overrides,
@@ -190,19 +191,9 @@ RESUME_FREE_KEYS = ("name", "output_dir", "train.epochs", "train.device", "train
                     *log_keys())
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
     """Every dotted key whose value differs: ``{key: (old, new)}``."""
-    a, b = _flat(old.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    a, b = flat_keys(old.model_dump(mode="json")), flat_keys(new.model_dump(mode="json"))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
@@ -229,7 +220,7 @@ def check_resume(run_dir: Path, cfg: RunConfig, done_epochs: int,
                          f"({e})") from None
     edited = {}
     if isinstance(saved, dict):  # keys both know: a file from an older version lacks some
-        a, b = _flat(saved), _flat(stored.model_dump(mode="json"))
+        a, b = flat_keys(saved), flat_keys(stored.model_dump(mode="json"))
         edited = {k: (a[k], b[k]) for k in sorted(set(a) & set(b))
                   if a[k] != b[k] and k not in RESUME_FREE_KEYS}
     if edited and not allow_changed:

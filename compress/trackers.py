@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from compress.config import ConfigError, LogConfig, RunConfig, dump_config
+from compress.config import ConfigError, LogConfig, RunConfig, dump_config, flat_keys
+from compress.errors import one_line
 from compress.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def _start_wandb(cfg: RunConfig, run_dir: Path, saved: dict | None) -> Tracker:
                                     disable_git=True, reinit="create_new",
                                     x_disable_stats=True))
     except Exception as e:  # noqa: BLE001 - no login for online, a bad project name...
-        raise ConfigError(f"log.wandb: cannot start a W&B run ({_one_line(e)})") from None
+        raise ConfigError(f"log.wandb: cannot start a W&B run ({one_line(e)})") from None
     return WandbTracker(run)
 
 
@@ -183,7 +184,7 @@ class MlflowTracker:
         self.client.log_text(self.run_id, text, "config.yaml")
         if self.resumed:  # its params were logged when it started
             return
-        params = [Param(k, str(v)[:6000]) for k, v in _flat(config).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in flat_keys(config).items()]
         for i in range(0, len(params), 100):  # log_batch takes 100 params at a time
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
@@ -228,7 +229,7 @@ def _start_mlflow(cfg: RunConfig, run_dir: Path, saved: dict | None) -> Tracker:
                                 tags={"run_dir": str(run_dir)})
     except Exception as e:  # noqa: BLE001 - unknown scheme, unwritable path, no server
         raise ConfigError(f"{key} {uri if key.endswith('uri') else name!r}: cannot start an "
-                          f"MLflow run there ({_one_line(e)})") from None
+                          f"MLflow run there ({one_line(e)})") from None
     return MlflowTracker(client, run.info.run_id, uri, resumed=False)
 
 
@@ -268,7 +269,7 @@ class Trackers:
             try:
                 call(tracker)
             except Exception as e:  # noqa: BLE001 - whatever it raises: training goes on
-                log.warning(f"{name} failed ({_one_line(e)}): not logging to it any more; "
+                log.warning(f"{name} failed ({one_line(e)}): not logging to it any more; "
                             "training goes on")
                 del self.started[name]
 
@@ -332,16 +333,3 @@ def start_trackers(cfg: RunConfig, run_dir: Path) -> Trackers:
     return trackers
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

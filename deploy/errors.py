@@ -6,7 +6,7 @@ They derive from :class:`compress.errors.UserError` (and keep ``ValueError`` /
 
 from __future__ import annotations
 
-from compress.errors import UserError
+from compress.errors import UserError, first_line  # noqa: F401  (first_line: re-exported)
 
 
 class DeployError(UserError, RuntimeError):
@@ -33,11 +33,6 @@ class BackendUnavailable(DeployError):
 class ManifestError(UserError, ValueError):
     """A manifest that is broken, or an artifact whose sha256 does not match it."""
 
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def one_line(e: BaseException) -> str:
