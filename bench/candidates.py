@@ -273,6 +273,7 @@ def run_candidates(
     threads = setup.threads
     calib_frames, calib_note = load_images(data, "train", kind, count=calib_images, size=size)
     ckpt = registry.checkpoint_backend()
+    said: set[tuple[str, str]] = set()
     for i, c in enumerate(cands, 1):
         log(f"[{i}/{len(cands)}] {c.name}: build untrained, export "
             f"({', '.join(b for b in backends if b != ckpt.name) or 'none'})")
@@ -282,7 +283,9 @@ def run_candidates(
         build_candidate(c, out / "models" / c.name, size, backends, calibration)
         target.record(target.files_under(f"models/{c.name}"))
         for b, why in c.errors.items():
-            log(f"    {b}: {why}")
+            if (b, why) not in said:  # an unavailable backend: said once, not per candidate
+                log(f"    {b}: {why}")
+                said.add((b, why))
     by_device: dict[str, list[Target]] = {}
     teacher_label = f"teacher/{ckpt.name}"
     if teacher is not None:
@@ -367,9 +370,23 @@ COLUMNS = ("name", "role", "backend", "precision", "arch", "encoder", "params", 
            "onnx_agreement", "source", "error")
 
 
+def not_run_here(rows: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """backend -> why, for each backend that timed no candidate, all for the same reason
+    (a backend this machine lacks: TensorRT without a GPU); the table says it once."""
+    reasons: dict[str, set] = {}
+    for r in rows:
+        if r["role"] == "candidate":
+            reasons.setdefault(r["backend"], set()).add(
+                r["error"] if r["median_ms"] is None else None)
+    return {b: next(iter(why)) for b, why in reasons.items()
+            if len(why) == 1 and None not in why}
+
+
 def render_markdown(result: dict[str, Any]) -> str:
-    """The table a person reads: one row per (candidate, backend)."""
+    """The table a person reads: one row per (candidate, backend); a backend that ran no
+    candidate here for one reason is one line above the table instead of a row each."""
     s = result["settings"]
+    absent = not_run_here(result["rows"])
     budget = s.get("budget_ms")
     lines = [
         f"# Candidates at {s['size'][0]}x{s['size'][1]}, batch 1",
@@ -385,9 +402,12 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     if budget is not None:
         lines.append(f"- Budget: {budget:g} ms per image")
+    lines += [f"- Not run here: {b} ({why}), for every candidate" for b, why in absent.items()]
     lines += ["", ("| candidate | backend | params (M) | GMACs | ms (median ± std) | "
               "x teacher (PyTorch) | fits budget | Pareto |"), "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        if r["role"] == "candidate" and r["backend"] in absent:
+            continue
         ms = (f"{r['median_ms']:.2f} ± {r['std_ms']:.2f}" if r["median_ms"] is not None
               else f"— ({r['error']})")
         sp = f"{r['speedup_vs_teacher']:.2f}x" if r.get("speedup_vs_teacher") else "—"

@@ -89,6 +89,13 @@ def test_candidates_end_to_end(tmp_path, tiny_recipe, tiny_checkpoint, backends)
         assert int8["precision"] == "int8"
     md = (out / "candidates.md").read_text()
     assert "latency" in md and "untrained" in md
+    import torch
+
+    if not torch.cuda.is_available():  # issue 23: one line for the backend, not a row each
+        said = [line for line in md.splitlines() if "tensorrt-fp16" in line]
+        assert len(said) == 1 and said[0].startswith("- Not run here: tensorrt-fp16 (")
+        assert "no GPU" in said[0] and said[0].endswith(", for every candidate"), said
+        assert res.output.count("tensorrt-fp16:") == 1, res.output
 
 
 def test_unknown_candidate_is_one_line(tmp_path):
