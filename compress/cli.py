@@ -110,7 +110,8 @@ class EvalDepth(str, Enum):
 @commands.command("eval")
 def eval_(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint (.pt) or exported artifact")],
+    checkpoint: Annotated[Path, typer.Argument(
+        help="checkpoint (.pt), exported artifact, or a transformers model folder")],
     data: Annotated[Path, typer.Option(help="dataset root (CamVid layout or images/masks folder)")],
     split: Annotated[str, typer.Option(help="split to score")] = "val",
     data_kind: Annotated[DataKind, typer.Option(
@@ -134,9 +135,9 @@ def eval_(
              "Δ mIoU (CHECKPOINT − it) with its paired bootstrap 95% interval and verdict")]
     = None,
 ) -> None:
-    """Score a checkpoint (or exported artifact) on a split: eval.json + confusion matrix
-    + per-image counts (+ depth metrics for a multi-task model when the split has depth;
-    + the paired comparison with --compare)."""
+    """Score a checkpoint (exported artifact, transformers model folder) on a split:
+    eval.json + confusion matrix + per-image counts (+ depth metrics for a multi-task model
+    when the split has depth; + the paired comparison with --compare)."""
     from compress.evaluate import evaluate_checkpoint, format_table, load_predictor, parse_size
 
     result = evaluate_checkpoint(checkpoint, data, split, kind=data_kind.value, size=parse_size(size),

@@ -32,7 +32,9 @@ def _parse_scales(text: str) -> tuple[float, ...]:
 
 
 def pseudo_label_cmd(
-    teacher: Annotated[list[Path], typer.Option("--teacher", help="teacher checkpoint; repeat for an ensemble")],
+    teacher: Annotated[list[Path], typer.Option(
+        "--teacher", help="teacher checkpoint or transformers model folder; repeat for an "
+        "ensemble")],
     images: Annotated[Path, typer.Option(help="folder of images (labelled or not)")],
     out: Annotated[Path, typer.Option(help="output dataset folder (folder layout)")],
     teacher_weight: Annotated[list[float] | None, typer.Option(

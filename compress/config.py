@@ -355,20 +355,48 @@ class KDConfig(_Strict):
 
 class TeacherConfig(_Strict):
     checkpoint: str | None = None
+    hf: str | None = Field(
+        None, description="a Hugging Face transformers semantic-segmentation model instead of "
+        "teacher.checkpoint: a folder written by save_pretrained (config.json, weights, "
+        "preprocessor_config.json; a hub id only if already in the local HF cache, nothing is "
+        "downloaded); classes from its id2label, size and normalisation from its image "
+        "processor (pip install -e '.[hf]')")
     adapter: str | None = Field(
         None, description="a file of tensors (LoRA weights, or any subset of the state_dict) "
         "loaded over teacher.checkpoint's weights; every key must exist in the model")
     model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
     input_size: tuple[int, int] | None = Field(
         None, description="[H, W] a plain state_dict teacher runs at (default: data.size; a "
-        "checkpoint's spec gives its own): the student's images are resized to it and the "
-        "teacher's logits back")
+        "checkpoint's spec gives its own; teacher.hf: instead of its processor's size): the "
+        "student's images are resized to it and the teacher's logits back")
     train_epochs: int = Field(0, ge=0, description="train the teacher first when missing")
     half: bool = False
     allow_missing_keys: bool = Field(
         False, description="run weights that neither teacher.checkpoint nor teacher.adapter "
         "holds on their initial values (warned with their count) instead of refusing")
     allow_weak: bool = Field(False, description="start even if the teacher is at chance")
+
+    @property
+    def kind(self) -> str:
+        """Where the teacher comes from: ``hf`` (teacher.hf) or ``checkpoint``."""
+        return "hf" if self.hf else "checkpoint"
+
+    @property
+    def source(self) -> str | None:
+        """The teacher as the recipe names it (teacher.hf or teacher.checkpoint)."""
+        return self.hf or self.checkpoint
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if not self.hf:
+            return self
+        both = [k for k in ("checkpoint", "adapter", "model") if getattr(self, k) is not None]
+        both += ["train_epochs"] if self.train_epochs else []
+        if both:
+            raise ValueError(f"teacher.hf loads the model, its weights and classes from "
+                             f"{self.hf}: drop {', '.join('teacher.' + k for k in both)} (they "
+                             "describe a checkpoint teacher; e.g. teacher.checkpoint=null)")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -23,6 +23,7 @@ from compress.classmap import kd_class_map
 from compress.config import ConfigError, RunConfig
 from compress.depth import berhu_loss, depth_loss_fn, silog_loss
 from compress.evaluate import evaluate
+from compress.hf import load_hf_model
 from compress.losses import Distiller, TaskLoss, match_size, teacher_log_probs
 from compress.metrics import weak_teacher
 from compress.models import (
@@ -245,11 +246,32 @@ class Teacher:
 
 def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
                  ) -> tuple[Teacher, ModelSpec]:
-    """Load the teacher checkpoint (a segcompress checkpoint, or a plain state_dict with
-    ``teacher.model``) and check that every weight loaded."""
+    """Load the teacher the recipe names (:data:`TEACHER_LOADERS`, by ``teacher.kind``:
+    ``teacher.checkpoint`` or ``teacher.hf``), every weight checked, as a frozen
+    :class:`Teacher`."""
+    tc = cfg.teacher
+    model, spec = TEACHER_LOADERS[tc.kind](cfg, s_spec, levels, device)
+    return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+
+
+def _hf_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
+                ) -> tuple[nn.Module, ModelSpec]:
+    """``teacher.hf``: a transformers model (:func:`compress.hf.load_hf_model`), run at its
+    processor's size (or ``teacher.input_size``; the student's when the processor has none)."""
+    tc = cfg.teacher
+    return load_hf_model(tc.hf, what="teacher.hf", device=device, input_size=tc.input_size,
+                         fallback_size=tuple(s_spec.input_size), levels=levels,
+                         allow_missing_keys=tc.allow_missing_keys)
+
+
+def _checkpoint_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
+                        ) -> tuple[nn.Module, ModelSpec]:
+    """``teacher.checkpoint``: a segcompress checkpoint, or a plain state_dict with
+    ``teacher.model``; every weight loaded (or ``teacher.adapter``'s), or refused."""
     tc = cfg.teacher
     if not tc.checkpoint:
-        raise ConfigError("distillation needs teacher.checkpoint (or teacher.train_epochs)")
+        raise ConfigError("distillation needs teacher.checkpoint (or teacher.train_epochs, or "
+                          "teacher.hf: a transformers model folder)")
     spec = None
     if not Path(tc.checkpoint).is_file():
         raise FileNotFoundError(f"teacher.checkpoint not found: {tc.checkpoint} (give a "
@@ -271,7 +293,11 @@ def load_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], device
                              strict=not (tc.allow_missing_keys or tc.adapter),
                              return_spec=True, trusted=recipe_factories(cfg))
     _check_teacher_weights(model, tc)
-    return Teacher(model, spec, s_spec, levels, tc.half, device), spec
+    return model, spec
+
+
+# teacher.kind -> (cfg, student spec, levels, device) -> (eval-mode model, its spec)
+TEACHER_LOADERS = {"checkpoint": _checkpoint_teacher, "hf": _hf_teacher}
 
 
 def preflight_teacher(cfg: RunConfig, teacher: Teacher, val_loader, class_names: list[str],
@@ -282,7 +308,7 @@ def preflight_teacher(cfg: RunConfig, teacher: Teacher, val_loader, class_names:
     log.info(f"teacher val mIoU {score['miou'] * 100:.2f}")
     weak = weak_teacher(score, conf)
     if weak and not cfg.teacher.allow_weak:
-        raise ConfigError(f"teacher {cfg.teacher.checkpoint} scores {weak}: refusing to "
+        raise ConfigError(f"teacher {cfg.teacher.source} scores {weak}: refusing to "
                          "distil from it (teacher.allow_weak=true to override)")
     if weak:
         log.warning(f"teacher scores {weak} (teacher.allow_weak=true)")
@@ -336,7 +362,7 @@ def teacher_class_map(cfg: RunConfig, t_spec: ModelSpec, s_spec: ModelSpec
     try:
         class_map = kd_class_map(cfg.kd.class_map, t_spec.class_names, s_spec.class_names)
     except ValueError as e:
-        raise ConfigError(f"teacher.checkpoint {cfg.teacher.checkpoint}: {e}") from None
+        raise ConfigError(f"teacher.{cfg.teacher.kind} {cfg.teacher.source}: {e}") from None
     for line in check_label_maps(t_spec, s_spec, class_map):
         log.info(line)
     return class_map

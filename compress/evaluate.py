@@ -21,6 +21,7 @@ from compress.depth import DepthMeter
 from compress.devices import resolve_device
 from compress.errors import InputError, ModelError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
+from compress.hf import CONFIG_FILE, is_hf_dir, load_hf_model
 from compress.io import atomic_write_json, atomic_write_text, fault_point
 from compress.losses import two_way
 from compress.metrics import ImageSink, hd95, predicted_ids, scores, update_confusion
@@ -138,8 +139,15 @@ PredictorLoader = Callable[[Path, str, "ModelSpec | None"], tuple[Predict, Model
 
 def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
     """A ``predict(images) -> logits`` callable (the eval-mode model) and its spec, for a
-    checkpoint. Exported artifacts need deploy's runtimes: ``deploy.runtime.load_predictor``
-    opens both (the ``compress eval`` command passes it in)."""
+    checkpoint, or a transformers model folder (``config.json`` inside:
+    :func:`compress.hf.load_hf_model`). Exported artifacts need deploy's runtimes:
+    ``deploy.runtime.load_predictor`` opens both (the ``compress eval`` command passes it
+    in)."""
+    if is_hf_dir(path):
+        return load_hf_model(path, what="compress eval", device=device)
+    if path.is_dir():
+        raise ModelError(f"{path}: a folder without {CONFIG_FILE}: give a checkpoint "
+                         "(.pt/.pth) or a transformers model folder (save_pretrained)")
     if path.suffix not in (".pt", ".pth"):
         raise ModelError(f"{path}: not a checkpoint (.pt/.pth); score an exported artifact "
                          "with the `compress` command (python -m segcompress.cli eval)")

@@ -30,6 +30,7 @@ from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
 from compress.devices import resolve_device
 from compress.errors import InputError
+from compress.hf import is_hf_dir, load_hf_model
 from compress.io import atomic_write, atomic_write_json, atomic_write_text
 from compress.metrics import scores, update_confusion, weak_teacher
 from compress.models import load_model
@@ -80,7 +81,8 @@ class Ensemble:
         self.checkpoints = [str(ck) for ck in checkpoints]
         self.models, self.specs = [], []
         for ck in checkpoints:
-            model, spec = load_model(ck, device=device, return_spec=True)
+            model, spec = (load_hf_model(ck, what="--teacher", device=device) if is_hf_dir(ck)
+                           else load_model(ck, device=device, return_spec=True))
             for p in model.parameters():
                 p.requires_grad_(False)
             self.models.append(model.eval())

@@ -191,7 +191,7 @@ def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = Non
     from compress.evaluate import load_predictor as load_checkpoint
 
     path = Path(path)
-    if path.suffix in torch_backend.SUFFIXES:
+    if path.suffix in torch_backend.SUFFIXES or path.is_dir():  # a transformers folder too
         return load_checkpoint(path, device, spec)
     rt = load_runtime(path, device=device)
 
