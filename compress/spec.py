@@ -10,6 +10,8 @@ files have always had, so every checkpoint and export written before still loads
 
 This module imports no torch (it checks ``pruned_shapes`` itself, without
 :mod:`compress.prune`), so reading a manifest or ONNX metadata stays light.
+:func:`make_spec` (a spec with its defaults filled) lives here too, so the zoo and the
+factory both build specs without importing each other.
 """
 
 from __future__ import annotations
@@ -244,3 +246,60 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
 
         parse_tasks(spec["tasks"], str(source) if source else "")
     return spec
+
+
+# ---------------------------------------------------------------- building a spec
+
+# ImageNet normalisation: the default for an encoder timm has no config for
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean/std the encoder's pretrained weights expect (timm's config for ``tu-``)."""
+    if encoder.startswith("tu-"):
+        import timm
+
+        try:
+            cfg = timm.get_pretrained_cfg(encoder[3:])
+            if cfg is not None:
+                return tuple(cfg.mean), tuple(cfg.std)
+        except Exception:  # noqa: BLE001, S110 - unknown to timm's table: ImageNet default
+            pass
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def make_spec(
+    *,
+    arch: str,
+    encoder: str,
+    classes: int,
+    class_names: list[str] | None = None,
+    ignore_index: int = 255,
+    decoder_channels: list[int] | None = None,
+    factory: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    input_size: tuple[int, int] = (128, 128),
+) -> ModelSpec:
+    """Build a model spec, filling the defaults: class names ``class_<i>``, the encoder's
+    normalisation (:func:`default_normalization`).
+
+    Raises:
+        ModelError: a value the spec cannot hold (names the key).
+    """
+    dmean, dstd = default_normalization(encoder)
+    return ModelSpec(
+        arch=arch,
+        encoder=encoder,
+        classes=int(classes),
+        class_names=list(class_names) if class_names else [f"class_{i}" for i in range(classes)],
+        ignore_index=int(ignore_index),
+        decoder_channels=list(decoder_channels) if decoder_channels else None,
+        factory=factory,
+        kwargs=dict(kwargs or {}),
+        mean=[float(v) for v in (mean or dmean)],
+        std=[float(v) for v in (std or dstd)],
+        input_size=[int(input_size[0]), int(input_size[1])],
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compress.spec import ModelSpec
+from compress.spec import ModelSpec, make_spec
 from compress.zoo.registry import STUDENTS, StudentEntry, ZooError, get_student, student_names
 
 HEAD_ARCHS = ("SegFormerMLP", "LRASPP", "PPLiteSeg")
@@ -22,8 +22,6 @@ DECODER_STRIDES = {"Unet": 1, "FPN": 4, "DeepLabV3Plus": 4, "Linknet": 1,
 def student_spec(name: str, classes: int, **spec_args: Any) -> ModelSpec:
     """The model spec of zoo student ``name`` (``spec_args`` go to ``make_spec``:
     class_names, ignore_index, mean, std, input_size)."""
-    from compress.models import make_spec
-
     return make_spec(classes=classes, **get_student(name).model_fields(), **spec_args)
 
 

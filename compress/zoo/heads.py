@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compress.encoder_weights import load_encoder_weights
 from compress.spec import ModelSpec
 from compress.zoo.registry import ZooError
 
@@ -51,7 +52,7 @@ def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class TimmFeatures(nn.Module):
     """A timm ``features_only`` encoder giving the stride 4, 8, 16 and 32 features.
 
-    ``self.model`` is the timm model (where :func:`compress.models.load_encoder_weights`
+    ``self.model`` is the timm model (where :func:`compress.encoder_weights.load_encoder_weights`
     loads offline weights, as for smp's ``tu-`` encoders).
     """
 
@@ -257,7 +258,5 @@ def create_head_model(spec: ModelSpec, encoder_weights: str | None = None) -> Zo
         decoder = head_cls(encoder.channels, spec.classes)
     model = ZooSegModel(encoder, decoder)
     if encoder_weights not in (None, "imagenet"):
-        from compress.models import load_encoder_weights
-
         load_encoder_weights(model, spec.encoder, encoder_weights)
     return model
