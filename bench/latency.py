@@ -469,12 +469,22 @@ def spec_of(path: str | Path) -> ModelSpec | None:
         return None
 
 
-def first_run(frames: Sequence[np.ndarray], size: tuple[int, int]) -> Callable[[Any], Any]:
+def input_size(rt, size: tuple[int, int] | None, fallback: tuple[int, int]) -> tuple[int, int]:
+    """The size a runtime is fed: ``size`` (``--size``), else its spec's own input size
+    (a student trained at 128x192 runs at 128x192 beside a 192x256 teacher), else
+    ``fallback``."""
+    own = getattr(getattr(rt, "spec", None), "input_size", None)
+    return tuple(size or own or fallback)
+
+
+def first_run(frames: Sequence[np.ndarray], size: tuple[int, int] | None,
+              fallback: tuple[int, int] = (128, 128)) -> Callable[[Any], Any]:
     """A probe for :func:`load_targets`: one prediction, so memory figures include the
     first run's allocations and a model that cannot take this input says so at once."""
 
     def probe(rt) -> None:
-        rt.predict(make_preprocess(frames, size, rt.spec.mean, rt.spec.std)(0))
+        hw = input_size(rt, size, fallback)
+        rt.predict(make_preprocess(frames, hw, rt.spec.mean, rt.spec.std)(0))
 
     return probe
 
@@ -601,15 +611,17 @@ class LatencyRow:
 def time_rows(
     loaded: Sequence[dict[str, Any]],
     frames: Sequence[np.ndarray],
-    size: tuple[int, int],
+    size: tuple[int, int] | None,
     device: str,
     *,
     runs: int,
     warmup: int,
     batch: int = 1,
     clock: Callable[[], float] = time.perf_counter,
+    fallback: tuple[int, int] = (128, 128),
 ) -> list[LatencyRow]:
-    """Time the loaded runtimes of :func:`load_targets` interleaved at one batch size.
+    """Time the loaded runtimes of :func:`load_targets` interleaved at one batch size,
+    each at ``size``, or at its own input size when ``size`` is None (:func:`input_size`).
 
     Returns:
         One :class:`LatencyRow` per entry; entries that failed to load, or fail at this
@@ -635,13 +647,15 @@ def time_rows(
         if rt is None:
             continue
         spec = rt.spec
-        pre = make_preprocess(frames, size, spec.mean, spec.std, batch)
+        hw = input_size(rt, size, fallback)
+        row.info.setdefault("input_size", list(hw))
+        pre = make_preprocess(frames, hw, spec.mean, spec.std, batch)
         try:  # a fixed-shape artifact may refuse this size or batch: say so on its row
             out = rt.predict(pre(0))
             if np.asarray(out).shape[0] != batch:
                 raise ValueError(f"returned batch {np.asarray(out).shape[0]} for {batch}")
         except Exception as e:  # noqa: BLE001 - the row says why
-            row.error = f"batch {batch} at {size[0]}x{size[1]}: {first_line(e)}"
+            row.error = f"batch {batch} at {hw[0]}x{hw[1]}: {first_line(e)}"
             continue
         # the first run above was checked (NaN/inf refused); the timed ones are not
         pipelines.append(Pipeline(t.label, pre, functools.partial(rt.predict, check=False),
@@ -697,6 +711,7 @@ class TimingSetup:
     frames: list[np.ndarray]
     input_note: str
     load_before: float | None = None  # 1-minute load average before our own work
+    own_size: bool = False  # each model at its own input size (``size``: the frames' and fallback)
 
 
 def prepare_timing(
@@ -707,14 +722,17 @@ def prepare_timing(
     split: str = "val",
     kind: str = "camvid",
     seed: int = 0,
+    own_size: bool = False,
 ) -> TimingSetup:
     """Threads, then images: pin ``threads`` (default :func:`default_threads` for the
-    load seen now) and load 8 frames of ``size`` (:func:`load_images`)."""
+    load seen now) and load 8 frames of ``size`` (:func:`load_images`); ``own_size``: each
+    model then runs at its own input size (``size`` only for noise frames and models
+    without one)."""
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     threads = threads or default_threads(load_before)
     pin_threads(threads)
     frames, note = load_images(data, split, kind, count=8, size=size, seed=seed)
-    return TimingSetup(threads, tuple(size), frames, note, load_before)
+    return TimingSetup(threads, tuple(size), frames, note, load_before, own_size)
 
 
 @dataclass
@@ -752,11 +770,12 @@ def time_targets(
         A :class:`TimingRun`; a target that cannot load or run keeps its row with the
         reason.
     """
+    size = None if setup.own_size else setup.size
     loaded = load_targets(targets, device, setup.threads,
-                          probe=first_run(setup.frames, setup.size))
+                          probe=first_run(setup.frames, size, setup.size))
     rows = [row for b in batches
-            for row in time_rows(loaded, setup.frames, setup.size, device, runs=runs,
-                                 warmup=warmup, batch=b, clock=clock)]
+            for row in time_rows(loaded, setup.frames, size, device, runs=runs,
+                                 warmup=warmup, batch=b, clock=clock, fallback=setup.size)]
     return TimingRun(device, setup.threads, rows, loaded, describe_machine(device, setup.threads))
 
 
@@ -846,12 +865,14 @@ def run_latency(
     """
     check_device(device)
     targets = resolve_targets(models, backends, precision)
+    own_size = size is None  # each model at its own input size
     if size is None:
         size = next(
             (tuple(sp.input_size) for sp in map(spec_of, (t.path for t in targets)) if sp),
             (128, 128),
         )
-    setup = prepare_timing(size, threads=threads, data=data, split=split, kind=kind)
+    setup = prepare_timing(size, threads=threads, data=data, split=split, kind=kind,
+                           own_size=own_size)
     run = time_targets(targets, device, setup, runs=runs, warmup=warmup, batches=batches,
                        clock=clock)
     rows, info = run.dicts(), run.hardware
@@ -861,6 +882,7 @@ def run_latency(
         "settings": {
             "device": device,
             "size": list(size),
+            "own_size": own_size,
             "runs": runs,
             "warmup": warmup,
             "threads": setup.threads,
@@ -899,10 +921,15 @@ def format_latency(result: dict[str, Any]) -> str:
         f"{'model':<{w}}{'backend':<12}{'prec':<6}{'batch':>5}{'median ± std':>18}"
         f"{'min':>8}{'p90':>8}{'max':>8}{'pre':>7}{'post':>7}{'ratio':>7}{'peak MB':>9}"
     )
+    own = s.get("own_size")
+    sizes = sorted({tuple(r["input_size"]) for r in result["results"] if r.get("input_size")})
+    where = (f"input {s['size'][0]}x{s['size'][1]}" if not own or len(sizes) < 2 else
+             "each model at its own input size (" + ", ".join(f"{h}x{w}" for h, w in sizes)
+             + ", last column)")
     lines = [
         result["hardware"]["summary"],
         (
-            f"device {s['device']}, {s['threads']} thread(s), input {s['size'][0]}x{s['size'][1]}, "
+            f"device {s['device']}, {s['threads']} thread(s), {where}, "
             f"{s['warmup']} warm-up + {s['runs']} timed runs, interleaved; timer {s['timer']}"
         ),
         f"inputs: {s['input']}",
@@ -928,6 +955,8 @@ def format_latency(result: dict[str, Any]) -> str:
             f"{r['batch']:>5}{lat['median']:>10.2f} ± {lat['std']:<5.2f}{lat['min']:>8.2f}"
             f"{lat['p90']:>8.2f}{lat['max']:>8.2f}{r['preprocess_ms']['median']:>7.2f}"
             f"{post:>7.2f}{r['ratio_to_first']:>7.2f}{_mb(mem.get('peak_rss_mb')):>9}"
+            + (f"  {r['input_size'][0]}x{r['input_size'][1]}"
+               if own and len(sizes) > 1 and r.get("input_size") else "")
         )
         cc = r.get("cross_check")
         if cc:

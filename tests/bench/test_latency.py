@@ -223,3 +223,26 @@ def test_unknown_peak_rss_prints_a_dash():
                                              "settings": settings, "results": [row]}
                                             ).splitlines() if ln.startswith("a.pt "))
     assert line.split()[-1] == "-" and "nan" not in line and "-0" not in line
+
+
+def test_each_model_runs_at_its_own_input_size(tmp_path):
+    """A student trained at a lower resolution than its teacher is timed at its own size
+    (before: every model got the first one's, and a fixed-size export could not run)."""
+    from bench.latency import format_latency, run_latency
+    from compress.models import create_model, save_checkpoint
+    from tests.conftest import tiny_spec
+
+    paths = []
+    for name, size in (("teacher.pt", (64, 96)), ("student.pt", (32, 64))):
+        spec = tiny_spec(size=size)
+        paths.append(save_checkpoint(tmp_path / name, create_model(spec), spec, metrics=None,
+                                     epoch=0))
+    res = run_latency(paths, runs=2, warmup=0, threads=1)
+    sizes = [r["input_size"] for r in res["results"]]
+    assert sizes == [[64, 96], [32, 64]], sizes
+    assert all(r["latency_ms"] and not r.get("error") for r in res["results"])
+    text = format_latency(res)
+    assert "each model at its own input size (32x64, 64x96" in text, text
+    fixed = run_latency(paths, size=(64, 64), runs=2, warmup=0, threads=1)
+    assert [r["input_size"] for r in fixed["results"]] == [[64, 64], [64, 64]]
+    assert "input 64x64" in format_latency(fixed)
