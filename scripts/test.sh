@@ -12,6 +12,9 @@ fi
 # NNCF builds its torch extension on first use (per venv path: a fresh clone rebuilds it);
 # on a loaded 2-core machine that takes over NNCF's default 60 s load limit
 export NNCF_EXTENSION_LOAD_TIMEOUT=${NNCF_EXTENSION_LOAD_TIMEOUT:-600}
+# ... into this venv's own folder: a build killed elsewhere (another checkout, Ctrl-C) leaves a
+# lock in torch's shared ~/.cache/torch_extensions that would make this run wait until the limit
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}
 .venv/bin/python -m pytest -q "$@"
 if [ $# -eq 0 ]; then  # the speed checks' bodies once each, untimed (they must not rot)
     .venv/bin/python -m pytest -q tests/benchmarks -m benchmark --benchmark-disable
