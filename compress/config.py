@@ -460,6 +460,21 @@ class MlflowConfig(_Strict):
                                    "name)")
 
 
+LOCAL_TRACKING = ("file:", "sqlite:")  # MLflow stores on this machine (or a plain path)
+
+
+def remote_destinations(log: LogConfig) -> list[tuple[str, str]]:
+    """(key, value) of each tracker setting that sends a run's metrics off this machine:
+    W&B ``mode: online``, an MLflow ``tracking_uri`` that is not a local store."""
+    found = []
+    if log.wandb is not None and log.wandb.mode == "online":
+        found.append(("log.wandb.mode", "online"))
+    uri = log.mlflow.tracking_uri if log.mlflow is not None else None
+    if uri and "://" in uri and not uri.startswith(LOCAL_TRACKING):
+        found.append(("log.mlflow.tracking_uri", uri))
+    return found
+
+
 class LogConfig(_Strict):
     """Experiment trackers besides TensorBoard (always on): each logs the same scalars, the
     epoch figures, the resolved config and best.pt's path; rank 0 only."""

@@ -32,6 +32,7 @@ from compress.config import (
     load_config,
     log_keys,
     parse_overrides,
+    remote_destinations,
 )
 from compress.data import DataError, build_split, collate
 from compress.devices import resolve_device
@@ -173,15 +174,28 @@ def check_run_recipe(run_dir: Path, cfg: RunConfig, overrides: list[str] | None 
     """A resume whose recipe is the run dir's own ``config.yaml``: a run dir handed over is
     data, so a factory, external encoder or kwarg its recipe names
     (:func:`compress.distill.recipe_references`) is refused unless trusted by name (or
-    given now in ``overrides``); nothing is imported before this passes.
+    given now in ``overrides``); nothing is imported before this passes. Likewise a tracker
+    setting that sends metrics off the machine (:func:`compress.config.remote_destinations`)
+    must be given now.
 
     Raises:
         ModelError: one line naming config.yaml, the key and the name.
+        ConfigError: W&B online or a remote MLflow URI that only the run dir asks for.
     """
     given = [k for k, _ in parse_overrides(overrides or [])]  # the keys set now, by the user
+
+    def set_now(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in given)
+
     for key, name in recipe_references(cfg):
-        if not any(key == k or key.startswith(k + ".") for k in given):
+        if not set_now(key):
             require_trusted(key, name, source=Path(run_dir) / "config.yaml")
+    for key, value in remote_destinations(cfg.log):  # nothing leaves unless the user says so
+        if not set_now(key):
+            raise ConfigError(f"{Path(run_dir) / 'config.yaml'}: {key} {value!r} would send "
+                              f"this run's metrics off the machine; a run dir's recipe is "
+                              f"data: resume with {key}={value} to agree, or "
+                              f"{'log.wandb.mode=offline' if 'wandb' in key else 'log.mlflow=null'}")
 
 
 # a change to these keys does not change what is trained: allowed on resume, logged

@@ -229,6 +229,26 @@ def test_recipe_names_are_trusted_run_dir_names_are_not(tmp_path):
                                      "model.kwargs={checkpoint_path: /x}"])  # given now
 
 
+def test_a_run_dirs_recipe_cannot_send_metrics_off_the_machine(tmp_path):
+    """A run dir handed over may say W&B online or a remote MLflow server; resuming it
+    from its own config.yaml refuses that unless the user gives the key now. A local store
+    and offline W&B pass."""
+    from compress.config import ConfigError, load_config
+    from compress.rundir import check_run_recipe
+
+    online = load_config(None, ["log.wandb.mode=online"])
+    with pytest.raises(ConfigError, match=r"config.yaml: log.wandb.mode 'online' would send"):
+        check_run_recipe(tmp_path, online)
+    check_run_recipe(tmp_path, online, ["log.wandb.mode=online"])  # the user agrees now
+    remote = load_config(None, ["log.mlflow.tracking_uri=http://example.invalid:5000"])
+    with pytest.raises(ConfigError, match=r"log.mlflow.tracking_uri 'http://example.invalid"):
+        check_run_recipe(tmp_path, remote)
+    check_run_recipe(tmp_path, remote, ["log.mlflow=null"])
+    for local in (["log.wandb.mode=offline"], [f"log.mlflow.tracking_uri=file://{tmp_path}/m"],
+                  ["log.mlflow.tracking_uri=sqlite:///m.db"], ["log.mlflow.tracking_uri=mlruns"]):
+        check_run_recipe(tmp_path, load_config(None, local))
+
+
 def test_a_trusted_encoder_is_what_stood_in_the_way(tmp_path, monkeypatch):
     """Control: trusting the encoder by name lets timm read the folder it names (here a
     missing one): the refusal was the only thing keeping the file read from happening."""
