@@ -289,3 +289,11 @@ if __name__ == "__main__":  # python tests/test_layering.py: compress's import c
     sys.setrecursionlimit(10_000)
     for component in cycles(import_graph("compress")):
         print(len(component), " ".join(sorted(component)))
+
+
+@pytest.mark.parametrize("package", ["bench", "segcompress"])
+def test_no_other_package_has_an_import_cycle(package):
+    """Issue 21: no import circle anywhere (compress and deploy have their own tests above;
+    across packages the one-way layering rules circles out)."""
+    found = cycles(import_graph(package))
+    assert not found, "\n".join(" ".join(sorted(c)) for c in found)
