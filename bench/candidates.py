@@ -113,7 +113,7 @@ def build_candidate(cand: Candidate, out: Path, size: tuple[int, int], backends:
     Fills ``cand.artifacts`` (backend key -> file) and ``cand.errors`` (backend key -> why
     not); a failing step costs the rows that need it, not the run.
     """
-    from bench.flops import count_flops
+    from compress.macs import count_flops
     from compress.models import create_model, save_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
@@ -329,7 +329,7 @@ def _stats(timing: dict[str, Any] | None) -> tuple[float | None, float | None, f
 
 
 def _teacher_row(timing: dict[str, Any], spec: ModelSpec, size) -> dict[str, Any]:
-    from bench.flops import count_flops
+    from compress.macs import count_flops
     from compress.models import create_model
 
     fl = count_flops(create_model(spec).eval(), size, breakdown=False)

@@ -83,7 +83,8 @@ def flops(
     json_path: Annotated[Path | None, typer.Option("--json", help="write results here")] = None,
 ) -> None:
     """Parameters, GMACs by operator and by part (encoder stages, decoder, head), size on disk."""
-    from bench.flops import count_flops, flops_subject, format_flops
+    from bench.flops import flops_subject, format_flops
+    from compress.macs import count_flops
     from compress.models import create_model
 
     if json_path:

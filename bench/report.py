@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.flops import GMACS_DEFINITION, count_flops, size_on_disk
+from bench.flops import size_on_disk
 from bench.latency import FORMAT_NAMES, Target, prepare_timing, time_targets
 from compress.devices import check_device, cuda_missing
 from compress.errors import InputError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
+from compress.macs import GMACS_DEFINITION, count_flops
 from compress.outdir import open_out
 from compress.spec import ModelSpec
 from deploy.metadata import is_multi_output
@@ -48,7 +49,7 @@ def evaluate_runtime(
 
     A multi-task runtime (more than one output) whose dataset items carry ``"depth"``
     is scored in the same pass on its dense outputs too: ``result["depth"]`` is
-    ``{output name: compress.depth.DepthMeter.compute()}`` (RMSE, AbsRel, delta1...)."""
+    ``{output name: compress.metrics.DepthMeter.compute()}`` (RMSE, AbsRel, delta1...)."""
     from compress.metrics import score_predictor
 
     multi = len(getattr(runtime, "output_names", ())) > 1
@@ -67,7 +68,7 @@ def evaluate_runtime(
     def predict(images: np.ndarray) -> np.ndarray:
         import torch
 
-        from compress.depth import DepthMeter
+        from compress.metrics import DepthMeter
 
         (_, seg), *rest = runtime.run_outputs(images).items()
         target = labels["depth"]

@@ -32,6 +32,7 @@ import io
 import json
 import re
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.latency import Pipeline, describe_machine, measure_latency
-from compress.config import ConfigError, dump_config, flat_keys, load_config
+from compress.config import ConfigError, RunConfig, dump_config, flat_keys, load_config
 from compress.evidence import LEVEL, RESAMPLES, paired_bootstrap
 from compress.io import (
     UnsafeFileError,
@@ -145,9 +146,15 @@ def _check_same_config(run_dir: Path, text: str) -> None:
                           "rename the recipe")
 
 
+# trains one run: (recipe, run dir to resume or None, new run dir or None, progress bar);
+# the command hands in compress's loop (bench.cli_study), so no library module imports it
+Trainer = Callable[[RunConfig, Path | None, Path | None, bool], object]
+
+
 def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
-              collect_only: bool = False, show: bool = True, log=print) -> Path:
-    """Train what is missing, collect every run, and write the comparison.
+              collect_only: bool = False, show: bool = True, log=print,
+              train: Trainer | None = None) -> Path:
+    """Train what is missing (with ``train``), collect every run, and write the comparison.
 
     Args:
         study: the parsed study.
@@ -158,12 +165,13 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
             collected, with ``skipped: <run dir>: <reason>`` in the log and in
             ``comparison.md``; when training, it is trained again (resumed).
         log: where progress lines go.
+        train: trains one missing run (``compress compare`` passes compress's loop); None
+            with a run to train is an error naming the run (use ``collect_only``).
 
     Returns:
         The study dir (``output_dir/name``) holding ``comparison.md`` and friends.
     """
     from compress.rundir import failed_reason
-    from compress.train import fit, prepare_teacher
 
     out = Path(study.output_dir) / study.name
     study_out(out)  # before any training
@@ -203,12 +211,13 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
                 else:
                     missing.append(f"{recipe.name} seed {seed}: {run_dir} (not trained)")
                 continue
+            if train is None:
+                raise ValueError(f"{recipe.name} seed {seed}: {run_dir} is not trained and "
+                                 "no trainer was given (collect_only=True compares finished runs)")
             log(f"[{recipe.name} seed {seed}] training -> {run_dir}"
                 + (f" (again: it stopped with {reason})" if reason else ""))
-            if cfg.kd.enabled:
-                prepare_teacher(cfg, show_progress=show)
             resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
-            fit(cfg, resume=resume, run_dir=None if resume else run_dir, show_progress=show)
+            train(cfg, resume, None if resume else run_dir, show)
             runs.append((recipe.name, run_dir, True))
     if not runs:
         raise FileNotFoundError(f"study {study.name}: no finished run to compare "

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from compress.config import ConfigError
+from compress.io import read_text, safe_yaml
 
 IGNORE = "ignore"
 
@@ -104,8 +105,6 @@ def kd_class_map(raw: Any, teacher_names: list[str], student_names: list[str]) -
 
 
 def _read(path: Path) -> Any:
-    from compress.io import read_text, safe_yaml
-
     if not path.is_file():
         raise ConfigError(f"{path}: class map file not found")
     try:

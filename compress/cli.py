@@ -19,7 +19,8 @@ from typing import Annotated
 
 import typer
 
-from compress.cli_study import register as register_study
+from compress.cli_pseudo import register as register_pseudo
+from compress.errors import run_cli
 from compress.options import DataKind
 
 HELP = "Distil compact segmentation students and deploy them."
@@ -138,13 +139,18 @@ def eval_(
     """Score a checkpoint (exported artifact, transformers model folder) on a split:
     eval.json + confusion matrix + per-image counts (+ depth metrics for a multi-task model
     when the split has depth; + the paired comparison with --compare)."""
-    from compress.evaluate import evaluate_checkpoint, format_table, load_predictor, parse_size
+    from compress.evaluate import (
+        checkpoint_predictor,
+        evaluate_checkpoint,
+        format_table,
+        parse_size,
+    )
 
     result = evaluate_checkpoint(checkpoint, data, split, kind=data_kind.value, size=parse_size(size),
                                  flip=flip, out=out, arch=arch, encoder=encoder, classes=classes,
                                  device=device, score_at=score_at, depth=depth.value,
                                  reference=compare,
-                                 load=(ctx.obj or {}).get("load_predictor", load_predictor))
+                                 load=(ctx.obj or {}).get("load_predictor", checkpoint_predictor))
     typer.echo(format_table(result))
     typer.echo(f"eval: {result['eval_json']}")
 
@@ -153,6 +159,32 @@ class DepthMode(str, Enum):
     none = "none"
     dense = "dense"
     lidar = "lidar"
+
+
+@commands.command("delta")
+def delta(
+    recipe: Annotated[list[Path], typer.Argument(
+        help="the recipe's scored runs, one per seed: `compress eval --out` folders (or "
+             "their per_image.npz)", show_default=False)],
+    baseline: Annotated[list[Path], typer.Option(
+        help="a baseline run scored on the same images (repeat: one per seed)",
+        show_default=False)],
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the result here")]
+    = None,
+) -> None:
+    """Δ mIoU of a recipe's seeds against a baseline's, from `compress eval` results: each
+    run's mIoU, the seed means, Δ with its paired bootstrap 95% interval over the images
+    and the verdict, and the seed-paired differences."""
+    from compress.evidence import format_seed_comparison, seed_comparison
+    from compress.outdir import open_out_file, write_json_output
+
+    if json_path:
+        open_out_file(json_path)  # before any work
+    result = seed_comparison(baseline, recipe)
+    typer.echo(format_seed_comparison(result))
+    if json_path:
+        write_json_output(json_path, result)
+        typer.echo(f"json: {json_path}")
 
 
 @commands.command("synthetic")
@@ -248,7 +280,7 @@ def config_(
         typer.echo(f"{key:<32} {kind:<28} {value!s:<24} {text}".rstrip())
 
 
-register_study(commands)
+register_pseudo(commands)
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, callback=options,
                   rich_markup_mode=None)  # plain click help: option names whole at 80 columns
 app.add_typer(commands)
@@ -257,7 +289,6 @@ app.add_typer(commands)
 def main() -> None:
     """``python -m compress.cli``: one clear line for errors a user can fix."""
     from compress.config import suggest_key
-    from compress.errors import run_cli
 
     run_cli(app, suggest_key)
 

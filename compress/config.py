@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from compress.errors import ModelError, UserError
 from compress.io import UnsafeFileError, YAMLRefused, read_text, safe_yaml
+from compress.tasks import parse_tasks
+from compress.zoo.registry import get_student
 
 
 class ConfigError(UserError, ValueError):
@@ -134,8 +136,6 @@ class ModelConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        from compress.tasks import parse_tasks
-
         try:
             parsed = parse_tasks(v)
         except ModelError as e:
@@ -150,8 +150,6 @@ class ModelConfig(_Strict):
     def _zoo_student(cls, data: Any) -> Any:
         if not isinstance(data, dict) or not data.get("student"):
             return data
-        from compress.zoo.registry import get_student
-
         if data.get("factory"):
             raise ValueError("give model.student or model.factory, not both")
         entry = get_student(str(data["student"]))  # ValueError lists the zoo's names

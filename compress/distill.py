@@ -21,7 +21,7 @@ from torch import nn
 
 from compress.classmap import kd_class_map
 from compress.config import ConfigError, RunConfig
-from compress.depth import berhu_loss, depth_loss_fn, silog_loss
+from compress.depth_losses import berhu_loss, depth_loss_fn, silog_loss
 from compress.evaluate import evaluate
 from compress.hf import load_hf_model
 from compress.losses import Distiller, TaskLoss, match_size, teacher_log_probs
@@ -139,13 +139,13 @@ def _init_spec(path: str, cfg: RunConfig, class_names: list[str],
         raise FileNotFoundError(f"model.init_from not found: {path}")
     spec = read_checkpoint(path)["spec"]
     if spec is None:
-        raise ValueError(f"model.init_from {path} is a plain state_dict: give a segcompress "
+        raise ConfigError(f"model.init_from {path} is a plain state_dict: give a segcompress "
                          "checkpoint (its spec rebuilds the student)")
     names = [n.lower() for n in spec.class_names]
     generic = names == [f"class_{i}" for i in range(len(names))]  # names unknown: count only
     if (names != [n.lower() for n in class_names]
             and not (generic and len(names) == len(class_names))):
-        raise ValueError(f"model.init_from {path}: its classes ({', '.join(spec.class_names[:6])}"
+        raise ConfigError(f"model.init_from {path}: its classes ({', '.join(spec.class_names[:6])}"
                          f"{' ...' if len(names) > 6 else ''}) are not the data's "
                          f"({', '.join(class_names[:6])}{' ...' if len(class_names) > 6 else ''})")
     return replace(spec, class_names=list(class_names), ignore_index=cfg.ignore_index,

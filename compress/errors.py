@@ -112,9 +112,12 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def one_line(e: BaseException, suggest: Callable[[str], str] | None = None) -> str:
+def one_line(e: BaseException, suggest: Callable[[str], str] | None = None,
+             limit: int | None = None) -> str:
     """The message of a user error as one line: usage errors with the option they name
-    and a pointer to ``--help``, others with their text joined onto one line.
+    and a pointer to ``--help``, others with their text joined onto one line, cut at
+    ``limit`` characters when given (deploy's backends: their libraries' own error types
+    spread a reason over many lines).
 
     ``suggest`` (the CLI hands in :func:`compress.config.suggest_key`: this module imports
     nothing of the project) turns an unknown option into its recipe key's
@@ -136,7 +139,7 @@ def one_line(e: BaseException, suggest: Callable[[str], str] | None = None) -> s
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-    return text or type(e).__name__
+    return (text or type(e).__name__)[:limit]
 
 
 def run_cli(app, suggest: Callable[[str], str] | None = None) -> None:

@@ -17,14 +17,13 @@ from tqdm import tqdm
 
 from compress.config import check_class_names
 from compress.data import collate, ignore_collision, split_classes, split_images
-from compress.depth import DepthMeter
 from compress.devices import resolve_device
 from compress.errors import InputError, ModelError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
 from compress.hf import CONFIG_FILE, is_hf_dir, load_hf_model
 from compress.io import atomic_write_json, atomic_write_text, fault_point
 from compress.losses import two_way
-from compress.metrics import ImageSink, hd95, predicted_ids, scores, update_confusion
+from compress.metrics import DepthMeter, ImageSink, hd95, predicted_ids, scores, update_confusion
 from compress.models import load_model, make_spec
 from compress.multitask import depth_task, seg_logits
 from compress.outdir import OutDir, open_out
@@ -95,7 +94,7 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
 @torch.no_grad()
 def evaluate_depth(predict, loader, task: str = "depth", device="cpu", min_depth: float = 1e-3,
                    max_depth: float = float("inf"), show: bool = False) -> dict:
-    """Depth metrics (:class:`compress.depth.DepthMeter`: ``rmse``, ``abs_rel``,
+    """Depth metrics (:class:`compress.metrics.DepthMeter`: ``rmse``, ``abs_rel``,
     ``delta1..3``, ``pixels``) of ``predict(images)[task]`` against the batches'
     ``"depth"`` maps, on valid pixels (target > 0) inside ``[min_depth, max_depth]``."""
     if isinstance(predict, nn.Module):
@@ -137,7 +136,7 @@ Predict = Callable[[torch.Tensor], torch.Tensor]
 PredictorLoader = Callable[[Path, str, "ModelSpec | None"], tuple[Predict, ModelSpec]]
 
 
-def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
+def checkpoint_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
     """A ``predict(images) -> logits`` callable (the eval-mode model) and its spec, for a
     checkpoint, or a transformers model folder (``config.json`` inside:
     :func:`compress.hf.load_hf_model`). Exported artifacts need deploy's runtimes:
@@ -189,7 +188,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                         device: str = "cpu", batch_size: int = 4,
                         score_at: str = "network", depth: str = "auto",
                         reference: Path | None = None,
-                        load: PredictorLoader = load_predictor) -> dict:
+                        load: PredictorLoader = checkpoint_predictor) -> dict:
     """Score ``path`` on ``data``/``split``; writes ``eval.json``, ``confusion.csv`` and
     ``per_image.npz`` (per-image counts, :class:`compress.evidence.ImageCounts`) into
     ``out`` (default ``<checkpoint dir>/eval_<checkpoint name>_<split>/``, so two
@@ -208,7 +207,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     A plain state_dict needs ``arch``, ``encoder`` and ``classes``; its input size is
     ``size`` (required) and its class names come from the data.
 
-    ``load`` opens ``path`` (and ``reference``): :func:`load_predictor` (checkpoints) by
+    ``load`` opens ``path`` (and ``reference``): :func:`checkpoint_predictor` (checkpoints) by
     default; ``deploy.runtime.load_predictor`` for exported artifacts too.
 
     A multi-task model (its spec has ``tasks``) is also scored on depth when the split

@@ -247,3 +247,78 @@ def paired_bootstrap(base: Sequence[ImageCounts], other: Sequence[ImageCounts], 
     low, high = np.percentile(deltas, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     point = float(delta(np.ones((1, n)))[0])
     return PairedDelta(point, float(low), float(high), resamples, level, n, seed)
+
+
+COUNTS_FILE = "per_image.npz"  # what `compress eval` writes beside eval.json
+
+
+def read_counts(path: str | Path) -> ImageCounts:
+    """The per-image counts in ``path``: a ``per_image.npz``, or the folder ``compress
+    eval --out`` wrote (holding one).
+
+    Raises:
+        FileNotFoundError: neither (named). UnsafeFileError: not such a file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / COUNTS_FILE).is_file():
+            raise FileNotFoundError(f"{path}: no {COUNTS_FILE} in it (a `compress eval --out` "
+                                    "folder holds one)")
+        path = path / COUNTS_FILE
+    return ImageCounts.load(path)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    mean = float(np.mean(values))
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def seed_comparison(base: Sequence[str | Path], other: Sequence[str | Path], *,
+                    resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0
+                    ) -> dict[str, Any]:
+    """Δ mIoU of a recipe's runs (``other``, one scored file per seed) against a
+    baseline's (``base``), all scored on the same images: each run's mIoU, each side's
+    mean ± std over seeds, Δ of the seed means with its paired bootstrap interval over the
+    images and the verdict (:func:`paired_bootstrap`), and, when both sides give the
+    same number of runs, the seed-paired differences (``other[i] - base[i]``) with their
+    mean ± std: the spread over training runs that the image interval does not show.
+    """
+    base_counts = [read_counts(p) for p in base]
+    other_counts = [read_counts(p) for p in other]
+    delta = paired_bootstrap(base_counts, other_counts, resamples=resamples, level=level,
+                             seed=seed)
+    sides = {}
+    for name, counts in (("baseline", base_counts), ("recipe", other_counts)):
+        mious = [c.miou() * 100 for c in counts]
+        mean, std = _mean_std(mious)
+        sides[name] = {"runs": [{"source": c.source, "miou": m} for c, m in zip(counts, mious)],
+                       "miou_mean": mean, "miou_std": std}
+    out: dict[str, Any] = {**sides, **delta.to_dict()}
+    if len(base_counts) == len(other_counts):
+        paired = [o["miou"] - b["miou"] for b, o in
+                  zip(sides["baseline"]["runs"], sides["recipe"]["runs"])]
+        mean, std = _mean_std(paired)
+        out["seed_deltas"] = paired
+        out["seed_delta_mean"], out["seed_delta_std"] = mean, std
+    return out
+
+
+def format_seed_comparison(res: dict[str, Any]) -> str:
+    """The lines ``compress delta`` prints."""
+    def side(name: str) -> str:
+        s = res[name]
+        runs = " / ".join(f"{r['miou']:.2f}" for r in s["runs"])
+        std = f" ± {s['miou_std']:.2f}" if s["miou_std"] is not None else ""
+        return f"{name:<8} {len(s['runs'])} run(s): {runs} (mean {s['miou_mean']:.2f}{std})"
+
+    low, high = res["delta_ci"]
+    lines = [side("baseline"), side("recipe"),
+             (f"Δ mIoU (recipe − baseline, seed means) {res['delta_pts']:+.2f} "
+              f"[{low:+.2f}, {high:+.2f}] ({res['ci_level']:.0%} paired bootstrap over "
+              f"{res['images']} images, {res['resamples']} resamples): {res['verdict']}")]
+    if "seed_deltas" in res:
+        std = res["seed_delta_std"]
+        lines.append("seed-paired Δ: " + " / ".join(f"{d:+.2f}" for d in res["seed_deltas"])
+                     + (f" (mean {res['seed_delta_mean']:+.2f} ± {std:.2f} over seeds)"
+                        if std is not None else ""))
+    return "\n".join(lines)

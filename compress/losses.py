@@ -16,6 +16,7 @@ from torch import nn
 
 from compress.classmap import map_classes  # the one class-map application (re-exported)
 from compress.config import tap_levels  # the one rule for tapped levels (re-exported)
+from compress.multitask import TaskBalance
 
 # ---------------------------------------------------------------- functional kernels
 
@@ -413,8 +414,6 @@ class Distiller(nn.Module):
         self.depth_loss = depth_loss
         self.balance = None
         if self.task_weights:
-            from compress.multitask import TaskBalance
-
             active = {k: w for k, w in self.task_weights.items() if w > 0}
             self.balance = TaskBalance(active, balance)
         if boundary_source not in BOUNDARY_SOURCES:

@@ -105,7 +105,7 @@ def attach_tasks(model: nn.Module, spec) -> nn.Module:
     it already has them: ``compress.models.create_model`` attaches them itself)."""
     if isinstance(model, MultiTaskModel):
         return model
-    tasks = parse_tasks(spec.tasks)
+    tasks = spec.tasks or ()
     return MultiTaskModel(model, spec.classes, tasks) if tasks else model
 
 
@@ -149,7 +149,7 @@ class TaskBalance(nn.Module):
 
 def depth_task(spec) -> TaskSpec | None:
     """The depth task of a :class:`compress.spec.ModelSpec`, or None (single-task)."""
-    tasks = parse_tasks(spec.tasks)
+    tasks = spec.tasks or ()
     return tasks[0] if tasks else None
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.data import split_images
 from compress.errors import UserError
 from compress.macs import count_flops
 from compress.models import ModelError, create_model, load_model, save_checkpoint
@@ -167,8 +168,6 @@ def taylor_batches(data_kind: str, root: str | None, spec: ModelSpec, size: tupl
                    batches: int, batch_size: int) -> Callable[[nn.Module], None]:
     """A ``grad_fn`` for Taylor importance: cross-entropy on ``batches`` batches of the
     train split (the data's own labels), gradients accumulated into the model."""
-    from compress.data import split_images
-
     n = batches * batch_size
     ds = split_images(data_kind, root, "train", size=size, mean=spec.mean, std=spec.std,
                       ignore_index=spec.ignore_index, count=max(n, 1))

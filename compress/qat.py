@@ -213,7 +213,7 @@ def quantize_for_training(student: nn.Module, cfg: RunConfig, spec: ModelSpec,
     (:func:`restore_qat`), else calibrated on ``quant.calib_samples`` train images."""
     if last_state is not None:
         if not last_state.get("quantization"):
-            raise ValueError(f"cannot resume {run_dir} with quant.qat: its last.pt holds no "
+            raise QATError(f"cannot resume {run_dir} with quant.qat: its last.pt holds no "
                              "quantizers")
         return restore_qat(student, last_state["quantization"], run_dir)
     calib = build_split(cfg.data, cfg.data.train_split, spec.mean, spec.std,

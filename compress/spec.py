@@ -25,6 +25,7 @@ from typing import Any
 
 from compress.errors import ModelError
 from compress.io import NESTING_LIMIT
+from compress.tasks import TaskSpec, parse_tasks
 
 SPEC_NODE_LIMIT = 100_000
 # the one bound on an image or input side, checked before anything is allocated (a spec's
@@ -59,8 +60,9 @@ class ModelSpec:
         pruned_shapes: ``{tensor name: shape}`` from ``compress prune``, or None.
         output: an exported model's output, ``"logits"`` or ``"argmax"``; None for a
             checkpoint (logits).
-        tasks: extra tasks beside segmentation (``compress.tasks``: a depth head...), as
-            the list of mappings files hold; None for a single-task model.
+        tasks: extra tasks beside segmentation (:class:`compress.tasks.TaskSpec`: a depth
+            head...), parsed once here from the list of mappings files hold (which
+            :meth:`to_dict` writes back); None for a single-task model.
     """
 
     arch: str
@@ -76,7 +78,7 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     pruned_shapes: dict[str, list[int]] | None = None
     output: str | None = None
-    tasks: list[dict[str, Any]] | None = None
+    tasks: tuple[TaskSpec, ...] | None = None
 
     def __post_init__(self) -> None:
         validate_spec(self.to_dict())
@@ -89,8 +91,8 @@ class ModelSpec:
         if self.pruned_shapes is not None:
             object.__setattr__(self, "pruned_shapes",
                                {k: list(v) for k, v in self.pruned_shapes.items()})
-        if self.tasks is not None:
-            object.__setattr__(self, "tasks", [dict(t) for t in self.tasks])
+        if self.tasks is not None:  # checked by validate_spec above
+            object.__setattr__(self, "tasks", parse_tasks(_plain(self.tasks)))
 
     @classmethod
     def from_dict(cls, data: Any, source: str | Path | None = None) -> ModelSpec:
@@ -132,6 +134,8 @@ _FIELDS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 
 def _plain(value: Any) -> Any:
     """A copy of ``value`` in the types files hold (lists and dicts)."""
+    if isinstance(value, TaskSpec):
+        return value.to_dict()
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -242,8 +246,6 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
         if why:
             raise ModelError(f"{where}model spec key 'pruned_shapes' must be {why}")
     if spec.get("tasks") is not None:
-        from compress.tasks import parse_tasks
-
         parse_tasks(spec["tasks"], str(source) if source else "")
     return spec
 

@@ -87,5 +87,5 @@ def parse_tasks(value: Any, where: str = "") -> tuple[TaskSpec, ...]:
 def task_names(spec) -> list[str]:
     """Output names of a spec's model (a ``ModelSpec``): ``["seg", ...extra tasks]`` for a
     multi-task model, ``["logits"]`` for a single-task one."""
-    extra = parse_tasks(spec.tasks)
+    extra = spec.tasks or ()
     return [SEG, *(t.name for t in extra)] if extra else ["logits"]

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from compress.config import ConfigError, LogConfig, RunConfig, dump_config, flat_keys
 from compress.errors import one_line
 from compress.io import atomic_write_json
+from compress.models import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +300,6 @@ class Trackers:
 def best_scores(best: Path) -> dict[str, float]:
     """``best/val_miou`` and ``best/iou/<class>`` (classes with no pixels left out) of a
     checkpoint's recorded val metrics."""
-    from compress.models import read_checkpoint
-
     metrics = read_checkpoint(best).get("metrics") or {}
     out = {"best/val_miou": float(metrics["miou"])} if "miou" in metrics else {}
     out.update({f"best/iou/{c}": float(v) for c, v in

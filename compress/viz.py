@@ -37,12 +37,28 @@ def labels(logits: torch.Tensor) -> np.ndarray:
     return ids[0].cpu().numpy()
 
 
+def legend_names(spec: ModelSpec) -> list[str]:
+    """The names of the classes the figures colour: a binary model's one class after
+    ``background`` (its masks are 0 / 1)."""
+    names = list(spec.class_names)
+    return ["background", *names] if spec.classes == 1 else names
+
+
+def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, device,
+                      n: int = 3) -> Path:
+    """Grid: input | ground truth | teacher | student | overlay | teacher-student
+    difference, with a legend of the class colours below."""
+    fig, axes, cols = epoch_visual(student, teacher, dataset, spec, device, n)
+    return _save_grid(fig, axes, cols, path)
+
+
 @torch.no_grad()
-def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, device, n: int = 3) -> Path:
-    """Grid: input | ground truth | teacher | student | overlay | teacher-student difference."""
+def epoch_visual(student, teacher, dataset, spec: ModelSpec, device, n: int = 3):
+    """The figure :func:`save_epoch_visual` writes, its axes and column titles."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.patches import Patch
 
     student.eval()
     classes = max(2, spec.classes)  # a binary task: background + its one class
@@ -64,18 +80,31 @@ def save_epoch_visual(path: Path, student, teacher, dataset, spec: ModelSpec, de
         panels.append((s != ref).astype(np.uint8) * 255)
         for ax, p in zip(axes[r], panels):
             ax.imshow(p, cmap="magma" if p.ndim == 2 else None, vmin=0, vmax=255)
+    pal = palette(classes) / 255.0
+    handles = [Patch(facecolor=pal[k], edgecolor="none", label=name)
+               for k, name in enumerate(legend_names(spec)[:classes])]
+    handles.append(Patch(facecolor="black", edgecolor="grey", label="ignored"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8),
+               fontsize=7, frameon=False)
+    return fig, axes, cols
+
+
+def save_depth_visual(path: Path, student, dataset, spec: ModelSpec, device, n: int = 3,
+                      task: str = "depth") -> Path:
+    """Grid for a multi-task student: input | depth ground truth | predicted depth |
+    absolute error on the measured pixels (one colour scale per row, in the task's unit,
+    with its colour bar; black where the ground truth has no value)."""
+    fig, axes, cols = depth_visual(student, dataset, spec, device, n, task)
     return _save_grid(fig, axes, cols, path)
 
 
 @torch.no_grad()
-def save_depth_visual(path: Path, student, dataset, spec: ModelSpec, device, n: int = 3,
-                      task: str = "depth") -> Path:
-    """Grid for a multi-task student: input | depth ground truth | predicted depth |
-    absolute error on the measured pixels (one colour scale per row, metres; black where
-    the ground truth has no value)."""
+def depth_visual(student, dataset, spec: ModelSpec, device, n: int = 3, task: str = "depth"):
+    """The figure :func:`save_depth_visual` writes, its axes and column titles."""
     import matplotlib
 
     matplotlib.use("Agg")
+    unit = next((t.unit for t in spec.tasks or () if t.name == task), "m")
 
     student.eval()
     n = min(n, len(dataset))
@@ -94,8 +123,11 @@ def save_depth_visual(path: Path, student, dataset, spec: ModelSpec, device, n: 
                 ax.imshow(p)
             else:
                 ax.set_facecolor("black")
-                ax.imshow(p, cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest")
-    return _save_grid(fig, axes, cols, path)
+                im = ax.imshow(p, cmap="magma_r", vmin=0, vmax=vmax, interpolation="nearest")
+        bar = fig.colorbar(im, ax=list(axes[r][1:]), fraction=0.02, pad=0.01)
+        bar.set_label(f"depth, |error| ({unit})", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
+    return fig, axes, cols
 
 
 def _grid(dataset, n: int, cols: list[str], spec: ModelSpec, device):
@@ -104,7 +136,8 @@ def _grid(dataset, n: int, cols: list[str], spec: ModelSpec, device):
     import matplotlib.pyplot as plt
 
     picks = np.linspace(0, len(dataset) - 1, n).round().astype(int)
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.6 * len(cols), 2.2 * n + 0.5),
+                             squeeze=False, layout="constrained")
 
     def rows():
         for i in picks:
@@ -116,7 +149,8 @@ def _grid(dataset, n: int, cols: list[str], spec: ModelSpec, device):
 
 
 def _save_grid(fig, axes, cols: list[str], path: Path) -> Path:
-    """No ticks, the column titles on the first row, written atomically as PNG."""
+    """No ticks, the column titles on the first row, written atomically as PNG (the
+    figure's constrained layout places the legend and colour bars)."""
     import matplotlib.pyplot as plt
 
     for r, row in enumerate(axes):
@@ -125,7 +159,6 @@ def _save_grid(fig, axes, cols: list[str], path: Path) -> Path:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, dpi=80, format="png"))
     plt.close(fig)

@@ -6,7 +6,10 @@ They derive from :class:`compress.errors.UserError` (and keep ``ValueError`` /
 
 from __future__ import annotations
 
-from compress.errors import UserError, first_line  # noqa: F401  (first_line: re-exported)
+from compress.errors import UserError, first_line, one_line  # noqa: F401  (re-exported)
+
+# a backend library's own error spread over many lines is cut to this many characters
+MESSAGE_CHARS = 300
 
 
 class DeployError(UserError, RuntimeError):
@@ -32,11 +35,3 @@ class BackendUnavailable(DeployError):
 
 class ManifestError(UserError, ValueError):
     """A manifest that is broken, or an artifact whose sha256 does not match it."""
-
-
-
-def one_line(e: BaseException) -> str:
-    """An exception's whole message as one line of at most 300 characters (the backends'
-    own error types spread the reason over several lines)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300]

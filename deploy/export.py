@@ -235,10 +235,10 @@ class Comparison:
 class DenseComparison:
     """Running comparison of one dense output (a depth map, float ``[N, H, W]``) of a
     candidate against the reference's, and of both against ground-truth depth where a
-    batch carries it (0 = no value; :class:`compress.depth.DepthMeter`'s protocol)."""
+    batch carries it (0 = no value; :class:`compress.metrics.DepthMeter`'s protocol)."""
 
     def __init__(self, reference_name: str = "reference") -> None:
-        from compress.depth import DepthMeter
+        from compress.metrics import DepthMeter
 
         self.reference_name = reference_name
         self.max_abs = self.sum_abs = self.sum_sq = 0.0

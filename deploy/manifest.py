@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,9 @@ DIGEST_KEY = "manifest_sha256"
 ARTIFACT_KEYS = ("file", "sha256", "backend", "precision", "input_shape", "input_dtype", "output")
 
 
-# the packages an export depends on, recorded in its manifest's ``environment``
-EXPORT_PACKAGES = ("torch", "segmentation-models-pytorch", "timm", "onnx", "onnxruntime",
-                   "onnxruntime-gpu", "onnxslim", "nncf", "openvino", "tensorrt")
+# the libraries an export builds with beside the backends' own packages (which the
+# registry names: ``deploy.runtime.packages()``); the manifest's ``environment`` records both
+EXPORT_LIBRARIES = ("segmentation-models-pytorch", "timm", "onnx", "onnxslim", "nncf")
 
 
 def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
@@ -68,7 +69,9 @@ def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
 
 
 def new_manifest(checkpoint: Path, source_sha256: str, spec: ModelSpec, options: dict,
-                 data: dict) -> dict[str, Any]:
+                 data: dict, backend_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """A manifest with no artifacts yet; its ``environment`` records the versions of
+    ``backend_packages`` (the registry's) and :data:`EXPORT_LIBRARIES`."""
     return {
         "format": MANIFEST_FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -78,7 +81,7 @@ def new_manifest(checkpoint: Path, source_sha256: str, spec: ModelSpec, options:
         "export": options,
         "data": data,
         "artifacts": [],
-        "environment": environment(EXPORT_PACKAGES),
+        "environment": environment((*backend_packages, *EXPORT_LIBRARIES)),
     }
 
 

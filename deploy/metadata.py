@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.spec import ModelSpec
-from compress.tasks import parse_tasks, task_names
+from compress.tasks import task_names
 
 SPEC_METADATA_KEY = "segcompress.spec"
 
@@ -76,4 +76,4 @@ def output_info(spec: ModelSpec, input_shape: list) -> list[dict[str, Any]]:
            "content": "class ids" if argmax else "logits"}
     return [seg, *({"name": t.name, "kind": t.kind, "shape": [n, h, w], "dtype": "float32",
                     "unit": t.unit, "range": [t.min_depth, t.max_depth]}
-                   for t in parse_tasks(spec.tasks))]
+                   for t in spec.tasks or ())]

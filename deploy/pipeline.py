@@ -37,6 +37,7 @@ from compress.errors import InputError
 from compress.io import current_umask
 from compress.outdir import check_folder_path
 from compress.spec import MAX_SIDE, ModelSpec
+from deploy import runtime as registry
 from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
 
 Log = Callable[[str], None]
@@ -547,7 +548,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
     options.update(size=list(size), preset=preset if cfg.int8 else None)
     manifest = new_manifest(checkpoint, source_sha, spec, options,
-                            {"verification": val_info, "calibration": calib_info})
+                            {"verification": val_info, "calibration": calib_info},
+                            registry.packages())
     with _Lock(out):
         remove_stale_exports(out.parent)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

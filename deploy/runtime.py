@@ -180,7 +180,7 @@ def load_runtime(path: str | Path, device: str = "cpu", threads: int | None = No
 
 def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = None):
     """``compress eval``'s loader for any file :func:`load_runtime` takes: a checkpoint
-    as the eval-mode PyTorch model (``compress.evaluate.load_predictor``), an exported
+    as the eval-mode PyTorch model (``compress.evaluate.checkpoint_predictor``), an exported
     artifact as a ``predict(images: torch.Tensor) -> logits`` over its runtime; class ids
     from an argmax export come back one-hot (a logit of +-1 for a binary model), so
     ``argmax(1)`` gives them. A multi-task artifact's predict returns what its checkpoint's
@@ -188,11 +188,11 @@ def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = Non
     seg_logits`` reads either). Returns ``(predict, spec)``."""
     import torch
 
-    from compress.evaluate import load_predictor as load_checkpoint
+    from compress.evaluate import checkpoint_predictor
 
     path = Path(path)
     if path.suffix in torch_backend.SUFFIXES or path.is_dir():  # a transformers folder too
-        return load_checkpoint(path, device, spec)
+        return checkpoint_predictor(path, device, spec)
     rt = load_runtime(path, device=device)
 
     def as_logits(out: np.ndarray) -> torch.Tensor:

@@ -18,6 +18,7 @@ from compress.data.datasets import (
     ignore_collision,
     read_image,
 )
+from compress.data.depth import DEPTH_MODES, DepthSource, depth_dir_of
 from compress.data.labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from compress.data.layouts import ade20k_source, cityscapes_source, voc_source
 from compress.data.loader import EpochSampler, collate, drawn_mixture
@@ -68,8 +69,6 @@ def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
     ``depth/``) adds depth targets; ``masks=False`` drops the masks (a depth-only source,
     whose folder may lack classes.txt: ``class_names`` stand in).
     """
-    from compress.data.depth import DEPTH_MODES, DepthSource, depth_dir_of
-
     if depth not in DEPTH_MODES:
         raise DataError(f"unknown depth mode {depth!r}; valid: none, dense, lidar, files")
     if kind != "synthetic" and depth in ("dense", "lidar"):
@@ -171,8 +170,6 @@ def split_has_depth(kind: str, root: str | None, split: str) -> str:
     """The ``depth`` mode :func:`split_images` can read a split with: ``dense`` for
     synthetic scenes (they draw their own), ``files`` for a folder with ``depth/<split>``
     (or ``depth/``), else ``none``."""
-    from compress.data.depth import depth_dir_of
-
     if kind == "synthetic":
         return "dense"
     if kind == "folder" and root is not None and depth_dir_of(root, split).is_dir():

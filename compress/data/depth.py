@@ -8,7 +8,7 @@ Folder layout for real depth data (documented in docs/multitask.md)::
     root/masks/[split/]<name>.png           optional segmentation masks (with classes.txt)
 
 A depth map has the image's height and width. Missing measurements (sparse LiDAR) are 0;
-every loss and metric in :mod:`compress.depth` skips them.
+every depth loss (:mod:`compress.depth_losses`) and metric (:class:`compress.metrics.DepthMeter`) skips them.
 
 Synthetic depth (:func:`synthetic_depth`): the synthetic scenes of
 :class:`~compress.data.datasets.SyntheticSource` stand on a ground plane that recedes from

@@ -22,7 +22,14 @@ from deploy.backends.base import (
     agreed_spec,
     check_shapes,
 )
-from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
+from deploy.errors import (
+    MESSAGE_CHARS,
+    BackendUnavailable,
+    DeployError,
+    ManifestError,
+    first_line,
+    one_line,
+)
 from deploy.metadata import spec_from_onnx
 
 NAME = "onnxruntime"
@@ -98,7 +105,7 @@ class OnnxRuntime(Runtime):
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT's own error types (Fail, InvalidGraph...)
             raise ManifestError(f"runtime: ONNX Runtime cannot load {path}: "
-                                f"{one_line(e)}") from None
+                                f"{one_line(e, limit=MESSAGE_CHARS)}") from None
         used = self.session.get_providers()
         if device.startswith("cuda") and used[0] != "CUDAExecutionProvider":
             raise BackendUnavailable(f"runtime: onnxruntime could not start the CUDA provider "
@@ -122,7 +129,7 @@ class OnnxRuntime(Runtime):
                 return dict(zip(names, self.session.run(fetch, {self.input_name: x})))
             except Exception as e:  # noqa: BLE001 - ORT's own error types, one line
                 raise DeployError(f"runtime: ONNX Runtime failed on {self.path} with input "
-                                  f"{list(x.shape)}: {one_line(e)}") from None
+                                  f"{list(x.shape)}: {one_line(e, limit=MESSAGE_CHARS)}") from None
 
         return in_batches(run, images, self.fixed_batch)
 

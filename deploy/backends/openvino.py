@@ -22,7 +22,14 @@ from compress.errors import InputError
 from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.backends.base import Backend, Runtime, agreed_spec, check_shapes
-from deploy.errors import BackendUnavailable, DeployError, ManifestError, first_line, one_line
+from deploy.errors import (
+    MESSAGE_CHARS,
+    BackendUnavailable,
+    DeployError,
+    ManifestError,
+    first_line,
+    one_line,
+)
 
 NAME = "openvino"
 LABEL = "OpenVINO"
@@ -193,7 +200,7 @@ class OpenVINORuntime(Runtime):
                 self.request.infer({0: x})
             except Exception as e:  # noqa: BLE001 - OpenVINO's own error types, one line
                 raise DeployError(f"runtime: OpenVINO failed on {self.path} with input "
-                                  f"{list(x.shape)}: {one_line(e)}") from None
+                                  f"{list(x.shape)}: {one_line(e, limit=MESSAGE_CHARS)}") from None
             if len(names) == 1:  # a single-output IR's one output, whatever its name
                 return {names[0]: self.request.get_output_tensor(0).data.copy()}
             return {n: self.request.get_tensor(n).data.copy() for n in names}

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from compress.depth import DepthMeter, berhu_loss, depth_loss_fn, l1_loss, silog_loss
+from compress.depth_losses import berhu_loss, depth_loss_fn, l1_loss, silog_loss
+from compress.metrics import DepthMeter
 
 P = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
 T = torch.tensor([[[2.0, 0.0], [3.0, 8.0]]])  # 0: no measurement

@@ -183,3 +183,46 @@ def test_a_run_keeps_best_pt_per_image_val_counts_and_old_runs_are_rescored(tmp_
     assert again.images == kept.images
     assert np.array_equal(again.intersection, kept.intersection)
     assert np.array_equal(again.union, kept.union)
+
+
+def test_seed_comparison_of_saved_evals_has_the_known_answer(tmp_path):
+    """`compress delta` reads `compress eval` folders (or their per_image.npz): seed means,
+    Δ of the means with its interval, and the seed-paired differences, each known here."""
+    from compress.evidence import format_seed_comparison, seed_comparison
+
+    def saved(name, iou_num):  # every image at IoU iou_num/8: any resample scores the same
+        path = tmp_path / name
+        path.mkdir()
+        counts([iou_num, 2 * iou_num, 5 * iou_num], [8, 16, 40], source=name).save(
+            path / "per_image.npz")
+        return path
+
+    base = [saved("b0", 4), saved("b1", 5)]  # 50 and 62.5
+    other = [saved("r0", 6) / "per_image.npz", saved("r1", 6)]  # 75 and 75
+    res = seed_comparison(base, other)
+    assert [r["miou"] for r in res["baseline"]["runs"]] == [50.0, 62.5]
+    assert res["baseline"]["miou_mean"] == 56.25 and res["recipe"]["miou_std"] == 0.0
+    assert res["delta_pts"] == pytest.approx(18.75)
+    assert res["delta_ci"] == [pytest.approx(18.75), pytest.approx(18.75)]
+    assert res["verdict"] == "better"
+    assert res["seed_deltas"] == [25.0, 12.5] and res["seed_delta_mean"] == 18.75
+    assert res["seed_delta_std"] == pytest.approx(np.std([25.0, 12.5], ddof=1))
+    text = format_seed_comparison(res)
+    assert "+18.75 [+18.75, +18.75]" in text and "better" in text and "+25.00 / +12.50" in text
+    assert "seed_deltas" not in seed_comparison(base, other[:1])  # unequal seeds: no pairs
+
+
+def test_delta_command_names_a_folder_without_scores(tmp_path):
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    (tmp_path / "empty").mkdir()
+    counts([1], [2]).save(tmp_path / "a.npz")
+    r = CliRunner().invoke(app, ["delta", str(tmp_path / "a.npz"),
+                                 "--baseline", str(tmp_path / "empty")])
+    assert r.exit_code != 0 and "empty: no per_image.npz" in str(r.exception) + r.output
+    r = CliRunner().invoke(app, ["delta", str(tmp_path / "a.npz"), "--baseline",
+                                 str(tmp_path / "a.npz"), "--json", str(tmp_path / "d.json")])
+    assert r.exit_code == 0, r.output
+    assert "within noise" in r.output and (tmp_path / "d.json").is_file()

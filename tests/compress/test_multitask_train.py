@@ -12,7 +12,7 @@ import torch
 
 from compress.config import ConfigError
 from compress.data import EpochSampler, build_train_set, drawn_mixture
-from compress.depth import silog_loss
+from compress.depth_losses import silog_loss
 from compress.losses import Distiller, TaskLoss
 from compress.train import fit
 from tests.conftest import interrupted_then_resumed, tiny_config

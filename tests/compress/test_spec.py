@@ -146,3 +146,21 @@ def test_bad_spec_in_a_checkpoint_names_file_and_key(tmp_path):
     with pytest.raises(ModelError) as e:
         load_model(bad)
     _one_line_naming(e, str(bad), "'extra'")
+
+
+def test_tasks_are_typed_once_and_written_back_as_mappings():
+    """Issue 21: ``ModelSpec.tasks`` is parsed once into ``TaskSpec`` s; files keep the
+    list of mappings, and a bad task is refused when the spec is made."""
+    from compress.tasks import TaskSpec
+
+    depth = {"name": "depth", "kind": "depth", "unit": "m", "min_depth": 0.5,
+             "max_depth": 30.0, "channels": 16}
+    spec = ModelSpec.from_dict({**OLD_SPEC, "tasks": [depth]})
+    assert spec.tasks == (TaskSpec(**depth),)
+    assert spec.to_dict()["tasks"] == [depth]
+    assert json.loads(json.dumps(spec.to_dict())) == spec.to_dict()
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert dataclasses.replace(spec, tasks=spec.tasks) == spec  # already typed: kept
+    assert "tasks" not in ModelSpec.from_dict(OLD_SPEC).to_dict()
+    with pytest.raises(ModelError, match="tasks\\[0\\].channels"):
+        dataclasses.replace(spec, tasks=[{**depth, "channels": 0}])

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from deploy import machine
 from deploy import runtime as registry
-from deploy.manifest import EXPORT_PACKAGES, new_manifest
+from deploy.manifest import EXPORT_LIBRARIES, new_manifest
 
 
 def test_manifest_environment_and_hardware_read_one_module(tmp_path):
-    env = machine.environment(EXPORT_PACKAGES)
+    env = machine.environment((*registry.packages(), *EXPORT_LIBRARIES))
     assert list(env) == ["python", "platform", "machine", "cpu", "packages"]
     hw = machine.hardware_info("cpu", 1, registry.packages())
     assert hw["cpu"] == env["cpu"] == machine.cpu_name() and hw["os"] == env["platform"]
@@ -19,5 +19,6 @@ def test_manifest_environment_and_hardware_read_one_module(tmp_path):
 
     spec = ModelSpec(arch="Unet", encoder="resnet18", classes=2, class_names=["a", "b"],
                      ignore_index=255, mean=[0.5] * 3, std=[0.5] * 3, input_size=[64, 64])
-    m = new_manifest(tmp_path / "best.pt", "0" * 64, spec, {}, {})
+    m = new_manifest(tmp_path / "best.pt", "0" * 64, spec, {}, {}, registry.packages())
     assert list(m["environment"]) == list(env) and m["environment"]["cpu"] == env["cpu"]
+    assert m["environment"]["packages"] == env["packages"]

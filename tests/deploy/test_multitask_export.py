@@ -52,7 +52,7 @@ def mt_export(mt_ckpt, tmp_path_factory):
 
 def test_checkpoint_round_trip_is_multitask(mt_ckpt):
     model, spec = load_model(mt_ckpt, return_spec=True)
-    assert isinstance(model, MultiTaskModel) and spec.tasks[0]["name"] == "depth"
+    assert isinstance(model, MultiTaskModel) and spec.tasks[0].name == "depth"
     out = model(torch.zeros(1, 3, 64, 64))
     assert set(out) == {"seg", "depth"} and out["depth"].shape == (1, 64, 64)
 
@@ -174,4 +174,4 @@ def test_eval_predictor_of_an_artifact_returns_what_the_checkpoint_returns(mt_ck
         want = load_model(mt_ckpt)(x)
     assert list(got) == list(want) == ["seg", "depth"]
     torch.testing.assert_close(got["depth"], want["depth"], atol=1e-3, rtol=1e-3)
-    assert got["seg"].shape == want["seg"].shape and spec.tasks[0]["name"] == "depth"
+    assert got["seg"].shape == want["seg"].shape and spec.tasks[0].name == "depth"

@@ -1,5 +1,5 @@
-"""Dense regression of depth: the losses a depth head trains with and the metrics it is
-scored by, on valid pixels only.
+"""Dense regression of depth: the losses a depth head trains with, on valid pixels only
+(its metrics: :class:`compress.metrics.DepthMeter`).
 
 A depth target is a float tensor ``[N, H, W]`` in the task's unit (metres by default);
 a pixel is valid where the target is finite and positive (0 marks "no measurement", as in
@@ -15,13 +15,10 @@ Losses (``DEPTH_LOSSES``):
 - ``berhu``: the reverse Huber loss (Laina et al. 2016): ``|x|`` up to ``c``, then
   ``(x^2 + c^2) / (2c)``, with ``c = 0.2 * max|x|`` over the batch's valid pixels.
 
-Metrics (:class:`DepthMeter`): RMSE, AbsRel (``mean(|p - t| / t)``) and the threshold
-accuracies ``delta < 1.25^k`` (share of pixels with ``max(p/t, t/p) < 1.25^k``), k = 1..3.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -77,43 +74,3 @@ def depth_loss_fn(name: str) -> Callable[..., torch.Tensor]:
     if name not in table:
         raise ValueError(f"unknown depth loss {name!r}; valid: {', '.join(DEPTH_LOSSES)}")
     return table[name]
-
-
-class DepthMeter:
-    """Accumulates depth errors over batches; :meth:`compute` gives the dataset's metrics.
-
-    Predictions are clamped to ``[min_depth, max_depth]`` and only targets inside that
-    range count (the usual KITTI protocol: e.g. 1e-3 to 80 m).
-    """
-
-    def __init__(self, min_depth: float = 1e-3, max_depth: float = float("inf")) -> None:
-        self.min_depth, self.max_depth = min_depth, max_depth
-        self.n = 0
-        self.sq = self.abs_rel = 0.0
-        self.within = [0, 0, 0]
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor,
-               valid: torch.Tensor | None = None) -> None:
-        m = valid_mask(target, valid) & (target >= self.min_depth) & (target <= self.max_depth)
-        if not m.any():
-            return
-        p = pred[m].double().clamp(self.min_depth, self.max_depth)
-        t = target[m].double()
-        self.n += int(m.sum())
-        self.sq += float(((p - t) ** 2).sum())
-        self.abs_rel += float(((p - t).abs() / t).sum())
-        ratio = torch.maximum(p / t, t / p)
-        for k in range(3):
-            self.within[k] += int((ratio < 1.25 ** (k + 1)).sum())
-
-    def compute(self) -> dict[str, float]:
-        """``{"rmse", "abs_rel", "delta1", "delta2", "delta3", "pixels"}``; NaN metrics
-        when no valid pixel was seen."""
-        if self.n == 0:
-            nan = float("nan")
-            return {"rmse": nan, "abs_rel": nan, "delta1": nan, "delta2": nan,
-                    "delta3": nan, "pixels": 0}
-        return {"rmse": math.sqrt(self.sq / self.n), "abs_rel": self.abs_rel / self.n,
-                "delta1": self.within[0] / self.n, "delta2": self.within[1] / self.n,
-                "delta3": self.within[2] / self.n, "pixels": self.n}
