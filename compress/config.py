@@ -363,6 +363,10 @@ class TeacherConfig(_Strict):
         None, description="a file of tensors (LoRA weights, or any subset of the state_dict) "
         "loaded over teacher.checkpoint's weights; every key must exist in the model")
     model: ModelConfig | None = Field(None, description="architecture of a plain state_dict")
+    class_names: list[str] | None = Field(
+        None, description="the classes of a plain state_dict teacher, in its head's order "
+        "(default: the student's when the counts agree, else class_0..N-1); kd.class_map "
+        "maps these names. A segcompress checkpoint names its own")
     input_size: tuple[int, int] | None = Field(
         None, description="[H, W] a plain state_dict teacher runs at (default: data.size; a "
         "checkpoint's spec gives its own; teacher.hf: instead of its processor's size): the "
@@ -388,7 +392,8 @@ class TeacherConfig(_Strict):
     def _one_source(self) -> TeacherConfig:
         if not self.hf:
             return self
-        both = [k for k in ("checkpoint", "adapter", "model") if getattr(self, k) is not None]
+        both = [k for k in ("checkpoint", "adapter", "model", "class_names")
+                if getattr(self, k) is not None]
         both += ["train_epochs"] if self.train_epochs else []
         if both:
             raise ValueError(f"teacher.hf loads the model, its weights and classes from "

@@ -277,13 +277,23 @@ def _checkpoint_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], de
         raise FileNotFoundError(f"teacher.checkpoint not found: {tc.checkpoint} (give a "
                                 "checkpoint, or teacher.train_epochs > 0 to train one)")
     ckpt = read_checkpoint(tc.checkpoint)
+    if ckpt["spec"] is not None and tc.class_names is not None:
+        raise ConfigError(f"teacher.class_names: {tc.checkpoint} names its own classes "
+                          f"({', '.join(ckpt['spec'].class_names[:6])}...): drop "
+                          "teacher.class_names (it is for a plain state_dict)")
     if ckpt["spec"] is None and tc.model is None:
         raise ConfigError(f"teacher.checkpoint {tc.checkpoint} is a plain state_dict without a "
                          "model spec: set teacher.model (arch, encoder, decoder_channels)")
     if ckpt["spec"] is None:  # a plain state_dict: the architecture comes from teacher.model
         m = tc.model
-        classes = m.classes or _head_classes(ckpt["state_dict"]) or s_spec.classes
-        names = s_spec.class_names if classes == s_spec.classes else None
+        given = tc.class_names
+        classes = (m.classes or _head_classes(ckpt["state_dict"]) or (given and len(given))
+                   or s_spec.classes)
+        if given is not None and len(given) != classes:
+            raise ConfigError(f"teacher.class_names has {len(given)} names but the teacher "
+                              f"{tc.checkpoint} has {classes} classes (its head"
+                              f"{', teacher.model.classes' if m.classes else ''})")
+        names = given or (s_spec.class_names if classes == s_spec.classes else None)
         spec = make_spec(arch=m.arch, encoder=m.encoder, classes=classes,
                          class_names=names, ignore_index=s_spec.ignore_index,
                          decoder_channels=m.decoder_channels, factory=m.factory, kwargs=m.kwargs,
@@ -291,9 +301,16 @@ def _checkpoint_teacher(cfg: RunConfig, s_spec: ModelSpec, levels: list[str], de
                          input_size=tc.input_size or s_spec.input_size)
     model, spec = load_model(tc.checkpoint, spec=spec,
                              strict=not (tc.allow_missing_keys or tc.adapter),
-                             return_spec=True, trusted=recipe_factories(cfg))
+                             return_spec=True, trusted=recipe_factories(cfg),
+                             missing_hint=ADAPTER_HINT)
     _check_teacher_weights(model, tc)
     return model, spec
+
+
+# what a refusal of missing teacher weights adds: the usual cause is a partial file
+ADAPTER_HINT = (" (a file of part of the weights, e.g. LoRA: give the base model as "
+                "teacher.checkpoint and this file as teacher.adapter; or "
+                "teacher.allow_missing_keys=true to run the rest on initial values)")
 
 
 # teacher.kind -> (cfg, student spec, levels, device) -> (eval-mode model, its spec)

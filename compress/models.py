@@ -37,6 +37,7 @@ from compress.spec import (  # noqa: F401 - also named here
     ModelSpec,
     default_normalization,
     make_spec,
+    model_label,
     validate_spec,
 )
 from compress.zoo import HEAD_ARCHS
@@ -462,6 +463,7 @@ def load_model(
     strict: bool = True,
     return_spec: bool = False,
     trusted=(),
+    missing_hint: str = "",
 ):
     """Load a checkpoint into an eval-mode model.
 
@@ -472,6 +474,8 @@ def load_model(
         strict: refuse missing or unexpected keys.
         return_spec: also return the :class:`ModelSpec`.
         trusted: factories the caller's user named in a recipe (see :func:`create_model`).
+        missing_hint: what the refusal of missing weights adds (the teacher's loader
+            points at ``teacher.adapter``).
 
     Returns:
         ``nn.Module`` in eval mode mapping ``[N, 3, H, W]`` normalised images to logits
@@ -509,8 +513,9 @@ def load_model(
             parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise ModelError(f"{path}: weights do not fit {spec.arch}/{spec.encoder} with "
-                         f"{spec.classes} classes: {'; '.join(parts)}")
+        raise ModelError(f"{path}: weights do not fit {model_label(spec)} with "
+                         f"{spec.classes} classes: {'; '.join(parts)}"
+                         + (missing_hint if missing and not shapes else ""))
     result = model.load_state_dict(state, strict=strict)
     model.load_report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
     model.eval().to(device)

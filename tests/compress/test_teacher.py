@@ -284,3 +284,44 @@ def test_distill_from_a_fixed_size_teacher_at_another_size(tmp_path, cache):
 
     row = next(csv.DictReader((run / "metrics.csv").open()))
     assert float(row["train_kd"]) > 0
+
+
+NAME_MAP_8_TO_6 = ("{Tree: Forest, Rangeland: {Grassland: 0.7, SemiNatural: 0.3}, "
+                   "Cropland: Cropland, Developed: Settlement, Road: Settlement, "
+                   "Bareland: SemiNatural, Water: Background, Background: Background}")
+
+
+def test_plain_state_dict_teacher_takes_class_names_for_a_class_map_by_name(tmp_path, data6):
+    """Issue 23: before, a plain state_dict teacher's classes were class_0..7, so a class
+    map had to be written against those; teacher.class_names names them."""
+    t = _teacher8(tmp_path / "t8_plain.pt", plain=True)
+    extra = [f"kd.class_map={NAME_MAP_8_TO_6}", "teacher.model.decoder_channels=[16,16,8,8,8]",
+             f"teacher.class_names=[{','.join(T8)}]"]
+    run = fit(_cfg(tmp_path / "a", data6, t, extra), show_progress=False).run_dir
+    log = (run / "train.log").read_text()
+    assert "label map: 8 teacher -> 6 student classes" in log
+    assert "Grassland        <- Rangeland 0.70" in log
+    with pytest.raises(ConfigError, match=r"teacher.class_names has 7 names but the teacher "
+                                          r".*t8_plain.pt has 8 classes"):
+        fit(_cfg(tmp_path / "b", data6, t, [*extra[:2], f"teacher.class_names=[{','.join(T8[:7])}]"]),
+            show_progress=False)
+    named = _teacher8(tmp_path / "t8.pt")
+    with pytest.raises(ConfigError, match="names its own classes"):
+        fit(_cfg(tmp_path / "c", data6, named, extra), show_progress=False)
+
+
+def test_missing_teacher_weights_point_at_teacher_adapter(tmp_path, data6):
+    """Issue 23: a factory teacher whose file holds part of its weights (a LoRA file given
+    as the checkpoint) is named by its factory and pointed at teacher.adapter."""
+    from tests.compress.custom_teacher import build
+
+    t = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in build(8).state_dict().items() if k.startswith("2.")}, t)
+    extra = [f"kd.class_map={MAP_8_TO_6}",
+             "teacher.model.factory=tests.compress.custom_teacher:build",
+             "teacher.model.classes=8"]
+    with pytest.raises(ModelError) as e:
+        fit(_cfg(tmp_path, data6, t, extra), show_progress=False)
+    msg = str(e.value)
+    assert "factory tests.compress.custom_teacher:build" in msg and "Unet" not in msg
+    assert "2 missing" in msg and "teacher.adapter" in msg
