@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from compress.devices import check_device
 from compress.errors import InputError, first_line
@@ -170,6 +171,7 @@ def measure_latency(
     warmup: int = 10,
     clock: Callable[[], float] = time.perf_counter,
     model_timer: Callable | None = None,
+    progress: bool = False,
 ) -> list[LatencyResult]:
     """Time several pipelines interleaved run by run.
 
@@ -184,6 +186,7 @@ def measure_latency(
             ``model_timer`` is given).
         model_timer: ``timer(fn, arg) -> (output, ms)`` for the model stage, e.g.
             :class:`CudaEventTimer`.
+        progress: a progress bar over the rounds (on stderr).
 
     Returns:
         One :class:`LatencyResult` per pipeline, in input order; ``ratio_to_first`` is the
@@ -202,7 +205,9 @@ def measure_latency(
     timer = model_timer or wall
     k = len(pipelines)
     samples = {stage: [[0.0] * runs for _ in range(k)] for stage in ("pre", "model", "post")}
-    for r in range(-warmup, runs):
+    rounds = tqdm(range(-warmup, runs), desc=f"timing {k} model(s)", disable=not progress,
+                  leave=False)
+    for r in rounds:
         for j in range(k):
             i = (j + r) % k  # rotate the starting pipeline
             p = pipelines[i]

@@ -222,7 +222,7 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
     if not runs:
         raise FileNotFoundError(f"study {study.name}: no finished run to compare "
                                 f"({'; '.join(missing + skipped)})")
-    result = compare_runs(runs, study, missing, skipped, log=log)
+    result = compare_runs(runs, study, missing, skipped, log=log, show=show)
     write_comparison(out, result)
     return out
 
@@ -270,7 +270,8 @@ def count_params_gmacs(model: torch.nn.Module, size: tuple[int, int]) -> tuple[i
 
 
 def time_models(models: dict[str, torch.nn.Module], sizes: dict[str, tuple[int, int]],
-                threads: int = 1, warmup: int = 5, repeats: int = 30) -> dict[str, dict]:
+                threads: int = 1, warmup: int = 5, repeats: int = 30,
+                progress: bool = False) -> dict[str, dict]:
     """Batch-1 CPU forward time per model, in ms: median and std over ``repeats``.
 
     bench's loop (:func:`bench.latency.measure_latency`) times the models interleaved (one
@@ -287,7 +288,7 @@ def time_models(models: dict[str, torch.nn.Module], sizes: dict[str, tuple[int, 
             for k, m in models.items():
                 x = torch.randn(1, 3, *sizes[k])
                 pipelines.append(Pipeline(k, lambda _run, x=x: x, m.eval()))
-            results = measure_latency(pipelines, runs=repeats, warmup=warmup)
+            results = measure_latency(pipelines, runs=repeats, warmup=warmup, progress=progress)
     finally:
         torch.set_num_threads(old)
     return {r.name: {"ms_median": r.model.median, "ms_std": r.model.std, "repeats": r.model.n}
@@ -310,7 +311,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
                  missing: list[str] | None = None, skipped: list[str] | None = None,
-                 log=print) -> dict:
+                 log=print, show: bool = False) -> dict:
     """Everything the comparison files show, as one dict (also ``comparison.json``).
 
     Each recipe's Δ mIoU against the baseline gets a paired bootstrap interval over the
@@ -340,7 +341,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             cost[key] = {"params": params, "gmacs": gmacs}
     lat = study.latency
     if lat.enabled:
-        timing = time_models(models, sizes, lat.threads, lat.warmup, lat.repeats)
+        timing = time_models(models, sizes, lat.threads, lat.warmup, lat.repeats, show)
         for k, c in cost.items():
             c.update(timing[k])
     for row in rows:

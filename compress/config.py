@@ -31,7 +31,8 @@ class _Strict(BaseModel):
 DepthMode = Literal["none", "dense", "lidar", "files"]
 # the layouts of compress.data.SOURCES, plus synthetic (tests/compress/test_layouts.py
 # keeps the three lists equal)
-DataKindName = Literal["synthetic", "camvid", "folder", "cityscapes", "voc", "ade20k"]
+DataKindName = Literal["synthetic", "camvid", "folder", "cityscapes", "voc", "ade20k",
+                       "kitti_depth"]
 
 
 class SourceConfig(_Strict):
@@ -44,7 +45,8 @@ class SourceConfig(_Strict):
     length: int = Field(64, ge=1, description="synthetic only: number of samples")
     seed: int = 0
     depth: DepthMode = Field("none", description="depth targets: none, dense / lidar "
-                             "(synthetic), files (a folder's depth/: docs/multitask.md)")
+                             "(synthetic), files (a folder's depth/, kitti_depth's maps: "
+                             "docs/multitask.md)")
     masks: bool = Field(True, description="false: a depth-only source (no segmentation "
                         "labels; its segmentation terms see ignored pixels only)")
 

@@ -318,10 +318,11 @@ TEACHER_LOADERS = {"checkpoint": _checkpoint_teacher, "hf": _hf_teacher}
 
 
 def preflight_teacher(cfg: RunConfig, teacher: Teacher, val_loader, class_names: list[str],
-                      device) -> dict:
-    """Score the teacher on the validation split (in the student's classes); refuse one
-    at chance unless ``teacher.allow_weak``."""
-    score, conf = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index, device)
+                      device, show: bool = False) -> dict:
+    """Score the teacher on the validation split (in the student's classes; a progress
+    bar with ``show``); refuse one at chance unless ``teacher.allow_weak``."""
+    score, conf = evaluate(teacher.predict, val_loader, class_names, cfg.ignore_index, device,
+                           show=show, desc="teacher preflight")
     log.info(f"teacher val mIoU {score['miou'] * 100:.2f}")
     weak = weak_teacher(score, conf)
     if weak and not cfg.teacher.allow_weak:

@@ -33,7 +33,7 @@ from compress.spec import MAX_SIDE, ModelSpec
 @torch.no_grad()
 def evaluate(predict, loader, class_names: list[str], ignore_index: int, device="cpu",
              flip: bool = False, show: bool = False, depth=None,
-             per_image: ImageSink | None = None) -> tuple[dict, torch.Tensor]:
+             per_image: ImageSink | None = None, desc: str = "eval") -> tuple[dict, torch.Tensor]:
     """Score ``predict(images) -> logits`` on a loader.
 
     Args:
@@ -59,7 +59,7 @@ def evaluate(predict, loader, class_names: list[str], ignore_index: int, device=
     c = len(names)
     conf = torch.zeros(c, c, dtype=torch.int64)
     distances: list[float] = []
-    for batch in tqdm(loader, desc="eval", disable=not show, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=not show, leave=False):
         fault_point("eval_batch")  # test hook (tests/faults): a kill during validation
         x = batch["image"].to(device)
         out = predict(x)

@@ -15,3 +15,4 @@ class DataKind(str, Enum):
     cityscapes = "cityscapes"
     voc = "voc"
     ade20k = "ade20k"
+    kitti_depth = "kitti_depth"

@@ -286,7 +286,7 @@ def _fit(cfg: RunConfig, progress: rundir.RunProgress, *, resume: str | Path | N
     teacher_score = None
     if teacher is not None and ctx.rank == 0:
         teacher_score = distill.preflight_teacher(cfg, teacher, data.val_loader, class_names,
-                                                  ctx.device)
+                                                  ctx.device, show_progress)
     if resume is not None and ctx.rank == 0:  # every check passed: the run dir may change
         progress.run_dir = ctx.run_dir
         rundir.commit_resume(ctx.run_dir, cfg, ctx.changes, state.epoch,
@@ -325,7 +325,7 @@ def _fit(cfg: RunConfig, progress: rundir.RunProgress, *, resume: str | Path | N
         if ctx.rank == 0 and ((epoch + 1) % cfg.train.val_every == 0
                                 or epoch + 1 == cfg.train.epochs):
             metrics, per_image = validate(cfg, epoch, student, task.teacher, data, spec,
-                                          class_names, ctx, row)
+                                          class_names, ctx, row, show_progress)
         state.history.append(row)
         state.epoch = epoch + 1
         if ctx.rank == 0:
@@ -517,16 +517,17 @@ def epoch_row(epoch: int, res: EpochResult, data: TrainData) -> dict[str, Any]:
 
 
 def validate(cfg: RunConfig, epoch: int, student: nn.Module, teacher, data: TrainData, spec: ModelSpec,
-             class_names: list[str], ctx: RunContext, row: dict[str, Any]
+             class_names: list[str], ctx: RunContext, row: dict[str, Any], show: bool = False
              ) -> tuple[dict, ImageCounts]:
-    """Score the student on the validation split into ``row`` (``val_*``); the epoch's
-    figure when ``train.vis_every`` says so. Returns the scores and the per-image counts
+    """Score the student on the validation split into ``row`` (``val_*``; a progress bar
+    with ``show``); the epoch's figure when ``train.vis_every`` says so. Returns the scores and the per-image counts
     (what ``val/per_image.npz`` keeps for the best epoch)."""
     dt = depth_task(spec)
     one_pass = dt is not None and data.depth_loader is data.val_loader
     counter = ImageCounter(str(ctx.run_dir))
     metrics, _ = evaluate(student, data.val_loader, class_names, cfg.ignore_index, ctx.device,
-                          depth=dt if one_pass else None, per_image=counter)
+                          depth=dt if one_pass else None, per_image=counter, show=show,
+                          desc=f"val {epoch + 1}")
     row.update(val_miou=round(metrics["miou"], 6), val_pixel_acc=round(metrics["pixel_acc"], 6),
                val_dice=round(metrics["dice"], 6))
     for k in ("fg_iou", "fg_dice", "hd95"):  # binary tasks

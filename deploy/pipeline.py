@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from compress.errors import InputError
 from compress.io import current_umask
@@ -194,8 +195,13 @@ class ImageSet:
             item = self.dataset[i]
             yield item["image"].numpy(), (item["mask"].numpy() if self.labelled else None)
 
-    def batches(self) -> Iterator[tuple[np.ndarray, ...]]:
-        for start in range(0, len(self.indices), self.batch_size):
+    def batches(self, desc: str | None = None) -> Iterator[tuple[np.ndarray, ...]]:
+        """The images in batches; ``desc``: with a progress bar of that title (on a
+        terminal only)."""
+        starts = range(0, len(self.indices), self.batch_size)
+        if desc is not None:
+            starts = tqdm(starts, desc=desc, leave=False, disable=None)
+        for start in starts:
             chunk = self.indices[start:start + self.batch_size]
             items = [self.dataset[i] for i in chunk]
             images = np.stack([it["image"].numpy() for it in items])
@@ -624,7 +630,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     export_onnx(model, onnx_path, spec, size=size, opset=cfg.opset, batch_size=cfg.batch_size,
                 dynamic_batch=cfg.dynamic_batch, dynamic_spatial=cfg.dynamic_spatial,
                 argmax=cfg.argmax)
-    res = verify_onnx(onnx_path, model, val.batches(), min_agreement=cfg.min_agreement,
+    res = verify_onnx(onnx_path, model, val.batches("verify ONNX"), min_agreement=cfg.min_agreement,
                       class_names=class_names, ignore_index=ignore, threads=cfg.threads,
                       reference_name="pytorch")
     verification = {"reference": "pytorch", "data": f"{cfg.val_split} split", **res}
@@ -643,8 +649,8 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
 
     def check(candidate, enforce: bool, what: str) -> dict:
         # every named output (a multi-task graph's depth too); the budget stays on seg
-        r = compare(reference.run_outputs, candidate.run_outputs, val.batches(), class_names,
-                    ignore, reference_name="f32")
+        r = compare(reference.run_outputs, candidate.run_outputs, val.batches(f"verify {what}"),
+                    class_names, ignore, reference_name="f32")
         r = {"reference": "onnxruntime f32", "data": f"{cfg.val_split} split", **r}
         if enforce and not r["agreement"] >= cfg.min_agreement:
             raise VerificationError(
@@ -825,7 +831,7 @@ def _qat_int8(qat_model, int8_path: Path, spec: ModelSpec, size, cfg: ExportConf
                 dynamic_spatial=cfg.dynamic_spatial, argmax=cfg.argmax)
     rt = load_runtime(int8_path, threads=cfg.threads)
     r = check(rt, False, "INT8 ONNX (QAT)")
-    torch_side = compare(torch_predictor(qat_model, cfg.argmax), rt.predict, val.batches(),
+    torch_side = compare(torch_predictor(qat_model, cfg.argmax), rt.predict, val.batches("verify QAT"),
                          class_names, ignore)
     r["agreement_with_pytorch_qat"] = torch_side["agreement"]
     drop = (r["miou_f32"] - r["miou"]) * 100 if r.get("miou") is not None else 0.0

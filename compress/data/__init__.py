@@ -20,7 +20,12 @@ from compress.data.datasets import (
 )
 from compress.data.depth import DEPTH_MODES, DepthSource, depth_dir_of
 from compress.data.labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
-from compress.data.layouts import ade20k_source, cityscapes_source, voc_source
+from compress.data.layouts import (
+    ade20k_source,
+    cityscapes_source,
+    kitti_depth_source,
+    voc_source,
+)
 from compress.data.loader import EpochSampler, collate, drawn_mixture
 from compress.data.transforms import TrainAugment, denormalize, normalize, resize_pair
 
@@ -54,7 +59,8 @@ __all__ = [
 ]
 
 SOURCES = {"camvid": camvid_source, "folder": folder_source,
-           "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source}
+           "cityscapes": cityscapes_source, "voc": voc_source, "ade20k": ade20k_source,
+           "kitti_depth": kitti_depth_source}
 
 
 def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
@@ -62,7 +68,8 @@ def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
                   depth: str = "none", masks: bool = True,
                   class_names: list[str] | None = None):
     """Create one raw source by kind name (``synthetic`` or a :data:`SOURCES` entry:
-    ``camvid``, ``folder``, ``cityscapes``, ``voc``, ``ade20k``).
+    ``camvid``, ``folder``, ``cityscapes``, ``voc``, ``ade20k``, ``kitti_depth``: depth
+    only, with ``depth="files"`` and ``masks=False``).
 
     Synthetic splits differ by seed (train uses ``seed``, others ``seed + 1000``).
     ``depth`` (``none``, ``dense``/``lidar`` for synthetic, ``files`` for a folder's
@@ -87,6 +94,12 @@ def create_source(kind: str, root: str | None, split: str, *, ignore_index: int,
     elif kind == "folder":
         src = folder_source(root, split, ignore_index=ignore_index, masks=masks,
                             class_names=class_names)
+    elif kind == "kitti_depth":  # carries its own depth, and no masks
+        if masks or depth != "files":
+            raise DataError(f"{root}: kitti_depth is a depth-only source: give it "
+                            "depth: files and masks: false")
+        return kitti_depth_source(root, split, ignore_index=ignore_index,
+                                  class_names=class_names)
     else:
         src = SOURCES[kind](root, split, ignore_index=ignore_index)
     if depth == "none" and masks:

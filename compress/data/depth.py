@@ -29,8 +29,12 @@ from compress.data.datasets import DataError
 MAX_DEPTH_MM = 65_535
 
 
-def read_depth(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+def read_depth(path: str | Path, shape: tuple[int, int] | None = None,
+               png_scale: float = 1000.0) -> np.ndarray:
     """A depth map in metres (float32 ``[H, W]``, 0 where there is no measurement).
+
+    A 16-bit PNG holds ``metres * png_scale``: millimetres (1000) in the folder layout,
+    KITTI's 256 (``data_depth_annotated``).
 
     Raises:
         DataError: unreadable file, wrong dtype or rank, or a size other than ``shape``;
@@ -57,9 +61,10 @@ def read_depth(path: str | Path, shape: tuple[int, int] | None = None) -> np.nda
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"{path}: not a readable PNG depth map ({e})") from None
         if raw.dtype != np.uint16 and raw.dtype != np.int32:
-            raise DataError(f"{path}: a PNG depth map is 16-bit millimetres (got "
+            unit = "millimetres" if png_scale == 1000.0 else f"metres x {png_scale:g}"
+            raise DataError(f"{path}: a PNG depth map is 16-bit {unit} (got "
                             f"{raw.dtype} {'x'.join(map(str, raw.shape))})")
-        depth = raw.astype(np.float32) / 1000.0
+        depth = raw.astype(np.float32) / png_scale
     else:
         raise DataError(f"{path}: depth maps are .png (16-bit mm) or .npy (float metres)")
     if depth.ndim != 2:

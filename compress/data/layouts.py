@@ -1,5 +1,5 @@
 """Published dataset layouts, read as their projects ship them: Cityscapes, PASCAL VOC
-2012 and ADE20K (SceneParsing).
+2012, ADE20K (SceneParsing) and, for depth, KITTI's annotated depth maps.
 
 Each source takes the dataset root (the folder the archive unpacks to, or its parent) and
 a split, and returns a :class:`PairSource` whose label table turns the layout's mask values
@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from compress.data.datasets import IMAGE_EXTS, DataError, PairSource, read_data_text
+from compress.data.depth import read_depth
 from compress.data.labels import (
     ADE20K_CLASSES,
     ADE20K_LABELS,
@@ -99,3 +102,65 @@ def ade20k_source(root: str | Path, split: str, ignore_index: int = 255) -> Pair
         if p.suffix.lower() in IMAGE_EXTS]
     return PairSource(pairs, list(ADE20K_CLASSES), ignore_index, str(img_dir),
                       (ADE20K_LABELS,))
+
+
+KITTI_DEPTH_SCALE = 256.0  # data_depth_annotated PNGs: metres = value / 256, 0 = no value
+KITTI_DEPTH = "data_depth_annotated"
+
+
+class KittiDepthSource(PairSource):
+    """KITTI frames with their annotated depth and no segmentation masks (a depth-only
+    source): each frame is named ``<drive>_<frame>`` (frame numbers repeat across
+    drives)."""
+
+    def __init__(self, frames: list[tuple[str, Path, Path]], class_names: list[str],
+                 ignore_index: int, where: str) -> None:
+        super().__init__([(rgb, None) for _, rgb, _ in frames], class_names, ignore_index,
+                         where)
+        self.names = [n for n, _, _ in frames]
+        self.depths = [d for _, _, d in frames]
+        self.masks = False
+
+    def name(self, i: int) -> str:
+        return self.names[i]
+
+    def load(self, i: int) -> tuple[np.ndarray, None, str]:
+        image, _, _ = super().load(i)
+        return image, None, self.names[i]
+
+    def load_depth(self, i: int, shape: tuple[int, int]) -> np.ndarray:
+        """Depth of frame ``i`` in metres (0 where the LiDAR measured nothing)."""
+        return read_depth(self.depths[i], shape, png_scale=KITTI_DEPTH_SCALE)
+
+
+def kitti_depth_source(root: str | Path, split: str, ignore_index: int = 255,
+                       class_names: list[str] | None = None) -> KittiDepthSource:
+    """KITTI depth (``data_depth_annotated/<split>/<drive>/proj_depth/groundtruth/
+    image_02/*.png``, 16-bit, metres x 256) with the left colour frames of the raw drives
+    (``<date>/<drive>/image_02/data/<frame>.png``, ``<date>`` the drive's first 10
+    characters, beside ``data_depth_annotated`` or under ``raw/``). ``class_names``: the
+    run's classes (the frames have no masks: segmentation terms see ignored pixels)."""
+    root = _dataset_root(root, "KITTI depth", KITTI_DEPTH, ())
+    ann = root / KITTI_DEPTH / split
+    if not ann.is_dir():
+        raise DataError(f"{ann}: KITTI depth split {split!r} not found (splits in "
+                        f"{ann.parent}: {_splits(ann.parent)})")
+    frames = []
+    for gt in sorted(ann.glob("*/proj_depth/groundtruth/image_02/*.png")):
+        drive = gt.parents[3].name
+        places = [root / drive[:10] / drive, root / "raw" / drive[:10] / drive]
+        rgb = next((d / "image_02" / "data" / gt.name for d in places
+                    if (d / "image_02" / "data" / gt.name).is_file()),
+                   places[0] / "image_02" / "data" / gt.name)  # refused below, named
+        frames.append((f"{drive}_{gt.stem}", rgb, gt))
+    if not frames:
+        raise DataError(f"{ann}: no <drive>/proj_depth/groundtruth/image_02/*.png")
+    missing = [(rgb, gt) for _, rgb, gt in frames if not rgb.is_file()]
+    if missing:
+        rgb, gt = missing[0]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{rgb}: colour frame missing for {gt.name} of "
+                        f"{gt.parents[3].name}{more}: unpack the raw drive beside "
+                        f"{KITTI_DEPTH}/ (or under raw/)")
+    return KittiDepthSource(frames, list(class_names or []), ignore_index,
+                            f"{ann}/<drive>/proj_depth/groundtruth/image_02")

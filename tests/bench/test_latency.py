@@ -85,6 +85,14 @@ def test_runs_are_interleaved_and_rotated():
     assert models == ["a.model", "b.model", "b.model", "a.model"]
 
 
+def test_progress_bar_counts_the_rounds_on_stderr(capfd):
+    clock = FakeClock()
+    measure_latency(_pipes(clock), runs=3, warmup=1, clock=clock, progress=True)
+    assert "timing 2 model(s)" in capfd.readouterr().err
+    measure_latency(_pipes(clock), runs=3, warmup=1, clock=clock)
+    assert "timing" not in capfd.readouterr().err
+
+
 def test_ratio_survives_drift():
     # the machine slows by 10 % after every model call: medians drift, the ratio holds
     clock = FakeClock(drift=1.1)

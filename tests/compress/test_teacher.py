@@ -325,3 +325,11 @@ def test_missing_teacher_weights_point_at_teacher_adapter(tmp_path, data6):
     msg = str(e.value)
     assert "factory tests.compress.custom_teacher:build" in msg and "Unet" not in msg
     assert "2 missing" in msg and "teacher.adapter" in msg
+
+
+def test_teacher_preflight_and_validation_show_progress(tmp_path, data6, capfd):
+    """Issue 23: the teacher preflight and each validation had no progress bar."""
+    t = _teacher8(tmp_path / "t8.pt")
+    fit(_cfg(tmp_path, data6, t, [f"kd.class_map={MAP_8_TO_6}"]), show_progress=True)
+    err = capfd.readouterr().err
+    assert "teacher preflight" in err and "val 1" in err
