@@ -65,7 +65,7 @@ def test_bent_kitti_trees_are_refused_naming_the_file(tmp_path):
         create_source("kitti_depth", str(root), "test", **kw)
     with pytest.raises(DataError, match="not a KITTI depth root"):
         create_source("kitti_depth", str(tmp_path), "train", **kw)
-    gt = sorted((root / "data_depth_annotated" / "val").rglob("*.png"))[0]
+    gt = min((root / "data_depth_annotated" / "val").rglob("*.png"))
     Image.fromarray(np.zeros((H, W), np.uint8)).save(gt)  # 8-bit: not KITTI's depth
     src = create_source("kitti_depth", str(root), "val", **kw)
     with pytest.raises(DataError, match=r"16-bit metres x 256"):
