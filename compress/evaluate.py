@@ -16,7 +16,13 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.config import check_class_names
-from compress.data import collate, ignore_collision, split_classes, split_images
+from compress.data import (
+    collate,
+    depth_only_split,
+    ignore_collision,
+    split_classes,
+    split_images,
+)
 from compress.devices import resolve_device
 from compress.errors import InputError, ModelError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
@@ -221,6 +227,16 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     out.check([sub + name for sub in subs for name in EVAL_FILES])
     options = {"kind": kind, "size": size, "flip": flip, "device": device,
                "batch_size": batch_size, "score_at": score_at, "depth": depth, "load": load}
+    if depth_only_split(kind, str(data), split):  # no masks: depth is all there is to score
+        if reference is not None or arch or encoder or classes:
+            raise InputError(f"{data} ({split}) is a depth-only split: only a multi-task "
+                             "checkpoint's depth is scored on it (no --compare, which pairs "
+                             "segmentation scores; no plain state_dict, which has no depth head)")
+        result = _score_depth_only(path, Path(data), split, **options)
+        out.claim(["eval.json"])
+        result["eval_json"] = str(atomic_write_json(out / "eval.json", result))
+        out.record(["eval.json"])
+        return result
     result, conf, counts = _score(path, data, split, arch=arch, encoder=encoder,
                                   classes=classes, **options)
     if reference is not None:
@@ -309,6 +325,33 @@ def _score(path: Path, data: Path, split: str, *, kind: str, size: tuple[int, in
     return result, conf, counter.counts(split=split, checkpoint=str(path))
 
 
+def _score_depth_only(path: Path, data: Path, split: str, *, kind: str, size, flip: bool,
+                      device: str, batch_size: int, score_at: str, depth: str,
+                      load: PredictorLoader) -> dict:
+    """:func:`evaluate_checkpoint` on a split with depth and no masks (KITTI's annotated
+    depth, a folder with ``depth/`` and no ``masks/``): the depth metrics of a multi-task
+    model, at the network size."""
+    if score_at != "network" or flip or depth not in ("auto", "files"):
+        raise InputError(f"{data} ({split}) is a depth-only split: it is scored at the "
+                         "network size, without --flip, on its depth files (drop "
+                         "--score-at / --flip / --depth)")
+    dev = resolve_device(device)
+    predict, spec = load(path, str(dev), None)
+    dt = depth_task(spec)
+    if dt is None:
+        raise InputError(f"{data} ({split}) has depth and no masks, and {path} is a "
+                         "single-task model: there is nothing it can be scored on")
+    size = size or tuple(spec.input_size)
+    ds = split_images(kind, str(data), split, size=size, mean=spec.mean, std=spec.std,
+                      ignore_index=spec.ignore_index, depth="files", masks=False,
+                      class_names=list(spec.class_names))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    scores = evaluate_depth(predict, loader, dt.name, dev, max_depth=dt.max_depth, show=True)
+    scores.update(task=dt.name, unit=dt.unit, targets="files")
+    return {"depth": scores, "checkpoint": str(path), "data": str(data), "split": split,
+            "size": list(size), "images": len(ds), "depth_only": True}
+
+
 def _depth_mode(depth: str, kind: str, data: Path, split: str) -> str:
     """The depth targets to score against: ``auto`` is a folder's ``depth/`` when it has
     one, synthetic dense depth for synthetic data, else none."""
@@ -330,6 +373,8 @@ def _data_class_names(kind: str, data: Path, split: str) -> list[str] | None:
 
 
 def format_table(result: dict) -> str:
+    if result.get("depth_only"):
+        return "\n".join(_depth_lines(result["depth"])[1:])
     lines = [f"{'class':<16}{'IoU':>8}", "-" * 24]
     for name, v in result["per_class_iou"].items():
         lines.append(f"{name:<16}{'n/a' if v is None else f'{v * 100:.2f}':>8}")
@@ -347,11 +392,14 @@ def format_table(result: dict) -> str:
                   (f"Δ mIoU {c['delta_pts']:+.2f} pts, {c['ci_level'] * 100:g}% CI "
                   f"[{low:+.2f}, {high:+.2f}] (paired bootstrap, {c['resamples']} resamples "
                   f"of the {c['images']} images): {c['verdict']}")]
-    d = result.get("depth")
-    if d:
-        unit = d.get("unit", "m")
-        lines += ["-" * 24, f"{'depth RMSE':<16}{d['rmse']:>8.3f} {unit}",
-                  f"{'depth AbsRel':<16}{d['abs_rel']:>8.3f}",
-                  f"{'depth d<1.25':<16}{d['delta1'] * 100:>8.2f}",
-                  f"({d['pixels']} valid pixels, {d.get('targets', '')} depth)"]
+    if result.get("depth"):
+        lines += _depth_lines(result["depth"])
     return "\n".join(lines)
+
+
+def _depth_lines(d: dict) -> list[str]:
+    unit = d.get("unit", "m")
+    return ["-" * 24, f"{'depth RMSE':<16}{d['rmse']:>8.3f} {unit}",
+            f"{'depth AbsRel':<16}{d['abs_rel']:>8.3f}",
+            f"{'depth d<1.25':<16}{d['delta1'] * 100:>8.2f}",
+            f"({d['pixels']} valid pixels, {d.get('targets', '')} depth)"]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from compress.data.datasets import (
@@ -147,7 +149,8 @@ def build_depth_val(data_cfg, mean, std, ignore_index: int,
 
 def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, int], mean,
                  std, ignore_index: int, count: int | None = None,
-                 synthetic_seed: int = 0, depth: str = "none") -> SegDataset:
+                 synthetic_seed: int = 0, depth: str = "none", masks: bool = True,
+                 class_names: list[str] | None = None) -> SegDataset:
     """The images of one split as a network sees them: resized to ``size`` and normalised
     with ``mean`` / ``std``, no augmentation, masks beside them.
 
@@ -164,6 +167,8 @@ def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, in
         depth: ``none`` (default: items as always), ``dense`` / ``lidar`` (synthetic) or
             ``files`` (a folder's ``depth/``): items also carry ``"depth"`` float32
             ``[H, W]`` (0 = no value); :func:`split_has_depth` says which a split has.
+        masks, class_names: ``masks=False``: a depth-only split (its masks all ignored;
+            ``class_names``, the model's, stand in for the layout's own).
 
     Returns:
         A :class:`SegDataset` (items ``{"image": float32 [3, H, W], "mask": int64 [H, W],
@@ -175,8 +180,20 @@ def split_images(kind: str, root: str | None, split: str, *, size: tuple[int, in
     """
     length = count or (96 if split == "train" else 32)
     src = create_source(kind, root, split, ignore_index=ignore_index, length=length,
-                        size=tuple(size), seed=synthetic_seed, depth=depth)
+                        size=tuple(size), seed=synthetic_seed, depth=depth, masks=masks,
+                        class_names=class_names)
     return SegDataset(src, tuple(size), mean, std, train=False, with_depth=depth != "none")
+
+
+def depth_only_split(kind: str, root: str | None, split: str) -> bool:
+    """Whether a split holds depth and no masks: KITTI's annotated depth, or a folder with
+    ``depth/`` and images but no ``masks/`` (what a run's ``data.depth_val`` may be)."""
+    if kind == "kitti_depth":
+        return True
+    if kind != "folder" or root is None:
+        return False
+    r = Path(root)
+    return depth_dir_of(r, split).is_dir() and not (r / "masks").is_dir()
 
 
 def split_has_depth(kind: str, root: str | None, split: str) -> str:

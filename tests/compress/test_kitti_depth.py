@@ -99,3 +99,57 @@ def test_a_multitask_student_trains_with_kitti_depth_through_the_cli(tmp_path):
     rows = (run / "metrics.csv").read_text()
     assert "val_depth_rmse" in rows and summary["best_val_miou"] >= 0
     assert "drawn_1" in rows  # the KITTI source was drawn from
+
+
+def test_eval_scores_depth_on_a_depth_only_split(tmp_path):
+    """Issue 23: `compress eval` could not score the depth-only split a run validated on
+    (KITTI's val split, or a folder with depth/ and no masks/)."""
+    from dataclasses import replace
+
+    from compress.models import create_model, save_checkpoint
+    from compress.multitask import MultiTaskModel
+    from tests.conftest import tiny_spec
+
+    root = kitti_tree(tmp_path / "kitti")
+    spec = replace(tiny_spec(size=(64, 96), synthetic_names=True), tasks=[
+        {"name": "depth", "kind": "depth", "min_depth": 1.0, "max_depth": 80.0,
+         "channels": 8}])
+    model = create_model(spec)
+    assert isinstance(model, MultiTaskModel)
+    ckpt = save_checkpoint(tmp_path / "mt.pt", model, spec)
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", str(ckpt), "--data", str(root), "--kind", "kitti_depth",
+                            "--split", "val", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["depth_only"] and result["images"] == 4 and "miou" not in result
+    assert result["depth"]["pixels"] == 4 * (64 // 2) * 96  # the lower half of each frame
+    assert "depth RMSE" in r.output
+    r = runner.invoke(app, ["eval", str(ckpt), "--data", str(root), "--kind", "kitti_depth",
+                            "--split", "val", "--compare", str(ckpt)])
+    assert r.exit_code != 0 and "depth-only split" in str(r.exception) + r.output
+    single = save_checkpoint(tmp_path / "seg.pt", create_model(replace(spec, tasks=None)),
+                             replace(spec, tasks=None))
+    r = runner.invoke(app, ["eval", str(single), "--data", str(root), "--kind", "kitti_depth",
+                            "--split", "val", "--out", str(tmp_path / "ev2")])
+    assert r.exit_code != 0 and "single-task model" in str(r.exception) + r.output
+
+
+def test_eval_scores_depth_on_a_depth_only_folder(tmp_path):
+    """The folder form of a depth-only split (images/ + depth/, no masks/, no
+    classes.txt): the model's classes stand in."""
+    from dataclasses import replace
+
+    from compress.models import create_model, save_checkpoint
+    from tests.compress.test_depth_data import _folder
+    from tests.conftest import tiny_spec
+
+    root = _folder(tmp_path / "depthonly", n=3)
+    spec = replace(tiny_spec(synthetic_names=True), tasks=[
+        {"name": "depth", "kind": "depth", "min_depth": 0.5, "max_depth": 80.0, "channels": 8}])
+    ckpt = save_checkpoint(tmp_path / "mt.pt", create_model(spec), spec)
+    r = CliRunner().invoke(app, ["eval", str(ckpt), "--data", str(root), "--kind", "folder",
+                                 "--split", "val", "--out", str(tmp_path / "ev")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["depth_only"] and result["images"] == 3 and result["depth"]["pixels"] > 0
