@@ -238,6 +238,27 @@ def report(
     typer.echo("report: " + ", ".join(str(p) for p in files.values()))
 
 
+@app.command("gate")
+def gate_cmd(
+    old: Annotated[Path, typer.Argument(help="baseline run (pytest --benchmark-json FILE)")],
+    new: Annotated[Path, typer.Argument(help="the run to check, same way")],
+    threshold: Annotated[float, typer.Option(
+        help="fail when a median, as a multiple of the reference workload's, grows by "
+             "more than this many percent")] = 15.0,
+) -> None:
+    """Speed regression gate over two tests/benchmarks runs: each check's median over the
+    same run's reference workload, so a busier machine does not fail unchanged code."""
+    from bench.gate import compare_runs, format_gate, slower
+
+    rows = compare_runs(old, new)
+    typer.echo(format_gate(rows, threshold / 100))
+    bad = slower(rows, threshold / 100)
+    if bad:
+        typer.echo(f"{len(bad)} check(s) slower than {threshold:g}% against the reference: "
+                   + ", ".join(r.name for r in bad), err=True)
+        raise typer.Exit(1)
+
+
 @app.command("gpu-check")
 def gpu_check_cmd(
     checkpoint: Annotated[Path, typer.Argument(help=f"student checkpoint (best{CKPT})")],

@@ -1,8 +1,8 @@
 """Speed regression checks (pytest-benchmark); see docs/bench.md for the workflow.
 
-    pytest tests/benchmarks -m benchmark --benchmark-enable --benchmark-autosave
-    pytest tests/benchmarks -m benchmark --benchmark-enable \\
-        --benchmark-compare --benchmark-compare-fail=median:15%
+    pytest tests/benchmarks -m benchmark --benchmark-enable --benchmark-json old.json
+    pytest tests/benchmarks -m benchmark --benchmark-enable --benchmark-json new.json
+    bench gate old.json new.json      # each median over the same run's reference workload
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ pytestmark = pytest.mark.benchmark
 FILES = {"torch": None, "onnxruntime": "model.onnx", "openvino": "model.xml"}
 
 
+def test_reference_workload(benchmark, reference, one_thread):
+    """The yardstick of ``bench gate`` (the other checks time themselves against it round
+    by round: the ``timed`` fixture); its own median says how fast this machine is now."""
+    out = benchmark.pedantic(reference, rounds=30, warmup_rounds=3, iterations=1)
+    assert torch.isfinite(out)
+
+
 @pytest.mark.parametrize("backend", list(FILES))
-def test_student_forward(benchmark, backend, student_export, one_thread):
+def test_student_forward(benchmark, timed, backend, student_export, one_thread):
     """Student forward pass, batch 1 at 64x64, per backend (OpenVINO forced to f32)."""
     from deploy.runtime import load_runtime
 
@@ -30,7 +37,7 @@ def test_student_forward(benchmark, backend, student_export, one_thread):
     )
     x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
     benchmark.extra_info.update(backend=rt.backend, precision=rt.precision, size=list(SIZE))
-    out = benchmark.pedantic(rt.predict, args=(x,), rounds=30, warmup_rounds=3, iterations=1)
+    out = timed(rt.predict, args=(x,))
     assert out.shape == (1, 5, *SIZE)
 
 
@@ -44,7 +51,7 @@ def test_student_forward_tensorrt(benchmark):
     )
 
 
-def _time_step(benchmark, distiller, *inputs) -> dict:
+def _time_step(timed, distiller, *inputs) -> dict:
     """Time one Distiller forward + backward on ``inputs`` (student tensors need grad)."""
     flat = [v for x in inputs for v in (x.values() if isinstance(x, dict) else [x])]
     student = [x for x in flat if isinstance(x, torch.Tensor) and x.requires_grad]
@@ -56,14 +63,14 @@ def _time_step(benchmark, distiller, *inputs) -> dict:
         terms["loss"].backward()
         return terms
 
-    return benchmark.pedantic(step, rounds=30, warmup_rounds=3, iterations=1)
+    return timed(step)
 
 
 def _logits(g, requires_grad=False):
     return torch.randn(8, 5, *SIZE, generator=g, requires_grad=requires_grad)
 
 
-def test_kd_loss_step(benchmark, one_thread):
+def test_kd_loss_step(timed, one_thread):
     """One Distiller step (task CE + response KD), forward and backward, [8, 5, 64, 64]."""
     from compress.losses import Distiller, TaskLoss
 
@@ -71,7 +78,7 @@ def test_kd_loss_step(benchmark, one_thread):
     student, teacher = _logits(g, True), _logits(g)
     target = torch.randint(0, 5, (8, *SIZE), generator=g)
     distiller = Distiller(task=TaskLoss(), w_task=0.5, w_kd=0.5, temperature=2.0)
-    terms = _time_step(benchmark, distiller, student, target, teacher)
+    terms = _time_step(timed, distiller, student, target, teacher)
     assert {"task", "kd", "loss"} <= set(terms) and torch.isfinite(terms["loss"])
 
 
@@ -85,7 +92,7 @@ KD_TERMS = {
 
 
 @pytest.mark.parametrize("term", list(KD_TERMS))
-def test_kd_term_step(benchmark, one_thread, term):
+def test_kd_term_step(benchmark, timed, one_thread, term):
     """One step of one KD term, forward and backward: [8, 5, 64, 64] logits; relation on
     [8, 16 -> 32 (adapter), 64, 64] decoder features, 256 pixels per image, cross-image."""
     from compress.losses import Distiller, TaskLoss
@@ -97,11 +104,11 @@ def test_kd_term_step(benchmark, one_thread, term):
     t_feats = {"decoder": torch.randn(8, 32, *SIZE, generator=g)}
     distiller = Distiller(task=TaskLoss(), w_task=0.0, **KD_TERMS[term])
     benchmark.extra_info.update(term=term, size=list(SIZE), batch=8)
-    terms = _time_step(benchmark, distiller, student, target, teacher, s_feats, t_feats)
+    terms = _time_step(timed, distiller, student, target, teacher, s_feats, t_feats)
     assert set(terms) == {term, "loss"} and torch.isfinite(terms["loss"])
 
 
-def test_data_loading(benchmark, one_thread):
+def test_data_loading(timed, one_thread):
     """A training batch of 8 synthetic 64x64 samples with augmentation, through collate."""
     from compress.config import DataConfig
     from compress.data import build_train_set, collate
@@ -111,5 +118,5 @@ def test_data_loading(benchmark, one_thread):
     ds = build_train_set(dcfg, IMAGENET_MEAN, IMAGENET_STD, ignore_index=255)
     loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate)
 
-    batch = benchmark.pedantic(lambda: next(iter(loader)), rounds=10, warmup_rounds=1, iterations=1)
+    batch = timed(lambda: next(iter(loader)), rounds=10, warmup_rounds=1)
     assert batch["image"].shape == (8, 3, *SIZE)
