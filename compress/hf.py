@@ -4,7 +4,9 @@
 --teacher DIR`` load a folder written by ``save_pretrained`` (``config.json``, the
 weights, ``preprocessor_config.json``) with
 ``transformers.AutoModelForSemanticSegmentation`` (SegFormer, BEiT, DPT, MobileViT,
-UperNet...; ``pip install -e '.[hf]'``). :func:`load_hf_model` returns
+UperNet...), or Mask2Former (``AutoModelForUniversalSegmentation``) in semantic mode
+(``pip install -e '.[hf]'``): :data:`HF_HEADS` says how each kind's output becomes
+per-class logits. :func:`load_hf_model` returns
 :class:`HFSegmentationTeacher`, an ``nn.Module`` mapping normalised images to logits at
 the input size, and a :class:`compress.spec.ModelSpec` built from the folder: classes and
 names from ``config.id2label``, normalisation and input size from the image processor's
@@ -23,6 +25,8 @@ import importlib
 import json
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,27 +65,61 @@ def is_hf_dir(path: str | Path) -> bool:
     return p.is_dir() and (p / CONFIG_FILE).is_file()
 
 
+def semantic_logits(out) -> torch.Tensor:
+    """A semantic-segmentation model's own logits."""
+    return out.logits
+
+
+def query_logits(out) -> torch.Tensor:
+    """Mask2Former's semantic map, as transformers' ``post_process_semantic_segmentation``
+    forms it: each query's class probabilities (the "no object" class dropped) times its
+    mask probability, summed over the queries; its log is the logits (a softmax of them
+    gives the map normalised per pixel)."""
+    classes = out.class_queries_logits.softmax(-1)[..., :-1]
+    masks = out.masks_queries_logits.sigmoid()
+    return torch.einsum("bqc,bqhw->bchw", classes, masks).clamp_min(1e-6).log()
+
+
+@dataclass(frozen=True)
+class HFHead:
+    """How one family of transformers models is loaded and read: its Auto class, its
+    output -> logits, and the output field holding its 4-D hidden states."""
+
+    auto_class: str
+    logits: Callable[[Any], torch.Tensor]
+    hidden: str
+
+
+SEMANTIC = HFHead("AutoModelForSemanticSegmentation", semantic_logits, "hidden_states")
+# model_type -> head, beside every AutoModelForSemanticSegmentation type (SEMANTIC);
+# OneFormer needs a task text input, MaskFormer's and DETR's outputs differ: not here
+HF_HEADS = {"mask2former": HFHead("AutoModelForUniversalSegmentation", query_logits,
+                                  "encoder_hidden_states")}
+
+
 class HFSegmentationTeacher(nn.Module):
-    """A transformers semantic-segmentation model as the toolkit's models are called.
+    """A transformers segmentation model as the toolkit's models are called.
 
     ``forward(x [N, 3, H, W])`` (normalised as the model's processor does) returns logits
-    ``[N, C, H, W]``: the model's own (SegFormer: at 1/4 of the input) resized back,
-    bilinear (what the processor's ``post_process_semantic_segmentation`` does).
-    ``forward_taps(x)`` also returns the 4-D hidden states (``output_hidden_states``) named
-    by their stride: ``stride4`` ... ``stride32`` (SegFormer's four stages); a ViT's token
-    sequences have no stride and give no level.
+    ``[N, C, H, W]``: the model's own (:data:`HF_HEADS`; SegFormer's at 1/4 of the input)
+    resized back, bilinear (what the processor's ``post_process_semantic_segmentation``
+    does). ``forward_taps(x)`` also returns the 4-D hidden states (``output_hidden_states``:
+    the head's ``hidden`` field) named by their stride: ``stride4`` ... ``stride32``
+    (SegFormer's four stages, Mask2Former's backbone); a ViT's token sequences have no
+    stride and give no level.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, head: HFHead = SEMANTIC) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.head = model, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _upsample(self.model(pixel_values=x, return_dict=True).logits, x)
+        return _upsample(self.head.logits(self.model(pixel_values=x, return_dict=True)), x)
 
     def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out = self.model(pixel_values=x, output_hidden_states=True, return_dict=True)
-        return _upsample(out.logits, x), stride_levels(out.hidden_states or (), x.shape[-2:])
+        hidden = getattr(out, self.head.hidden, None) or ()
+        return _upsample(self.head.logits(out), x), stride_levels(hidden, x.shape[-2:])
 
 
 def _upsample(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -230,14 +268,16 @@ def load_hf_model(source: str | Path, *, what: str = "teacher.hf", device="cpu",
         )
     except ImportError:  # another layout: transformers' own error below says it
         known = None
-    if known is not None and model_type not in known:
+    head = HF_HEADS.get(model_type, SEMANTIC)
+    if known is not None and model_type not in known and model_type not in HF_HEADS:
         raise ModelError(f"{what} {source}: model_type {model_type!r} is not a semantic-"
                          "segmentation model of transformers (AutoModelForSemanticSegmentation: "
-                         f"{', '.join(known)}); universal-segmentation models (Mask2Former, "
-                         "OneFormer) are not supported")
+                         f"{', '.join(known)}; or {', '.join(HF_HEADS)} in semantic mode); "
+                         "other universal-segmentation models (OneFormer, MaskFormer) are "
+                         "not supported")
     tf.utils.logging.disable_progress_bar()
     try:
-        hf, info = tf.AutoModelForSemanticSegmentation.from_pretrained(
+        hf, info = getattr(tf, head.auto_class).from_pretrained(
             str(folder), trust_remote_code=False, local_files_only=True,
             output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -253,7 +293,7 @@ def load_hf_model(source: str | Path, *, what: str = "teacher.hf", device="cpu",
                      class_names=class_names(c),
                      ignore_index=ignore if isinstance(ignore, int) else 255,
                      mean=mean, std=std, input_size=[int(size[0]), int(size[1])])
-    model = HFSegmentationTeacher(hf).float().eval().to(device)
+    model = HFSegmentationTeacher(hf, head).float().eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     _check_levels(model, spec, list(levels), source, what, device)

@@ -57,6 +57,69 @@ def hf_dir(tmp_path_factory) -> Path:
     return _segformer(tmp_path_factory.mktemp("hf") / "segformer")
 
 
+@pytest.fixture(scope="module")
+def m2f_dir(tmp_path_factory) -> Path:
+    """A tiny random Mask2Former (Swin backbone, 8 queries) and its image processor."""
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
+
+    torch.manual_seed(0)
+    names = SYNTHETIC_CLASSES
+    swin = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
+                      num_heads=[1, 1, 1, 1], window_size=4,
+                      out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = Mask2FormerConfig(backbone_config=swin, feature_size=32, mask_feature_size=32,
+                            hidden_dim=32, encoder_feedforward_dim=32, dim_feedforward=32,
+                            num_queries=8, encoder_layers=1, decoder_layers=2,
+                            num_attention_heads=1, num_labels=len(names),
+                            id2label=dict(enumerate(names)),
+                            label2id={n: i for i, n in enumerate(names)})
+    folder = tmp_path_factory.mktemp("hf") / "mask2former"
+    Mask2FormerForUniversalSegmentation(cfg).save_pretrained(folder)
+    Mask2FormerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
+
+
+def test_mask2former_gives_its_semantic_map_as_logits(m2f_dir):
+    """Issue 23: Mask2Former in semantic mode: softmax(class queries, no-object dropped)
+    times sigmoid(mask queries), summed over queries (transformers'
+    post_process_semantic_segmentation), upsampled; its log is the logits."""
+    model, spec = load_hf_model(m2f_dir, levels=["stride8", "stride16"])
+    assert spec.arch == "Mask2FormerForUniversalSegmentation" and spec.classes == 5
+    assert spec.class_names == SYNTHETIC_CLASSES and spec.input_size == [64, 64]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, feats = model.forward_taps(x)
+        out = model.model(pixel_values=x, return_dict=True)
+    by_hand = torch.einsum("bqc,bqhw->bchw", out.class_queries_logits.softmax(-1)[..., :-1],
+                           out.masks_queries_logits.sigmoid())
+    by_hand = F.interpolate(by_hand.clamp_min(1e-6).log(), size=(64, 64), mode="bilinear",
+                            align_corners=False)
+    assert logits.shape == (2, 5, 64, 64) and torch.allclose(logits, by_hand, atol=1e-6)
+    assert set(feats) >= {"stride4", "stride8", "stride16", "stride32"}
+    assert feats["stride8"].shape[-2:] == (8, 8)
+
+
+def test_distill_through_the_cli_with_a_mask2former_teacher(tmp_path, m2f_dir):
+    out = tmp_path / "runs"
+    r = runner.invoke(app, [
+        "distill", "-c", str(REPO / "configs" / "quickstart.yaml"), "-q",
+        f"output_dir={out}", "data.size=[64,64]", "data.synthetic_length=8",
+        "data.synthetic_val_length=4", "data.batch_size=4",
+        "model.decoder_channels=[16,16,8,8,8]", "train.epochs=1", "train.vis_every=0",
+        "train.threads=1", "teacher.checkpoint=null", "teacher.model=null",
+        "teacher.train_epochs=0", f"teacher.hf={m2f_dir}", "teacher.allow_weak=true"])
+    assert r.exit_code == 0, r.output
+    run = Path(r.output.strip().splitlines()[-1].removeprefix("run dir: "))
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert float(row["train_kd"]) > 0
+    assert "Mask2FormerForUniversalSegmentation, 5 classes" in (run / "train.log").read_text()
+
+
 def _edit_json(folder: Path, name: str, **changes) -> None:
     p = folder / name
     p.write_text(json.dumps({**json.loads(p.read_text()), **changes}))
@@ -190,11 +253,12 @@ def test_refusals_are_one_line(monkeypatch, tmp_path, hf_dir):
     (no_proc / "preprocessor_config.json").unlink()
     with pytest.raises(ModelError, match="no preprocessor_config.json"):
         load_hf_model(no_proc)
-    m2f = tmp_path / "m2f"
-    shutil.copytree(hf_dir, m2f)
-    _edit_json(m2f, "config.json", model_type="mask2former")
-    with pytest.raises(ModelError, match="'mask2former' is not a semantic-segmentation model"):
-        load_hf_model(m2f)
+    one = tmp_path / "oneformer"
+    shutil.copytree(hf_dir, one)
+    _edit_json(one, "config.json", model_type="oneformer")
+    with pytest.raises(ModelError, match="'oneformer' is not a semantic-segmentation model.*"
+                                         "or mask2former in semantic mode"):
+        load_hf_model(one)
     from safetensors.torch import load_file, save_file
 
     holes = tmp_path / "holes"
