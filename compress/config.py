@@ -660,6 +660,7 @@ KEY_ALIASES: dict[str, tuple[str, ...]] = {
     "distillation.beta": ("kd.response.weight", "w_task"),
     "distillation.temperature": ("kd.response.temperature",),
     "teacher.lora_checkpoint": ("teacher.adapter",),
+    "teacher.model.class_names": ("teacher.class_names",),
     "training.lr": ("train.lr",),
     "training.epochs": ("train.epochs",),
     "total_epochs": ("train.epochs",),
