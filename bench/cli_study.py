@@ -13,7 +13,8 @@ commands = typer.Typer()
 
 def train_run(cfg, resume: Path | None, run_dir: Path | None, show: bool) -> None:
     """One missing run of a study, through compress's loop (the teacher trained first when
-    the recipe says so): the trainer :func:`bench.study.run_study` is handed."""
+    the recipe says so): what the launcher runs for each job (a top-level function: a
+    submitit job imports it by name)."""
     from compress.train import fit, prepare_teacher
 
     if cfg.kd.enabled:
@@ -28,12 +29,24 @@ def compare_cmd(
         help="dotted overrides for every recipe's run config, e.g. train.epochs=1")] = None,
     collect_only: Annotated[bool, typer.Option("--collect-only", help="train nothing; compare finished runs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    launcher: Annotated[str | None, typer.Option(
+        help="local (this process, one run after another) or submitit (a job per recipe x "
+             "seed: SLURM, or local subprocesses); default: the study's launcher: block")]
+    = None,
+    launcher_arg: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE for the launcher (partition=gpu, timeout_min=120, gpus_per_job=1, "
+             "cluster=local...); repeat")] = None,
 ) -> None:
     """Run (or collect) several recipes over several seeds and write comparison.md/.csv."""
-    from bench.study import format_summary, load_study, run_study
+    from bench.launch import local_launcher, submitit_launcher
+    from bench.study import format_summary, launcher_config, load_study, run_study
 
     study = load_study(config)
+    cfg = launcher_config(study, launcher, launcher_arg or [])
+    out_dir = Path(study.output_dir) / study.name
+    launch = (submitit_launcher(cfg, out_dir, train_run, log=typer.echo)
+              if cfg.kind == "submitit" else local_launcher(train_run))
     out = run_study(study, overrides, collect_only=collect_only, show=not quiet, log=typer.echo,
-                    train=train_run)
+                    launch=launch)
     typer.echo(format_summary(out))
     typer.echo(f"comparison: {out / 'comparison.md'} (+ .csv, .json, curves.png, miou.png)")

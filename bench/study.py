@@ -32,7 +32,6 @@ import io
 import json
 import re
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +39,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.latency import Pipeline, describe_machine, measure_latency
-from compress.config import ConfigError, RunConfig, dump_config, flat_keys, load_config
+from bench.launch import Launcher, LauncherConfig, TrainJob
+from compress.config import ConfigError, dump_config, flat_keys, load_config
 from compress.evidence import LEVEL, RESAMPLES, paired_bootstrap
 from compress.io import (
     UnsafeFileError,
@@ -99,6 +99,7 @@ class StudyConfig(_Strict):
     overrides: list[str] = Field(default_factory=list, description="for every recipe")
     recipes: list[RecipeConfig]
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
 
     @model_validator(mode="after")
     def _names(self) -> StudyConfig:
@@ -131,6 +132,28 @@ def load_study(path: str | Path) -> StudyConfig:
         raise ConfigError(f"{p}: " + "; ".join(msgs)) from None
 
 
+def launcher_config(study: StudyConfig, kind: str | None, args: list[str]) -> LauncherConfig:
+    """The study's ``launcher:`` block with the command line's ``--launcher`` and
+    ``--launcher-arg KEY=VALUE`` (values read as YAML scalars) on top.
+
+    Raises:
+        ConfigError: a malformed argument, an unknown key or a bad value (named).
+    """
+    data = study.launcher.model_dump()
+    if kind is not None:
+        data["kind"] = kind
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--launcher-arg {arg!r}: expected KEY=VALUE, e.g. partition=gpu")
+        data[key.strip()] = yaml.safe_load(value) if value else None
+    try:
+        return LauncherConfig.model_validate(data)
+    except ValidationError as e:
+        msgs = [f"launcher.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()]
+        raise ConfigError("; ".join(msgs)) from None
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -146,15 +169,10 @@ def _check_same_config(run_dir: Path, text: str) -> None:
                           "rename the recipe")
 
 
-# trains one run: (recipe, run dir to resume or None, new run dir or None, progress bar);
-# the command hands in compress's loop (bench.cli_study), so no library module imports it
-Trainer = Callable[[RunConfig, Path | None, Path | None, bool], object]
-
-
 def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
               collect_only: bool = False, show: bool = True, log=print,
-              train: Trainer | None = None) -> Path:
-    """Train what is missing (with ``train``), collect every run, and write the comparison.
+              launch: Launcher | None = None) -> Path:
+    """Train what is missing (with ``launch``), collect every run, and write the comparison.
 
     Args:
         study: the parsed study.
@@ -165,8 +183,9 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
             collected, with ``skipped: <run dir>: <reason>`` in the log and in
             ``comparison.md``; when training, it is trained again (resumed).
         log: where progress lines go.
-        train: trains one missing run (``compress compare`` passes compress's loop); None
-            with a run to train is an error naming the run (use ``collect_only``).
+        launch: trains the missing runs (:mod:`bench.launch`: here one after another, or
+            as submitit jobs; ``compress compare`` hands compress's loop to it); None with
+            a run to train is an error naming the run (use ``collect_only``).
 
     Returns:
         The study dir (``output_dir/name``) holding ``comparison.md`` and friends.
@@ -176,6 +195,8 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
     out = Path(study.output_dir) / study.name
     study_out(out)  # before any training
     runs, missing, skipped = [], [], []
+    jobs: list[TrainJob] = []
+    trained: list[tuple[str, Path, bool]] = []
 
     def skip(run_dir: Path, reason: str) -> None:
         skipped.append(f"skipped: {run_dir}: {reason}")
@@ -211,14 +232,18 @@ def run_study(study: StudyConfig, overrides: list[str] | None = None, *,
                 else:
                     missing.append(f"{recipe.name} seed {seed}: {run_dir} (not trained)")
                 continue
-            if train is None:
+            if launch is None:
                 raise ValueError(f"{recipe.name} seed {seed}: {run_dir} is not trained and "
-                                 "no trainer was given (collect_only=True compares finished runs)")
+                                 "no launcher was given (collect_only=True compares finished "
+                                 "runs)")
             log(f"[{recipe.name} seed {seed}] training -> {run_dir}"
                 + (f" (again: it stopped with {reason})" if reason else ""))
-            resume = run_dir if (run_dir / "checkpoints" / "last.pt").is_file() else None
-            train(cfg, resume, None if resume else run_dir, show)
-            runs.append((recipe.name, run_dir, True))
+            jobs.append(TrainJob(f"{recipe.name} seed {seed}", cfg, run_dir,
+                                 (run_dir / "checkpoints" / "last.pt").is_file()))
+            trained.append((recipe.name, run_dir, True))
+    if jobs:
+        launch(jobs, show)
+        runs += trained
     if not runs:
         raise FileNotFoundError(f"study {study.name}: no finished run to compare "
                                 f"({'; '.join(missing + skipped)})")

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bench.cli_study import train_run
+from bench.launch import local_launcher
 from bench.study import (
     LatencyConfig,
     RecipeConfig,
@@ -65,7 +66,7 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
         ],
         latency=LatencyConfig(warmup=1, repeats=3),
     )
-    out = run_study(study, show=False, log=lambda *_: None, train=train_run)
+    out = run_study(study, show=False, log=lambda *_: None, launch=local_launcher(train_run))
     for f in ["comparison.md", "comparison.csv", "comparison.json", "curves.png", "miou.png"]:
         assert (out / f).is_file(), f
     rows = list(csv.DictReader((out / "comparison.csv").open()))
