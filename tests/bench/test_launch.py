@@ -10,7 +10,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from bench.launch import LaunchError, LauncherConfig, submitit_launcher
+from bench.launch import LauncherConfig, LaunchError, submitit_launcher
 from bench.study import StudyConfig, launcher_config, load_study
 from compress.config import ConfigError
 from segcompress.cli import app
