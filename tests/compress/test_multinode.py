@@ -37,7 +37,7 @@ def _torchrun(launch: list[str], out, name: str) -> subprocess.Popen:
 
 def _wait(*procs: subprocess.Popen) -> None:
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
 
 
