@@ -33,7 +33,7 @@ from tests.conftest import REPO
 runner = CliRunner()
 
 
-def _segformer(folder: Path, names=SYNTHETIC_CLASSES, size=64) -> Path:
+def segformer_folder(folder: Path, names=SYNTHETIC_CLASSES, size=64) -> Path:
     """A tiny random SegFormer (4 stages: strides 4..32) and its image processor."""
     from transformers import (
         SegformerConfig,
@@ -54,7 +54,7 @@ def _segformer(folder: Path, names=SYNTHETIC_CLASSES, size=64) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory) -> Path:
-    return _segformer(tmp_path_factory.mktemp("hf") / "segformer")
+    return segformer_folder(tmp_path_factory.mktemp("hf") / "segformer")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +175,7 @@ def test_class_names_come_from_id2label(tmp_path, hf_dir):
     """(d) names from config.id2label; transformers' default LABEL_i are unknown names."""
     _, spec = load_hf_model(hf_dir)
     assert spec.class_names == SYNTHETIC_CLASSES and spec.ignore_index == 255
-    plain = _segformer(tmp_path / "plain", names=[f"LABEL_{i}" for i in range(3)])
+    plain = segformer_folder(tmp_path / "plain", names=[f"LABEL_{i}" for i in range(3)])
     assert load_hf_model(plain)[1].class_names == ["class_0", "class_1", "class_2"]
     cfg = load_config(None, ["teacher.hf=" + str(hf_dir), "kd.response.weight=1"])
     s_spec = make_spec(arch="Unet", encoder="tu-efficientnet_lite0", classes=5,

@@ -14,35 +14,16 @@ import sys
 
 import pytest
 
-from compress.data import SYNTHETIC_CLASSES
 from tests.workflows.helpers import REPO, run
 
 pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
 pytest.importorskip("wandb", reason="needs the wandb extra: pip install -e '.[wandb]'")
 
+from tests.compress.test_hf_teacher import segformer_folder
+
 SMALL = ["data.size=[64,64]", "data.synthetic_length=8", "data.synthetic_val_length=4",
          "data.batch_size=4", "model.decoder_channels=[16,16,8,8,8]", "train.epochs=2",
          "train.threads=1", "train.vis_every=1"]
-
-
-def segformer_folder(folder):
-    import torch
-    from transformers import (
-        SegformerConfig,
-        SegformerForSemanticSegmentation,
-        SegformerImageProcessor,
-    )
-
-    torch.manual_seed(0)
-    names = list(SYNTHETIC_CLASSES)
-    cfg = SegformerConfig(num_channels=3, num_encoder_blocks=4, depths=[1, 1, 1, 1],
-                          sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 16, 24, 32],
-                          num_attention_heads=[1, 1, 1, 1], decoder_hidden_size=16,
-                          num_labels=len(names), id2label=dict(enumerate(names)),
-                          label2id={n: i for i, n in enumerate(names)})
-    SegformerForSemanticSegmentation(cfg).save_pretrained(folder)
-    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
-    return folder
 
 
 def wandb_history(run_dir):
