@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bench.latency import Pipeline, describe_machine, measure_latency
 from bench.launch import Launcher, LauncherConfig, TrainJob
 from compress.config import ConfigError, dump_config, flat_keys, load_config
-from compress.evidence import LEVEL, RESAMPLES, paired_bootstrap
+from compress.evidence import LEVEL, RESAMPLES, mean_std, paired_bootstrap
 from compress.io import (
     UnsafeFileError,
     YAMLRefused,
@@ -330,10 +330,6 @@ def _spec_key(spec: dict) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
 def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
                  missing: list[str] | None = None, skipped: list[str] | None = None,
                  log=print, show: bool = False) -> dict:
@@ -373,14 +369,14 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
         row.update(cost[row["arch_key"]])
 
     base_rows = [r for r in rows if r["recipe"] == study.baseline]
-    base_mean = _mean_std([r["miou"] for r in base_rows])[0] if base_rows else None
+    base_mean = mean_std([r["miou"] for r in base_rows])[0] if base_rows else None
     recipes = []
     for recipe in study.recipes:
         mine = [r for r in rows if r["recipe"] == recipe.name]
         if not mine:
             continue
         mious = [r["miou"] for r in mine]
-        mean, std = _mean_std(mious)
+        mean, std = mean_std(mious)
         classes = list(mine[0]["per_class_iou"])
         per_class = {}
         for c in classes:
@@ -395,7 +391,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
         for k in DEPTH_KEYS:  # multi-task students: mean (± std) over the seeds
             vals = [r[k] for r in mine if r.get(k) is not None]
             if vals:
-                agg[f"{k}_mean"], agg[f"{k}_std"] = _mean_std(vals)
+                agg[f"{k}_mean"], agg[f"{k}_std"] = mean_std(vals)
         if base_mean is not None:
             d = (mean - base_mean) * 100
             agg["delta_pts"] = d
@@ -414,7 +410,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             pairs = [(r["miou"] - base_by_seed[r["seed"]]) * 100 for r in mine
                      if r["seed"] in base_by_seed]
             if pairs and recipe.name != study.baseline:
-                agg["paired_delta_pts"], agg["paired_delta_std"] = _mean_std(pairs)
+                agg["paired_delta_pts"], agg["paired_delta_std"] = mean_std(pairs)
                 agg["paired_seeds"] = len(pairs)
         recipes.append(agg)
     for row in rows:

@@ -56,7 +56,10 @@ def pseudo_label_cmd(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Label a folder of images with confident teacher predictions (for data.extra_train)."""
+    """Label a folder of images with confident teacher predictions (for data.extra_train).
+
+    A rerun with the same settings labels only the images not done yet; under torchrun
+    the images are split across the ranks."""
     from compress.evaluate import parse_size
     from compress.pseudo import format_summary, pseudo_label
 
@@ -66,6 +69,8 @@ def pseudo_label_cmd(
                          size=parse_size(size), ignore_index=ignore_index, truth=truth,
                          copy_images=copy, previews=previews, device=device, show=not quiet,
                          teacher_weights=teacher_weight, depth=depth)
+    if not stats:  # a torchrun rank other than 0: rank 0 merged and reports
+        return
     typer.echo(format_summary(stats))
     extra = ", depth: files" if stats["depth_maps"] else ""
     typer.echo(f"dataset: {out} (use as data.extra_train: [{{kind: folder, root: {out}{extra}}}])")

@@ -26,11 +26,11 @@ from compress.data import (
 from compress.devices import resolve_device
 from compress.errors import InputError, ModelError
 from compress.evidence import ImageCounter, ImageCounts, paired_bootstrap
-from compress.hf import CONFIG_FILE, is_hf_dir, load_hf_model
+from compress.hf import CONFIG_FILE, is_hf_dir, load_segmenter
 from compress.io import atomic_write_json, atomic_write_text, fault_point
 from compress.losses import two_way
 from compress.metrics import DepthMeter, ImageSink, hd95, predicted_ids, scores, update_confusion
-from compress.models import load_model, make_spec
+from compress.models import make_spec
 from compress.multitask import depth_task, seg_logits
 from compress.outdir import OutDir, open_out
 from compress.spec import MAX_SIDE, ModelSpec
@@ -148,16 +148,13 @@ def checkpoint_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None
     :func:`compress.hf.load_hf_model`). Exported artifacts need deploy's runtimes:
     ``deploy.runtime.load_predictor`` opens both (the ``compress eval`` command passes it
     in)."""
-    if is_hf_dir(path):
-        return load_hf_model(path, what="compress eval", device=device)
-    if path.is_dir():
+    if path.is_dir() and not is_hf_dir(path):
         raise ModelError(f"{path}: a folder without {CONFIG_FILE}: give a checkpoint "
                          "(.pt/.pth) or a transformers model folder (save_pretrained)")
-    if path.suffix not in (".pt", ".pth"):
+    if not is_hf_dir(path) and path.suffix not in (".pt", ".pth"):
         raise ModelError(f"{path}: not a checkpoint (.pt/.pth); score an exported artifact "
                          "with the `compress` command (python -m segcompress.cli eval)")
-    model, spec = load_model(path, spec=spec, device=device, return_spec=True)
-    return model, spec
+    return load_segmenter(path, what="compress eval", device=device, spec=spec)
 
 
 SCORE_AT = ("network", "source")
@@ -233,9 +230,7 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
                              "checkpoint's depth is scored on it (no --compare, which pairs "
                              "segmentation scores; no plain state_dict, which has no depth head)")
         result = _score_depth_only(path, Path(data), split, **options)
-        out.claim(["eval.json"])
-        result["eval_json"] = str(atomic_write_json(out / "eval.json", result))
-        out.record(["eval.json"])
+        result["eval_json"] = str(_write_eval(out, "", result))
         return result
     result, conf, counts = _score(path, data, split, arch=arch, encoder=encoder,
                                   classes=classes, **options)
@@ -249,11 +244,16 @@ def evaluate_checkpoint(path: Path, data: Path, split: str = "val", *, kind: str
     return result
 
 
-def _write_eval(out: OutDir, sub: str, result: dict, conf: torch.Tensor,
-                counts: ImageCounts) -> Path:
-    """:data:`EVAL_FILES` in ``out/sub``, each atomically and listed as the toolkit's."""
-    names = [sub + name for name in EVAL_FILES]
+def _write_eval(out: OutDir, sub: str, result: dict, conf: torch.Tensor | None = None,
+                counts: ImageCounts | None = None) -> Path:
+    """:data:`EVAL_FILES` in ``out/sub``, each atomically and listed as the toolkit's
+    (``eval.json`` alone without a confusion: a depth-only split)."""
+    names = [sub + name for name in EVAL_FILES][:1 if conf is None else None]
     out.claim(names)
+    if conf is None or counts is None:
+        path = atomic_write_json(out / names[0], result)
+        out.record(names)
+        return path
     path = atomic_write_json(out / names[0], result)
     classes = list(result["per_class_iou"])
     rows = ["truth\\pred," + ",".join(classes)]

@@ -268,7 +268,8 @@ def read_counts(path: str | Path) -> ImageCounts:
     return ImageCounts.load(path)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value) of seed results."""
     mean = float(np.mean(values))
     return mean, float(np.std(values, ddof=1)) if len(values) > 1 else None
 
@@ -290,14 +291,14 @@ def seed_comparison(base: Sequence[str | Path], other: Sequence[str | Path], *,
     sides = {}
     for name, counts in (("baseline", base_counts), ("recipe", other_counts)):
         mious = [c.miou() * 100 for c in counts]
-        mean, std = _mean_std(mious)
+        mean, std = mean_std(mious)
         sides[name] = {"runs": [{"source": c.source, "miou": m} for c, m in zip(counts, mious)],
                        "miou_mean": mean, "miou_std": std}
     out: dict[str, Any] = {**sides, **delta.to_dict()}
     if len(base_counts) == len(other_counts):
         paired = [o["miou"] - b["miou"] for b, o in
                   zip(sides["baseline"]["runs"], sides["recipe"]["runs"])]
-        mean, std = _mean_std(paired)
+        mean, std = mean_std(paired)
         out["seed_deltas"] = paired
         out["seed_delta_mean"], out["seed_delta_std"] = mean, std
     return out

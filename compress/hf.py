@@ -36,7 +36,7 @@ from torch import nn
 
 from compress.errors import ModelError
 from compress.io import read_text
-from compress.models import LEVEL_STRIDES, check_finite
+from compress.models import LEVEL_STRIDES, check_finite, load_model
 from compress.spec import ModelSpec
 
 log = logging.getLogger("compress")
@@ -339,3 +339,14 @@ def _check_levels(model: HFSegmentationTeacher, spec: ModelSpec, levels: list[st
         raise ModelError(f"{what} {source}: feature level(s) {', '.join(missing)} are not among "
                          f"what {spec.arch} gives ({have}): tap those or distil on the logits "
                          "(kd.feature.levels, kd.cwd.levels, kd.relation.level)")
+
+
+def load_segmenter(path: str | Path, *, what: str, device="cpu",
+                   spec: ModelSpec | None = None) -> tuple[torch.nn.Module, ModelSpec]:
+    """A segmentation model (eval mode) and its spec from a segcompress checkpoint or a
+    transformers model folder (``config.json`` inside: :func:`load_hf_model`); ``what``
+    names the option in errors, ``spec`` describes a plain state_dict."""
+    if is_hf_dir(path):
+        return load_hf_model(path, what=what, device=device)
+    model, spec = load_model(path, spec=spec, device=device, return_spec=True)
+    return model.eval(), spec

@@ -11,16 +11,28 @@ ignore index. The output is a dataset in the ``folder`` layout, ready for
     out/masks/<stem>.png   pseudo-labels, ignore index where the teachers are unsure
     out/stats.json         kept-pixel fractions (overall and per class), skipped images
     out/previews/*.png     image | pseudo-label (ignored: black) | confidence
+    out/progress/labelled.jsonl  one record per image (its counts, its mask's sha256)
+
+Nothing is lost on a crash: each image's record is appended as soon as its mask is written,
+and a rerun with the same settings keeps every mask whose record, source image and file
+are unchanged (only the rest is labelled). Under ``torchrun`` (``WORLD_SIZE`` > 1) the
+images still to label are split across the ranks (every ``world``-th image), each rank
+appends to ``progress/rank-<r>.jsonl``, and rank 0 merges the records into one
+``stats.json`` once all ranks are done; the masks are those of a single-process run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
@@ -28,13 +40,12 @@ from tqdm import tqdm
 from compress.classmap import map_classes, parse_class_map
 from compress.data import DataError, normalize, read_image, resize_pair
 from compress.data.datasets import IMAGE_EXTS, read_mask
-from compress.devices import resolve_device
+from compress.devices import distributed_info, init_device, resolve_device
 from compress.errors import InputError
-from compress.hf import is_hf_dir, load_hf_model
-from compress.io import atomic_write, atomic_write_json, atomic_write_text
+from compress.hf import load_segmenter
+from compress.io import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from compress.metrics import scores, update_confusion, weak_teacher
-from compress.models import load_model
-from compress.outdir import open_out
+from compress.outdir import OutDir, open_out
 from compress.viz import colorize
 
 
@@ -81,8 +92,7 @@ class Ensemble:
         self.checkpoints = [str(ck) for ck in checkpoints]
         self.models, self.specs = [], []
         for ck in checkpoints:
-            model, spec = (load_hf_model(ck, what="--teacher", device=device) if is_hf_dir(ck)
-                           else load_model(ck, device=device, return_spec=True))
+            model, spec = load_segmenter(ck, what="--teacher", device=device)
             for p in model.parameters():
                 p.requires_grad_(False)
             self.models.append(model.eval())
@@ -222,7 +232,6 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         truth: optional folder of ground-truth masks (``<stem>.png``, output classes) to
             score the kept pixels and each teacher against (a teacher at chance level or
             far below the best one is warned about; without it that check is skipped).
-            pixels against.
         copy_images: copy the images into ``out/images`` instead of linking them.
         previews: how many preview pictures to write.
         teacher_weights: one positive weight per teacher (normalised); default equal.
@@ -232,7 +241,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
             depth). Images without a map are listed in the stats.
 
     Returns:
-        The statistics also written to ``out/stats.json``.
+        The statistics also written to ``out/stats.json`` (``{}`` on ranks other than 0).
 
     Raises:
         DataError: the image folder is missing or holds no image.
@@ -253,7 +262,8 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     if len(scales) > MAX_SCALES:
         raise InputError(f"--scales: {len(scales)} scales given, at most {MAX_SCALES} "
                          "(each one is a full pass of every teacher over every image)")
-    dev = resolve_device(device)
+    rank, world = distributed_info()  # torchrun: each rank labels a share, rank 0 merges
+    dev = init_device(device, world=world) if world > 1 else resolve_device(device)
     ens = Ensemble([Path(t) for t in teachers], dev, size, scales, tta_flip, teacher_weights)
     t_names = ens.class_names
     if class_map is not None:  # a last column collects the classes mapped to ignore
@@ -283,91 +293,49 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
     if not files:
         raise DataError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
     dtype = np.uint8 if max(ignore_index, c - 1) < 256 else np.uint16
+    unique, skipped = _unique_stems(files)
+    job = _Job(out_path, names, ignore_index, thr, cmap, dtype, copy_images, depth_dir,
+               Path(truth) if truth else None,
+               _settings_key(ens, threshold, class_thresholds, tta_flip, scales, size,
+                             class_map, ignore_index, copy_images, depth_dir, truth))
 
-    # every name this run may write, claimed before the first write: a file there that
-    # the toolkit did not write (or that was edited since) stops the run untouched
-    stems = list(dict.fromkeys(p.stem for p in files))
-    planned = ["classes.txt", "stats.json"] + [f"masks/{t}.png" for t in stems]
-    planned += [f"images/{p.name}" for p in files]
-    planned += [f"previews/{t}.png" for t in stems[:max(previews, 0)]]
-    if depth_dir is not None:
-        planned += [f"depth/{p.stem}{x}" for p in files for x in (".png", ".npy")
-                    if (depth_dir / f"{p.stem}{x}").is_file()]
-    out.claim(planned)
-    written: dict[str, list[str]] = {"masks": [], "images": [], "depth": [], "previews": []}
-    depth_missing: list[str] = []
-    atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
-    predicted = np.zeros(c, np.int64)
-    kept = np.zeros(c, np.int64)
-    pixels, done, skipped, seen = 0, 0, [], {}
-    right_kept = right_all = scored_kept = scored_all = truth_images = 0
-    member_conf = [torch.zeros(c, c, dtype=torch.int64) for _ in ens.models]
-    truth_dir = Path(truth) if truth else None
-    for path in tqdm(files, desc="pseudo-label", disable=not show):
-        if path.stem in seen:
-            skipped.append({"name": path.name, "reason": f"same stem as an earlier file "
-                            f"({seen[path.stem] or 'skipped'}): masks are named <stem>.png"})
-            continue
-        seen[path.stem] = path.name
-        try:
-            image = read_image(path)
-        except DataError as e:
-            skipped.append({"name": path.name, "reason": str(e)})
-            seen[path.stem] = None
-            continue
-        members = ens.member_probs(image)
-        p = _mapped(ens.probs(image, members), cmap)
-        conf, label = p.max(0)
-        keep = (conf >= thr[label]) & (label < c)
-        mask = torch.where(keep, label, torch.full_like(label, ignore_index)).numpy()
-        _write_png(out / "masks" / f"{path.stem}.png", mask.astype(dtype))
-        _link_or_copy(path, out / "images" / path.name, copy_images)
-        written["masks"].append(f"{path.stem}.png")
-        written["images"].append(path.name)
+    # every name this run may write, claimed before the first write (by rank 0, before
+    # the other ranks start): a file there that the toolkit did not write (or that was
+    # edited since) stops the run untouched
+    todo: list = [None]
+    if rank == 0:
+        planned = ["classes.txt", "stats.json", PROGRESS]
+        planned += [f"masks/{p.stem}.png" for p in unique] + [f"images/{p.name}" for p in unique]
+        planned += [_part(r) for r in range(world)]
         if depth_dir is not None:
-            found = [depth_dir / f"{path.stem}{x}" for x in (".png", ".npy")]
-            found = [f for f in found if f.is_file()]
-            if found:
-                _link_or_copy(found[0], out / "depth" / found[0].name, copy_images)
-                written["depth"].append(found[0].name)
-            else:
-                depth_missing.append(path.name)
-        lab = label.numpy()
-        predicted += np.bincount(lab[lab < c], minlength=c)[:c]
-        kept += np.bincount(mask[keep.numpy()], minlength=c)[:c]
-        pixels += lab.size
-        if truth_dir is not None and (truth_dir / f"{path.stem}.png").is_file():
-            gt = read_mask(truth_dir / f"{path.stem}.png")
-            if gt.shape == lab.shape:
-                valid = (gt >= 0) & (gt < c)  # whatever the truth's ignore value is
-                k = keep.numpy() & valid
-                right_kept += int((mask[k] == gt[k]).sum())
-                scored_kept += int(k.sum())
-                right_all += int((lab[valid] == gt[valid]).sum())
-                scored_all += int(valid.sum())
-                truth_images += 1
-                target = torch.from_numpy(np.where(valid, gt, -1))
-                for m_conf, m_probs in zip(member_conf, members):  # each teacher on its own
-                    pred = _mapped(m_probs, cmap)[:c].argmax(0)
-                    update_confusion(m_conf, pred, target, -1)
-        if done < previews:
-            name = f"previews/{path.stem}.png"
-            out.claim([name])  # claimed above unless earlier images were skipped
-            _preview(out / name, image, mask, conf.numpy(), c)
-            written["previews"].append(f"{path.stem}.png")
-        done += 1
-
-    # a rerun into the same folder: drop what an earlier run listed for images no longer
-    # labelled, if still as it wrote them (never a file this command did not write)
-    ours = [f"{d}/{n}" for d, names in written.items() for n in names]
-    stale = [name for d in written for name in out.remove_stale(ours, under=d)]
-    out.record(["classes.txt", *ours])
-    stats = {
+            planned += [f"depth/{p.stem}{x}" for p in unique for x in (".png", ".npy")
+                        if (depth_dir / f"{p.stem}{x}").is_file()]
+        out.claim(planned)
+        (out_path / "progress").mkdir(exist_ok=True)
+        atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
+        done = _reusable(job, unique)
+        todo = [[str(p) for p in unique if p.stem not in done]]
+        previews -= sum(1 for r in done.values() if r.get("preview"))
+    if world > 1:
+        dist.broadcast_object_list(todo, src=0)
+    mine = [Path(p) for p in todo[0]][rank::world]
+    with open(out_path / _part(rank), "a") as log:
+        for path in tqdm(mine, desc=f"pseudo-label{f' rank {rank}' if world > 1 else ''}",
+                         disable=not show):
+            preview = rank == 0 and previews > 0  # rank 0's first labelled images
+            if preview:
+                out.claim([f"previews/{path.stem}.png"])
+            record = _label_image(job, ens, path, preview)
+            previews -= bool(record.get("preview"))
+            log.write(json.dumps(record) + "\n")
+            log.flush()  # a killed run keeps what it labelled (see _reusable)
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        return {}
+    return _finish(job, ens, out, unique, skipped, other, len(unique) - len(todo[0]), {
         "teachers": [str(t) for t in teachers],
         "teacher_weights": ens.weights,
-        "members": check_members(ens, member_conf, names, truth_images),
-        "member_check": (f"scored on {truth_images} labelled image(s) (--truth)" if truth_images
-                         else "skipped: no labelled data (--truth masks) to score the teachers on"),
         "images_dir": str(images),
         "threshold": threshold,
         "class_thresholds": dict(class_thresholds or {}),
@@ -377,12 +345,234 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         "class_map": str(class_map) if class_map else None,
         "ignore_index": ignore_index,
         "classes": names,
+    })
+
+
+# what each labelled image added (one JSON line per image): the ranks of a run append to
+# their own part, the run's end merges the parts into PROGRESS; a rerun with the same
+# settings reuses the records whose mask and source image are unchanged
+PROGRESS = "progress/labelled.jsonl"
+RECORD_FORMAT = "segcompress-pseudo-record/1"
+
+
+def _part(rank: int) -> str:
+    return f"progress/rank-{rank}.jsonl"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every image of one run is labelled with (the same on every rank)."""
+
+    out: Path
+    names: list[str]
+    ignore_index: int
+    thr: torch.Tensor
+    cmap: torch.Tensor | None
+    dtype: type
+    copy_images: bool
+    depth_dir: Path | None
+    truth_dir: Path | None
+    key: str
+
+
+def _unique_stems(files: list[Path]) -> tuple[list[Path], list[dict]]:
+    """The images to label (one per stem: masks are named ``<stem>.png``) and the
+    skipped duplicates."""
+    seen: dict[str, str] = {}
+    unique, skipped = [], []
+    for path in files:
+        if path.stem in seen:
+            skipped.append({"name": path.name, "reason": f"same stem as an earlier file "
+                            f"({seen[path.stem]}): masks are named <stem>.png"})
+        else:
+            seen[path.stem] = path.name
+            unique.append(path)
+    return unique, skipped
+
+
+def _stamp(path: Path) -> list[int]:
+    """A source file's size and modification time: a record is reused only while the
+    image it labelled is unchanged."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _file_ids(path: Path) -> list:
+    """Content fingerprints of a teacher or class-map file (each file of a folder)."""
+    if path.is_dir():
+        return [[p.relative_to(path).as_posix(), sha256_file(p)]
+                for p in sorted(path.rglob("*")) if p.is_file()]
+    return [sha256_file(path)]
+
+
+def _settings_key(ens: Ensemble, threshold, class_thresholds, tta_flip, scales, size,
+                  class_map, ignore_index, copy_images, depth_dir, truth) -> str:
+    """One hash of everything a mask depends on (the teachers by content)."""
+    settings = {
+        "teachers": [_file_ids(Path(ck)) for ck in ens.checkpoints], "weights": ens.weights,
+        "threshold": threshold, "class_thresholds": sorted((class_thresholds or {}).items()),
+        "tta_flip": tta_flip, "scales": list(scales), "size": list(size) if size else None,
+        "class_map": _file_ids(Path(class_map)) if class_map else None,
+        "ignore_index": ignore_index, "copy": copy_images,
+        "depth": str(depth_dir) if depth_dir else None, "truth": str(truth) if truth else None,
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _records(out: Path) -> dict[str, dict]:
+    """The records of the merged progress file and of every rank's part (later wins);
+    a line cut short by a kill is skipped."""
+    found: dict[str, dict] = {}
+    folder = out / "progress"
+    paths = [out / PROGRESS] + sorted(folder.glob("rank-*.jsonl")) if folder.is_dir() else []
+    for path in paths:
+        if not path.is_file() or path.is_symlink():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("format") == RECORD_FORMAT:
+                found[str(rec.get("stem"))] = rec
+    return found
+
+
+def _reusable(job: _Job, unique: list[Path]) -> dict[str, dict]:
+    """The records of an earlier run of the same settings whose image is unchanged and
+    whose mask (and image link, depth link, preview) is still as it wrote them."""
+    records, ok = _records(job.out), {}
+    for path in unique:
+        rec = records.get(path.stem)
+        if (rec is None or rec.get("key") != job.key or rec.get("name") != path.name
+                or rec.get("source") != _stamp(path) or rec.get("skipped")):
+            continue
+        mask = job.out / "masks" / f"{path.stem}.png"
+        outputs = [job.out / "images" / path.name]
+        outputs += [job.out / "depth" / rec["depth"]] if rec.get("depth") else []
+        outputs += [job.out / "previews" / f"{path.stem}.png"] if rec.get("preview") else []
+        if (mask.is_file() and sha256_file(mask) == rec.get("mask_sha")
+                and all(o.is_file() or o.is_symlink() for o in outputs)):
+            ok[path.stem] = rec
+    return ok
+
+
+def _sparse(conf: torch.Tensor) -> list[list[int]]:
+    idx = conf.nonzero().tolist()
+    return [[i, j, int(conf[i, j])] for i, j in idx]
+
+
+def _label_image(job: _Job, ens: Ensemble, path: Path, preview: bool) -> dict:
+    """Label one image: its mask, image link, depth link (and preview) written, and its
+    counts returned as a record (see :data:`PROGRESS`)."""
+    c = len(job.names)
+    rec = {"format": RECORD_FORMAT, "key": job.key, "stem": path.stem, "name": path.name,
+           "source": _stamp(path)}
+    try:
+        image = read_image(path)
+    except DataError as e:
+        return {**rec, "skipped": str(e)}
+    members = ens.member_probs(image)
+    p = _mapped(ens.probs(image, members), job.cmap)
+    conf, label = p.max(0)
+    keep = (conf >= job.thr[label]) & (label < c)
+    mask = torch.where(keep, label, torch.full_like(label, job.ignore_index)).numpy()
+    _write_png(job.out / "masks" / f"{path.stem}.png", mask.astype(job.dtype))
+    _link_or_copy(path, job.out / "images" / path.name, job.copy_images)
+    rec["depth"] = None
+    if job.depth_dir is not None:
+        found = [job.depth_dir / f"{path.stem}{x}" for x in (".png", ".npy")]
+        found = [f for f in found if f.is_file()]
+        if found:
+            _link_or_copy(found[0], job.out / "depth" / found[0].name, job.copy_images)
+            rec["depth"] = found[0].name
+    lab = label.numpy()
+    rec["predicted"] = np.bincount(lab[lab < c], minlength=c)[:c].tolist()
+    rec["kept"] = np.bincount(mask[keep.numpy()], minlength=c)[:c].tolist()
+    rec["pixels"] = int(lab.size)
+    rec["truth"] = None
+    gt_path = job.truth_dir / f"{path.stem}.png" if job.truth_dir is not None else None
+    if gt_path is not None and gt_path.is_file():
+        gt = read_mask(gt_path)
+        if gt.shape == lab.shape:
+            valid = (gt >= 0) & (gt < c)  # whatever the truth's ignore value is
+            k = keep.numpy() & valid
+            target = torch.from_numpy(np.where(valid, gt, -1))
+            confusions = []
+            for m_probs in members:  # each teacher on its own
+                m_conf = torch.zeros(c, c, dtype=torch.int64)
+                update_confusion(m_conf, _mapped(m_probs, job.cmap)[:c].argmax(0), target, -1)
+                confusions.append(_sparse(m_conf))
+            rec["truth"] = {"right_kept": int((mask[k] == gt[k]).sum()), "scored_kept": int(k.sum()),
+                            "right_all": int((lab[valid] == gt[valid]).sum()),
+                            "scored_all": int(valid.sum()), "members": confusions}
+    if preview:
+        _preview(job.out / "previews" / f"{path.stem}.png", image, mask, conf.numpy(), c)
+        rec["preview"] = True
+    rec["mask_sha"] = sha256_file(job.out / "masks" / f"{path.stem}.png")
+    return rec
+
+
+def _finish(job: _Job, ens: Ensemble, out: OutDir, unique: list[Path], skipped: list[dict],
+            other: list[str], reused: int, settings: dict) -> dict:
+    """Rank 0 after every rank is done: merge the records into stats.json and the
+    progress file, list what was written, drop what an earlier run left for images no
+    longer labelled (only files it wrote, unedited)."""
+    c, names = len(job.names), job.names
+    records = _records(job.out)
+    predicted, kept = np.zeros(c, np.int64), np.zeros(c, np.int64)
+    pixels = right_kept = right_all = scored_kept = scored_all = truth_images = 0
+    member_conf = [torch.zeros(c, c, dtype=torch.int64) for _ in ens.models]
+    written: dict[str, list[str]] = {"masks": [], "images": [], "depth": [], "previews": []}
+    depth_missing, merged, skipped = [], [], list(skipped)
+    for path in unique:
+        rec = records.get(path.stem)
+        if rec is None or rec.get("key") != job.key:
+            raise RuntimeError(f"{path}: no label record after the run (a rank stopped early?)")
+        merged.append(rec)
+        if rec.get("skipped"):
+            skipped.append({"name": path.name, "reason": rec["skipped"]})
+            continue
+        written["masks"].append(f"{path.stem}.png")
+        written["images"].append(path.name)
+        if rec["depth"]:
+            written["depth"].append(rec["depth"])
+        elif job.depth_dir is not None:
+            depth_missing.append(path.name)
+        if rec.get("preview"):
+            written["previews"].append(f"{path.stem}.png")
+        predicted += np.asarray(rec["predicted"], np.int64)
+        kept += np.asarray(rec["kept"], np.int64)
+        pixels += rec["pixels"]
+        if rec["truth"] is not None:
+            t = rec["truth"]
+            right_kept, scored_kept = right_kept + t["right_kept"], scored_kept + t["scored_kept"]
+            right_all, scored_all = right_all + t["right_all"], scored_all + t["scored_all"]
+            truth_images += 1
+            for m_conf, entries in zip(member_conf, t["members"]):
+                for i, j, n in entries:
+                    m_conf[i, j] += n
+    done = len(unique) - sum(1 for r in merged if r.get("skipped"))
+    atomic_write_text(job.out / PROGRESS, "".join(json.dumps(r) + "\n" for r in merged))
+    for part in (job.out / "progress").glob("rank-*.jsonl"):
+        if out.ours(part.relative_to(job.out).as_posix()):
+            part.unlink()
+    ours = [f"{d}/{n}" for d, names_ in written.items() for n in names_]
+    stale = [name for d in written for name in out.remove_stale(ours, under=d)]
+    out.remove_stale([PROGRESS], under="progress")
+    out.record(["classes.txt", PROGRESS, *ours])
+    stats = {
+        **settings,
+        "members": check_members(ens, member_conf, names, truth_images),
+        "member_check": (f"scored on {truth_images} labelled image(s) (--truth)" if truth_images
+                         else "skipped: no labelled data (--truth masks) to score the teachers on"),
         "images_done": done,
+        "images_reused": reused,
         "skipped": len(skipped),
         "skipped_files": skipped,
         "other_files": other,
         "removed_stale": sorted({Path(n).stem for n in stale if not n.startswith("previews/")}),
-        "depth_dir": str(depth_dir) if depth_dir is not None else None,
+        "depth_dir": str(job.depth_dir) if job.depth_dir is not None else None,
         "depth_maps": len(written["depth"]),
         "depth_missing": depth_missing,
         "written": written,
@@ -395,14 +585,14 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
             for i, n in enumerate(names)
         },
     }
-    if truth_dir is not None:
+    if job.truth_dir is not None:
         stats["truth"] = {
-            "dir": str(truth_dir),
+            "dir": str(job.truth_dir),
             "accuracy_kept": right_kept / scored_kept if scored_kept else None,
             "accuracy_all": right_all / scored_all if scored_all else None,
             "labelled_pixels_scored": scored_all,
         }
-    atomic_write_json(out / "stats.json", stats)
+    atomic_write_json(job.out / "stats.json", stats)
     out.record(["stats.json"])
     return stats
 
