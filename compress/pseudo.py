@@ -307,6 +307,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         planned = ["classes.txt", "stats.json", PROGRESS]
         planned += [f"masks/{p.stem}.png" for p in unique] + [f"images/{p.name}" for p in unique]
         planned += [_part(r) for r in range(world)]
+        planned += [f"previews/{p.stem}.png" for p in unique[:max(previews, 0)]]  # most likely
         if depth_dir is not None:
             planned += [f"depth/{p.stem}{x}" for p in unique for x in (".png", ".npy")
                         if (depth_dir / f"{p.stem}{x}").is_file()]

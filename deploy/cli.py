@@ -39,6 +39,11 @@ def export(
     = D.int8,
     openvino: Annotated[bool, typer.Option("--openvino", help="OpenVINO IR too")] = D.openvino,
     trt: Annotated[bool, typer.Option("--trt", help="TensorRT engines (NVIDIA GPU)")] = D.trt,
+    aoti: Annotated[bool, typer.Option(
+        "--aoti", help="AOTInductor package model.pt2 (torch.export + Inductor; needs g++)")]
+    = D.aoti,
+    aoti_device: Annotated[str, typer.Option(help="device the .pt2 is compiled for: cpu or "
+                                                  "cuda")] = D.aoti_device,
     size: Annotated[str | None, typer.Option(help="HxW (multiples of 32); default: spec")] = None,
     batch: Annotated[int, typer.Option(min=1, help="batch of the example input / fixed batch")]
     = D.batch_size,
@@ -91,7 +96,8 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a full --out")]
     = D.overwrite,
 ) -> None:
-    """Export a checkpoint: ONNX (verified against PyTorch), optionally INT8, OpenVINO, TensorRT."""
+    """Export a checkpoint: ONNX (verified against PyTorch), optionally INT8, OpenVINO,
+    TensorRT, AOTInductor."""
     from compress.evaluate import parse_size
 
     del onnx  # always written: the flag only states it (see its help)
@@ -100,6 +106,7 @@ def export(
         dynamic_spatial=dynamic_spatial, opset=opset, argmax=argmax, data=calib_data,
         data_kind=data_kind.value if data_kind else None, val_split=val_split, val_size=val_size,
         calib_split=calib_split, calib_size=calib_size, int8=int8, openvino=openvino, trt=trt,
+        aoti=aoti, aoti_device=aoti_device,
         preset=preset.value if preset else None, calib_stat=calib_stat.value, max_drop=max_drop,
         float_layers=tuple(keep_float or ()), accuracy_control=accuracy_control,
         min_agreement=min_agreement, trt_max_batch=trt_max_batch, trt_workspace_gib=trt_workspace,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +40,13 @@ from compress.io import current_umask
 from compress.outdir import check_folder_path
 from compress.spec import MAX_SIDE, ModelSpec
 from deploy import runtime as registry
-from deploy.errors import ExportError, ManifestError, QuantizationError, VerificationError
+from deploy.errors import (
+    BackendUnavailable,
+    ExportError,
+    ManifestError,
+    QuantizationError,
+    VerificationError,
+)
 
 Log = Callable[[str], None]
 
@@ -72,6 +79,8 @@ class ExportConfig:
     int8: bool = False
     openvino: bool = False
     trt: bool = False
+    aoti: bool = False
+    aoti_device: str = "cpu"
     preset: str | None = None
     calib_stat: str = "default"
     max_drop: float = 1.0
@@ -170,7 +179,22 @@ def validate_config(cfg: ExportConfig) -> str:
         raise InputError(f"export: --holdout-every must be >= 2, got {cfg.holdout_every}")
     if cfg.size is not None:
         check_size(tuple(cfg.size))
+    if cfg.aoti:
+        _check_aoti(cfg)
     return preset
+
+
+def _check_aoti(cfg: ExportConfig) -> None:
+    """``--aoti``'s own checks, before any work: the device, a C++ compiler, static H x W."""
+    from deploy.backends.aoti import build_unavailable
+
+    if cfg.aoti_device != "cpu" and not cfg.aoti_device.startswith("cuda"):
+        raise InputError(f"export: --aoti-device {cfg.aoti_device!r}: expected cpu or cuda[:N]")
+    why = build_unavailable(cfg.aoti_device)
+    if why:
+        raise BackendUnavailable(f"export --aoti: {why}")
+    if cfg.dynamic_spatial:
+        raise InputError("export: --aoti compiles one input size: drop --dynamic-spatial")
 
 
 class ImageSet:
@@ -713,8 +737,34 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
             log(f"openvino: {xml8.name} runs in int8; agreement with f32 {_fmt(r8['agreement'])}%"
                 f", mIoU {_fmt(r8['miou'])} (f32 {_fmt(r8['miou_f32'])})")
 
+    if cfg.aoti:
+        _aoti(model, out_spec, size, cfg, tmp, add, check, log)
     if cfg.trt:
         _tensorrt(onnx_path, int8_path, size, cfg, tmp, add, check, manifest, log)
+
+
+def _aoti(model, out_spec: ModelSpec, size, cfg: ExportConfig, tmp: Path, add, check,
+          log: Log) -> None:
+    """``model.pt2``: the PyTorch model compiled by AOTInductor, verified against the
+    f32 ONNX model like every other artifact (on the CPU; a CUDA package is checked where
+    it runs)."""
+    import torch
+
+    from deploy.backends.aoti import AotiRuntime, compile_pt2
+    from deploy.export import ExportHead
+
+    device = "cuda" if cfg.aoti_device.startswith("cuda") else "cpu"
+    t0 = time.perf_counter()
+    pt2 = compile_pt2(ExportHead(model, cfg.argmax), tmp / "model.pt2", size, cfg.batch_size,
+                      cfg.dynamic_batch, device)
+    seconds = time.perf_counter() - t0
+    model.to("cpu")
+    rt = AotiRuntime(pt2, out_spec, cfg.aoti_device, cfg.threads, built_for=device)
+    r = check(rt, True, "AOTInductor (f32)")
+    add(pt2, "f32", verification=r, aoti={"device": device, "torch": torch.__version__,
+                                          "compile_seconds": round(seconds, 1)})
+    log(f"aoti: {pt2.name} ({device}, compiled in {seconds:.0f} s) agrees with ONNX f32 on "
+        f"{_fmt(r['agreement'])}% of pixels, mIoU {_fmt(r['miou'])}")
 
 
 def _log_dense(res: dict, what: str, reference: str, log: Log) -> None:

@@ -7,6 +7,8 @@ converter or engine builder, its file suffixes, its precision names and
   the step every other artifact starts from, is :mod:`deploy.export`).
 - :mod:`deploy.backends.openvino`: OpenVINO IR (``.xml`` + ``.bin``) and its conversion.
 - :mod:`deploy.backends.tensorrt`: TensorRT engines (``.engine``/``.plan``), the builder.
+- :mod:`deploy.backends.aoti`: AOTInductor packages (``.pt2``), compiled from the PyTorch
+  model by ``torch.export`` + Inductor.
 
 :mod:`deploy.backends.base` holds what they share (the ``Runtime`` base, the ``Backend``
 description, the precision vocabulary); :mod:`deploy.runtime` is the registry callers

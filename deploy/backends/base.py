@@ -221,8 +221,9 @@ class Backend:
             ``device`` here (cheap checks, no model loaded), or None.
         load: builds its :class:`Runtime` (see :data:`Loader`).
         role: ``checkpoint`` (the training checkpoint, what an export starts from),
-            ``source`` (the ONNX file every other artifact is converted from) or
-            ``converted`` (built from the source by :attr:`convert`).
+            ``source`` (the ONNX file every other artifact is converted from),
+            ``converted`` (built from the source by :attr:`convert`) or ``compiled``
+            (built from the PyTorch model itself: AOTInductor).
         packages: distribution names whose versions a timing report records.
         builds: the precisions an export writes for it, the plain (float) one first.
         convert: ``convert(onnx_path, dst, *, spec, precision, size) -> dst``, building its

@@ -17,7 +17,7 @@ from deploy import runtime as registry
 from deploy.backends.base import PRECISION_ALIASES, PRECISIONS, Runtime
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("torch", "onnxruntime", "openvino", "tensorrt")
+NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "aoti")
 DEPLOY_MODULES = sorted(
     ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
     for p in (REPO / "deploy").rglob("*.py"))
@@ -43,7 +43,8 @@ def test_every_suffix_maps_to_one_backend():
             assert registry.backend_for_path(f"model{suffix.upper()}") is b  # case-blind
     assert registry.SUFFIXES == seen
     assert seen == {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime",
-                    ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt"}
+                    ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt",
+                    ".pt2": "aoti"}
     with pytest.raises(InputError, match=r"cannot tell the backend of m\.tflite; suffixes: "
                                          r"\.pt, \.pth, \.onnx"):
         registry.backend_for_path("m.tflite")
@@ -88,7 +89,8 @@ def test_devices_each_backend_runs_on():
     on = {b.name: (b.runs_on("cpu"), b.runs_on("cuda"), b.runs_on("cuda:1")) for b in
           registry.backends()}
     assert on == {"torch": (True, True, True), "onnxruntime": (True, True, True),
-                  "openvino": (True, False, False), "tensorrt": (False, True, True)}
+                  "openvino": (True, False, False), "tensorrt": (False, True, True),
+                  "aoti": (True, True, True)}
 
 
 def test_available_gives_a_reason_or_none():
@@ -99,6 +101,7 @@ def test_available_gives_a_reason_or_none():
     assert registry.get_backend("torch").available("cpu") is None
     assert registry.get_backend("onnxruntime").available("cpu") is None
     assert registry.get_backend("openvino").available("cpu") is None
+    assert registry.get_backend("aoti").available("cpu") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and importlib.util.find_spec("tensorrt")
@@ -134,7 +137,7 @@ def test_each_backend_describes_what_bench_asks(name):
     """bench spells no backend: what it needs (role, what an export builds, the converter,
     packages, where it is timed, the file an export writes) is the registry's."""
     b = registry.get_backend(name)
-    assert b.role in ("checkpoint", "source", "converted")
+    assert b.role in ("checkpoint", "source", "converted", "compiled")
     assert b.builds and set(b.builds) <= set(b.precisions)
     assert (b.convert is not None) == (b.role == "converted")
     assert b.packages and set(b.packages) <= set(registry.packages())
