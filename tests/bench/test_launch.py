@@ -53,6 +53,7 @@ def test_compare_runs_each_recipe_seed_as_a_submitit_job_then_collects(tmp_path)
     assert r.exit_code == 0 and "submitted" not in r.output
 
 
+@pytest.mark.slow  # submitit jobs in subprocesses: ~25 s
 def test_a_failed_job_is_named_with_its_log(tmp_path):
     pytest.importorskip("submitit", reason="needs the cluster extra: pip install -e '.[cluster]'")
     bad = (f"  - {{name: c, config: {tmp_path / 'run.yaml'}, "

@@ -80,6 +80,7 @@ def test_validate_spec_accepts_no_pruned_shapes():
     assert validate_spec(spec.to_dict())
 
 
+@pytest.mark.slow  # Taylor importance over training batches: ~30 s
 def test_taylor_importance_on_training_batches(unpruned, tmp_path):
     r = prune_checkpoint(unpruned, tmp_path / "taylor.pt", macs_ratio=0.6, steps=2,
                          importance="taylor", data_kind="synthetic", batches=1, batch_size=2)
@@ -118,6 +119,7 @@ def test_distill_fine_tunes_a_pruned_student(pruned, unpruned, tmp_path):
     assert "student initialised from" in (run / "train.log").read_text()
 
 
+@pytest.mark.slow  # repeated pruning passes: ~20 s
 def test_a_target_inside_a_rounding_jump_is_reached_by_the_refinement():
     """Rounding to multiples of 8 makes this tiny model jump from its full 0.076 GMACs to
     0.044 at the smallest uniform ratio; 75 % lies in that jump, so one ratio for every

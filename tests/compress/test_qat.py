@@ -39,6 +39,7 @@ def qat_config(tmp, fp32, extra=()):
                              *QAT, *extra])
 
 
+@pytest.mark.slow  # QAT training twice + a resume, and NNCF's build: ~3 min on 2 cores
 def test_qat_resumes_exactly(tmp_path, fp32):
     whole = fit(qat_config(tmp_path / "a", fp32), show_progress=False).run_dir
 

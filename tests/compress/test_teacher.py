@@ -75,6 +75,7 @@ def test_plain_state_dict_teacher_reads_its_class_count_from_its_head(tmp_path, 
     assert (run / "checkpoints" / "best.pt").is_file()
 
 
+@pytest.mark.slow  # a distill run: ~15 s
 def test_factory_teacher_takes_its_class_count_from_teacher_model_classes(tmp_path, data6):
     from tests.compress.custom_teacher import build
 
@@ -98,6 +99,7 @@ def test_student_model_classes_must_match_the_data(tmp_path):
         fit(tiny_config(tmp_path, ["model.classes=3"]), show_progress=False)
 
 
+@pytest.mark.slow  # a distill run: ~15 s
 def test_missing_teacher_weights_allowed_are_warned_with_the_count(tmp_path, data6):
     """Before: allow_missing_keys=true ran a LoRA-only file on random base weights silently."""
     t = _teacher8(tmp_path / "t8.pt")
@@ -123,6 +125,7 @@ def test_factory_student_is_named_by_its_factory(tmp_path, data6):
         (run / "train.log").read_text()
 
 
+@pytest.mark.slow  # a distill run with feature KD from the example teacher: ~30 s
 def test_example_custom_teacher_teaches_feature_kd(tmp_path):
     """The documented contract (examples/custom_teacher.py) end to end: a factory teacher
     with forward_taps, feature KD at stride 8 and the decoder, weights given as overrides."""
@@ -265,6 +268,7 @@ def test_teacher_runs_at_its_own_input_size_and_gives_logits_at_the_students():
     assert seen[-1] == (96, 96)
 
 
+@pytest.mark.slow  # two distill runs: ~30 s
 @pytest.mark.parametrize("cache", [False, True], ids=["live", "cached"])
 def test_distill_from_a_fixed_size_teacher_at_another_size(tmp_path, cache):
     """Before: the student's 64x64 images went to a teacher built for 96x96 and the
@@ -291,6 +295,7 @@ NAME_MAP_8_TO_6 = ("{Tree: Forest, Rangeland: {Grassland: 0.7, SemiNatural: 0.3}
                    "Bareland: SemiNatural, Water: Background, Background: Background}")
 
 
+@pytest.mark.slow  # a distill run: ~15 s
 def test_plain_state_dict_teacher_takes_class_names_for_a_class_map_by_name(tmp_path, data6):
     """Issue 23: before, a plain state_dict teacher's classes were class_0..7, so a class
     map had to be written against those; teacher.class_names names them."""
