@@ -45,7 +45,7 @@ from compress.errors import InputError
 from compress.hf import load_segmenter
 from compress.io import atomic_write, atomic_write_json, atomic_write_text, sha256_file
 from compress.metrics import scores, update_confusion, weak_teacher
-from compress.outdir import OutDir, open_out
+from compress.outdir import OutDir, OutputError, open_out
 from compress.viz import colorize
 
 
@@ -311,7 +311,12 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         if depth_dir is not None:
             planned += [f"depth/{p.stem}{x}" for p in unique for x in (".png", ".npy")
                         if (depth_dir / f"{p.stem}{x}").is_file()]
-        out.claim(planned)
+        try:
+            out.claim(planned)
+        except OutputError as e:  # the other ranks stop with the same line, not a hang
+            if world > 1:
+                dist.broadcast_object_list([{"error": str(e)}], src=0)
+            raise
         (out_path / "progress").mkdir(exist_ok=True)
         atomic_write_text(out / "classes.txt", "\n".join(names) + "\n")
         done = _reusable(job, unique)
@@ -319,6 +324,8 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         previews -= sum(1 for r in done.values() if r.get("preview"))
     if world > 1:
         dist.broadcast_object_list(todo, src=0)
+        if isinstance(todo[0], dict):
+            raise OutputError(todo[0]["error"])
     mine = [Path(p) for p in todo[0]][rank::world]
     with open(out_path / _part(rank), "a") as log:
         for path in tqdm(mine, desc=f"pseudo-label{f' rank {rank}' if world > 1 else ''}",

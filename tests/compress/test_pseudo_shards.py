@@ -126,3 +126,9 @@ def test_two_ranks_write_the_masks_and_stats_of_one_process(trained_teacher, fra
     records = [json.loads(x) for x in (tmp_path / "two" / PROGRESS).read_text().splitlines()]
     assert sorted(r["stem"] for r in records) == [f"f{i}" for i in range(7)]  # each once
     assert two.stdout.count("images labelled") == 1  # one summary, from rank 0
+    # rank 0 refusing the output (an edited mask) stops the other rank too, at once
+    (tmp_path / "two" / "masks" / "f3.png").write_bytes(b"edited by hand")
+    again = subprocess.run(two.args, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode != 0 and "edited since the toolkit wrote it" in again.stderr
+    assert (tmp_path / "two" / "masks" / "f3.png").read_bytes() == b"edited by hand"
