@@ -52,6 +52,7 @@ def test_latency_is_interleaved_and_positive():
                                           for v in res.values())
 
 
+@pytest.mark.slow  # trains a study; workflows 002 and 004 run compare through the CLI
 def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
     run_cfg = tmp_path / "tiny.yaml"
     run_cfg.write_text(TINY)

@@ -74,6 +74,7 @@ def _wandb_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.slow  # two trainings; workflow 000 also runs W&B offline with a resume
 def test_wandb_offline_logs_metrics_csv_and_resume_continues_the_run(tmp_path, offline_wandb):
     pytest.importorskip("wandb", reason="needs the wandb extra: pip install -e '.[wandb]'")
     run = _train(tmp_path, "log.wandb.mode=offline", "log.wandb.project=trk-test")
