@@ -148,10 +148,11 @@ def checkpoint_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None
     :func:`compress.hf.load_hf_model`). Exported artifacts need deploy's runtimes:
     ``deploy.runtime.load_predictor`` opens both (the ``compress eval`` command passes it
     in)."""
-    if path.is_dir() and not is_hf_dir(path):
+    hf = is_hf_dir(path)
+    if path.is_dir() and not hf:
         raise ModelError(f"{path}: a folder without {CONFIG_FILE}: give a checkpoint "
                          "(.pt/.pth) or a transformers model folder (save_pretrained)")
-    if not is_hf_dir(path) and path.suffix not in (".pt", ".pth"):
+    if not hf and path.suffix not in (".pt", ".pth"):
         raise ModelError(f"{path}: not a checkpoint (.pt/.pth); score an exported artifact "
                          "with the `compress` command (python -m segcompress.cli eval)")
     return load_segmenter(path, what="compress eval", device=device, spec=spec)
@@ -250,11 +251,10 @@ def _write_eval(out: OutDir, sub: str, result: dict, conf: torch.Tensor | None =
     (``eval.json`` alone without a confusion: a depth-only split)."""
     names = [sub + name for name in EVAL_FILES][:1 if conf is None else None]
     out.claim(names)
+    path = atomic_write_json(out / names[0], result)
     if conf is None or counts is None:
-        path = atomic_write_json(out / names[0], result)
         out.record(names)
         return path
-    path = atomic_write_json(out / names[0], result)
     classes = list(result["per_class_iou"])
     rows = ["truth\\pred," + ",".join(classes)]
     rows += [n + "," + ",".join(str(int(v)) for v in r) for n, r in zip(classes, conf.tolist())]

@@ -294,10 +294,22 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         raise DataError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
     dtype = np.uint8 if max(ignore_index, c - 1) < 256 else np.uint16
     unique, skipped = _unique_stems(files)
+    settings = {  # what stats.json says the run was asked; with the files' contents, the key
+        "teachers": [str(t) for t in teachers],
+        "teacher_weights": ens.weights,
+        "images_dir": str(images),
+        "threshold": threshold,
+        "class_thresholds": dict(class_thresholds or {}),
+        "tta_flip": tta_flip,
+        "scales": list(scales),
+        "size": list(size) if size else None,
+        "class_map": str(class_map) if class_map else None,
+        "ignore_index": ignore_index,
+        "classes": names,
+    }
     job = _Job(out_path, names, ignore_index, thr, cmap, dtype, copy_images, depth_dir,
                Path(truth) if truth else None,
-               _settings_key(ens, threshold, class_thresholds, tta_flip, scales, size,
-                             class_map, ignore_index, copy_images, depth_dir, truth))
+               _settings_key(settings, ens, class_map, copy_images, depth_dir, truth))
 
     # every name this run may write, claimed before the first write (by rank 0, before
     # the other ranks start): a file there that the toolkit did not write (or that was
@@ -341,19 +353,7 @@ def pseudo_label(teachers: list[str | Path], images: str | Path, out: str | Path
         dist.barrier()
     if rank != 0:
         return {}
-    return _finish(job, ens, out, unique, skipped, other, len(unique) - len(todo[0]), {
-        "teachers": [str(t) for t in teachers],
-        "teacher_weights": ens.weights,
-        "images_dir": str(images),
-        "threshold": threshold,
-        "class_thresholds": dict(class_thresholds or {}),
-        "tta_flip": tta_flip,
-        "scales": list(scales),
-        "size": list(size) if size else None,
-        "class_map": str(class_map) if class_map else None,
-        "ignore_index": ignore_index,
-        "classes": names,
-    })
+    return _finish(job, ens, out, unique, skipped, other, len(unique) - len(todo[0]), settings)
 
 
 # what each labelled image added (one JSON line per image): the ranks of a run append to
@@ -413,18 +413,19 @@ def _file_ids(path: Path) -> list:
     return [sha256_file(path)]
 
 
-def _settings_key(ens: Ensemble, threshold, class_thresholds, tta_flip, scales, size,
-                  class_map, ignore_index, copy_images, depth_dir, truth) -> str:
-    """One hash of everything a mask depends on (the teachers by content)."""
-    settings = {
-        "teachers": [_file_ids(Path(ck)) for ck in ens.checkpoints], "weights": ens.weights,
-        "threshold": threshold, "class_thresholds": sorted((class_thresholds or {}).items()),
-        "tta_flip": tta_flip, "scales": list(scales), "size": list(size) if size else None,
+def _settings_key(settings: dict, ens: Ensemble, class_map, copy_images, depth_dir,
+                  truth) -> str:
+    """One hash of everything a mask depends on: the run's ``settings`` (not where the
+    images are: each record checks its own source file), the teachers and class map by
+    content, and where images, depth maps and truth come from."""
+    key = {k: v for k, v in settings.items() if k not in ("images_dir", "teachers", "class_map")}
+    key.update({
+        "teachers": [_file_ids(Path(ck)) for ck in ens.checkpoints],
         "class_map": _file_ids(Path(class_map)) if class_map else None,
-        "ignore_index": ignore_index, "copy": copy_images,
-        "depth": str(depth_dir) if depth_dir else None, "truth": str(truth) if truth else None,
-    }
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        "copy": copy_images, "depth": str(depth_dir) if depth_dir else None,
+        "truth": str(truth) if truth else None,
+    })
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -562,12 +563,9 @@ def _finish(job: _Job, ens: Ensemble, out: OutDir, unique: list[Path], skipped: 
                     m_conf[i, j] += n
     done = len(unique) - sum(1 for r in merged if r.get("skipped"))
     atomic_write_text(job.out / PROGRESS, "".join(json.dumps(r) + "\n" for r in merged))
-    for part in (job.out / "progress").glob("rank-*.jsonl"):
-        if out.ours(part.relative_to(job.out).as_posix()):
-            part.unlink()
     ours = [f"{d}/{n}" for d, names_ in written.items() for n in names_]
     stale = [name for d in written for name in out.remove_stale(ours, under=d)]
-    out.remove_stale([PROGRESS], under="progress")
+    out.remove_stale([PROGRESS], under="progress")  # the ranks' parts, merged above
     out.record(["classes.txt", PROGRESS, *ours])
     stats = {
         **settings,
