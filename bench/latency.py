@@ -309,17 +309,11 @@ def make_preprocess(
 def make_postprocess(out_size: tuple[int, int]) -> Callable[[np.ndarray], np.ndarray]:
     """``logits [N, C, h, w]`` (or class ids ``[N, h, w]``) -> uint8/int ids ``[N, H, W]``
     at the source size: argmax, then nearest resize (same index rule as PyTorch's)."""
-    H, W = out_size
+    from deploy.arrays import resize_ids
 
     def postprocess(out: np.ndarray) -> np.ndarray:
         out = np.asarray(out)
-        ids = out.argmax(1) if out.ndim == 4 else out
-        h, w = ids.shape[-2:]
-        if (h, w) == (H, W):
-            return ids
-        rows = np.minimum((np.arange(H) * (h / H)).astype(np.int64), h - 1)
-        cols = np.minimum((np.arange(W) * (w / W)).astype(np.int64), w - 1)
-        return ids[:, rows[:, None], cols[None, :]]
+        return resize_ids(out.argmax(1) if out.ndim == 4 else out, out_size)
 
     return postprocess
 
@@ -488,10 +482,32 @@ def first_run(frames: Sequence[np.ndarray], size: tuple[int, int] | None,
     first run's allocations and a model that cannot take this input says so at once."""
 
     def probe(rt) -> None:
-        hw = input_size(rt, size, fallback)
-        rt.predict(make_preprocess(frames, hw, rt.spec.mean, rt.spec.std)(0))
+        rt.predict(make_input(rt, frames, size, fallback)[0](0))
 
     return probe
+
+
+def make_input(rt, frames: Sequence[np.ndarray], size: tuple[int, int] | None,
+               fallback: tuple[int, int] = (128, 128), batch: int = 1
+               ) -> tuple[Callable[[int], np.ndarray], tuple[int, int]]:
+    """``(run -> the batch rt is fed, its H x W)``: for a frame-to-map graph
+    (``spec.frame_size``) the frames themselves, uint8 ``[batch, H, W, 3]`` at its frame
+    size (frames of another size resized once, ahead of timing, as such a camera would
+    give them: nothing but the graph is timed); else :func:`make_preprocess` at
+    :func:`input_size`."""
+    frame = getattr(rt.spec, "frame_size", None)
+    if frame is None:
+        hw = input_size(rt, size, fallback)
+        return make_preprocess(frames, hw, rt.spec.mean, rt.spec.std, batch), hw
+    from compress.data import resize_pair
+
+    hw = (int(frame[0]), int(frame[1]))
+    sized = [resize_pair(f, None, hw)[0] for f in frames]
+
+    def pick(run: int) -> np.ndarray:
+        return np.stack([sized[(run * batch + j) % len(sized)] for j in range(batch)])
+
+    return pick, hw
 
 
 def _gpu_used_bytes() -> int:
@@ -651,10 +667,11 @@ def time_rows(
         rows.append(row)
         if rt is None:
             continue
-        spec = rt.spec
-        hw = input_size(rt, size, fallback)
+        pre, hw = make_input(rt, frames, size, fallback, batch)
+        frame_to_map = rt.spec.frame_size is not None
         row.info.setdefault("input_size", list(hw))
-        pre = make_preprocess(frames, hw, spec.mean, spec.std, batch)
+        if frame_to_map:  # frames in, class map out: the graph is the whole pipeline
+            row.info["frame_to_map"] = True
         try:  # a fixed-shape artifact may refuse this size or batch: say so on its row
             out = rt.predict(pre(0))
             if np.asarray(out).shape[0] != batch:
@@ -664,7 +681,7 @@ def time_rows(
             continue
         # the first run above was checked (NaN/inf refused); the timed ones are not
         pipelines.append(Pipeline(t.label, pre, functools.partial(rt.predict, check=False),
-                                  make_postprocess(src_hw), batch))
+                                  None if frame_to_map else make_postprocess(src_hw), batch))
         order.append((row, rt, pre))
     if pipelines:
         timer = CudaEventTimer() if device.startswith("cuda") else None

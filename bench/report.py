@@ -168,6 +168,12 @@ def _artifact_targets(directory: Path, role: str, source: Path,
         ask = ("f32" if get_backend(backend).sets_precision and prec in ("f32", "fp32")
                else None)
         label = f"{name or role} {FORMAT_NAMES.get(backend, backend)} {prec}"
+        frame = {}
+        if art.get("frame_size"):  # a frame-to-map graph (compress export --e2e)
+            label += " frame→map"
+            verified = art.get("verification") or {}
+            frame = {"frame_to_map": True, "frame_size": art["frame_size"],
+                     "export_miou": verified.get("miou"), "export_images": verified.get("images")}
         targets.append(
             Target(
                 label,
@@ -180,6 +186,7 @@ def _artifact_targets(directory: Path, role: str, source: Path,
                     "artifact_precision": prec,
                     "file": art["file"],
                     "cost_key": name or role,
+                    **frame,
                 },
             )
         )
@@ -312,7 +319,9 @@ def build_report(
         for entry, trow in zip(run.loaded, run.dicts()):
             t, rt = entry["target"], entry["runtime"]
             row = _row(t, device, cost, timing=trow, error=trow["error"])
-            if rt is not None and row.status == "ok":
+            if rt is not None and row.status == "ok" and rt.spec.frame_size is not None:
+                row.accuracy_note = _frame_note(t.info)
+            elif rt is not None and row.status == "ok":
                 spec = rt.spec
                 # a multi-task model is scored on the split's depth too, where it has some
                 depth = (split_has_depth(kind, str(data) if data else None, split)
@@ -380,6 +389,16 @@ def build_report(
     }
 
 
+def _frame_note(info: dict) -> str:
+    """Why a frame-to-map row has no mIoU here: it takes camera frames at its own size, so
+    the report's resized images do not fit it; its export scored it on the split's frames."""
+    h, w = info.get("frame_size") or ("?", "?")
+    miou = info.get("export_miou")
+    return (f"frame-to-map graph ({h}x{w} frames): not scored on the report's images; its "
+            f"export scored it on {info.get('export_images') or '?'} frames at {h}x{w}: mIoU "
+            + ("n/a" if miou is None else f"{miou * 100:.2f}") + " (its manifest)")
+
+
 TIMING_KEYS = (
     "latency_ms",
     "preprocess_ms",
@@ -428,6 +447,8 @@ class ReportRow:
     memory: dict[str, Any] = field(default_factory=dict)
     speedup_same_backend: float | None = None
     speedup_vs_teacher_torch: float | None = None
+    # frame in, map out: the teacher PyTorch row's end_to_end_ms over this row's
+    speedup_frame_to_map: float | None = None
     status: str = "ok"
     reason: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -551,6 +572,9 @@ def _derive(rows: list[ReportRow], class_names: list[str]) -> None:
         )
         if torch_t:
             r.speedup_vs_teacher_torch = torch_t.median_ms / ms
+            e2e, t_e2e = r.end_to_end_ms or {}, torch_t.end_to_end_ms or {}
+            if e2e.get("median") and t_e2e.get("median"):
+                r.speedup_frame_to_map = t_e2e["median"] / e2e["median"]
 
 
 def _notes(rows: list[ReportRow]) -> list[str]:
@@ -613,10 +637,10 @@ def _ci_cell(r: dict) -> str:
     return f"[{ci[0] * 100:+.2f}, {ci[1] * 100:+.2f}] {r['verdict']}"
 
 
-def _latency_cell(r: dict) -> str:
+def _latency_cell(r: dict, key: str = "latency_ms") -> str:
     if r["status"] != "ok":
-        return f"could not run: {r['reason']}"
-    lat = r["latency_ms"]
+        return f"could not run: {r['reason']}" if key == "latency_ms" else "—"
+    lat = r.get(key)
     return f"{lat['median']:.2f} ± {lat['std']:.2f}" if lat else "—"
 
 
@@ -631,6 +655,8 @@ SUMMARY_COLUMNS = [
     "mIoU",
     "Δ mIoU",
     "Δ 95% CI",
+    "frame→map ms (median ± std)",
+    "frame→map × teacher PyTorch",
     "ms/image (median ± std)",
     "× teacher same backend",
     "× teacher PyTorch",
@@ -673,6 +699,9 @@ def summary_table(report: dict) -> list[list[str]]:
                 _fmt(r["miou"], ".2f", 100),
                 _fmt(r["delta_miou"], "+.2f", 100),
                 _ci_cell(r),
+                _latency_cell(r, "end_to_end_ms"),
+                _fmt(r.get("speedup_frame_to_map"), ".2f")
+                + ("×" if r.get("speedup_frame_to_map") else ""),
                 _latency_cell(r),
                 _fmt(r["speedup_same_backend"], ".2f") + ("×" if r["speedup_same_backend"] else ""),
                 _fmt(r["speedup_vs_teacher_torch"], ".2f")
@@ -743,8 +772,10 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
             f"models interleaved run by run, {s['threads']} CPU thread(s); inputs: {s['input']}"
         ),
         (
-            "- ms/image is the model alone (median ± std); pre-processing (resize, normalise) "
-            "and post-processing (argmax, resize back) are in the JSON"
+            "- frame→map: camera frame in, class map out (median ± std ms/image): the "
+            "pre-processing (resize, normalise), the model and the post-processing (argmax, "
+            "resize back), or a frame-to-map graph (`compress export --e2e`) alone; ms/image "
+            "is the model alone; each stage is in the JSON"
         ),
         f"- {GMACS_DEFINITION}, at the report size (see docs/bench.md)",
         *([DEPTH_NOTE] if has_depth(report) else []),
@@ -795,6 +826,8 @@ CSV_COLUMNS = [
     "post_ms_median",
     "speedup_same_backend",
     "speedup_vs_teacher_torch",
+    "speedup_frame_to_map",
+    "e2e_ms_median",
     "peak_rss_mb",
     "gpu_mem_mb",
     "status",
@@ -827,6 +860,7 @@ def render_csv(report: dict) -> str:
             "ms_max": lat.get("max"),
             "pre_ms_median": (r["preprocess_ms"] or {}).get("median"),
             "post_ms_median": (r["postprocess_ms"] or {}).get("median"),
+            "e2e_ms_median": (r.get("end_to_end_ms") or {}).get("median"),
             "peak_rss_mb": mem.get("peak_rss_mb"),
             "gpu_mem_mb": mem.get("gpu_mem_mb"),
             "notes": "; ".join(r["notes"]),

@@ -35,7 +35,7 @@ OUTPUTS = ("logits", "argmax")
 MAX_PRUNED_TENSORS = 20_000
 _TENSOR_NAME = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 # keys written only when set: an unpruned model has no pruned_shapes, a checkpoint no output
-_OPTIONAL_KEYS = ("pruned_shapes", "output", "tasks")
+_OPTIONAL_KEYS = ("pruned_shapes", "output", "tasks", "frame_size")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ class ModelSpec:
         tasks: extra tasks beside segmentation (:class:`compress.tasks.TaskSpec`: a depth
             head...), parsed once here from the list of mappings files hold (which
             :meth:`to_dict` writes back); None for a single-task model.
+        frame_size: ``[H, W]`` of a frame-to-map export (``compress export --e2e``): it
+            takes camera frames, uint8 ``[N, H, W, 3]`` RGB of this size, and gives uint8
+            class ids ``[N, H, W]`` at that size (resize to ``input_size``, normalisation,
+            argmax and the resize back are in the graph; ``output`` is ``"argmax"``); None
+            for every other model.
     """
 
     arch: str
@@ -79,6 +84,7 @@ class ModelSpec:
     pruned_shapes: dict[str, list[int]] | None = None
     output: str | None = None
     tasks: tuple[TaskSpec, ...] | None = None
+    frame_size: list[int] | None = None
 
     def __post_init__(self) -> None:
         validate_spec(self.to_dict())
@@ -88,6 +94,8 @@ class ModelSpec:
         if self.decoder_channels is not None:
             object.__setattr__(self, "decoder_channels", list(self.decoder_channels))
         object.__setattr__(self, "kwargs", dict(self.kwargs))
+        if self.frame_size is not None:
+            object.__setattr__(self, "frame_size", list(self.frame_size))
         if self.pruned_shapes is not None:
             object.__setattr__(self, "pruned_shapes",
                                {k: list(v) for k, v in self.pruned_shapes.items()})
@@ -241,6 +249,15 @@ def validate_spec(spec: Any, source: str | Path | None = None) -> dict[str, Any]
     out = spec.get("output")
     if out is not None and out not in OUTPUTS:
         raise bad("output", "'logits', 'argmax' or null", out)
+    frame = spec.get("frame_size")
+    if frame is not None:
+        if not (isinstance(frame, (list, tuple)) and len(frame) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and 0 < x <= MAX_SIDE
+                for x in frame)):
+            raise bad("frame_size", f"[H, W], two integers in 1..{MAX_SIDE}, or null", frame)
+        if out != "argmax":
+            raise bad("output", "'argmax' where frame_size is set (a frame-to-map graph "
+                      "gives class ids)", out)
     if spec.get("pruned_shapes") is not None:
         why = pruned_shapes_error(spec.get("pruned_shapes"))
         if why:

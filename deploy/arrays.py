@@ -41,3 +41,20 @@ def class_ids(out: np.ndarray) -> np.ndarray:
     if out.shape[1] == 1:
         return (out[:, 0] > 0).astype(np.int64)
     return out.argmax(1)
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """The source index each of ``dst`` output positions takes in a nearest resize of a
+    side of ``src`` positions: ``floor(i * src / dst)`` (PyTorch's ``nearest`` rule), the
+    one rule the Python post-processing and the frame-to-map graph both use."""
+    return np.minimum((np.arange(dst) * (src / dst)).astype(np.int64), src - 1)
+
+
+def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Class ids ``[N, h, w]`` -> ``[N, H, W]`` by :func:`nearest_indices` (unchanged
+    when already that size)."""
+    H, W = size
+    h, w = ids.shape[-2:]
+    if (h, w) == (H, W):
+        return ids
+    return ids[:, nearest_indices(h, H)[:, None], nearest_indices(w, W)[None, :]]

@@ -45,7 +45,10 @@ EXPORT_LIBRARIES = ("segmentation-models-pytorch", "timm", "onnx", "onnxslim", "
 def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
                    input_shape: list, output: str, output_name: str, spec: ModelSpec,
                    companions: list[Path] = (), **extra: Any) -> dict[str, Any]:
-    """One ``artifacts`` item for ``path`` (hashed now; companions hashed too)."""
+    """One ``artifacts`` item for ``path`` (hashed now; companions hashed too). A
+    frame-to-map graph (``spec.frame_size``) takes uint8 NHWC frames and does the
+    normalisation itself (``normalization.in_graph``); its entry carries ``frame_size``."""
+    frame = {} if spec.frame_size is None else {"frame_size": list(spec.frame_size)}
     return {
         "file": path.name,
         "sha256": sha256_file(path),
@@ -53,14 +56,16 @@ def artifact_entry(path: Path, *, backend: str, precision: str, input_name: str,
         "precision": precision,
         "input_name": input_name,
         "input_shape": list(input_shape),
-        "input_dtype": "float32",
+        "input_dtype": "uint8" if frame else "float32",
         "output": output,
         "output_name": output_name,
         "normalization": {
             "mean": spec.mean, "std": spec.std, "scale": 1 / 255,
-            "layout": "NCHW", "channels": "RGB",
+            "layout": "NHWC" if frame else "NCHW", "channels": "RGB",
             "formula": "(pixel / 255 - mean) / std",
+            **({"in_graph": True} if frame else {}),
         },
+        **frame,
         "class_names": list(spec.class_names),
         "ignore_index": spec.ignore_index,
         "files": [{"file": p.name, "sha256": sha256_file(p)} for p in companions],
@@ -229,7 +234,10 @@ def find_artifact(path: str | Path) -> tuple[dict | None, dict | None]:
 
 
 def artifact_spec(manifest: dict, entry: dict) -> ModelSpec:
-    """The model spec for one artifact: the manifest's spec with the artifact's output."""
+    """The model spec for one artifact: the manifest's spec with the artifact's output (and
+    frame size, for a frame-to-map graph)."""
     spec = dict(manifest["spec"])
     spec["output"] = entry.get("output", spec.get("output", "logits"))
+    if entry.get("frame_size") is not None:  # a frame-to-map graph (compress export --e2e)
+        spec["frame_size"] = entry["frame_size"]
     return ModelSpec.from_dict(spec, MANIFEST_NAME)

@@ -81,6 +81,7 @@ class ExportConfig:
     trt: bool = False
     aoti: bool = False
     aoti_device: str = "cpu"
+    e2e: tuple[int, int] | None = None  # camera H x W: add the frame-to-map graphs
     preset: str | None = None
     calib_stat: str = "default"
     max_drop: float = 1.0
@@ -181,6 +182,13 @@ def validate_config(cfg: ExportConfig) -> str:
         check_size(tuple(cfg.size))
     if cfg.aoti:
         _check_aoti(cfg)
+    if cfg.e2e is not None:
+        from deploy.e2e import check_frame_size
+
+        check_frame_size(tuple(cfg.e2e))
+        if cfg.dynamic_spatial:
+            raise InputError("export: --e2e resizes every frame to one model size: drop "
+                             "--dynamic-spatial")
     return preset
 
 
@@ -247,6 +255,12 @@ class _FolderImages:
     def __init__(self, paths: list[Path], size: tuple[int, int], mean, std) -> None:
         self.paths, self.size, self.mean, self.std = paths, size, mean, std
         self.masks: list[np.ndarray] | None = None
+        self.source = self  # the raw frames (``load``), as a dataset's source gives them
+
+    def load(self, i: int) -> tuple[np.ndarray, None, str]:
+        from compress.data.datasets import read_image
+
+        return read_image(self.paths[i]), None, self.paths[i].stem
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -551,6 +565,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
         preset = qat[1]
     size = tuple(cfg.size or spec.input_size)
     check_size(size)
+    if cfg.e2e is not None:
+        from deploy.e2e import refusal
+
+        why = refusal(spec)
+        if why:
+            raise ExportError(f"export: {checkpoint}: {why}")
 
     calib = calib_info = None
     if cfg.calib_images is not None and cfg.data is None:
@@ -645,7 +665,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     def add(path: Path, precision: str, companions=(), **extra) -> dict:
         backend = backend_for_path(path).name  # the registry's name for the file's suffix
         entry = artifact_entry(path, backend=backend, precision=precision,
-                               companions=list(companions), **common, **extra)
+                               companions=list(companions), **{**common, **extra})
         manifest["artifacts"].append(entry)
         return entry
 
@@ -737,6 +757,9 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
             log(f"openvino: {xml8.name} runs in int8; agreement with f32 {_fmt(r8['agreement'])}%"
                 f", mIoU {_fmt(r8['miou'])} (f32 {_fmt(r8['miou_f32'])})")
 
+    if cfg.e2e is not None:
+        _frame_graphs(cfg, tmp, out_spec, onnx_path, int8_path, val, class_names, ignore, add,
+                      load_runtime, log)
     if cfg.aoti:
         _aoti(model, out_spec, size, cfg, tmp, add, check, log)
     if cfg.trt:
@@ -765,6 +788,74 @@ def _aoti(model, out_spec: ModelSpec, size, cfg: ExportConfig, tmp: Path, add, c
                                           "compile_seconds": round(seconds, 1)})
     log(f"aoti: {pt2.name} ({device}, compiled in {seconds:.0f} s) agrees with ONNX f32 on "
         f"{_fmt(r['agreement'])}% of pixels, mIoU {_fmt(r['miou'])}")
+
+
+def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_path: Path,
+                  int8_path: Path | None, val: ImageSet, class_names, ignore: int, add,
+                  load_runtime, log: Log) -> None:
+    """``--e2e HxW``: the frame-to-map graph (:mod:`deploy.e2e`) of ``model.onnx`` and of
+    each other form asked for (INT8, OpenVINO), each verified on the raw frames of the
+    scored split against the Python pipeline around its model-only form (the f32 ones
+    held to ``--min-agreement``; mIoU against the labels at the frame size)."""
+    from deploy.e2e import INPUT_NAME, FrameSet, frame_spec, python_pipeline, write_frame_graph
+    from deploy.export import compare, input_shape
+
+    frame = tuple(cfg.e2e)
+    spec = frame_spec(out_spec, frame)
+    frames = FrameSet(val.dataset, val.indices, val.labelled, frame, cfg.eval_batch)
+    shape = input_shape(frame, cfg.batch_size, cfg.dynamic_batch, False)
+    shape = [shape[0], *frame, 3]
+    entry = {"input_name": INPUT_NAME, "input_shape": shape, "output": "argmax",
+             "output_name": "classes", "spec": spec}
+    src_h, src_w = frames.source_size()
+    details = {"frame_size": list(frame), "model_size": list(out_spec.input_size),
+               "source_size": [src_h, src_w], "graph": "onnx operators",
+               "steps": "uint8 NHWC -> bilinear resize (half-pixel), round -> "
+                        "(pixel / 255 - mean) / std -> model -> argmax -> nearest resize "
+                        "-> uint8 class ids"}
+    if (src_h, src_w) != frame:
+        log(f"e2e: the {cfg.val_split} frames are {src_h}x{src_w}: resized to the camera's "
+            f"{frame[0]}x{frame[1]} before verification (as such a camera would give them)")
+
+    def verify(path: Path, model_only, precision: str, enforce: bool, what: str):
+        rt = load_runtime(path, threads=cfg.threads,
+                          precision="f32" if path.suffix == ".xml" and precision == "f32"
+                          else None)
+        reference = python_pipeline(model_only.predict, out_spec, frame)
+        r = compare(reference, rt.predict, frames.batches(f"verify {what}"), class_names,
+                    ignore, reference_name="python_pipeline")
+        r = {"reference": f"python pipeline around {model_only.path.name}",
+             "data": f"{cfg.val_split} split frames at {frame[0]}x{frame[1]}", **r}
+        if enforce and not r["agreement"] >= cfg.min_agreement:
+            raise VerificationError(
+                f"verify: {what} agrees with the Python pipeline around {model_only.path.name} "
+                f"on {r['agreement'] * 100:.3f}% of pixels, below the required "
+                f"{cfg.min_agreement * 100:.3f}%; nothing was kept")
+        companions = [path.with_suffix(".bin")] if path.suffix == ".xml" else []
+        add(path, precision, companions, verification=r, e2e=details, **entry)
+        log(f"e2e: {path.name} ({what}, frames {frame[0]}x{frame[1]} in, class map out): "
+            f"agrees with the Python pipeline on {_fmt(r['agreement'])}% of pixels, mIoU "
+            f"{_fmt(r['miou'])} (pipeline {_fmt(r.get('miou_python_pipeline'))})")
+        return rt
+
+    onnx_rt = load_runtime(onnx_path, threads=cfg.threads)
+    e2e_onnx = write_frame_graph(onnx_path, tmp / "model_e2e.onnx", out_spec, frame)
+    verify(e2e_onnx, onnx_rt, "f32", True, "ONNX f32")
+    e2e_int8 = None
+    if int8_path is not None:
+        e2e_int8 = write_frame_graph(int8_path, tmp / "model_e2e_int8.onnx", out_spec, frame)
+        verify(e2e_int8, load_runtime(int8_path, threads=cfg.threads), "int8", False,
+               "INT8 ONNX")
+    if cfg.openvino:
+        from deploy.backends.openvino import convert_to_openvino
+
+        xml = convert_to_openvino(e2e_onnx, tmp / "model_e2e.xml", spec)
+        verify(xml, load_runtime(tmp / "model.xml", threads=cfg.threads, precision="f32"),
+               "f32", True, "OpenVINO f32")
+        if e2e_int8 is not None:
+            xml8 = convert_to_openvino(e2e_int8, tmp / "model_e2e_int8.xml", spec)
+            verify(xml8, load_runtime(tmp / "model_int8.xml", threads=cfg.threads), "int8",
+                   False, "OpenVINO int8")
 
 
 def _log_dense(res: dict, what: str, reference: str, log: Log) -> None:

@@ -196,6 +196,10 @@ def load_predictor(path: Path, device: str = "cpu", spec: ModelSpec | None = Non
     if path.suffix in torch_backend.SUFFIXES or path.is_dir():  # a transformers folder too
         return checkpoint_predictor(path, device, spec)
     rt = load_runtime(path, device=device)
+    if rt.spec.frame_size is not None:
+        raise InputError(f"eval: {path.name} is a frame-to-map graph (camera frames in, class "
+                         "map out): its export scored it on the split's frames (manifest.json "
+                         "beside it); score the model-only file of the same export here")
 
     def as_logits(out: np.ndarray) -> torch.Tensor:
         if out.ndim == 3 and rt.spec.classes == 1:  # binary ids -> a logit of +-1

@@ -92,7 +92,8 @@ class Runtime:
 
     def predict(self, images: np.ndarray, check: bool = True) -> np.ndarray:
         """``float32 [N, 3, H, W]`` normalised -> ``float32 [N, C, H, W]`` logits, or
-        ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"``: the segmentation
+        ``int64 [N, H, W]`` class ids when ``spec.output == "argmax"`` (a frame-to-map
+        graph: uint8 frames ``[N, H, W, 3]`` -> ``int64 [N, H, W]`` ids): the segmentation
         output alone, for single- and multi-task models alike. ``check``: refuse NaN/inf
         outputs (off only inside a timing loop, after a checked first run)."""
         return next(iter(self.run_outputs(images, check).values()))
@@ -105,9 +106,7 @@ class Runtime:
             DeployError: an output holding NaN or inf (with ``check``): argmax of NaN
                 logits is class 0, so such a model would be scored as if it worked.
         """
-        images = np.ascontiguousarray(images, dtype=np.float32)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"runtime: images must be float32 [N, 3, H, W], got {images.shape}")
+        images = self._checked_input(images)
         names = self.output_names
         outs = self._outputs(images)
         missing = [n for n in names if n not in outs]
@@ -124,6 +123,24 @@ class Runtime:
                               f"output for input {list(images.shape)}: refusing its results "
                               "(non-finite weights?)")
         return result
+
+    def _checked_input(self, images: np.ndarray) -> np.ndarray:
+        """The input as the graph takes it: normalised float32 ``[N, 3, H, W]``, or for a
+        frame-to-map graph (``spec.frame_size``) camera frames uint8 ``[N, H, W, 3]`` of
+        that size."""
+        frame = self.spec.frame_size
+        if frame is None:
+            images = np.ascontiguousarray(images, dtype=np.float32)
+            if images.ndim != 4 or images.shape[1] != 3:
+                raise InputError(f"runtime: images must be float32 [N, 3, H, W], got "
+                                 f"{images.shape}")
+            return images
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or list(images.shape[1:]) != [*frame, 3]:
+            raise InputError(f"runtime: {self.path.name} is a frame-to-map graph: it takes "
+                             f"camera frames uint8 [N, {frame[0]}, {frame[1]}, 3] (RGB), got "
+                             f"{images.dtype} {list(images.shape)}")
+        return np.ascontiguousarray(images)
 
     def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Each backend's outputs by name; by default its one output from :meth:`_predict`."""
@@ -181,6 +198,12 @@ def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list,
         if isinstance(c, int) and c != spec.classes:
             raise ManifestError(f"runtime: {path} outputs {c} classes but its spec says "
                                 f"{spec.classes}: refusing it")
+    if spec.frame_size is not None:  # a frame-to-map graph: uint8 frames of one size
+        if len(in_shape) != 4 or list(in_shape[1:]) != [*spec.frame_size, 3]:
+            raise ManifestError(f"runtime: {path} takes input {in_shape} but its spec is a "
+                                f"frame-to-map graph of {spec.frame_size[0]}x"
+                                f"{spec.frame_size[1]} frames [N, H, W, 3]: refusing it")
+        return
     if len(in_shape) != 4 or (isinstance(in_shape[1], int) and in_shape[1] != 3):
         raise ManifestError(f"runtime: {path} takes input {in_shape}; expected [N, 3, H, W] "
                             "(NCHW, RGB)")
