@@ -58,3 +58,18 @@ def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if (h, w) == (H, W):
         return ids
     return ids[:, nearest_indices(h, H)[:, None], nearest_indices(w, W)[None, :]]
+
+
+def fixed_batches(images, batch: int):
+    """``[batch, ...]`` float32 stacks of ``images`` (arrays ``[3, H, W]`` or
+    ``[N, 3, H, W]``), the last one filled by repeating its last image: calibration for a
+    model traced at one batch size."""
+    pending: list[np.ndarray] = []
+    for image in images:
+        a = np.asarray(image, np.float32)
+        pending.extend(a if a.ndim == 4 else a[None])
+        while len(pending) >= batch:
+            yield np.stack(pending[:batch])
+            pending = pending[batch:]
+    if pending:
+        yield np.stack(pending + [pending[-1]] * (batch - len(pending)))

@@ -44,6 +44,12 @@ def export(
     = D.aoti,
     aoti_device: Annotated[str, typer.Option(help="device the .pt2 is compiled for: cpu or "
                                                   "cuda")] = D.aoti_device,
+    executorch: Annotated[bool, typer.Option(
+        "--executorch", help="ExecuTorch program model.pte (XNNPACK; INT8 too with --int8; "
+                             "the executorch extra)")] = D.executorch,
+    litert: Annotated[bool, typer.Option(
+        "--litert", help="LiteRT model.tflite (litert-torch in .venv-litert; INT8 too with "
+                         "--int8; the litert extra runs it)")] = D.litert,
     e2e: Annotated[str | None, typer.Option(
         "--e2e", help="HxW of the camera frames: also the frame-to-map graphs model_e2e.onnx "
                       "(+ INT8 / OpenVINO forms as asked): uint8 frames in, class map out")]
@@ -101,7 +107,7 @@ def export(
     = D.overwrite,
 ) -> None:
     """Export a checkpoint: ONNX (verified against PyTorch), optionally INT8, OpenVINO,
-    TensorRT, AOTInductor, and frame-to-map graphs (--e2e)."""
+    TensorRT, AOTInductor, ExecuTorch, LiteRT, and frame-to-map graphs (--e2e)."""
     from compress.evaluate import parse_size
     from deploy.e2e import parse_frame_size
 
@@ -111,7 +117,7 @@ def export(
         dynamic_spatial=dynamic_spatial, opset=opset, argmax=argmax, data=calib_data,
         data_kind=data_kind.value if data_kind else None, val_split=val_split, val_size=val_size,
         calib_split=calib_split, calib_size=calib_size, int8=int8, openvino=openvino, trt=trt,
-        aoti=aoti, aoti_device=aoti_device, e2e=parse_frame_size(e2e) if e2e else None,
+        aoti=aoti, aoti_device=aoti_device, executorch=executorch, litert=litert, e2e=parse_frame_size(e2e) if e2e else None,
         preset=preset.value if preset else None, calib_stat=calib_stat.value, max_drop=max_drop,
         float_layers=tuple(keep_float or ()), accuracy_control=accuracy_control,
         min_agreement=min_agreement, trt_max_batch=trt_max_batch, trt_workspace_gib=trt_workspace,

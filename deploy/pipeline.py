@@ -42,6 +42,7 @@ from compress.spec import MAX_SIDE, ModelSpec
 from deploy import runtime as registry
 from deploy.errors import (
     BackendUnavailable,
+    DeployError,
     ExportError,
     ManifestError,
     QuantizationError,
@@ -82,6 +83,8 @@ class ExportConfig:
     aoti: bool = False
     aoti_device: str = "cpu"
     e2e: tuple[int, int] | None = None  # camera H x W: add the frame-to-map graphs
+    executorch: bool = False
+    litert: bool = False
     preset: str | None = None
     calib_stat: str = "default"
     max_drop: float = 1.0
@@ -182,6 +185,23 @@ def validate_config(cfg: ExportConfig) -> str:
         check_size(tuple(cfg.size))
     if cfg.aoti:
         _check_aoti(cfg)
+    if cfg.executorch:
+        from deploy.backends.executorch import available
+
+        why = available("cpu")
+        if why:
+            raise BackendUnavailable(f"export --executorch: {why}")
+        if cfg.dynamic_spatial:
+            raise InputError("export: --executorch traces one input size: drop "
+                             "--dynamic-spatial")
+    if cfg.litert:
+        from deploy.backends.litert import build_unavailable
+
+        why = build_unavailable()
+        if why:
+            raise BackendUnavailable(f"export --litert: {why}")
+        if cfg.dynamic_spatial:
+            raise InputError("export: --litert traces one input size: drop --dynamic-spatial")
     if cfg.e2e is not None:
         from deploy.e2e import check_frame_size
 
@@ -563,6 +583,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, cfg: ExportConfig
     qat = _qat_model(checkpoint, cfg) if cfg.int8 else None
     if qat is not None:
         preset = qat[1]
+        for flag, wanted in (("--executorch", cfg.executorch), ("--litert", cfg.litert)):
+            if wanted:
+                raise ExportError(f"export: {checkpoint} is a QAT checkpoint: its {flag} INT8 "
+                                  f"model is not built yet; drop {flag} or --int8")
     size = tuple(cfg.size or spec.input_size)
     check_size(size)
     if cfg.e2e is not None:
@@ -762,6 +786,10 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
                       load_runtime, log)
     if cfg.aoti:
         _aoti(model, out_spec, size, cfg, tmp, add, check, log)
+    for backend, wanted in (("executorch", cfg.executorch), ("litert", cfg.litert)):
+        if wanted:
+            _compiled(backend, model, Path(manifest["source_checkpoint"]), out_spec, size, cfg,
+                      tmp, add, check, calib, log)
     if cfg.trt:
         _tensorrt(onnx_path, int8_path, size, cfg, tmp, add, check, manifest, log)
 
@@ -788,6 +816,76 @@ def _aoti(model, out_spec: ModelSpec, size, cfg: ExportConfig, tmp: Path, add, c
                                           "compile_seconds": round(seconds, 1)})
     log(f"aoti: {pt2.name} ({device}, compiled in {seconds:.0f} s) agrees with ONNX f32 on "
         f"{_fmt(r['agreement'])}% of pixels, mIoU {_fmt(r['miou'])}")
+
+
+def _lower_executorch(model, checkpoint: Path, dst: Path, size, cfg: ExportConfig, images):
+    from deploy.backends.executorch import build_pte
+    from deploy.export import ExportHead
+
+    return build_pte(ExportHead(model, cfg.argmax).eval(), dst, size, cfg.batch_size, images)
+
+
+def _convert_litert(model, checkpoint: Path, dst: Path, size, cfg: ExportConfig, images):
+    from deploy.backends.litert import convert_tflite
+
+    return convert_tflite(checkpoint, dst, size, cfg.batch_size, cfg.argmax, images, cfg.threads)
+
+
+# the backends built from the PyTorch model at one input shape, f32 and PT2E INT8:
+# name -> (builder, whose PT2E quantizer makes their INT8 model)
+PT2E_SCHEME = "symmetric, per-channel weights, static activations"
+_COMPILED = {
+    "executorch": (_lower_executorch, f"pt2e (executorch XNNPACKQuantizer, {PT2E_SCHEME})"),
+    "litert": (_convert_litert, f"pt2e (litert-torch PT2EQuantizer, {PT2E_SCHEME})"),
+}
+
+
+def _compiled(name: str, model, checkpoint: Path, out_spec: ModelSpec, size, cfg: ExportConfig,
+              tmp: Path, add, check, calib: ImageSet | None, log: Log) -> None:
+    """ExecuTorch's ``model.pte`` / LiteRT's ``model.tflite`` (and their ``_int8`` forms
+    with ``--int8``): the student traced at the export's batch and size (a fixed input
+    shape), verified against the f32 ONNX model like every artifact; the INT8 one (PT2E,
+    calibrated on the NNCF path's images) under the same ``--max-drop`` budget, with no
+    accuracy control: over it the export fails. An INT8 model the backend's converter
+    cannot build (a quantizer constraint it cannot meet) is left out, said in the log."""
+    from deploy.runtime import get_backend
+
+    backend = get_backend(name)
+    build, method = _COMPILED[name]
+    shape = [cfg.batch_size, 3, *size]  # traced at one batch: fixed
+    jobs = [("f32", None)] + ([("int8", calib)] if cfg.int8 and calib is not None else [])
+    for precision, images in jobs:
+        dst = tmp / backend.artifact_name(precision)
+        t0 = time.perf_counter()
+        try:
+            build(model, checkpoint, dst, size, cfg, images.images_only() if images else None)
+        except DeployError as e:
+            if images is None:  # the f32 model: the export fails
+                raise
+            # INT8 where the backend's quantizer allows: said, the rest of the export kept
+            dst.unlink(missing_ok=True)
+            log(f"{name}: {dst.name} not built: its INT8 conversion failed ({e})")
+            continue
+        seconds = time.perf_counter() - t0
+        rt = backend.load(dst, out_spec, {"precision": precision, "input_shape": shape}, "cpu",
+                          cfg.threads, None)
+        r = check(rt, precision == "f32", f"{backend.label} ({precision})")
+        extra = {}
+        if images is not None:
+            drop = ((r["miou_f32"] - r["miou"]) * 100 if r.get("miou") is not None
+                    and r.get("miou_f32") is not None else 0.0)
+            if drop > cfg.max_drop:
+                raise QuantizationError(
+                    f"quantize: the {backend.label} INT8 model's mIoU drop {drop:.2f} points "
+                    f"exceeds --max-drop {cfg.max_drop:g} (f32 {_fmt(r['miou_f32'])}, int8 "
+                    f"{_fmt(r['miou'])}) and PT2E has no accuracy control here: drop "
+                    f"--{name}, or give a larger --max-drop; nothing was written")
+            extra["quantization"] = {"method": method, "calibration_images": len(images),
+                                     "max_drop_points": cfg.max_drop, "miou_drop_points": drop}
+        add(dst, precision, verification=r, input_shape=shape,
+            **{name: {"delegate": "XNNPACK", "build_seconds": round(seconds, 1)}}, **extra)
+        log(f"{name}: {dst.name} (XNNPACK, built in {seconds:.0f} s) agrees with ONNX f32 on "
+            f"{_fmt(r['agreement'])}% of pixels, mIoU {_fmt(r['miou'])}")
 
 
 def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_path: Path,

@@ -8,7 +8,8 @@ callers ask (``backend_for_path``, ``get_backend``, ``backends``, ``names``, ``p
 precision or package rules: a new backend is one module plus one line in
 :data:`_REGISTRY`. ``.pt``/``.pth`` load in PyTorch, ``.onnx`` in ONNX Runtime
 (CPU or CUDA provider), ``.xml`` in OpenVINO, ``.engine``/``.plan`` in TensorRT, ``.pt2``
-in AOTInductor (only as listed by its manifest: it holds native code). When a
+in AOTInductor (only as listed by its manifest: it holds native code), ``.pte`` in
+ExecuTorch and ``.tflite`` in LiteRT (each beside its manifest: they carry no spec). When a
 ``manifest.json`` sits beside the file and lists it, the file (and its companions) must
 match their sha256 or nothing is loaded, and the spec comes from the manifest; otherwise
 from the file itself (checkpoint spec, ONNX metadata, OpenVINO rt_info).
@@ -33,6 +34,8 @@ from compress.errors import InputError
 from compress.spec import ModelSpec
 from deploy.arrays import in_batches
 from deploy.backends import aoti as aoti_backend
+from deploy.backends import executorch as executorch_backend
+from deploy.backends import litert as litert_backend
 from deploy.backends import onnxruntime as onnxruntime_backend
 from deploy.backends import openvino as openvino_backend
 from deploy.backends import tensorrt as tensorrt_backend
@@ -73,13 +76,15 @@ __all__ = [
 # the registry: every backend, in the order tables list them
 _REGISTRY: dict[str, Backend] = {b.name: b for b in (
     torch_backend.BACKEND, onnxruntime_backend.BACKEND, openvino_backend.BACKEND,
-    tensorrt_backend.BACKEND, aoti_backend.BACKEND)}
+    tensorrt_backend.BACKEND, aoti_backend.BACKEND, executorch_backend.BACKEND,
+    litert_backend.BACKEND)}
 # the one suffix -> backend table, built from the backends' own suffixes
 SUFFIXES: dict[str, str] = {s: b.name for b in _REGISTRY.values() for s in b.suffixes}
 
 
 def backends() -> list[Backend]:
-    """Every registered backend: torch, onnxruntime, openvino, tensorrt, aoti."""
+    """Every registered backend: torch, onnxruntime, openvino, tensorrt, aoti, executorch,
+    litert."""
     return list(_REGISTRY.values())
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from compress.errors import InputError
 from compress.spec import ModelSpec
-from deploy.errors import DeployError, ManifestError
+from deploy.errors import BackendUnavailable, DeployError, ManifestError
 from deploy.metadata import output_names
 
 INSTALL_GPU = "pip install 'segcompress[gpu]'"  # the install hint of every GPU backend
@@ -212,6 +212,30 @@ def check_shapes(path: Path, spec: ModelSpec, in_shape: list, out_shape: list,
     if all(isinstance(v, int) for v in hw) and hw != want:
         raise ManifestError(f"runtime: {path} has a fixed input size {hw[0]}x{hw[1]} but its "
                             f"spec says {want[0]}x{want[1]}: refusing it")
+
+
+def built_precision(backend: Backend, path: Path, spec: ModelSpec | None, entry: dict | None,
+                    device: str, precision: str | None) -> str:
+    """The checks of a runtime whose file carries no spec and runs as built (ExecuTorch,
+    LiteRT): listed by a manifest (its spec and entry), the backend available on
+    ``device``, no other precision asked for. Returns the entry's precision.
+
+    Raises:
+        ManifestError: no manifest lists the file.
+        BackendUnavailable: ``backend.available(device)`` says why not.
+        InputError: another precision asked for.
+    """
+    if spec is None or entry is None:
+        raise ManifestError(f"runtime: {path}: a {path.suffix} carries no segcompress spec; it "
+                            "is loaded beside the manifest.json of the export that wrote it")
+    why = backend.available(device)
+    if why:
+        raise BackendUnavailable(f"runtime: {path.name}: {why}")
+    built = entry.get("precision", "f32")
+    if precision not in (None, built):
+        raise InputError(f"runtime: {path.name} is a {built} model; {backend.title} runs it as "
+                         f"built and cannot force {precision}")
+    return built
 
 
 # ---------------------------------------------------------------- description

@@ -58,3 +58,14 @@ def trained_ckpt(tmp_path_factory) -> Path:
         opt.step()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     return save_checkpoint(path, model, spec, metrics={"loss": loss.item()}, epoch=1)
+
+
+def run_export(ckpt, out, *extra):
+    """``compress export CKPT --out OUT`` at 64x64 on 4 synthetic val images, 1 thread,
+    with ``extra`` flags; the CliRunner result (``exception`` holds a refusal)."""
+    from typer.testing import CliRunner
+
+    from segcompress.cli import app
+
+    return CliRunner().invoke(app, ["export", str(ckpt), "--out", str(out), "--size", "64x64",
+                                    "--val-size", "4", "--threads", "1", *extra])

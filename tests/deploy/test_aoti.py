@@ -13,14 +13,9 @@ from compress.devices import cuda_available
 from deploy.backends.aoti import build_unavailable
 from deploy.errors import BackendUnavailable, ManifestError
 from deploy.runtime import backend_for_path, load_runtime
-from segcompress.cli import app
+from tests.deploy.conftest import run_export
 
 runner = CliRunner()
-
-
-def _export(ckpt, out, *extra):
-    return runner.invoke(app, ["export", str(ckpt), "--out", str(out), "--size", "64x64",
-                               "--val-size", "4", "--threads", "1", *extra])
 
 
 def test_pt2_is_the_aoti_backend_and_is_loaded_only_through_its_manifest(tmp_path):
@@ -37,14 +32,14 @@ def test_pt2_is_the_aoti_backend_and_is_loaded_only_through_its_manifest(tmp_pat
     (["--aoti-device", "npu"], "--aoti-device 'npu': expected cpu or cuda"),
 ])
 def test_what_aoti_cannot_do_is_refused_before_any_work(trained_ckpt, tmp_path, extra, message):
-    res = _export(trained_ckpt, tmp_path / "exp", "--aoti", *extra)
+    res = run_export(trained_ckpt, tmp_path / "exp", "--aoti", *extra)
     assert res.exit_code != 0 and message in str(res.exception)
     assert not (tmp_path / "exp").exists()
 
 
 @pytest.mark.skipif(cuda_available(), reason="a CUDA GPU is present here")
 def test_a_cuda_package_without_a_gpu_is_refused_in_one_line(trained_ckpt, tmp_path):
-    res = _export(trained_ckpt, tmp_path / "exp", "--aoti", "--aoti-device", "cuda")
+    res = run_export(trained_ckpt, tmp_path / "exp", "--aoti", "--aoti-device", "cuda")
     assert isinstance(res.exception, BackendUnavailable)
     assert "AOTInductor" in str(res.exception) and "\n" not in str(res.exception)
     assert not (tmp_path / "exp").exists()
@@ -56,7 +51,7 @@ def test_export_aoti_verifies_and_bench_times_the_package(trained_ckpt, tmp_path
     from bench.cli import app as bench_app
 
     out = tmp_path / "exp"
-    res = _export(trained_ckpt, out, "--aoti")
+    res = run_export(trained_ckpt, out, "--aoti")
     assert res.exit_code == 0, res.output
     arts = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
     pt2 = arts["model.pt2"]

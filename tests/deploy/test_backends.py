@@ -17,7 +17,7 @@ from deploy import runtime as registry
 from deploy.backends.base import PRECISION_ALIASES, PRECISIONS, Runtime
 
 REPO = Path(__file__).resolve().parents[2]
-NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "aoti")
+NAMES = ("torch", "onnxruntime", "openvino", "tensorrt", "aoti", "executorch", "litert")
 DEPLOY_MODULES = sorted(
     ".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
     for p in (REPO / "deploy").rglob("*.py"))
@@ -28,7 +28,7 @@ def test_every_backend_is_registered_once():
     for name in NAMES:
         assert registry.get_backend(name).name == name
     with pytest.raises(InputError, match="unknown backend 'tflite'; valid: torch, onnxruntime"):
-        registry.get_backend("tflite")
+        registry.get_backend("tflite")  # the format, not the backend (litert)
 
 
 def test_every_suffix_maps_to_one_backend():
@@ -44,10 +44,10 @@ def test_every_suffix_maps_to_one_backend():
     assert registry.SUFFIXES == seen
     assert seen == {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime",
                     ".xml": "openvino", ".engine": "tensorrt", ".plan": "tensorrt",
-                    ".pt2": "aoti"}
-    with pytest.raises(InputError, match=r"cannot tell the backend of m\.tflite; suffixes: "
+                    ".pt2": "aoti", ".pte": "executorch", ".tflite": "litert"}
+    with pytest.raises(InputError, match=r"cannot tell the backend of m\.mlmodel; suffixes: "
                                          r"\.pt, \.pth, \.onnx"):
-        registry.backend_for_path("m.tflite")
+        registry.backend_for_path("m.mlmodel")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,7 +90,8 @@ def test_devices_each_backend_runs_on():
           registry.backends()}
     assert on == {"torch": (True, True, True), "onnxruntime": (True, True, True),
                   "openvino": (True, False, False), "tensorrt": (False, True, True),
-                  "aoti": (True, True, True)}
+                  "aoti": (True, True, True), "executorch": (True, False, False),
+                  "litert": (True, False, False)}
 
 
 def test_available_gives_a_reason_or_none():

@@ -20,7 +20,7 @@ from deploy.backends.onnxruntime import OnnxRuntime
 from deploy.e2e import frame_graph, frame_spec, parse_frame_size, python_pipeline
 from deploy.metadata import set_spec_metadata
 from deploy.runtime import load_predictor, load_runtime
-from segcompress.cli import app
+from tests.deploy.conftest import run_export
 
 runner = CliRunner()
 
@@ -114,17 +114,12 @@ def test_frame_size_is_a_typed_spec_field_that_needs_class_ids():
             parse_frame_size(bad)
 
 
-def _export(ckpt, out, *extra):
-    return runner.invoke(app, ["export", str(ckpt), "--out", str(out), "--size", "64x64",
-                               "--val-size", "4", "--threads", "1", *extra])
-
-
 @pytest.mark.parametrize(("extra", "message"), [
     (["--e2e", "64"], "--e2e '64': expected HxW"),
     (["--e2e", "64x64", "--dynamic-spatial"], "--e2e resizes every frame to one model size"),
 ])
 def test_what_e2e_cannot_do_is_refused_before_any_work(trained_ckpt, tmp_path, extra, message):
-    res = _export(trained_ckpt, tmp_path / "exp", *extra)
+    res = run_export(trained_ckpt, tmp_path / "exp", *extra)
     assert res.exit_code != 0 and message in str(res.exception)
     assert "\n" not in str(res.exception)
     assert not (tmp_path / "exp").exists()
@@ -134,7 +129,7 @@ def test_export_e2e_verifies_every_form_and_bench_times_it_end_to_end(trained_ck
     from bench.cli import app as bench_app
 
     out = tmp_path / "exp"
-    res = _export(trained_ckpt, out, "--e2e", "72x100", "--int8", "--openvino",
+    res = run_export(trained_ckpt, out, "--e2e", "72x100", "--int8", "--openvino",
                   "--calib-size", "4", "--max-drop", "100")
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())

@@ -29,9 +29,9 @@ def test_torch_checkpoint_runtime(trained_ckpt):
 def test_refusals_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.onnx"):
         load_runtime(tmp_path / "nope.onnx")
-    (tmp_path / "m.tflite").write_bytes(b"x")
-    with pytest.raises(ValueError, match="cannot tell the backend of m.tflite"):
-        load_runtime(tmp_path / "m.tflite")
+    (tmp_path / "m.mlmodel").write_bytes(b"x")
+    with pytest.raises(ValueError, match="cannot tell the backend of m.mlmodel"):
+        load_runtime(tmp_path / "m.mlmodel")
     (tmp_path / "m.engine").write_bytes(b"x")
     with pytest.raises(ManifestError, match="m.engine is a TensorRT engine without a manifest"):
         load_runtime(tmp_path / "m.engine")
