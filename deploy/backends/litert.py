@@ -134,21 +134,43 @@ class LiteRTRuntime(Runtime):
                                 f"{one_line(e, limit=MESSAGE_CHARS)}") from None
         inputs = self.runner.get_input_details()
         self.input_name = next(iter(inputs))
-        self.fixed_batch = int(inputs[self.input_name]["shape"][0])
+        self.input_detail = inputs[self.input_name]
+        self.output_details = self.runner.get_output_details()
+        self.fixed_batch = int(self.input_detail["shape"][0])
         super().__init__(path, spec, "cpu", built, {"delegate": "XNNPACK",
                                                    "fixed_batch": self.fixed_batch})
 
     def _outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
         def run(x: np.ndarray) -> dict[str, np.ndarray]:
             try:
-                outs = self.runner(**{self.input_name: np.ascontiguousarray(x)})
+                outs = self.runner(**{self.input_name: _quantize(x, self.input_detail)})
             except Exception as e:  # noqa: BLE001 - the interpreter's own errors, one line
                 raise DeployError(f"runtime: LiteRT failed on {self.path} with input "
                                   f"{list(x.shape)}: {one_line(e, limit=MESSAGE_CHARS)}") from None
-            ordered = [outs[k] for k in sorted(outs, key=_output_index)]
+            ordered = [_dequantize(outs[k], self.output_details.get(k, {}))
+                       for k in sorted(outs, key=_output_index)]
             return dict(zip(self.output_names, ordered))
 
         return in_batches(run, images, self.fixed_batch)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    """The input as the model takes it: float32 as is, or an integer input (a fully
+    quantized INT8 model) as ``round(x / scale) + zero_point``, clipped to its type."""
+    dtype = np.dtype(detail.get("dtype", np.float32))
+    if dtype.kind == "f":
+        return np.ascontiguousarray(x, dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    """An integer output back to float32 (``(y - zero_point) * scale``); others as they are."""
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.asarray(y).dtype.kind in "iu" and scale:
+        return ((np.asarray(y, np.float32) - zero) * scale).astype(np.float32)
+    return y
 
 
 def _output_index(name: str) -> int:

@@ -73,3 +73,16 @@ def test_export_litert_verifies_the_tflite_and_bench_times_it(trained_ckpt, tmp_
                                       "--runs", "3", "--warmup", "1"])
     assert timed.exit_code == 0, timed.output
     assert "model.tflite" in timed.output and "litert" in timed.output
+
+
+def test_a_fully_quantized_models_io_is_quantized_and_dequantized_by_hand_rule():
+    detail = {"dtype": np.int8, "quantization": (0.5, -3)}
+    x = np.array([-100.0, -1.26, 0.0, 0.74, 100.0], np.float32)
+    q = litert._quantize(x, detail)
+    assert q.dtype == np.int8 and q.tolist() == [-128, -6, -3, -2, 127]  # round(x/0.5) - 3
+    y = litert._dequantize(np.array([-6, -3, 7], np.int8), detail)
+    assert y.dtype == np.float32 and y.tolist() == [-1.5, 0.0, 5.0]
+    f = np.array([1.5], np.float32)
+    assert litert._quantize(f, {"dtype": np.float32, "quantization": (0.0, 0)}) is not None
+    ids = np.array([[2, 0]], np.int64)  # an argmax model's class ids: no quantization
+    assert litert._dequantize(ids, {"quantization": (0.0, 0)}) is ids
