@@ -150,6 +150,7 @@ def format_artifacts(manifest: dict) -> str:
                     + "".join(f"{num(outs.get(n, {}).get('rmse')):>14}"
                               f"{num(outs.get(n, {}).get('rmse_vs_reference')):>11}"
                               for n in dense))
+    rows += [f"left out: {x['file']}: {x['reason']}" for x in manifest.get("left_out", [])]
     return "\n".join(rows)
 
 

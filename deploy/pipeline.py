@@ -693,6 +693,10 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
         manifest["artifacts"].append(entry)
         return entry
 
+    def leave_out(file: str, reason: str) -> None:  # asked for, not kept: said, and recorded
+        manifest.setdefault("left_out", []).append({"file": file, "reason": reason})
+        log(f"left out: {file}: {reason}")
+
     # ONNX f32: export, check, simplify, verify against PyTorch
     onnx_path = tmp / "model.onnx"
     export_onnx(model, onnx_path, spec, size=size, opset=cfg.opset, batch_size=cfg.batch_size,
@@ -789,7 +793,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     for backend, wanted in (("executorch", cfg.executorch), ("litert", cfg.litert)):
         if wanted:
             _compiled(backend, model, Path(manifest["source_checkpoint"]), out_spec, size, cfg,
-                      tmp, add, check, calib, log)
+                      tmp, add, check, calib, leave_out, log)
     if cfg.trt:
         _tensorrt(onnx_path, int8_path, size, cfg, tmp, add, check, manifest, log)
 
@@ -841,13 +845,14 @@ _COMPILED = {
 
 
 def _compiled(name: str, model, checkpoint: Path, out_spec: ModelSpec, size, cfg: ExportConfig,
-              tmp: Path, add, check, calib: ImageSet | None, log: Log) -> None:
+              tmp: Path, add, check, calib: ImageSet | None, leave_out, log: Log) -> None:
     """ExecuTorch's ``model.pte`` / LiteRT's ``model.tflite`` (and their ``_int8`` forms
     with ``--int8``): the student traced at the export's batch and size (a fixed input
     shape), verified against the f32 ONNX model like every artifact; the INT8 one (PT2E,
-    calibrated on the NNCF path's images) under the same ``--max-drop`` budget, with no
-    accuracy control: over it the export fails. An INT8 model the backend's converter
-    cannot build (a quantizer constraint it cannot meet) is left out, said in the log."""
+    calibrated on the NNCF path's images) under the same ``--max-drop`` budget. An INT8
+    model over that budget (PT2E has no accuracy control here) or one the converter
+    cannot build (a quantizer constraint it cannot meet) is left out: ``leave_out(file,
+    reason)`` says so in the log and in the manifest's ``left_out``; the rest is kept."""
     from deploy.runtime import get_backend
 
     backend = get_backend(name)
@@ -864,7 +869,7 @@ def _compiled(name: str, model, checkpoint: Path, out_spec: ModelSpec, size, cfg
                 raise
             # INT8 where the backend's quantizer allows: said, the rest of the export kept
             dst.unlink(missing_ok=True)
-            log(f"{name}: {dst.name} not built: its INT8 conversion failed ({e})")
+            leave_out(dst.name, f"its INT8 conversion failed ({e})")
             continue
         seconds = time.perf_counter() - t0
         rt = backend.load(dst, out_spec, {"precision": precision, "input_shape": shape}, "cpu",
@@ -875,11 +880,12 @@ def _compiled(name: str, model, checkpoint: Path, out_spec: ModelSpec, size, cfg
             drop = ((r["miou_f32"] - r["miou"]) * 100 if r.get("miou") is not None
                     and r.get("miou_f32") is not None else 0.0)
             if drop > cfg.max_drop:
-                raise QuantizationError(
-                    f"quantize: the {backend.label} INT8 model's mIoU drop {drop:.2f} points "
-                    f"exceeds --max-drop {cfg.max_drop:g} (f32 {_fmt(r['miou_f32'])}, int8 "
-                    f"{_fmt(r['miou'])}) and PT2E has no accuracy control here: drop "
-                    f"--{name}, or give a larger --max-drop; nothing was written")
+                del rt
+                dst.unlink(missing_ok=True)
+                leave_out(dst.name, f"INT8 mIoU drop {drop:.2f} points exceeds --max-drop "
+                                    f"{cfg.max_drop:g} (f32 {_fmt(r['miou_f32'])}, int8 "
+                                    f"{_fmt(r['miou'])}); PT2E has no accuracy control here")
+                continue
             extra["quantization"] = {"method": method, "calibration_images": len(images),
                                      "max_drop_points": cfg.max_drop, "miou_drop_points": drop}
         add(dst, precision, verification=r, input_shape=shape,

@@ -60,9 +60,19 @@ def test_export_litert_verifies_the_tflite_and_bench_times_it(trained_ckpt, tmp_
     from bench.cli import app as bench_app
 
     out = tmp_path / "exp"
-    res = run_export(trained_ckpt, out, "--litert")
+    res = run_export(trained_ckpt, out, "--litert", "--int8", "--calib-size", "4",
+                     "--max-drop", "100")
     assert res.exit_code == 0, res.output
-    arts = {a["file"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    manifest = json.loads((out / "manifest.json").read_text())
+    arts = {a["file"]: a for a in manifest["artifacts"]}
+    # INT8 where litert-torch's quantizer allows: built, or left out saying why (on this
+    # test student its converter refuses a pad's scales), the rest of the export kept
+    left = {x["file"]: x["reason"] for x in manifest.get("left_out", [])}
+    assert ("model_int8.tflite" in arts) != ("model_int8.tflite" in left)
+    if "model_int8.tflite" in left:
+        assert "INT8 conversion failed" in left["model_int8.tflite"]
+        assert "left out: model_int8.tflite" in res.output
+        assert not (out / "model_int8.tflite").exists()
     tfl = arts["model.tflite"]
     assert tfl["backend"] == "litert" and tfl["input_shape"] == [1, 3, 64, 64]
     assert tfl["verification"]["agreement"] >= 0.999 and tfl["litert"]["delegate"] == "XNNPACK"
