@@ -41,6 +41,12 @@ def gpu_backends() -> list:
     return [b for b in backends() if b.role == "converted" and b.runs_on("cuda")]
 
 
+def compiled_gpu_backends() -> list:
+    """The backends compiled from the PyTorch model that run on CUDA (AOTInductor): a
+    package is built for one device, recorded in its manifest entry."""
+    return [b for b in backends() if b.role == "compiled" and b.runs_on("cuda")]
+
+
 def nvml_handle() -> tuple[Any, str | None]:
     """``(handle, None)`` for the current GPU, or ``(None, why not)``."""
     try:
@@ -102,6 +108,17 @@ def _targets(checkpoint: Path, export_dir: Path | None) -> tuple[list[Target], l
                 why = b.available("cuda") or "the export has no such engine (--trt)"
                 missing.append({"label": label, "backend": b.name,
                                 "error": f"not built: {why}"})
+    for b in compiled_gpu_backends():  # AOTInductor: a package compiled for CUDA
+        label = f"{b.label} CUDA"
+        built = next((a for a in manifest["artifacts"] if a["backend"] == b.name
+                      and (a.get(b.name) or {}).get("device") == "cuda"), None)
+        if built is not None:
+            targets.append(Target(label, export_dir / built["file"], b.name, None,
+                                  {"artifact_precision": built["precision"]}))
+        else:
+            missing.append({"label": label, "backend": b.name, "error": "not built: the "
+                            f"export has no {b.label} package for CUDA (--aoti --aoti-device "
+                            "cuda)"})
     if graph is not None:  # the INT8 graph TensorRT builds from, scored on the CPU at export
         missing.append({"label": "int8_graph", "file": graph["file"],
                         **{k: graph["verification"].get(k)

@@ -50,6 +50,8 @@ if [ -z "$EXPORT" ]; then
   EXPORT=artifacts/gpu_check/export
   TRT=()
   if "$PY" -c "import tensorrt" 2>/dev/null; then TRT=(--trt); fi
+  # AOTInductor compiled for the GPU (needs a C++ compiler): its CUDA row beside eager
+  if command -v g++ >/dev/null 2>&1; then TRT+=(--aoti --aoti-device cuda); fi
   OVERWRITE=()
   if [ -f "$EXPORT/manifest.json" ]; then OVERWRITE=(--overwrite); fi
   "$PY" -m segcompress.cli export "$CKPT" --out "$EXPORT" --int8 --target tensorrt \
