@@ -185,23 +185,21 @@ def validate_config(cfg: ExportConfig) -> str:
         check_size(tuple(cfg.size))
     if cfg.aoti:
         _check_aoti(cfg)
+    for flag, wanted in (("--executorch", cfg.executorch), ("--litert", cfg.litert)):
+        if wanted and cfg.dynamic_spatial:  # the option first: it fails on every machine
+            raise InputError(f"export: {flag} traces one input size: drop --dynamic-spatial")
     if cfg.executorch:
         from deploy.backends.executorch import available
 
         why = available("cpu")
         if why:
             raise BackendUnavailable(f"export --executorch: {why}")
-        if cfg.dynamic_spatial:
-            raise InputError("export: --executorch traces one input size: drop "
-                             "--dynamic-spatial")
     if cfg.litert:
         from deploy.backends.litert import build_unavailable
 
         why = build_unavailable()
         if why:
             raise BackendUnavailable(f"export --litert: {why}")
-        if cfg.dynamic_spatial:
-            raise InputError("export: --litert traces one input size: drop --dynamic-spatial")
     if cfg.e2e is not None:
         from deploy.e2e import check_frame_size
 

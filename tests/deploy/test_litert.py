@@ -96,3 +96,9 @@ def test_a_fully_quantized_models_io_is_quantized_and_dequantized_by_hand_rule()
     assert litert._quantize(f, {"dtype": np.float32, "quantization": (0.0, 0)}) is not None
     ids = np.array([[2, 0]], np.int64)  # an argmax model's class ids: no quantization
     assert litert._dequantize(ids, {"quantization": (0.0, 0)}) is ids
+
+
+def test_a_dynamic_size_is_refused_on_every_machine(trained_ckpt, tmp_path):
+    res = run_export(trained_ckpt, tmp_path / "exp", "--litert", "--dynamic-spatial")
+    assert "--litert traces one input size: drop --dynamic-spatial" in str(res.exception)
+    assert not (tmp_path / "exp").exists()
