@@ -784,7 +784,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
                 f", mIoU {_fmt(r8['miou'])} (f32 {_fmt(r8['miou_f32'])})")
 
     if cfg.e2e is not None:
-        _frame_graphs(cfg, tmp, out_spec, onnx_path, int8_path, val, class_names, ignore, add,
+        _frame_graphs(cfg, tmp, out_spec, reference, int8_path, val, class_names, ignore, add,
                       load_runtime, log)
     if cfg.aoti:
         _aoti(model, out_spec, size, cfg, tmp, add, check, log)
@@ -892,7 +892,7 @@ def _compiled(name: str, model, checkpoint: Path, out_spec: ModelSpec, size, cfg
             f"{_fmt(r['agreement'])}% of pixels, mIoU {_fmt(r['miou'])}")
 
 
-def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_path: Path,
+def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_rt,
                   int8_path: Path | None, val: ImageSet, class_names, ignore: int, add,
                   load_runtime, log: Log) -> None:
     """``--e2e HxW``: the frame-to-map graph (:mod:`deploy.e2e`) of ``model.onnx`` and of
@@ -938,10 +938,9 @@ def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_path: 
         log(f"e2e: {path.name} ({what}, frames {frame[0]}x{frame[1]} in, class map out): "
             f"agrees with the Python pipeline on {_fmt(r['agreement'])}% of pixels, mIoU "
             f"{_fmt(r['miou'])} (pipeline {_fmt(r.get('miou_python_pipeline'))})")
-        return rt
 
-    onnx_rt = load_runtime(onnx_path, threads=cfg.threads)
-    e2e_onnx = write_frame_graph(onnx_path, tmp / "model_e2e.onnx", out_spec, frame)
+    # onnx_rt: the f32 ONNX runtime the export already loaded as every artifact's reference
+    e2e_onnx = write_frame_graph(onnx_rt.path, tmp / "model_e2e.onnx", out_spec, frame)
     verify(e2e_onnx, onnx_rt, "f32", True, "ONNX f32")
     e2e_int8 = None
     if int8_path is not None:
