@@ -1,6 +1,8 @@
 """Workflow 002: teacher -> student with response KD, stopped and resumed with more epochs
 (the run's own config.yaml, no retyping), then scored next to its teacher, packed for
-shipping (float16) and timed with the teacher in one report."""
+shipping (float16), timed with the teacher in one report, and exported (seed 002's
+"Export ONNX Models") as the ONNX file plus the frame-to-map graph a camera app feeds raw
+frames to."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ import json
 
 import torch
 import yaml
+
+import numpy as np
+import onnxruntime as ort
 
 from tests.workflows.helpers import REPO, run, train_teacher
 
@@ -62,3 +67,22 @@ def test_teacher_student_resume_and_compare(tmp_path):
     assert full["status"] == half["status"] == "ok" and full["params"] == half["params"]
     assert abs(full["miou"] - half["miou"]) < 0.01
     assert (rep / "pareto.png").is_file()
+    # export the shipped student: the model-only ONNX and the graph from a 72x96 uint8
+    # camera frame to its class map, both verified at export; bench times the graph alone
+    exp = tmp_path / "export"
+    r = run("compress", "export", str(packed), "--out", str(exp), "--e2e", "72x96",
+            "--size", "64x64", "--val-size", "4", "--threads", "1")
+    assert r.code == 0, r.text
+    manifest = json.loads((exp / "manifest.json").read_text())
+    arts = {a["file"]: a for a in manifest["artifacts"]}
+    assert arts["model_e2e.onnx"]["verification"]["agreement"] >= 0.999
+    sess = ort.InferenceSession(str(exp / "model_e2e.onnx"), providers=["CPUExecutionProvider"])
+    frame = np.random.default_rng(2).integers(0, 256, (1, 72, 96, 3), dtype=np.uint8)
+    classes = sess.run(None, {sess.get_inputs()[0].name: frame})[0]
+    assert classes.shape == (1, 72, 96) and classes.dtype == np.uint8
+    assert int(classes.max()) < len(arts["model_e2e.onnx"]["class_names"])
+    r = run("bench", "latency", str(exp / "model_e2e.onnx"), "--threads", "1", "--runs", "2",
+            "--warmup", "0", "--json", str(tmp_path / "latency.json"))
+    assert r.code == 0, r.text
+    row = json.loads((tmp_path / "latency.json").read_text())["results"][0]
+    assert row["frame_to_map"] is True and row["input_size"] == [72, 96]
