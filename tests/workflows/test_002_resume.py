@@ -9,11 +9,10 @@ from __future__ import annotations
 import csv
 import json
 
-import torch
-import yaml
-
 import numpy as np
 import onnxruntime as ort
+import torch
+import yaml
 
 from tests.workflows.helpers import REPO, run, train_teacher
 
