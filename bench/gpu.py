@@ -35,16 +35,11 @@ from deploy.machine import cpu_name
 from deploy.runtime import backends, checkpoint_backend, source_backend
 
 
-def gpu_backends() -> list:
-    """The converted backends that run on CUDA (TensorRT): their engines are built at
-    export, one per precision."""
-    return [b for b in backends() if b.role == "converted" and b.runs_on("cuda")]
-
-
-def compiled_gpu_backends() -> list:
-    """The backends compiled from the PyTorch model that run on CUDA (AOTInductor): a
-    package is built for one device, recorded in its manifest entry."""
-    return [b for b in backends() if b.role == "compiled" and b.runs_on("cuda")]
+def gpu_backends(role: str = "converted") -> list:
+    """The registry's backends of ``role`` that run on CUDA: ``converted`` (TensorRT: its
+    engines built at export, one per precision) or ``compiled`` (AOTInductor: a package
+    built for one device, recorded in its manifest entry)."""
+    return [b for b in backends() if b.role == role and b.runs_on("cuda")]
 
 
 def nvml_handle() -> tuple[Any, str | None]:
@@ -108,7 +103,7 @@ def _targets(checkpoint: Path, export_dir: Path | None) -> tuple[list[Target], l
                 why = b.available("cuda") or "the export has no such engine (--trt)"
                 missing.append({"label": label, "backend": b.name,
                                 "error": f"not built: {why}"})
-    for b in compiled_gpu_backends():  # AOTInductor: a package compiled for CUDA
+    for b in gpu_backends("compiled"):  # AOTInductor: a package compiled for CUDA
         label = f"{b.label} CUDA"
         built = next((a for a in manifest["artifacts"] if a["backend"] == b.name
                       and (a.get(b.name) or {}).get("device") == "cuda"), None)
