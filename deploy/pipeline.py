@@ -684,10 +684,10 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
     if len(names) > 1:  # a multi-task graph: every named output (a single-task entry as before)
         common["outputs"] = output_info(out_spec, shape)
 
-    def add(path: Path, precision: str, companions=(), **extra) -> dict:
-        backend = backend_for_path(path).name  # the registry's name for the file's suffix
-        entry = artifact_entry(path, backend=backend, precision=precision,
-                               companions=list(companions), **{**common, **extra})
+    def add(path: Path, precision: str, **extra) -> dict:
+        backend = backend_for_path(path)  # the registry's backend for the file's suffix
+        entry = artifact_entry(path, backend=backend.name, precision=precision,
+                               companions=backend.companions(path), **{**common, **extra})
         manifest["artifacts"].append(entry)
         return entry
 
@@ -765,7 +765,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
             d = check(default, False, f"OpenVINO ({default.precision})")
             r["agreement_default_precision"] = d["agreement"]
             r["miou_default_precision"] = d["miou"]
-        add(xml, "f32", [xml.with_suffix(".bin")], verification=r,
+        add(xml, "f32", verification=r,
             openvino={"layer_precisions_default": default.info.get("layer_precisions")})
         log(f"openvino: {xml.name} agrees with ONNX f32 on {_fmt(r['agreement'])}% of pixels "
             f"(forced f32); runs as {default.precision} by default here"
@@ -778,7 +778,7 @@ def _build(model, spec, size, cfg: ExportConfig, preset: str, val: ImageSet,
                 raise QuantizationError(f"openvino: {xml8.name} does not run in int8 here "
                                         f"(runs as {rt8.precision})")
             r8 = check(rt8, False, "OpenVINO (int8)")
-            add(xml8, "int8", [xml8.with_suffix(".bin")], verification=r8,
+            add(xml8, "int8", verification=r8,
                 openvino={"layer_precisions": rt8.info.get("layer_precisions")})
             log(f"openvino: {xml8.name} runs in int8; agreement with f32 {_fmt(r8['agreement'])}%"
                 f", mIoU {_fmt(r8['miou'])} (f32 {_fmt(r8['miou_f32'])})")
@@ -901,6 +901,7 @@ def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_rt,
     held to ``--min-agreement``; mIoU against the labels at the frame size)."""
     from deploy.e2e import INPUT_NAME, FrameSet, frame_spec, python_pipeline, write_frame_graph
     from deploy.export import compare, input_shape
+    from deploy.runtime import backend_for_path
 
     frame = tuple(cfg.e2e)
     spec = frame_spec(out_spec, frame)
@@ -920,9 +921,9 @@ def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_rt,
             f"{frame[0]}x{frame[1]} before verification (as such a camera would give them)")
 
     def verify(path: Path, model_only, precision: str, enforce: bool, what: str):
-        rt = load_runtime(path, threads=cfg.threads,
-                          precision="f32" if path.suffix == ".xml" and precision == "f32"
-                          else None)
+        # a backend that picks its float precision at load time is held to f32 for an f32 file
+        holds = backend_for_path(path).sets_precision and precision == "f32"
+        rt = load_runtime(path, threads=cfg.threads, precision="f32" if holds else None)
         reference = python_pipeline(model_only.predict, out_spec, frame)
         r = compare(reference, rt.predict, frames.batches(f"verify {what}"), class_names,
                     ignore, reference_name="python_pipeline")
@@ -933,8 +934,7 @@ def _frame_graphs(cfg: ExportConfig, tmp: Path, out_spec: ModelSpec, onnx_rt,
                 f"verify: {what} agrees with the Python pipeline around {model_only.path.name} "
                 f"on {r['agreement'] * 100:.3f}% of pixels, below the required "
                 f"{cfg.min_agreement * 100:.3f}%; nothing was kept")
-        companions = [path.with_suffix(".bin")] if path.suffix == ".xml" else []
-        add(path, precision, companions, verification=r, e2e=details, **entry)
+        add(path, precision, verification=r, e2e=details, **entry)
         log(f"e2e: {path.name} ({what}, frames {frame[0]}x{frame[1]} in, class map out): "
             f"agrees with the Python pipeline on {_fmt(r['agreement'])}% of pixels, mIoU "
             f"{_fmt(r['miou'])} (pipeline {_fmt(r.get('miou_python_pipeline'))})")

@@ -148,6 +148,9 @@ def test_export_e2e_verifies_every_form_and_bench_times_it_end_to_end(trained_ck
         if a["precision"] == "f32":
             assert v["agreement"] >= 0.999
         assert 0 <= v["miou"] <= 1
+        # companions come from the registry: the IR's weights file, none for an ONNX graph
+        want = [name.replace(".xml", ".bin")] if name.endswith(".xml") else []
+        assert [c["file"] for c in a["files"]] == want
     # the graph is the pipeline around the model-only file, on frames of its size
     frames = np.random.default_rng(0).integers(0, 256, (3, 72, 100, 3), dtype=np.uint8)
     e2e = load_runtime(out / "model_e2e.onnx", threads=1)
