@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# The README's lower-resolution study ("The lower-resolution lever, measured"): each student
+# trained and run at 128x192 with each KD recipe of configs/camvid/front/lowres_*.yaml and
+# without KD, one run per seed, then every run scored on the same val images and each recipe
+# set against the no-KD runs with `compress delta` (Δ of the seed means, its paired bootstrap
+# 95 % interval over the images, the verdict, the seed-paired differences).
+#  1. train: for each student, recipe and seed, the run named
+#     camvid-lowres-<recipe>-<student>-s<seed>: finished -> kept; stopped with a last.pt ->
+#     resumed (exact); none -> started. JOBS at a time (one thread each on a CPU).
+#  2. pack: ZOO/<prefix>-<student>-128x192[-s<seed>].pt (float16; seed 0 has no suffix), from
+#     the finished run where the file is not there yet; a file already there is used as it is.
+#  3. score: `compress eval FILE --split val` into OUT/eval-<prefix>-<student>[-s<seed>].
+#  4. compare: `compress delta` of each recipe against the no-KD runs, one Markdown row per
+#     recipe into OUT/lowres-<student>.md (printed).
+# Steps whose output exists are skipped, so a rerun after a failure (or a stop) continues.
+#
+#   bash scripts/camvid_lowres.sh [student ...]          (default: segformer-lite0-w64)
+#   TRAIN=0 bash scripts/camvid_lowres.sh                 re-score the shipped files only
+#
+# Env: PY (.venv/bin/python), DATA (../shared/data/camvid), DEVICE (auto), SEEDS ("0 1 2"),
+#      RECIPES ("baseline dist cwd dist_boundary relation": configs/camvid/front/lowres_<r>.yaml),
+#      TEACHER (zoo/camvid/teacher-unet-lite2.pt), ZOO (zoo/camvid-lowres), OUT
+#      (artifacts/lowres), JOBS (8 on a GPU, 2 otherwise), TRAIN (1), EXTRA (more dotted
+#      overrides; on a CPU the default is "train.threads=1 data.num_workers=1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-../shared/data/camvid}
+DEVICE=${DEVICE:-auto}
+SEEDS=${SEEDS:-"0 1 2"}
+RECIPES=${RECIPES:-"baseline dist cwd dist_boundary relation"}
+TEACHER=${TEACHER:-zoo/camvid/teacher-unet-lite2.pt}
+ZOO=${ZOO:-zoo/camvid-lowres}
+OUT=${OUT:-artifacts/lowres}
+TRAIN=${TRAIN:-1}
+STUDENTS=${*:-"segformer-lite0-w64"}
+if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  JOBS=${JOBS:-8}; EXTRA=${EXTRA:-}
+else
+  JOBS=${JOBS:-2}; EXTRA=${EXTRA:-"train.threads=1 data.num_workers=1"}
+fi
+C=("$PY" -m segcompress.cli)
+# the file prefix of each recipe in the zoo (the names the README's table cites)
+declare -A PREFIX=([baseline]=baseline [dist]=dist [cwd]=cwd [dist_boundary]=distb [relation]=rel)
+declare -A LABEL=([baseline]="no KD" [dist]=DIST [cwd]=CWD [dist_boundary]="DIST + boundary"
+                  [relation]=relation)
+for r in $RECIPES; do
+  [ -n "${PREFIX[$r]:-}" ] || { echo "unknown recipe '$r'; known: ${!PREFIX[*]}" >&2; exit 2; }
+  [ -f "configs/camvid/front/lowres_$r.yaml" ] || { echo "no configs/camvid/front/lowres_$r.yaml" >&2; exit 2; }
+done
+[[ " $RECIPES " == *" baseline "* ]] || { echo "RECIPES must include baseline (the no-KD side)" >&2; exit 2; }
+mkdir -p "$OUT/logs" "$ZOO"
+
+newest_run() {  # the newest run dir of a run name, or nothing
+  local last
+  last=$(ls -d artifacts/runs/"$1"/*/ 2>/dev/null | sort | tail -n 1 || true)
+  echo "${last%/}"
+}
+zoo_file() {  # student recipe seed -> the zoo file's path
+  local sfx=""; [ "$3" = 0 ] || sfx="-s$3"
+  echo "$ZOO/${PREFIX[$2]}-$1-128x192$sfx.pt"
+}
+
+fail=0
+if [ "$TRAIN" = 1 ]; then
+  pids=()
+  for seed in $SEEDS; do for s in $STUDENTS; do for r in $RECIPES; do
+    name="camvid-lowres-$r-$s-s$seed"
+    [ -f "$(zoo_file "$s" "$r" "$seed")" ] && { echo "$name: shipped as $(zoo_file "$s" "$r" "$seed")"; continue; }
+    last=$(newest_run "$name")
+    if [ -n "$last" ] && [ -f "$last/summary.json" ]; then echo "$name: finished in $last"; continue; fi
+    if [ -n "$last" ] && [ -f "$last/FAILED" ] && ! grep -q "^error: KeyboardInterrupt" "$last/FAILED"; then
+      echo "$name: $last $(grep -m 1 '^error:' "$last/FAILED"); not restarted" >&2; fail=1; continue
+    fi
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
+    log="$OUT/logs/$name.out"
+    if [ -n "$last" ] && [ -f "$last/checkpoints/last.pt" ]; then
+      echo "$name: resuming $last"
+      cmd=train; [ "$r" = baseline ] || cmd=distill
+      "${C[@]}" "$cmd" -q --resume "$last" >> "$log" 2>&1 &
+    elif [ "$r" = baseline ]; then
+      echo "$name: starting"
+      "${C[@]}" train -q -c configs/camvid/front/lowres_baseline.yaml model.student="$s" \
+          seed="$seed" name="$name" data.root="$DATA" train.device="$DEVICE" $EXTRA > "$log" 2>&1 &
+    else
+      echo "$name: starting"
+      "${C[@]}" distill -q -c "configs/camvid/front/lowres_$r.yaml" model.student="$s" \
+          seed="$seed" name="$name" data.root="$DATA" train.device="$DEVICE" \
+          teacher.checkpoint="$TEACHER" $EXTRA > "$log" 2>&1 &
+    fi
+    pids+=($!)
+  done; done; done
+  for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || fail=1; done
+fi
+
+for s in $STUDENTS; do
+  # pack and score every run there is; a recipe is compared when all its seeds are scored
+  for r in $RECIPES; do for seed in $SEEDS; do
+    f=$(zoo_file "$s" "$r" "$seed")
+    if [ ! -f "$f" ]; then
+      last=$(newest_run "camvid-lowres-$r-$s-s$seed")
+      [ -n "$last" ] && [ -f "$last/summary.json" ] || continue
+      "${C[@]}" pack "$last/checkpoints/best.pt" --out "$f"
+    fi
+    e="$OUT/eval-$(basename "$f" .pt)"
+    [ -f "$e/per_image.npz" ] || "${C[@]}" eval "$f" --data "$DATA" --split val --out "$e" \
+        --device "$DEVICE" > "$e.log" 2>&1 || { echo "eval $f failed: $e.log" >&2; fail=1; }
+  done; done
+  md="$OUT/lowres-$s.md"
+  {
+    echo "| recipe @128x192 ($s) | seed $(echo $SEEDS | sed 's/ / \/ /g') | mean ± std | Δ − no KD (seed means) [95 % paired CI] | seed-paired Δ | verdict |"
+    echo "|---|---|---|---|---|---|"
+  } > "$md.tmp"
+  base=(); for seed in $SEEDS; do base+=("$OUT/eval-$(basename "$(zoo_file "$s" baseline "$seed")" .pt)"); done
+  for r in $RECIPES; do
+    runs=(); for seed in $SEEDS; do runs+=("$OUT/eval-$(basename "$(zoo_file "$s" "$r" "$seed")" .pt)"); done
+    missing=0; for d in "${base[@]}" "${runs[@]}"; do [ -f "$d/per_image.npz" ] || missing=1; done
+    if [ "$missing" = 1 ]; then echo "$s $r: not every seed is scored yet; no row" >&2; continue; fi
+    opts=(); for b in "${base[@]}"; do opts+=(--baseline "$b"); done
+    "${C[@]}" delta "${runs[@]}" "${opts[@]}" --json "$OUT/delta-${PREFIX[$r]}-$s.json" > /dev/null
+    "$PY" - "$OUT/delta-${PREFIX[$r]}-$s.json" "$r" "${LABEL[$r]}" >> "$md.tmp" <<'EOF'
+import json, sys
+d, recipe, label = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+runs = " / ".join(f"{x['miou']:.2f}" for x in d["recipe"]["runs"])
+std = d["recipe"]["miou_std"]
+spread = f"{d['recipe']['miou_mean']:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+if recipe == "baseline":  # the no-KD side itself
+    print(f"| {label} | {runs} | {spread} | | | |")
+else:
+    lo, hi = d["delta_ci"]
+    sd = d.get("seed_deltas")
+    paired = (" / ".join(f"{x:+.2f}" for x in sd) + f" ({d['seed_delta_mean']:+.2f}"
+              + (f" ± {d['seed_delta_std']:.2f}" if d["seed_delta_std"] is not None else "")
+              + ")") if sd else ""
+    print(f"| {label} (`lowres_{recipe}.yaml`) | {runs} | {spread} | "
+          f"{d['delta_pts']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {paired} | {d['verdict']} |")
+EOF
+  done
+  mv "$md.tmp" "$md"
+  cat "$md"
+done
+exit $fail
