@@ -163,28 +163,68 @@ class DepthMode(str, Enum):
 
 @commands.command("delta")
 def delta(
-    recipe: Annotated[list[Path], typer.Argument(
+    recipe: Annotated[list[Path] | None, typer.Argument(
         help="the recipe's scored runs, one per seed: `compress eval --out` folders (or "
-             "their per_image.npz)", show_default=False)],
+             "their per_image.npz)", show_default=False)] = None,
     baseline: Annotated[list[Path], typer.Option(
         help="a baseline run scored on the same images (repeat: one per seed)",
-        show_default=False)],
+        show_default=False)] = ...,
+    recipes: Annotated[list[str] | None, typer.Option(
+        "--recipe", help="NAME=RUN[,RUN...]: a named recipe's scored runs, one per seed "
+                         "(repeat for several recipes against the same baseline; instead of "
+                         "the positional runs)", show_default=False)] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="also write the result here")]
     = None,
+    plot: Annotated[Path | None, typer.Option(
+        help="also draw it here (PNG): each recipe's Δ with its interval and seed-paired Δ")]
+    = None,
+    md: Annotated[Path | None, typer.Option(
+        "--md", help="also write a Markdown table here: the baseline, then each recipe")]
+    = None,
+    baseline_name: Annotated[str, typer.Option(
+        help="how the table and the plot name the baseline")] = "baseline",
+    title: Annotated[str | None, typer.Option(help="the plot's title")] = None,
 ) -> None:
     """Δ mIoU of a recipe's seeds against a baseline's, from `compress eval` results: each
     run's mIoU, the seed means, Δ with its paired bootstrap 95% interval over the images
-    and the verdict, and the seed-paired differences."""
-    from compress.evidence import format_seed_comparison, seed_comparison
-    from compress.outdir import open_out_file, write_json_output
+    and the verdict, and the seed-paired differences; several named recipes with --recipe."""
+    from compress.evidence import (
+        format_seed_comparison,
+        parse_recipe_group,
+        seed_comparison,
+        seed_comparison_markdown,
+    )
+    from compress.outdir import open_out_file, write_json_output, write_text_output
 
+    if bool(recipe) == bool(recipes):
+        raise typer.BadParameter("give the recipe's runs as arguments, or named recipes with "
+                                 "--recipe NAME=RUN,RUN (not both)", param_hint="RECIPE")
+    groups = [parse_recipe_group(text) for text in recipes] if recipes else [("recipe", recipe)]
     if json_path:
         open_out_file(json_path)  # before any work
-    result = seed_comparison(baseline, recipe)
-    typer.echo(format_seed_comparison(result))
+    for path, option in ((plot, "--plot"), (md, "--md")):
+        if path:
+            open_out_file(path, option)  # before any work
+    results = [(name, seed_comparison(baseline, runs)) for name, runs in groups]
+    for name, result in results:
+        if recipes:
+            typer.echo(f"== {name}")
+        typer.echo(format_seed_comparison(result))
     if json_path:
-        write_json_output(json_path, result)
+        write_json_output(json_path, results[0][1] if not recipes else
+                          {"comparisons": [{"name": n, **r} for n, r in results]})
         typer.echo(f"json: {json_path}")
+    if md:
+        write_text_output(md, seed_comparison_markdown(results, baseline_name), "--md")
+        typer.echo(f"table: {md}")
+    if plot:
+        from compress.evidence_plot import plot_deltas
+
+        plot_out, plot_name = open_out_file(plot, "--plot")  # the listing as it is now
+        plot_out.claim([plot_name])
+        plot_deltas(results, plot_out / plot_name, title=title, baseline_name=baseline_name)
+        plot_out.record([plot_name])
+        typer.echo(f"plot: {plot}")
 
 
 @commands.command("synthetic")

@@ -274,6 +274,20 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
+def parse_recipe_group(text: str) -> tuple[str, list[Path]]:
+    """``NAME=RUN[,RUN...]`` (``compress delta --recipe``) -> the name and its runs.
+
+    Raises:
+        InputError: no ``=``, an empty name or no runs (the text quoted).
+    """
+    name, sep, runs = text.partition("=")
+    paths = [Path(p) for p in runs.split(",") if p.strip()]
+    if not sep or not name.strip() or not paths:
+        raise InputError(f"--recipe {text!r}: expected NAME=RUN[,RUN...] (a name, then the "
+                         "recipe's scored runs separated by commas)")
+    return name.strip(), paths
+
+
 def seed_comparison(base: Sequence[str | Path], other: Sequence[str | Path], *,
                     resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0
                     ) -> dict[str, Any]:
@@ -302,6 +316,35 @@ def seed_comparison(base: Sequence[str | Path], other: Sequence[str | Path], *,
         out["seed_deltas"] = paired
         out["seed_delta_mean"], out["seed_delta_std"] = mean, std
     return out
+
+
+def seed_comparison_markdown(results: Sequence[tuple[str, dict[str, Any]]],
+                             baseline_name: str = "baseline") -> str:
+    """A Markdown table of named :func:`seed_comparison` results against one baseline
+    (``compress delta --md``): the baseline's row, then per recipe its runs' mIoU, mean ±
+    std, Δ of the seed means [interval], the seed-paired Δ (mean ± std) and the verdict."""
+    def runs(side: dict[str, Any]) -> tuple[str, str]:
+        std = side["miou_std"]
+        return (" / ".join(f"{r['miou']:.2f}" for r in side["runs"]),
+                f"{side['miou_mean']:.2f}" + (f" ± {std:.2f}" if std is not None else ""))
+
+    res0 = results[0][1]
+    lines = [(f"| recipe | mIoU per run | mean ± std | Δ − {baseline_name} (seed means) "
+              f"[{res0['ci_level']:.0%} paired CI] | seed-paired Δ | verdict |"),
+             "|---|---|---|---|---|---|",
+             f"| {baseline_name} | {' | '.join(runs(res0['baseline']))} | | | |"]
+    for name, res in results:
+        low, high = res["delta_ci"]
+        paired = ""
+        if "seed_deltas" in res:
+            std = res["seed_delta_std"]
+            paired = (" / ".join(f"{d:+.2f}" for d in res["seed_deltas"])
+                      + f" ({res['seed_delta_mean']:+.2f}"
+                      + (f" ± {std:.2f})" if std is not None else ")"))
+        lines.append(f"| {name} | {' | '.join(runs(res['recipe']))} | "
+                     f"{res['delta_pts']:+.2f} [{low:+.2f}, {high:+.2f}] | {paired} | "
+                     f"{res['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def format_seed_comparison(res: dict[str, Any]) -> str:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
 from compress.errors import UserError
-from compress.io import atomic_write_json, sha256_file
+from compress.io import atomic_write_json, atomic_write_text, sha256_file
 
 LISTING = ".segcompress-files.json"
 LISTING_FORMAT = "segcompress-files/1"
@@ -303,8 +303,17 @@ def open_out_file(
 
 def write_json_output(path: str | Path, obj, option: str = "--json") -> Path:
     """Write ``obj`` as JSON to ``path`` through :func:`open_out_file` (checked, listed)."""
-    out, name = open_out_file(path, option)
+    return _write_output(path, lambda p: atomic_write_json(p, obj), option)
+
+
+def write_text_output(path: str | Path, text: str, option: str) -> Path:
+    """Write ``text`` to ``path`` through :func:`open_out_file` (checked, listed)."""
+    return _write_output(path, lambda p: atomic_write_text(p, text), option)
+
+
+def _write_output(path: str | Path, write: Callable[[Path], Path], option: str) -> Path:
+    out, name = open_out_file(path, option)  # the folder's listing as it is now
     out.claim([name])
-    written = atomic_write_json(out / name, obj)
+    written = write(out / name)
     out.record([name])
     return written

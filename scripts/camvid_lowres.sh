@@ -10,8 +10,8 @@
 #  2. pack: ZOO/<prefix>-<student>-128x192[-s<seed>].pt (float16; seed 0 has no suffix), from
 #     the finished run where the file is not there yet; a file already there is used as it is.
 #  3. score: `compress eval FILE --split val` into OUT/eval-<prefix>-<student>[-s<seed>].
-#  4. compare: `compress delta` of each recipe against the no-KD runs, one Markdown row per
-#     recipe into OUT/lowres-<student>.md (printed).
+#  4. compare: one `compress delta` of every recipe against the no-KD runs: the Markdown table
+#     OUT/lowres-<student>.md (printed), its .json and the plot .png.
 # Steps whose output exists are skipped, so a rerun after a failure (or a stop) continues.
 #
 #   bash scripts/camvid_lowres.sh [student ...]          (default: segformer-lite0-w64)
@@ -42,8 +42,8 @@ fi
 C=("$PY" -m segcompress.cli)
 # the file prefix of each recipe in the zoo (the names the README's table cites)
 declare -A PREFIX=([baseline]=baseline [dist]=dist [cwd]=cwd [dist_boundary]=distb [relation]=rel)
-declare -A LABEL=([baseline]="no KD" [dist]=DIST [cwd]=CWD [dist_boundary]="DIST + boundary"
-                  [relation]=relation)
+declare -A LABEL=([dist]=DIST [cwd]=CWD [dist_boundary]="DIST + boundary"
+                  [relation]=relation)  # names in the table and the plot
 for r in $RECIPES; do
   [ -n "${PREFIX[$r]:-}" ] || { echo "unknown recipe '$r'; known: ${!PREFIX[*]}" >&2; exit 2; }
   [ -f "configs/camvid/front/lowres_$r.yaml" ] || { echo "no configs/camvid/front/lowres_$r.yaml" >&2; exit 2; }
@@ -106,37 +106,21 @@ for s in $STUDENTS; do
     [ -f "$e/per_image.npz" ] || "${C[@]}" eval "$f" --data "$DATA" --split val --out "$e" \
         --device "$DEVICE" > "$e.log" 2>&1 || { echo "eval $f failed: $e.log" >&2; fail=1; }
   done; done
-  md="$OUT/lowres-$s.md"
-  {
-    echo "| recipe @128x192 ($s) | seed $(echo $SEEDS | sed 's/ / \/ /g') | mean ± std | Δ − no KD (seed means) [95 % paired CI] | seed-paired Δ | verdict |"
-    echo "|---|---|---|---|---|---|"
-  } > "$md.tmp"
-  base=(); for seed in $SEEDS; do base+=("$OUT/eval-$(basename "$(zoo_file "$s" baseline "$seed")" .pt)"); done
+  # every recipe whose seeds are all scored, against the no-KD runs: table, JSON, plot
+  base=(); for seed in $SEEDS; do base+=(--baseline "$OUT/eval-$(basename "$(zoo_file "$s" baseline "$seed")" .pt)"); done
+  groups=()
   for r in $RECIPES; do
+    [ "$r" = baseline ] && continue
     runs=(); for seed in $SEEDS; do runs+=("$OUT/eval-$(basename "$(zoo_file "$s" "$r" "$seed")" .pt)"); done
-    missing=0; for d in "${base[@]}" "${runs[@]}"; do [ -f "$d/per_image.npz" ] || missing=1; done
+    missing=0; for d in "${base[@]}" "${runs[@]}"; do [ "$d" = --baseline ] || [ -f "$d/per_image.npz" ] || missing=1; done
     if [ "$missing" = 1 ]; then echo "$s $r: not every seed is scored yet; no row" >&2; continue; fi
-    opts=(); for b in "${base[@]}"; do opts+=(--baseline "$b"); done
-    "${C[@]}" delta "${runs[@]}" "${opts[@]}" --json "$OUT/delta-${PREFIX[$r]}-$s.json" > /dev/null
-    "$PY" - "$OUT/delta-${PREFIX[$r]}-$s.json" "$r" "${LABEL[$r]}" >> "$md.tmp" <<'EOF'
-import json, sys
-d, recipe, label = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
-runs = " / ".join(f"{x['miou']:.2f}" for x in d["recipe"]["runs"])
-std = d["recipe"]["miou_std"]
-spread = f"{d['recipe']['miou_mean']:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-if recipe == "baseline":  # the no-KD side itself
-    print(f"| {label} | {runs} | {spread} | | | |")
-else:
-    lo, hi = d["delta_ci"]
-    sd = d.get("seed_deltas")
-    paired = (" / ".join(f"{x:+.2f}" for x in sd) + f" ({d['seed_delta_mean']:+.2f}"
-              + (f" ± {d['seed_delta_std']:.2f}" if d["seed_delta_std"] is not None else "")
-              + ")") if sd else ""
-    print(f"| {label} (`lowres_{recipe}.yaml`) | {runs} | {spread} | "
-          f"{d['delta_pts']:+.2f} [{lo:+.2f}, {hi:+.2f}] | {paired} | {d['verdict']} |")
-EOF
+    groups+=(--recipe "${LABEL[$r]}=$(IFS=,; echo "${runs[*]}")")
   done
-  mv "$md.tmp" "$md"
-  cat "$md"
+  if [ ${#groups[@]} -gt 0 ]; then
+    "${C[@]}" delta "${groups[@]}" "${base[@]}" --baseline-name "no KD" --md "$OUT/lowres-$s.md" \
+        --json "$OUT/lowres-$s.json" --plot "$OUT/lowres-$s.png" \
+        --title "$s at 128x192: KD recipes vs no KD, seeds $(echo $SEEDS | tr ' ' /)" > /dev/null
+    cat "$OUT/lowres-$s.md"
+  fi
 done
 exit $fail

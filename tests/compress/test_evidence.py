@@ -3,6 +3,8 @@ confusion they must sum to, and the per_image.npz file."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,52 @@ def test_delta_command_names_a_folder_without_scores(tmp_path):
                                  str(tmp_path / "a.npz"), "--json", str(tmp_path / "d.json")])
     assert r.exit_code == 0, r.output
     assert "within noise" in r.output and (tmp_path / "d.json").is_file()
+
+
+def test_delta_command_compares_named_recipes_and_draws_them(tmp_path):
+    """`compress delta --recipe NAME=RUN,RUN ...`: every named recipe against the same
+    baseline, printed, in the JSON by name, and drawn (the plot's rows are the results)."""
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+    from compress.evidence_plot import VERDICT_COLOURS, delta_rows
+
+    def saved(name, iou_num):
+        path = tmp_path / name
+        path.mkdir()
+        counts([iou_num, 2 * iou_num, 5 * iou_num], [8, 16, 40], source=name).save(
+            path / "per_image.npz")
+        return str(path)
+
+    base = [saved("b0", 4), saved("b1", 5)]  # 50, 62.5
+    up = ",".join([saved("u0", 6), saved("u1", 6)])  # 75, 75: +18.75
+    down = ",".join([saved("d0", 3), saved("d1", 3)])  # 37.5: -18.75
+    args = ["delta", "--recipe", f"up={up}", "--recipe", f"down={down}",
+            "--baseline", base[0], "--baseline", base[1],
+            "--json", str(tmp_path / "d.json"), "--md", str(tmp_path / "d.md"),
+            "--baseline-name", "no KD", "--plot", str(tmp_path / "d.png")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "== up" in r.output and "== down" in r.output
+    assert "+18.75 [+18.75, +18.75]" in r.output and "-18.75 [-18.75, -18.75]" in r.output
+    res = json.loads((tmp_path / "d.json").read_text())["comparisons"]
+    assert [c["name"] for c in res] == ["up", "down"]
+    assert [c["verdict"] for c in res] == ["better", "worse"]
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "d.md").read_text().splitlines()
+    assert table[2] == "| no KD | 50.00 / 62.50 | 56.25 ± 8.84 | | | |"
+    assert table[3] == ("| up | 75.00 / 75.00 | 75.00 ± 0.00 | +18.75 [+18.75, +18.75] | "
+                        "+25.00 / +12.50 (+18.75 ± 8.84) | better |")
+    assert table[4].startswith("| down | 37.50 / 37.50 |") and table[4].endswith("| worse |")
+    rows = delta_rows([(c["name"], c) for c in res])
+    assert [r["colour"] for r in rows] == [VERDICT_COLOURS["better"], VERDICT_COLOURS["worse"]]
+    assert rows[0]["seeds"] == [25.0, 12.5] and rows[1]["text"].startswith("-18.75 [")
+    assert CliRunner().invoke(app, args).exit_code == 0  # its own files: written over
+    (tmp_path / "mine.png").write_bytes(b"user")
+    r = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "mine.png")])
+    assert r.exit_code != 0 and (tmp_path / "mine.png").read_bytes() == b"user"
+    for bad in ("up", "=a,b", "up="):
+        r = CliRunner().invoke(app, ["delta", "--recipe", bad, "--baseline", base[0]])
+        assert r.exit_code != 0 and "expected NAME=RUN" in str(r.exception) + r.output
+    r = CliRunner().invoke(app, ["delta", base[0], "--recipe", f"up={up}", "--baseline", base[0]])
+    assert r.exit_code != 0 and "not both" in r.output
