@@ -49,4 +49,4 @@ def compare_cmd(
     out = run_study(study, overrides, collect_only=collect_only, show=not quiet, log=typer.echo,
                     launch=launch)
     typer.echo(format_summary(out))
-    typer.echo(f"comparison: {out / 'comparison.md'} (+ .csv, .json, curves.png, miou.png)")
+    typer.echo(f"comparison: {out / 'comparison.md'} (+ .csv, .json, curves.png, miou.png, delta.png)")

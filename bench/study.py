@@ -42,6 +42,7 @@ from bench.latency import Pipeline, describe_machine, measure_latency
 from bench.launch import Launcher, LauncherConfig, TrainJob
 from compress.config import ConfigError, dump_config, flat_keys, load_config
 from compress.evidence import LEVEL, RESAMPLES, mean_std, paired_bootstrap
+from compress.evidence_plot import plot_deltas
 from compress.io import (
     UnsafeFileError,
     YAMLRefused,
@@ -412,6 +413,7 @@ def compare_runs(runs: list[tuple[str, Path, bool]], study: StudyConfig,
             if pairs and recipe.name != study.baseline:
                 agg["paired_delta_pts"], agg["paired_delta_std"] = mean_std(pairs)
                 agg["paired_seeds"] = len(pairs)
+                agg["paired_deltas"] = pairs
         recipes.append(agg)
     for row in rows:
         if base_mean is not None:
@@ -510,6 +512,8 @@ def comparison_markdown(res: dict) -> str:
               ("- Train time: sum of epoch times from each run's summary.json (validation "
               "excluded); runs marked (collected) may come from other hardware."),
               "", "![training curves](curves.png)", "", "![mIoU per run](miou.png)"]
+    if delta_comparisons(res):
+        lines += ["", "![Δ mIoU per recipe, paired interval](delta.png)"]
     if res["missing"]:
         lines += ["", "## Missing", ""] + [f"- {m}" for m in res["missing"]]
     if res.get("skipped"):
@@ -640,7 +644,16 @@ def plot_miou(res: dict, path: Path) -> Path:
 
 
 COMPARISON_FILES = ("comparison.md", "comparison.csv", "comparison.json", "curves.png",
-                    "miou.png")
+                    "miou.png", "delta.png")
+
+
+def delta_comparisons(res: dict) -> list[tuple[str, dict]]:
+    """The recipes with an interval, as :func:`compress.evidence_plot.plot_deltas` takes
+    them (the names of :func:`compress.evidence.seed_comparison`'s result)."""
+    return [(a["recipe"], {"delta_pts": a["delta_pts"], "delta_ci": a["delta_ci"],
+                           "verdict": a["verdict"], "seed_deltas": a.get("paired_deltas"),
+                           "ci_level": BOOTSTRAP["level"], "images": a.get("ci_images")})
+            for a in res["recipes"] if a.get("delta_ci")]
 
 
 def study_out(out: Path) -> OutDir:
@@ -652,7 +665,8 @@ def study_out(out: Path) -> OutDir:
 
 
 def write_comparison(out: Path, res: dict) -> dict[str, Path]:
-    """``comparison.md/.csv/.json``, ``curves.png`` and ``miou.png`` in ``out``."""
+    """``comparison.md/.csv/.json``, ``curves.png``, ``miou.png`` and, where a recipe has
+    an interval, ``delta.png`` in ``out``."""
     target = open_out(out, "study dir", shared=True)
     target.claim(COMPARISON_FILES)
     slim = {**res, "runs": [{k: v for k, v in r.items() if k not in ("history", "arch_key")}
@@ -664,6 +678,12 @@ def write_comparison(out: Path, res: dict) -> dict[str, Path]:
         "curves": plot_curves(res, out / "curves.png"),
         "miou": plot_miou(res, out / "miou.png"),
     }
+    deltas = delta_comparisons(res)
+    if deltas:  # each recipe's Δ with its interval: the plot of `compress delta --plot`
+        paths["delta"] = plot_deltas(deltas, out / "delta.png", baseline_name=res["baseline"],
+                                     title=f"{res['study']}: Δ mIoU vs {res['baseline']}")
+    elif (out / "delta.png").is_file():  # claimed above: ours, from an earlier collection
+        (out / "delta.png").unlink()
     target.record(COMPARISON_FILES)
     return paths
 

@@ -68,7 +68,8 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
         latency=LatencyConfig(warmup=1, repeats=3),
     )
     out = run_study(study, show=False, log=lambda *_: None, launch=local_launcher(train_run))
-    for f in ["comparison.md", "comparison.csv", "comparison.json", "curves.png", "miou.png"]:
+    for f in ["comparison.md", "comparison.csv", "comparison.json", "curves.png", "miou.png",
+              "delta.png"]:
         assert (out / f).is_file(), f
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     runs = [r for r in rows if r["row"] == "run"]
@@ -102,6 +103,13 @@ def test_compare_trains_collects_and_writes(trained_teacher, tmp_path):
     # the same recipe and seeds train the same weights: Δ is 0 on every resample
     assert by["same"]["delta_ci"] == [0.0, 0.0] and by["same"]["verdict"] == "within noise"
     assert "| same | 2 |" in md and "[+0.00, +0.00] | +0.0 | within noise |" in md
+    # delta.png draws these rows: each recipe's interval and its seed-paired Δ
+    from bench.study import delta_comparisons
+
+    drawn = dict(delta_comparisons(res))
+    assert set(drawn) == {"kd", "same"} and "![Δ mIoU per recipe" in md
+    assert drawn["kd"]["delta_ci"] == kd["delta_ci"] and len(drawn["kd"]["seed_deltas"]) == 2
+    assert drawn["same"]["seed_deltas"] == [0.0, 0.0]
 
     # a second call trains nothing: the finished runs are collected as they are; a run
     # without per-image counts (one from before them) has its best.pt scored, and kept
