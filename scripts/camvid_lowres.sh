@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The README's lower-resolution study ("The lower-resolution lever, measured"): each student
-# trained and run at 128x192 with each KD recipe of configs/camvid/front/lowres_*.yaml and
+# trained and run at 128x192 (or SIZE) with each KD recipe of configs/camvid/front/lowres_*.yaml and
 # without KD, one run per seed, then every run scored on the same val images and each recipe
 # set against the no-KD runs with `compress delta` (Δ of the seed means, its paired bootstrap
 # 95 % interval over the images, the verdict, the seed-paired differences).
 #  1. train: for each student, recipe and seed, the run named
 #     camvid-lowres-<recipe>-<student>-s<seed>: finished -> kept; stopped with a last.pt ->
 #     resumed (exact); none -> started. JOBS at a time (one thread each on a CPU).
-#  2. pack: ZOO/<prefix>-<student>-128x192[-s<seed>].pt (float16; seed 0 has no suffix), from
+#  2. pack: ZOO/<prefix>-<student>-<SIZE>[-s<seed>].pt (float16; seed 0 has no suffix), from
 #     the finished run where the file is not there yet; a file already there is used as it is.
 #  3. score: `compress eval FILE --split val` into OUT/eval-<prefix>-<student>[-s<seed>].
 #  4. compare: one `compress delta` of every recipe against the no-KD runs: the Markdown table
@@ -16,8 +16,11 @@
 #
 #   bash scripts/camvid_lowres.sh [student ...]          (default: segformer-lite0-w64)
 #   TRAIN=0 bash scripts/camvid_lowres.sh                 re-score the shipped files only
+#   SIZE=160x224 RECIPES="baseline dist" bash scripts/camvid_lowres.sh   the same at another size
 #
-# Env: PY (.venv/bin/python), DATA (../shared/data/camvid), DEVICE (auto), SEEDS ("0 1 2"),
+# Env: SIZE (128x192: the student's input; files <prefix>-<student>-<SIZE>..., runs
+#      camvid-lowres-<recipe>-<student>-<SIZE>-s<seed> at another size; scored at SIZE),
+#      PY (.venv/bin/python), DATA (../shared/data/camvid), DEVICE (auto), SEEDS ("0 1 2"),
 #      RECIPES ("baseline dist cwd dist_boundary relation": configs/camvid/front/lowres_<r>.yaml),
 #      TEACHER (zoo/camvid/teacher-unet-lite2.pt), ZOO (zoo/camvid-lowres), OUT
 #      (artifacts/lowres), JOBS (8 on a GPU, 2 otherwise), TRAIN (1), EXTRA (more dotted
@@ -33,6 +36,10 @@ TEACHER=${TEACHER:-zoo/camvid/teacher-unet-lite2.pt}
 ZOO=${ZOO:-zoo/camvid-lowres}
 OUT=${OUT:-artifacts/lowres}
 TRAIN=${TRAIN:-1}
+SIZE=${SIZE:-128x192}  # the student's input, HxW (the recipes' own: 128x192)
+[[ "$SIZE" =~ ^[0-9]+x[0-9]+$ ]] || { echo "SIZE must be HxW (e.g. 160x224), not '$SIZE'" >&2; exit 2; }
+H=${SIZE%x*}; W=${SIZE#*x}
+[ "$SIZE" = 128x192 ] && TAG="" || TAG="-$SIZE"  # run names at the recipes' own size as before
 STUDENTS=${*:-"segformer-lite0-w64"}
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   JOBS=${JOBS:-8}; EXTRA=${EXTRA:-}
@@ -58,14 +65,14 @@ newest_run() {  # the newest run dir of a run name, or nothing
 }
 zoo_file() {  # student recipe seed -> the zoo file's path
   local sfx=""; [ "$3" = 0 ] || sfx="-s$3"
-  echo "$ZOO/${PREFIX[$2]}-$1-128x192$sfx.pt"
+  echo "$ZOO/${PREFIX[$2]}-$1-$SIZE$sfx.pt"
 }
 
 fail=0
 if [ "$TRAIN" = 1 ]; then
   pids=()
   for seed in $SEEDS; do for s in $STUDENTS; do for r in $RECIPES; do
-    name="camvid-lowres-$r-$s-s$seed"
+    name="camvid-lowres-$r-$s$TAG-s$seed"
     [ -f "$(zoo_file "$s" "$r" "$seed")" ] && { echo "$name: shipped as $(zoo_file "$s" "$r" "$seed")"; continue; }
     last=$(newest_run "$name")
     if [ -n "$last" ] && [ -f "$last/summary.json" ]; then echo "$name: finished in $last"; continue; fi
@@ -81,11 +88,12 @@ if [ "$TRAIN" = 1 ]; then
     elif [ "$r" = baseline ]; then
       echo "$name: starting"
       "${C[@]}" train -q -c configs/camvid/front/lowres_baseline.yaml model.student="$s" \
-          seed="$seed" name="$name" data.root="$DATA" train.device="$DEVICE" $EXTRA > "$log" 2>&1 &
+          seed="$seed" name="$name" data.root="$DATA" data.size="[$H,$W]" train.device="$DEVICE" \
+          $EXTRA > "$log" 2>&1 &
     else
       echo "$name: starting"
       "${C[@]}" distill -q -c "configs/camvid/front/lowres_$r.yaml" model.student="$s" \
-          seed="$seed" name="$name" data.root="$DATA" train.device="$DEVICE" \
+          seed="$seed" name="$name" data.root="$DATA" data.size="[$H,$W]" train.device="$DEVICE" \
           teacher.checkpoint="$TEACHER" $EXTRA > "$log" 2>&1 &
     fi
     pids+=($!)
@@ -98,7 +106,7 @@ for s in $STUDENTS; do
   for r in $RECIPES; do for seed in $SEEDS; do
     f=$(zoo_file "$s" "$r" "$seed")
     if [ ! -f "$f" ]; then
-      last=$(newest_run "camvid-lowres-$r-$s-s$seed")
+      last=$(newest_run "camvid-lowres-$r-$s$TAG-s$seed")
       [ -n "$last" ] && [ -f "$last/summary.json" ] || continue
       "${C[@]}" pack "$last/checkpoints/best.pt" --out "$f"
     fi
@@ -117,10 +125,10 @@ for s in $STUDENTS; do
     groups+=(--recipe "${LABEL[$r]}=$(IFS=,; echo "${runs[*]}")")
   done
   if [ ${#groups[@]} -gt 0 ]; then
-    "${C[@]}" delta "${groups[@]}" "${base[@]}" --baseline-name "no KD" --md "$OUT/lowres-$s.md" \
-        --json "$OUT/lowres-$s.json" --plot "$OUT/lowres-$s.png" \
-        --title "$s at 128x192: KD recipes vs no KD, seeds $(echo $SEEDS | tr ' ' /)" > /dev/null
-    cat "$OUT/lowres-$s.md"
+    "${C[@]}" delta "${groups[@]}" "${base[@]}" --baseline-name "no KD" --md "$OUT/lowres-$s$TAG.md" \
+        --json "$OUT/lowres-$s$TAG.json" --plot "$OUT/lowres-$s$TAG.png" \
+        --title "$s at $SIZE: KD recipes vs no KD, seeds $(echo $SEEDS | tr ' ' /)" > /dev/null
+    cat "$OUT/lowres-$s$TAG.md"
   fi
 done
 exit $fail
