@@ -8,8 +8,9 @@
 #     camvid-lowres-<recipe>-<student>-s<seed>: finished -> kept; stopped with a last.pt ->
 #     resumed (exact); none -> started. JOBS at a time (one thread each on a CPU).
 #  2. pack: ZOO/<prefix>-<student>-<SIZE>[-s<seed>].pt (float16; seed 0 has no suffix), from
-#     the finished run where the file is not there yet; a file already there is used as it is.
-#  3. score: `compress eval FILE --split val` into OUT/eval-<prefix>-<student>[-s<seed>].
+#     the finished run where the file is not there yet (with its val mIoU in ZOO/scores.json
+#     and its sha256 in ZOO/SHA256SUMS); a file already there is used as it is.
+#  3. score: `compress eval FILE --split val` into OUT/eval-<prefix>-<student>-<SIZE>[-s<seed>].
 #  4. compare: one `compress delta` of every recipe against the no-KD runs: the Markdown table
 #     OUT/lowres-<student>.md (printed), its .json and the plot .png.
 # Steps whose output exists are skipped, so a rerun after a failure (or a stop) continues.
@@ -102,15 +103,22 @@ if [ "$TRAIN" = 1 ]; then
 fi
 
 for s in $STUDENTS; do
-  # pack and score every run there is; a recipe is compared when all its seeds are scored
+  # pack and score every run there is (a new file: packed under OUT/packed, scored, then
+  # put into ZOO with its score and digest by scripts/zoo_install.py); a recipe is compared
+  # when all its seeds are scored
   for r in $RECIPES; do for seed in $SEEDS; do
-    f=$(zoo_file "$s" "$r" "$seed")
+    f=$(zoo_file "$s" "$r" "$seed"); name=$(basename "$f")
+    e="$OUT/eval-${name%.pt}"
     if [ ! -f "$f" ]; then
       last=$(newest_run "camvid-lowres-$r-$s$TAG-s$seed")
       [ -n "$last" ] && [ -f "$last/summary.json" ] || continue
-      "${C[@]}" pack "$last/checkpoints/best.pt" --out "$f"
+      mkdir -p "$OUT/packed"
+      [ -f "$OUT/packed/$name" ] || "${C[@]}" pack "$last/checkpoints/best.pt" --out "$OUT/packed/$name"
+      "${C[@]}" eval "$OUT/packed/$name" --data "$DATA" --split val --out "$e" --device "$DEVICE" \
+          > "$e.log" 2>&1 || { echo "eval $name failed: $e.log" >&2; fail=1; continue; }
+      "$PY" scripts/zoo_install.py "$ZOO" "$name=$OUT/packed/$name:$e/eval.json" > /dev/null
+      echo "$name: packed from $last, scored, put into $ZOO"
     fi
-    e="$OUT/eval-$(basename "$f" .pt)"
     [ -f "$e/per_image.npz" ] || "${C[@]}" eval "$f" --data "$DATA" --split val --out "$e" \
         --device "$DEVICE" > "$e.log" 2>&1 || { echo "eval $f failed: $e.log" >&2; fail=1; }
   done; done
