@@ -37,6 +37,27 @@ CAMVID = REPO.parent / "shared" / "data" / "camvid"
 TINY_DECODER = [16, 16, 8, 8, 8]
 
 
+def check_shipped_checkpoint(path: Path, sha256: str, size: tuple[int, int],
+                             classes: int = 11) -> None:
+    """A zoo file as shipped: its listed sha256, no optimizer state, float16 weights, and
+    it loads with load_model (weights_only) and maps a ``size`` image to ``classes``
+    logits of that size."""
+    import hashlib
+
+    from compress.models import load_model
+
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256
+    raw = torch.load(path, weights_only=True)
+    assert "optimizer" not in raw
+    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
+               if v.is_floating_point())
+    model, spec = load_model(path, return_spec=True)
+    assert spec.classes == classes and list(spec.input_size) == list(size)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert out.shape == (1, classes, *size) and torch.isfinite(out).all()
+
+
 def tiny_spec(classes: int = 5, size=(64, 64), encoder: str = "tu-efficientnet_lite0", *,
               synthetic_names: bool = False, **kw) -> ModelSpec:
     """The one tiny model spec of the suite (a Unet on EfficientNet-Lite0 with a slim

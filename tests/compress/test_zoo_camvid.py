@@ -4,14 +4,11 @@ to 11-class logits; with CamVid present (-m slow), each re-scores to its listed 
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
-import torch
 
-from compress.models import load_model
-from tests.conftest import CAMVID, REPO
+from tests.conftest import CAMVID, REPO, check_shipped_checkpoint
 
 ZOO = REPO / "zoo" / "camvid"
 SUMS = dict(reversed(line.split()) for line in (ZOO / "SHA256SUMS").read_text().splitlines())
@@ -31,17 +28,7 @@ def test_readme_lists_the_same_digests():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_zoo_checkpoint_loads_and_matches_its_sha256(name):
-    path = ZOO / name
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == SUMS[name]
-    raw = torch.load(path, weights_only=True)
-    assert "optimizer" not in raw
-    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
-               if v.is_floating_point())
-    model, spec = load_model(path, return_spec=True)
-    assert spec.classes == 11 and list(spec.input_size) == [192, 256]
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, 192, 256))
-    assert out.shape == (1, 11, 192, 256) and torch.isfinite(out).all()
+    check_shipped_checkpoint(ZOO / name, SUMS[name], (192, 256))
 
 
 @pytest.mark.slow

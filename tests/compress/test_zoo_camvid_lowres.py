@@ -5,15 +5,12 @@ each re-scores to its listed val mIoU (scores.json: the rows of the README's tab
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 
 import pytest
-import torch
 
-from compress.models import load_model
-from tests.conftest import CAMVID, REPO
+from tests.conftest import CAMVID, REPO, check_shipped_checkpoint
 
 ZOO = REPO / "zoo" / "camvid-lowres"
 SUMS = dict(reversed(line.split()) for line in (ZOO / "SHA256SUMS").read_text().splitlines())
@@ -27,18 +24,8 @@ def test_every_shipped_file_is_listed_and_scored():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_lowres_checkpoint_loads_at_its_size_and_matches_its_sha256(name):
-    path = ZOO / name
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == SUMS[name]
-    raw = torch.load(path, weights_only=True)
-    assert "optimizer" not in raw
-    assert all(v.dtype == torch.float16 for v in raw["state_dict"].values()
-               if v.is_floating_point())
     h, w = map(int, re.search(r"-(\d+)x(\d+)(?:-s\d+)?\.pt$", name).groups())
-    model, spec = load_model(path, return_spec=True)
-    assert spec.classes == 11 and list(spec.input_size) == [h, w]
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, h, w))
-    assert out.shape == (1, 11, h, w) and torch.isfinite(out).all()
+    check_shipped_checkpoint(ZOO / name, SUMS[name], (h, w))
 
 
 @pytest.mark.slow
