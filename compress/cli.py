@@ -194,7 +194,12 @@ def delta(
         seed_comparison,
         seed_comparison_markdown,
     )
-    from compress.outdir import open_out_file, write_json_output, write_text_output
+    from compress.outdir import (
+        open_out_file,
+        write_json_output,
+        write_output,
+        write_text_output,
+    )
 
     if bool(recipe) == bool(recipes):
         raise typer.BadParameter("give the recipe's runs as arguments, or named recipes with "
@@ -220,10 +225,8 @@ def delta(
     if plot:
         from compress.evidence_plot import plot_deltas
 
-        plot_out, plot_name = open_out_file(plot, "--plot")  # the listing as it is now
-        plot_out.claim([plot_name])
-        plot_deltas(results, plot_out / plot_name, title=title, baseline_name=baseline_name)
-        plot_out.record([plot_name])
+        write_output(plot, lambda p: plot_deltas(results, p, title=title,
+                                                  baseline_name=baseline_name), "--plot")
         typer.echo(f"plot: {plot}")
 
 

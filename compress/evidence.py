@@ -318,30 +318,37 @@ def seed_comparison(base: Sequence[str | Path], other: Sequence[str | Path], *,
     return out
 
 
+def _joined(values: Sequence[float], spec: str) -> str:
+    """``a / b / c``: one figure per run (or seed pair)."""
+    return " / ".join(format(v, spec) for v in values)
+
+
+def _pm(mean: float, std: float | None, spec: str) -> str:
+    """``mean ± std`` (the std left out for a single run)."""
+    return format(mean, spec) + (f" ± {std:.2f}" if std is not None else "")
+
+
 def seed_comparison_markdown(results: Sequence[tuple[str, dict[str, Any]]],
                              baseline_name: str = "baseline") -> str:
     """A Markdown table of named :func:`seed_comparison` results against one baseline
     (``compress delta --md``): the baseline's row, then per recipe its runs' mIoU, mean ±
     std, Δ of the seed means [interval], the seed-paired Δ (mean ± std) and the verdict."""
-    def runs(side: dict[str, Any]) -> tuple[str, str]:
-        std = side["miou_std"]
-        return (" / ".join(f"{r['miou']:.2f}" for r in side["runs"]),
-                f"{side['miou_mean']:.2f}" + (f" ± {std:.2f}" if std is not None else ""))
+    def runs(side: dict[str, Any]) -> str:
+        return (f"{_joined([r['miou'] for r in side['runs']], '.2f')} | "
+                f"{_pm(side['miou_mean'], side['miou_std'], '.2f')}")
 
     res0 = results[0][1]
     lines = [(f"| recipe | mIoU per run | mean ± std | Δ − {baseline_name} (seed means) "
               f"[{res0['ci_level']:.0%} paired CI] | seed-paired Δ | verdict |"),
              "|---|---|---|---|---|---|",
-             f"| {baseline_name} | {' | '.join(runs(res0['baseline']))} | | | |"]
+             f"| {baseline_name} | {runs(res0['baseline'])} | | | |"]
     for name, res in results:
         low, high = res["delta_ci"]
         paired = ""
         if "seed_deltas" in res:
-            std = res["seed_delta_std"]
-            paired = (" / ".join(f"{d:+.2f}" for d in res["seed_deltas"])
-                      + f" ({res['seed_delta_mean']:+.2f}"
-                      + (f" ± {std:.2f})" if std is not None else ")"))
-        lines.append(f"| {name} | {' | '.join(runs(res['recipe']))} | "
+            paired = (f"{_joined(res['seed_deltas'], '+.2f')} "
+                      f"({_pm(res['seed_delta_mean'], res['seed_delta_std'], '+.2f')})")
+        lines.append(f"| {name} | {runs(res['recipe'])} | "
                      f"{res['delta_pts']:+.2f} [{low:+.2f}, {high:+.2f}] | {paired} | "
                      f"{res['verdict']} |")
     return "\n".join(lines) + "\n"
@@ -351,9 +358,9 @@ def format_seed_comparison(res: dict[str, Any]) -> str:
     """The lines ``compress delta`` prints."""
     def side(name: str) -> str:
         s = res[name]
-        runs = " / ".join(f"{r['miou']:.2f}" for r in s["runs"])
-        std = f" ± {s['miou_std']:.2f}" if s["miou_std"] is not None else ""
-        return f"{name:<8} {len(s['runs'])} run(s): {runs} (mean {s['miou_mean']:.2f}{std})"
+        return (f"{name:<8} {len(s['runs'])} run(s): "
+                f"{_joined([r['miou'] for r in s['runs']], '.2f')} "
+                f"(mean {_pm(s['miou_mean'], s['miou_std'], '.2f')})")
 
     low, high = res["delta_ci"]
     lines = [side("baseline"), side("recipe"),
@@ -362,7 +369,7 @@ def format_seed_comparison(res: dict[str, Any]) -> str:
               f"{res['images']} images, {res['resamples']} resamples): {res['verdict']}")]
     if "seed_deltas" in res:
         std = res["seed_delta_std"]
-        lines.append("seed-paired Δ: " + " / ".join(f"{d:+.2f}" for d in res["seed_deltas"])
-                     + (f" (mean {res['seed_delta_mean']:+.2f} ± {std:.2f} over seeds)"
+        lines.append("seed-paired Δ: " + _joined(res["seed_deltas"], "+.2f")
+                     + (f" (mean {_pm(res['seed_delta_mean'], std, '+.2f')} over seeds)"
                         if std is not None else ""))
     return "\n".join(lines)

@@ -303,16 +303,18 @@ def open_out_file(
 
 def write_json_output(path: str | Path, obj, option: str = "--json") -> Path:
     """Write ``obj`` as JSON to ``path`` through :func:`open_out_file` (checked, listed)."""
-    return _write_output(path, lambda p: atomic_write_json(p, obj), option)
+    return write_output(path, lambda p: atomic_write_json(p, obj), option)
 
 
 def write_text_output(path: str | Path, text: str, option: str) -> Path:
     """Write ``text`` to ``path`` through :func:`open_out_file` (checked, listed)."""
-    return _write_output(path, lambda p: atomic_write_text(p, text), option)
+    return write_output(path, lambda p: atomic_write_text(p, text), option)
 
 
-def _write_output(path: str | Path, write: Callable[[Path], Path], option: str) -> Path:
-    out, name = open_out_file(path, option)  # the folder's listing as it is now
+def write_output(path: str | Path, write: Callable[[Path], Path], option: str) -> Path:
+    """``write(path)`` through :func:`open_out_file`: checked, claimed and listed, the
+    folder's listing read as it is now (so two outputs in one folder both stay listed)."""
+    out, name = open_out_file(path, option)
     out.claim([name])
     written = write(out / name)
     out.record([name])
