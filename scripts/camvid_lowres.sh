@@ -13,18 +13,24 @@
 #  3. score: `compress eval FILE --split val` into OUT/eval-<prefix>-<student>-<SIZE>[-s<seed>].
 #  4. compare: one `compress delta` of every recipe against the no-KD runs: the Markdown table
 #     OUT/lowres-<student>.md (printed), its .json and the plot .png.
+#  5. SOURCE=1 only: each file exported to OpenVINO INT8 (NNCF mixed, 300 train frames) into
+#     OUT/export-<file>, the f32 file and its INT8 model scored at the source resolution
+#     (360x480, `--score-at source`) into OUT/src-<file>-f32 / -int8 beside the teacher
+#     (OUT/src-teacher), and one `compress delta` of every recipe's f32 and INT8 seeds against
+#     the teacher: OUT/source-<student>.md (printed) and .json.
 # Steps whose output exists are skipped, so a rerun after a failure (or a stop) continues.
 #
 #   bash scripts/camvid_lowres.sh [student ...]          (default: segformer-lite0-w64)
 #   TRAIN=0 bash scripts/camvid_lowres.sh                 re-score the shipped files only
 #   SIZE=160x224 RECIPES="baseline dist" bash scripts/camvid_lowres.sh   the same at another size
+#   SOURCE=1 TRAIN=0 RECIPES="baseline dist" bash scripts/camvid_lowres.sh  + INT8, at 360x480, vs the teacher
 #
 # Env: SIZE (128x192: the student's input; files <prefix>-<student>-<SIZE>..., runs
 #      camvid-lowres-<recipe>-<student>-<SIZE>-s<seed> at another size; scored at SIZE),
 #      PY (.venv/bin/python), DATA (../shared/data/camvid), DEVICE (auto), SEEDS ("0 1 2"),
 #      RECIPES ("baseline dist cwd dist_boundary relation": configs/camvid/front/lowres_<r>.yaml),
 #      TEACHER (zoo/camvid/teacher-unet-lite2.pt), ZOO (zoo/camvid-lowres), OUT
-#      (artifacts/lowres), JOBS (8 on a GPU, 2 otherwise), TRAIN (1), EXTRA (more dotted
+#      (artifacts/lowres), JOBS (8 on a GPU, 2 otherwise), TRAIN (1), SOURCE (0), EXTRA (more dotted
 #      overrides; on a CPU the default is "train.threads=1 data.num_workers=1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +43,7 @@ TEACHER=${TEACHER:-zoo/camvid/teacher-unet-lite2.pt}
 ZOO=${ZOO:-zoo/camvid-lowres}
 OUT=${OUT:-artifacts/lowres}
 TRAIN=${TRAIN:-1}
+SOURCE=${SOURCE:-0}
 SIZE=${SIZE:-128x192}  # the student's input, HxW (the recipes' own: 128x192)
 [[ "$SIZE" =~ ^[0-9]+x[0-9]+$ ]] || { echo "SIZE must be HxW (e.g. 160x224), not '$SIZE'" >&2; exit 2; }
 H=${SIZE%x*}; W=${SIZE#*x}
@@ -58,12 +65,9 @@ for r in $RECIPES; do
 done
 [[ " $RECIPES " == *" baseline "* ]] || { echo "RECIPES must include baseline (the no-KD side)" >&2; exit 2; }
 mkdir -p "$OUT/logs" "$ZOO"
+# shellcheck source=scripts/runs_lib.sh
+source scripts/runs_lib.sh
 
-newest_run() {  # the newest run dir of a run name, or nothing
-  local last
-  last=$(ls -d artifacts/runs/"$1"/*/ 2>/dev/null | sort | tail -n 1 || true)
-  echo "${last%/}"
-}
 zoo_file() {  # student recipe seed -> the zoo file's path
   local sfx=""; [ "$3" = 0 ] || sfx="-s$3"
   echo "$ZOO/${PREFIX[$2]}-$1-$SIZE$sfx.pt"
@@ -75,29 +79,16 @@ if [ "$TRAIN" = 1 ]; then
   for seed in $SEEDS; do for s in $STUDENTS; do for r in $RECIPES; do
     name="camvid-lowres-$r-$s$TAG-s$seed"
     [ -f "$(zoo_file "$s" "$r" "$seed")" ] && { echo "$name: shipped as $(zoo_file "$s" "$r" "$seed")"; continue; }
-    last=$(newest_run "$name")
-    if [ -n "$last" ] && [ -f "$last/summary.json" ]; then echo "$name: finished in $last"; continue; fi
-    if [ -n "$last" ] && [ -f "$last/FAILED" ] && ! grep -q "^error: KeyboardInterrupt" "$last/FAILED"; then
-      echo "$name: $last $(grep -m 1 '^error:' "$last/FAILED"); not restarted" >&2; fail=1; continue
-    fi
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 5; done
-    log="$OUT/logs/$name.out"
-    if [ -n "$last" ] && [ -f "$last/checkpoints/last.pt" ]; then
-      echo "$name: resuming $last"
-      cmd=train; [ "$r" = baseline ] || cmd=distill
-      "${C[@]}" "$cmd" -q --resume "$last" >> "$log" 2>&1 &
-    elif [ "$r" = baseline ]; then
-      echo "$name: starting"
-      "${C[@]}" train -q -c configs/camvid/front/lowres_baseline.yaml model.student="$s" \
-          seed="$seed" name="$name" data.root="$DATA" data.size="[$H,$W]" train.device="$DEVICE" \
-          $EXTRA > "$log" 2>&1 &
+    wait_for_slot
+    if [ "$r" = baseline ]; then
+      run_named "$name" train -c configs/camvid/front/lowres_baseline.yaml model.student="$s" \
+          seed="$seed" data.root="$DATA" data.size="[$H,$W]" train.device="$DEVICE" $EXTRA || fail=1
     else
-      echo "$name: starting"
-      "${C[@]}" distill -q -c "configs/camvid/front/lowres_$r.yaml" model.student="$s" \
-          seed="$seed" name="$name" data.root="$DATA" data.size="[$H,$W]" train.device="$DEVICE" \
-          teacher.checkpoint="$TEACHER" $EXTRA > "$log" 2>&1 &
+      run_named "$name" distill -c "configs/camvid/front/lowres_$r.yaml" model.student="$s" \
+          seed="$seed" data.root="$DATA" data.size="[$H,$W]" train.device="$DEVICE" \
+          teacher.checkpoint="$TEACHER" $EXTRA || fail=1
     fi
-    pids+=($!)
+    [ -z "$RUN_PID" ] || pids+=("$RUN_PID")
   done; done; done
   for p in "${pids[@]+"${pids[@]}"}"; do wait "$p" || fail=1; done
 fi
@@ -137,6 +128,33 @@ for s in $STUDENTS; do
         --json "$OUT/lowres-$s$TAG.json" --plot "$OUT/lowres-$s$TAG.png" \
         --title "$s at $SIZE: KD recipes vs no KD, seeds $(echo $SEEDS | tr ' ' /)" > /dev/null
     cat "$OUT/lowres-$s$TAG.md"
+  fi
+done
+
+[ "$SOURCE" = 1 ] || exit $fail
+# 5. INT8 and the source resolution, against the teacher
+src_eval "$TEACHER" "$OUT/src-teacher" || exit 1
+for s in $STUDENTS; do
+  groups=()
+  for r in $RECIPES; do
+    f32=(); int8=()
+    for seed in $SEEDS; do
+      f=$(zoo_file "$s" "$r" "$seed"); name=$(basename "$f" .pt)
+      [ -f "$f" ] || continue
+      x="$OUT/export-$name"
+      export_int8 "$f" "$x" || { fail=1; continue; }
+      src_eval "$f" "$OUT/src-$name-f32" && f32+=("$OUT/src-$name-f32") || fail=1
+      src_eval "$x/model_int8.xml" "$OUT/src-$name-int8" && int8+=("$OUT/src-$name-int8") || fail=1
+    done
+    label=${LABEL[$r]:-no KD}
+    [ ${#f32[@]} -gt 0 ] && groups+=(--recipe "$label f32=$(IFS=,; echo "${f32[*]}")")
+    [ ${#int8[@]} -gt 0 ] && groups+=(--recipe "$label INT8=$(IFS=,; echo "${int8[*]}")")
+  done
+  if [ ${#groups[@]} -gt 0 ]; then
+    "${C[@]}" delta "${groups[@]}" --baseline "$OUT/src-teacher" --baseline-name teacher \
+        --md "$OUT/source-$s$TAG.md" --json "$OUT/source-$s$TAG.json" \
+        --title "$s at $SIZE against the teacher, at 360x480" > /dev/null
+    cat "$OUT/source-$s$TAG.md"
   fi
 done
 exit $fail
