@@ -35,18 +35,12 @@ ZOO=${ZOO:-zoo/camvid-levers}
 OUT=${OUT:-artifacts/levers}
 TRAIN=${TRAIN:-1}
 BASE=zoo/camvid/baseline-segformer-lite0-w64.pt  # the unpruned no-KD student (192x256)
-if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  JOBS=${JOBS:-8}; EXTRA=${EXTRA:-}
-else
-  JOBS=${JOBS:-2}; EXTRA=${EXTRA:-"train.threads=1 data.num_workers=1"}
-fi
+# shellcheck source=scripts/runs_lib.sh
+source scripts/runs_lib.sh
 for l in $LEVERS; do
   case $l in prune|qat) ;; *) echo "unknown lever '$l'; known: prune qat" >&2; exit 2 ;; esac
 done
-C=("$PY" -m segcompress.cli)
 mkdir -p "$OUT/logs" "$ZOO"
-# shellcheck source=scripts/runs_lib.sh
-source scripts/runs_lib.sh
 PRUNED=artifacts/pruned/segformer-base-p$PRUNE.pt
 sfx() { [ "$1" = 0 ] || echo "-s$1"; }
 run_name() {  # lever seed -> run name
@@ -91,36 +85,15 @@ fi
 src_eval "$TEACHER" "$OUT/src-teacher" || exit 1
 groups=()
 # the unpruned no-KD student of zoo/camvid (seed 0), the row the pruned one is set against
-export_int8 "$BASE" "$OUT/export-baseline-segformer-lite0-w64" \
-  && src_eval "$BASE" "$OUT/src-baseline-segformer-lite0-w64-f32" \
-  && src_eval "$OUT/export-baseline-segformer-lite0-w64/model_int8.xml" "$OUT/src-baseline-segformer-lite0-w64-int8" \
-  && groups+=(--recipe "no KD 192x256 f32=$OUT/src-baseline-segformer-lite0-w64-f32"
-              --recipe "no KD 192x256 INT8=$OUT/src-baseline-segformer-lite0-w64-int8") || fail=1
+source_rows "no KD 192x256" "$BASE" || fail=1
 for l in $LEVERS; do
-  f32=(); int8=()
+  files=()
   for seed in $SEEDS; do
-    f=$(zoo_file "$l" "$seed"); name=$(basename "$f" .pt)
-    if [ ! -f "$f" ]; then
-      last=$(newest_run "$(run_name "$l" "$seed")")
-      [ -n "$last" ] && [ -f "$last/summary.json" ] || continue
-      mkdir -p "$OUT/packed"
-      [ -f "$OUT/packed/$name.pt" ] || "${C[@]}" pack "$last/checkpoints/best.pt" --out "$OUT/packed/$name.pt"
-      e="$OUT/eval-$name"
-      [ -f "$e/eval.json" ] || "${C[@]}" eval "$OUT/packed/$name.pt" --data "$DATA" --split val \
-          --out "$e" --device "$DEVICE" > "$e.log" 2>&1 || { echo "eval $name failed: $e.log" >&2; fail=1; continue; }
-      "$PY" scripts/zoo_install.py "$ZOO" "$name.pt=$OUT/packed/$name.pt:$e/eval.json" > /dev/null
-      echo "$name.pt: packed from $last, scored, put into $ZOO"
-    fi
-    x="$OUT/export-$name"
-    export_int8 "$f" "$x" || { fail=1; continue; }
-    src_eval "$f" "$OUT/src-$name-f32" && f32+=("$OUT/src-$name-f32") || fail=1
-    src_eval "$x/model_int8.xml" "$OUT/src-$name-int8" && int8+=("$OUT/src-$name-int8") || fail=1
+    f=$(zoo_file "$l" "$seed")
+    pack_run "$(run_name "$l" "$seed")" "$f" || { [ $? = 2 ] || fail=1; continue; }
+    files+=("$f")
   done
-  [ ${#f32[@]} -gt 0 ] && groups+=(--recipe "${LABEL[$l]} f32=$(IFS=,; echo "${f32[*]}")")
-  [ ${#int8[@]} -gt 0 ] && groups+=(--recipe "${LABEL[$l]} INT8=$(IFS=,; echo "${int8[*]}")")
+  [ ${#files[@]} -eq 0 ] || source_rows "${LABEL[$l]}" "${files[@]}" || fail=1
 done
-"${C[@]}" delta "${groups[@]}" --baseline "$OUT/src-teacher" --baseline-name teacher \
-    --md "$OUT/levers.md" --json "$OUT/levers.json" \
-    --title "pruning and QAT on the trained students, against the teacher, at 360x480" > /dev/null
-cat "$OUT/levers.md"
+against_teacher "$OUT/levers" "pruning and QAT on the trained students, against the teacher, at 360x480"
 exit $fail

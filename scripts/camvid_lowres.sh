@@ -49,12 +49,8 @@ SIZE=${SIZE:-128x192}  # the student's input, HxW (the recipes' own: 128x192)
 H=${SIZE%x*}; W=${SIZE#*x}
 [ "$SIZE" = 128x192 ] && TAG="" || TAG="-$SIZE"  # run names at the recipes' own size as before
 STUDENTS=${*:-"segformer-lite0-w64"}
-if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  JOBS=${JOBS:-8}; EXTRA=${EXTRA:-}
-else
-  JOBS=${JOBS:-2}; EXTRA=${EXTRA:-"train.threads=1 data.num_workers=1"}
-fi
-C=("$PY" -m segcompress.cli)
+# shellcheck source=scripts/runs_lib.sh
+source scripts/runs_lib.sh
 # the file prefix of each recipe in the zoo (the names the README's table cites)
 declare -A PREFIX=([baseline]=baseline [dist]=dist [cwd]=cwd [dist_boundary]=distb [relation]=rel)
 declare -A LABEL=([dist]=DIST [cwd]=CWD [dist_boundary]="DIST + boundary"
@@ -65,8 +61,6 @@ for r in $RECIPES; do
 done
 [[ " $RECIPES " == *" baseline "* ]] || { echo "RECIPES must include baseline (the no-KD side)" >&2; exit 2; }
 mkdir -p "$OUT/logs" "$ZOO"
-# shellcheck source=scripts/runs_lib.sh
-source scripts/runs_lib.sh
 
 zoo_file() {  # student recipe seed -> the zoo file's path
   local sfx=""; [ "$3" = 0 ] || sfx="-s$3"
@@ -98,18 +92,8 @@ for s in $STUDENTS; do
   # put into ZOO with its score and digest by scripts/zoo_install.py); a recipe is compared
   # when all its seeds are scored
   for r in $RECIPES; do for seed in $SEEDS; do
-    f=$(zoo_file "$s" "$r" "$seed"); name=$(basename "$f")
-    e="$OUT/eval-${name%.pt}"
-    if [ ! -f "$f" ]; then
-      last=$(newest_run "camvid-lowres-$r-$s$TAG-s$seed")
-      [ -n "$last" ] && [ -f "$last/summary.json" ] || continue
-      mkdir -p "$OUT/packed"
-      [ -f "$OUT/packed/$name" ] || "${C[@]}" pack "$last/checkpoints/best.pt" --out "$OUT/packed/$name"
-      "${C[@]}" eval "$OUT/packed/$name" --data "$DATA" --split val --out "$e" --device "$DEVICE" \
-          > "$e.log" 2>&1 || { echo "eval $name failed: $e.log" >&2; fail=1; continue; }
-      "$PY" scripts/zoo_install.py "$ZOO" "$name=$OUT/packed/$name:$e/eval.json" > /dev/null
-      echo "$name: packed from $last, scored, put into $ZOO"
-    fi
+    f=$(zoo_file "$s" "$r" "$seed"); e="$OUT/eval-$(basename "$f" .pt)"
+    pack_run "camvid-lowres-$r-$s$TAG-s$seed" "$f" || { [ $? = 2 ] || fail=1; continue; }
     [ -f "$e/per_image.npz" ] || "${C[@]}" eval "$f" --data "$DATA" --split val --out "$e" \
         --device "$DEVICE" > "$e.log" 2>&1 || { echo "eval $f failed: $e.log" >&2; fail=1; }
   done; done
@@ -137,24 +121,9 @@ src_eval "$TEACHER" "$OUT/src-teacher" || exit 1
 for s in $STUDENTS; do
   groups=()
   for r in $RECIPES; do
-    f32=(); int8=()
-    for seed in $SEEDS; do
-      f=$(zoo_file "$s" "$r" "$seed"); name=$(basename "$f" .pt)
-      [ -f "$f" ] || continue
-      x="$OUT/export-$name"
-      export_int8 "$f" "$x" || { fail=1; continue; }
-      src_eval "$f" "$OUT/src-$name-f32" && f32+=("$OUT/src-$name-f32") || fail=1
-      src_eval "$x/model_int8.xml" "$OUT/src-$name-int8" && int8+=("$OUT/src-$name-int8") || fail=1
-    done
-    label=${LABEL[$r]:-no KD}
-    [ ${#f32[@]} -gt 0 ] && groups+=(--recipe "$label f32=$(IFS=,; echo "${f32[*]}")")
-    [ ${#int8[@]} -gt 0 ] && groups+=(--recipe "$label INT8=$(IFS=,; echo "${int8[*]}")")
+    files=(); for seed in $SEEDS; do f=$(zoo_file "$s" "$r" "$seed"); [ -f "$f" ] && files+=("$f"); done
+    [ ${#files[@]} -eq 0 ] || source_rows "${LABEL[$r]:-no KD}" "${files[@]}" || fail=1
   done
-  if [ ${#groups[@]} -gt 0 ]; then
-    "${C[@]}" delta "${groups[@]}" --baseline "$OUT/src-teacher" --baseline-name teacher \
-        --md "$OUT/source-$s$TAG.md" --json "$OUT/source-$s$TAG.json" \
-        --title "$s at $SIZE against the teacher, at 360x480" > /dev/null
-    cat "$OUT/source-$s$TAG.md"
-  fi
+  [ ${#groups[@]} -eq 0 ] || against_teacher "$OUT/source-$s$TAG" "$s at $SIZE against the teacher, at 360x480"
 done
 exit $fail
