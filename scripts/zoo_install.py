@@ -5,10 +5,13 @@
 Each ``NAME=PACKED:EVAL_JSON`` copies PACKED to ``ZOO/NAME`` (a temp file, read-only, then a
 rename: the old file stays whole until then; ``-`` as PACKED keeps the zoo's file) and
 sets ``scores.json[NAME]`` to EVAL_JSON's ``miou`` (other entries are kept). Then
-``SHA256SUMS`` lists every ``*.pt`` of ZOO, printed as the README's sha256 list.
+``SHA256SUMS`` lists every ``*.pt`` of ZOO, printed as the README's sha256 list. Two installs
+into one zoo at once (two study scripts) take turns on ``ZOO/.install.lock``, so neither
+loses the other's score or digest.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +24,12 @@ from deploy.manifest import sha256_file
 
 def install(zoo: Path, entries: list[str]) -> None:
     zoo.mkdir(parents=True, exist_ok=True)
+    with open(zoo / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        _install(zoo, entries)
+
+
+def _install(zoo: Path, entries: list[str]) -> None:
     listed = zoo / "scores.json"
     scores = json.loads(listed.read_text()) if listed.is_file() else {}
     for entry in entries:
