@@ -23,6 +23,7 @@
 #   bash scripts/camvid_lowres.sh [student ...]          (default: segformer-lite0-w64)
 #   TRAIN=0 bash scripts/camvid_lowres.sh                 re-score the shipped files only
 #   SIZE=160x224 RECIPES="baseline dist" bash scripts/camvid_lowres.sh   the same at another size
+#   SIZE=192x256 ...                                      at the teacher's size (no KD seed 0: zoo/camvid's)
 #   SOURCE=1 TRAIN=0 RECIPES="baseline dist" bash scripts/camvid_lowres.sh  + INT8, at 360x480, vs the teacher
 #
 # Env: SIZE (128x192: the student's input; files <prefix>-<student>-<SIZE>..., runs
@@ -64,6 +65,11 @@ mkdir -p "$OUT/logs" "$ZOO"
 
 zoo_file() {  # student recipe seed -> the zoo file's path
   local sfx=""; [ "$3" = 0 ] || sfx="-s$3"
+  # at the teacher's 192x256, seed 0 without KD is zoo/camvid's baseline (front/baseline.yaml:
+  # the recipe of lowres_baseline.yaml at that size), not trained twice
+  if [ "$SIZE" = 192x256 ] && [ "$2" = baseline ] && [ "$3" = 0 ] && [ -f "zoo/camvid/baseline-$1.pt" ]; then
+    echo "zoo/camvid/baseline-$1.pt"; return
+  fi
   echo "$ZOO/${PREFIX[$2]}-$1-$SIZE$sfx.pt"
 }
 
