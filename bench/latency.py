@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,26 @@ def load_images(
     return frames, f"real images: {n} frames from {where}, source size {h}x{w}"
 
 
+@contextmanager
+def torch_threads(n: int):
+    """PyTorch's intra-op thread count set to ``n`` for the block, then put back. The
+    stages around a timed model run under one thread: after a parallel PyTorch op its idle
+    OpenMP workers spin for a while, and on a small machine they took the cores from the
+    ONNX Runtime or OpenVINO model timed next (an OpenVINO INT8 model at 2 threads measured
+    up to 2x slower behind a 2-thread resize)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_preprocess(
     frames: Sequence[np.ndarray], size: tuple[int, int], mean, std, batch: int = 1
 ) -> Callable[[int], np.ndarray]:
@@ -301,7 +322,8 @@ def make_preprocess(
 
     def preprocess(run: int) -> np.ndarray:
         picked = [frames[(run * batch + j) % len(frames)] for j in range(batch)]
-        return np.stack([normalize(resize_pair(f, None, size)[0], mean, std) for f in picked])
+        with torch_threads(1):
+            return np.stack([normalize(resize_pair(f, None, size)[0], mean, std) for f in picked])
 
     return preprocess
 

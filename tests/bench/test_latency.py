@@ -12,6 +12,7 @@ from bench.latency import (
     check_device,
     load_images,
     make_postprocess,
+    make_preprocess,
     measure_latency,
     resolve_targets,
 )
@@ -120,6 +121,32 @@ def test_noise_inputs_say_so_and_real_inputs_are_images():
     assert frames[0].shape == (32, 64, 3) and frames[0].dtype == np.uint8 and frames[0].std() > 0
     frames, note = load_images(None, kind="synthetic", size=(64, 64), count=2)
     assert note.startswith("real images") and len(frames) == 2
+
+
+def test_preprocess_runs_pytorch_on_one_thread_and_puts_the_count_back(monkeypatch):
+    # a 2-thread PyTorch resize right before an OpenVINO / ONNX Runtime model left spinning
+    # OpenMP workers on the cores that model was timed on
+    import torch
+
+    import compress.data as data
+
+    seen = []
+    real = data.resize_pair
+
+    def resize(image, mask, size):
+        seen.append(torch.get_num_threads())
+        return real(image, mask, size)
+
+    monkeypatch.setattr(data, "resize_pair", resize)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        frames = [np.full((20, 30, 3), 100, np.uint8)]
+        x = make_preprocess(frames, (10, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))(0)
+        assert x.shape == (1, 3, 10, 16) and x.dtype == np.float32
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_postprocess_argmax_and_resize_back():
