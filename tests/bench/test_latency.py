@@ -86,6 +86,22 @@ def test_runs_are_interleaved_and_rotated():
     assert models == ["a.model", "b.model", "b.model", "a.model"]
 
 
+def test_the_gap_comes_before_each_model_call_and_is_not_timed():
+    clock = FakeClock()
+
+    def sleep(seconds):  # the clock moves: a pause billed to the model would show
+        clock.calls.append(f"sleep {seconds:g}")
+        clock.t += seconds
+
+    a, b = measure_latency(_pipes(clock), runs=2, warmup=1, clock=clock, gap_ms=10, sleep=sleep)
+    steps = [c for c in clock.calls if not c.endswith((".pre", ".post"))]
+    assert steps == ["sleep 0.01", "b.model", "sleep 0.01", "a.model"] + \
+        ["sleep 0.01", "a.model", "sleep 0.01", "b.model"] + \
+        ["sleep 0.01", "b.model", "sleep 0.01", "a.model"]
+    assert a.model.median == pytest.approx(2.0) and b.model.median == pytest.approx(6.0)
+    assert a.preprocess.median == pytest.approx(0.5)
+
+
 def test_progress_bar_counts_the_rounds_on_stderr(capfd):
     clock = FakeClock()
     measure_latency(_pipes(clock), runs=3, warmup=1, clock=clock, progress=True)
