@@ -144,7 +144,7 @@ def test_preprocess_runs_pytorch_on_one_thread_and_puts_the_count_back(monkeypat
     # OpenMP workers on the cores that model was timed on
     import torch
 
-    import compress.data as data
+    from compress import data
 
     seen = []
     real = data.resize_pair
