@@ -309,7 +309,7 @@ def load_images(
 @contextmanager
 def torch_threads(n: int):
     """PyTorch's intra-op thread count set to ``n`` for the block, then put back. The
-    stages around a timed model run under one thread: after a parallel PyTorch op its idle
+    pre-processing stage runs under one thread: after a parallel PyTorch op its idle
     OpenMP workers spin for a while, and on a small machine they took the cores from the
     ONNX Runtime or OpenVINO model timed next (an OpenVINO INT8 model at 2 threads measured
     up to 2x slower behind a 2-thread resize)."""
